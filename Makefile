@@ -1,0 +1,21 @@
+# patch-build: `make demo` shows the tool at work, `make test` runs the whole suite.
+# Both install what they need first (Debian packages, Python packages, kernel packages).
+PYTHON ?= python3
+export PYTHON
+
+.PHONY: deps demo test bench clean
+
+deps:
+	@scripts/install-deps.sh
+
+demo: deps
+	@$(PYTHON) scripts/demo.py
+
+test: deps
+	$(PYTHON) -m pytest -q tests
+
+bench: deps
+	$(PYTHON) bench/diff_bench.py
+
+clean:
+	rm -rf .cache build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""The differ's pipeline: read -> correlate -> compare -> include -> special sections -> output."""

@@ -1,0 +1,24 @@
+#!/bin/bash
+# Installs everything the demo and the test suite need on a fresh Debian 12 machine.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBS=(gcc g++ make binutils patch cmake file xz-utils cpio busybox-static qemu-system-x86
+      bc bison flex libelf-dev libssl-dev dwarves kmod rsync chromium)
+missing=()
+for p in "${DEBS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "install-deps: apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if ! $PY -c "import diffobj, lief, elftools, typer, capstone, pytest" 2>/dev/null \
+   || ! command -v patch-diff >/dev/null; then
+    $PY -m pip install -q -e '.[test]'
+fi
