@@ -1,1 +1,105 @@
-"""The differ's pipeline: read -> correlate -> compare -> include -> special sections -> output."""
+"""The differ's pipeline: read -> correlate -> compare -> check -> include -> special sections -> output.
+
+`diff_objects` is the library entry point (patch-diff and patch-build call it); it returns a
+`DiffResult` and raises `InputError` for inputs it cannot use. Refusals are data (`result.errors`): the
+caller decides what to print and how to exit.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+from diffobj import checks, special
+from diffobj.compare import Comparer, compare
+from diffobj.correlate import correlate
+from diffobj.errors import InputError
+from diffobj.include import Included, include
+from diffobj.model import ObjectFile, OutputObject, Status, Symbol
+from diffobj.output import FunctionChange, ReferenceNamer, build_output, redirected_functions
+from diffobj.problems import Problem, Problems
+from diffobj.read import read_object
+from diffobj.targets import TargetResolver
+from diffobj.writer import write_object
+
+
+@dataclass
+class DiffOptions:
+    kernel: bool = False
+    objname: str | None = None  # default: vmlinux in kernel mode, else the patched object's stem
+    sympos: Callable[[Symbol], int] | None = None  # position of an ORIGINAL local symbol in the target
+    exported: set[str] | None = None  # kernel: exported names; others become .klp.sym references
+    extern_objname: Callable[[str], str] | None = None  # kernel: object defining an undefined symbol
+
+
+@dataclass
+class DiffResult:
+    orig_path: str
+    patched_path: str
+    objname: str
+    kernel: bool
+    changed_functions: list[FunctionChange] = field(default_factory=list)
+    new_functions: list[str] = field(default_factory=list)
+    included: list[Included] = field(default_factory=list)
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    output: OutputObject | None = None
+    orig: ObjectFile | None = field(default=None, repr=False)
+    patched: ObjectFile | None = field(default=None, repr=False)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changed_functions or self.new_functions or self.errors or self.included)
+
+    def write(self, path: str) -> None:
+        if self.errors or self.output is None:
+            raise RuntimeError("refusing to write a patch object for a diff with errors or no changes")
+        write_object(self.output, path)
+
+    def report(self) -> dict:
+        return {
+            "orig": self.orig_path,
+            "patched": self.patched_path,
+            "objname": self.objname,
+            "kernel": self.kernel,
+            "changed_functions": [vars(c) for c in self.changed_functions],
+            "new_functions": list(self.new_functions),
+            "included": [vars(i) for i in self.included],
+            "errors": [{"symbol": e.symbol, "reason": e.reason} for e in self.errors],
+            "warnings": list(self.warnings),
+        }
+
+
+def _check_same_unit(orig: ObjectFile, patched: ObjectFile) -> None:
+    named = [s for s in patched.symbols if s.is_defined and (s.is_function or s.is_object)]
+    o_named = [s for s in orig.symbols if s.is_defined and (s.is_function or s.is_object)]
+    if named and o_named and not any(s.twin is not None for s in named):
+        raise InputError(f"{os.path.basename(orig.path)} and {os.path.basename(patched.path)} share no function or "
+                         "data: they are not two builds of the same compilation unit")
+
+
+def diff_objects(orig_path: str, patched_path: str, options: DiffOptions | None = None) -> DiffResult:
+    opts = options or DiffOptions()
+    objname = opts.objname or ("vmlinux" if opts.kernel else os.path.splitext(os.path.basename(patched_path))[0])
+    orig, patched = read_object(orig_path), read_object(patched_path)
+    problems = Problems()
+    o_res, p_res = TargetResolver(), TargetResolver()
+
+    correlate(orig, patched, problems, o_res, p_res)
+    _check_same_unit(orig, patched)
+    compare(orig, patched, Comparer(o_res, p_res))
+    checks.check(patched, opts.kernel, problems)
+    included = include(patched, p_res, problems)
+    if opts.kernel:
+        special.filter_special_sections(patched, problems)
+
+    namer = ReferenceNamer(opts.kernel, objname, opts.sympos, opts.exported, opts.extern_objname)
+    result = DiffResult(orig_path, patched_path, objname, opts.kernel, orig=orig, patched=patched)
+    result.changed_functions = redirected_functions(patched, namer)
+    result.new_functions = [f.name for f in patched.functions() if f.status is Status.NEW]
+    result.included = included
+    result.errors = problems.errors
+    result.warnings = problems.warnings
+    if result.has_changes and not result.errors:
+        result.output = build_output(patched, p_res, namer, result.changed_functions)
+    return result

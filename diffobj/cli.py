@@ -1,0 +1,52 @@
+"""`patch-diff`: diff two builds of one compilation unit into a patch object."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from diffobj.console import error, guarded
+from diffobj.diff import DiffOptions, DiffResult, diff_objects
+
+app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
+PROG = "patch-diff"
+
+
+def write_report(result: DiffResult, path: Path) -> None:
+    path.write_text(json.dumps(result.report(), indent=2, sort_keys=False) + "\n")
+
+
+@app.command()
+def main(
+    orig: Path = typer.Argument(..., help="the object compiled from the original source"),
+    patched: Path = typer.Argument(..., help="the same unit compiled from the patched source"),
+    output: Path = typer.Option(..., "-o", "--output", help="where to write the patch object"),
+    report: Optional[Path] = typer.Option(None, "--report", help="write a JSON report here"),
+    kernel: bool = typer.Option(False, "--kernel", help="kernel mode: special sections, fentry, klp symbols"),
+    objname: Optional[str] = typer.Option(None, "--objname", help="the target's name (vmlinux, a module, a file)"),
+) -> None:
+    """Write OUTPUT: the changed and new functions of PATCHED and what they need, as a relocatable object.
+
+    Exit codes: 0 written, 1 change refused, 2 bad input, 3 no functional change.
+    """
+    with guarded(PROG):
+        result = diff_objects(str(orig), str(patched), DiffOptions(kernel=kernel, objname=objname))
+        if report is not None:
+            write_report(result, report)
+        for w in result.warnings:
+            print(f"{PROG}: warning: {w}", file=sys.stderr)
+        if result.errors:
+            for e in result.errors:
+                error(PROG, f"{e.symbol}: {e.reason}")
+            raise typer.Exit(1)
+        if not result.has_changes:
+            error(PROG, f"no functional change between {orig.name} and {patched.name}")
+            raise typer.Exit(3)
+        result.write(str(output))
+        for c in result.changed_functions:
+            print(f"changed: {c.name}  ({'; '.join(c.reasons)})")
+        for name in result.new_functions:
+            print(f"new:     {name}")

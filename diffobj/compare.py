@@ -1,0 +1,155 @@
+"""Compare: mark each patched function and data object SAME, CHANGED or NEW, with the reasons.
+
+Two extents are the same when their bytes match with relocation sites masked AND every relocation points
+at the same thing: the twin symbol at the same offset, or for anonymous data the same string or constant
+contents. So a changed string literal with identical code is a change; a renumbered label is not.
+Data is compared first so that a function using changed read-only data is itself changed.
+"""
+from __future__ import annotations
+
+from diffobj.arch import x86_64 as arch
+from diffobj.model import (
+    SHF_MERGE,
+    SHT_GROUP,
+    SHT_NULL,
+    SHT_REL,
+    SHT_RELA,
+    SHT_STRTAB,
+    SHT_SYMTAB,
+    STT_NOTYPE,
+    ObjectFile,
+    Relocation,
+    Section,
+    Status,
+    Symbol,
+)
+from diffobj.targets import TargetResolver, string_at
+
+_BOOKKEEPING = (SHT_NULL, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_REL, SHT_GROUP)
+
+
+def extent(sym: Symbol) -> tuple[int, int]:
+    """The byte range a symbol owns: its whole section when it is the section's only symbol."""
+    sec = sym.section
+    named = [s for s in sec.symbols if not (s.type == STT_NOTYPE and s.name.startswith(".L"))]
+    if len(named) == 1:
+        return 0, sec.size
+    return sym.value, sym.value + sym.size
+
+
+def _masked(data: bytes, lo: int, rels: list[Relocation]) -> bytes:
+    buf = bytearray(data)
+    for r in rels:
+        size = arch.reloc_type(r.type).size
+        start = r.offset - lo
+        buf[start:start + size] = bytes(size)
+    return bytes(buf)
+
+
+def _short(s: bytes, limit: int = 40) -> str:
+    text = s.decode("utf-8", "backslashreplace")
+    text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class Comparer:
+    def __init__(self, orig_resolver: TargetResolver, patched_resolver: TargetResolver):
+        self.o_res, self.p_res = orig_resolver, patched_resolver
+
+    def target_difference(self, o_sec: Section, ro: Relocation, p_sec: Section, rp: Relocation) -> str | None:
+        to, tp = self.o_res.resolve(o_sec, ro), self.p_res.resolve(p_sec, rp)
+        if tp.section is None or to.section is None:  # undefined: an external name
+            if tp.section is None and to.section is None and tp.symbol.name == to.symbol.name \
+                    and tp.addend == to.addend:
+                return None
+            return f"now references {tp.symbol.display} instead of {to.symbol.display}"
+        if tp.symbol is not None:
+            if to.symbol is None or tp.symbol.twin is not to.symbol or tp.offset != to.offset:
+                old = to.symbol.name if to.symbol is not None else to.section.name
+                return f"now references {tp.symbol.name} instead of {old}"
+            if not tp.symbol.is_function and tp.symbol.status is Status.CHANGED and not tp.section.is_writable:
+                return f"uses changed read-only data {tp.symbol.name}"
+            return None
+        if to.symbol is not None:
+            return f"now references data in {tp.section.name} instead of {to.symbol.name}"
+        if tp.section.is_strings:
+            old, new = string_at(to.section, to.offset), string_at(tp.section, tp.offset)
+            return None if old == new else f'string literal changed: "{_short(old)}" -> "{_short(new)}"'
+        if tp.section.flags & SHF_MERGE and tp.section.entsize:
+            n = tp.section.entsize
+            same = to.section.data[to.offset:to.offset + n] == tp.section.data[tp.offset:tp.offset + n]
+            return None if same else f"constant in {tp.section.name} changed"
+        if tp.section.twin is not to.section or tp.offset != to.offset:
+            return f"now references {tp.section.name} instead of {to.section.name}"
+        if tp.section.status is Status.CHANGED:
+            return f"uses changed data {tp.section.name}"
+        return None
+
+    def compare(self, o_sec: Section, o_lo: int, o_hi: int, p_sec: Section, p_lo: int, p_hi: int) -> list[str]:
+        what = "code" if p_sec.is_text else "contents"
+        if o_hi - o_lo != p_hi - p_lo:
+            return [f"{what} changed (size {o_hi - o_lo} -> {p_hi - p_lo} bytes)"]
+        o_rels = [r for r in o_sec.relocations if o_lo <= r.offset < o_hi]
+        p_rels = [r for r in p_sec.relocations if p_lo <= r.offset < p_hi]
+        reasons = []
+        if _masked(o_sec.data[o_lo:o_hi], o_lo, o_rels) != _masked(p_sec.data[p_lo:p_hi], p_lo, p_rels):
+            reasons.append(f"{what} changed")
+        if len(o_rels) != len(p_rels) or any(
+                ro.offset - o_lo != rp.offset - p_lo or ro.type != rp.type for ro, rp in zip(o_rels, p_rels)):
+            if not reasons:
+                reasons.append(f"{what} changed (relocations differ)")
+            return reasons
+        for ro, rp in zip(o_rels, p_rels):
+            why = self.target_difference(o_sec, ro, p_sec, rp)
+            if why and why not in reasons:
+                reasons.append(why)
+        return reasons
+
+    def compare_symbol(self, sym: Symbol) -> None:
+        if sym.twin is None:
+            sym.status = Status.NEW
+            return
+        o_lo, o_hi = extent(sym.twin)
+        p_lo, p_hi = extent(sym)
+        sym.reasons = self.compare(sym.twin.section, o_lo, o_hi, sym.section, p_lo, p_hi)
+        sym.status = Status.CHANGED if sym.reasons else Status.SAME
+
+
+def _data_sections(obj: ObjectFile) -> list[Section]:
+    return [s for s in obj.sections if s.type not in _BOOKKEEPING and s.is_alloc and not s.is_text]
+
+
+def compare(orig: ObjectFile, patched: ObjectFile, comparer: Comparer) -> None:
+    """Set `status` (and `reasons`) on patched functions, data objects and allocated sections."""
+    data_syms = [s for s in patched.symbols if s.is_defined and s.section is not None and not s.is_section
+                 and not s.is_function and not s.section.is_text
+                 and not (s.type == STT_NOTYPE and s.name.startswith(".L"))]
+    # Twice: data can point at other read-only data that changed.
+    for _ in range(2):
+        for sec in _data_sections(patched):
+            if sec.twin is None:
+                sec.status = Status.NEW
+            else:
+                changed = comparer.compare(sec.twin, 0, sec.twin.size, sec, 0, sec.size)
+                sec.status = Status.CHANGED if changed else Status.SAME
+        for sym in data_syms:
+            comparer.compare_symbol(sym)
+    for sec in patched.sections:
+        if sec.is_text and sec.type not in _BOOKKEEPING:
+            sec.status = Status.NEW if sec.twin is None else None
+    for sym in patched.functions():
+        comparer.compare_symbol(sym)
+    # A split-off piece that changed changes its parent: the parent's copy must jump to the new piece.
+    changed = True
+    while changed:
+        changed = False
+        for sym in patched.functions():
+            parent = sym.parent
+            if sym.status is not Status.SAME and parent is not None and parent.status is Status.SAME:
+                parent.status = Status.CHANGED
+                parent.reasons.append(f"its part {sym.name} changed")
+                changed = True
+    for sec in patched.sections:
+        if sec.is_text and sec.status is None:
+            statuses = {s.status for s in sec.symbols if s.is_function}
+            sec.status = Status.CHANGED if statuses - {Status.SAME} else Status.SAME

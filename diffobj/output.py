@@ -1,0 +1,193 @@
+"""Output: turn the marked model into the object the patch module is linked from.
+
+Included sections are copied; each relocation is rewritten to point at the copy when its target is
+included, and otherwise at an undefined symbol naming the running original (docs/design.md, "Names of
+references to the original"). `.kpatch.funcs` gets one entry per redirected function.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+from diffobj import names
+from diffobj.arch import x86_64 as arch
+from diffobj.compare import extent
+from diffobj.model import (
+    SHF_ALLOC,
+    SHF_GROUP,
+    SHF_MERGE,
+    SHF_STRINGS,
+    SHT_PROGBITS,
+    STB_GLOBAL,
+    STB_LOCAL,
+    STT_FILE,
+    STT_NOTYPE,
+    STT_OBJECT,
+    STT_SECTION,
+    ObjectFile,
+    OutputObject,
+    OutRelocation,
+    OutSection,
+    OutSymbol,
+    Status,
+    Symbol,
+)
+from diffobj.targets import TargetResolver
+
+FUNC_ENTRY = struct.Struct("<7Q")  # struct kpatch_patch_func: new_addr new_size old_addr old_size sympos name objname
+FUNC_FIELDS = {"new_addr": 0, "name": 40, "objname": 48}
+KLP_PREFIX, USER_PREFIX = ".klp.sym.", ".kpatch.sym."
+
+
+@dataclass
+class FunctionChange:
+    name: str  # in the patched object (and the output)
+    old_name: str  # in the original, i.e. in the running target
+    objname: str
+    sympos: int
+    old_size: int
+    new_size: int
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReferenceNamer:
+    """Names the undefined symbol through which the patch reaches a symbol of the running original."""
+
+    kernel: bool
+    objname: str
+    sympos: Callable[[Symbol], int] | None = None
+    exported: set[str] | None = None  # kernel: names the running kernel exports
+    extern_objname: Callable[[str], str] | None = None  # kernel: which object defines an extern
+
+    def position(self, orig: Symbol) -> int:
+        return self.sympos(orig) if self.sympos else 0
+
+    def _klp(self, objname: str, name: str, pos: int) -> str:
+        return f"{KLP_PREFIX}{objname}.{name},{pos}"
+
+    def defined(self, orig: Symbol) -> str:
+        """For a symbol the original object defines (orig: its symbol in the ORIGINAL object)."""
+        if orig.is_local:
+            prefix = KLP_PREFIX if self.kernel else USER_PREFIX
+            return f"{prefix}{self.objname}.{orig.name},{self.position(orig)}"
+        if self.kernel and self.exported is not None and orig.name not in self.exported:
+            return self._klp(self.objname, orig.name, 0)
+        return orig.name
+
+    def extern(self, name: str) -> str:
+        """For a symbol the unit only uses (undefined in both objects)."""
+        if self.kernel and self.exported is not None and name not in self.exported:
+            objname = self.extern_objname(name) if self.extern_objname else "vmlinux"
+            return self._klp(objname, name, 0)
+        return name
+
+
+def redirected_functions(patched: ObjectFile, namer: ReferenceNamer) -> list[FunctionChange]:
+    """Changed functions whose running original gets redirected (`.cold` pieces ride with their parent)."""
+    changes = []
+    for sym in patched.functions():
+        if sym.status is not Status.CHANGED or sym.twin is None or names.is_cold_piece(sym.name):
+            continue
+        o_lo, o_hi = extent(sym.twin)
+        p_lo, p_hi = extent(sym)
+        pos = namer.position(sym.twin) if sym.twin.is_local else 0
+        changes.append(FunctionChange(sym.name, sym.twin.name, namer.objname, pos, o_hi - o_lo, p_hi - p_lo,
+                                      list(sym.reasons)))
+    return changes
+
+
+def build_output(patched: ObjectFile, resolver: TargetResolver, namer: ReferenceNamer,
+                 changes: list[FunctionChange]) -> OutputObject:
+    out_of: dict[int, OutSection] = {}
+    sections: list[OutSection] = []
+    symbols: list[OutSymbol] = [OutSymbol(patched.source_file or "patch", STT_FILE, STB_LOCAL, shndx=0xFFF1)]
+    for sec in patched.sections:
+        if sec.included:
+            out = OutSection(sec.name, sec.type, sec.flags & ~SHF_GROUP, sec.addralign, sec.entsize, sec.data)
+            out.section_symbol = OutSymbol("", STT_SECTION, STB_LOCAL, section=out)
+            symbols.append(out.section_symbol)
+            out_of[id(sec)] = out
+            sections.append(out)
+
+    copy_of: dict[int, OutSymbol] = {}
+    for sym in patched.symbols:
+        if sym.section is None or id(sym.section) not in out_of or sym.is_section or sym.type == STT_FILE:
+            continue
+        if sym.type == STT_NOTYPE and sym.is_local and sym.name.startswith(".L"):
+            continue  # assembler labels: references go through the section symbol
+        copy = OutSymbol(sym.name, sym.type, sym.bind, sym.other, out_of[id(sym.section)], sym.value, sym.size)
+        copy_of[id(sym)] = copy
+        symbols.append(copy)
+
+    undefined: dict[str, OutSymbol] = {}
+
+    def reference(name: str, like: Symbol) -> OutSymbol:
+        if name not in undefined:
+            stype = like.type if like.type in (STT_OBJECT,) or like.is_function else STT_NOTYPE
+            undefined[name] = OutSymbol(name, stype, STB_GLOBAL)
+            symbols.append(undefined[name])
+        return undefined[name]
+
+    for sec in patched.sections:
+        out = out_of.get(id(sec))
+        if out is None:
+            continue
+        for rel in sec.relocations:
+            sym = rel.symbol
+            if sym.section is not None and id(sym.section) in out_of:
+                target = out_of[id(sym.section)]
+                if sym.is_section:
+                    out.relocations.append(OutRelocation(rel.offset, rel.type, target.section_symbol, rel.addend))
+                elif id(sym) in copy_of:
+                    out.relocations.append(OutRelocation(rel.offset, rel.type, copy_of[id(sym)], rel.addend))
+                else:
+                    out.relocations.append(OutRelocation(rel.offset, rel.type, target.section_symbol,
+                                                         rel.addend + sym.value))
+            elif not sym.is_defined:
+                out.relocations.append(OutRelocation(rel.offset, rel.type, reference(namer.extern(sym.name), sym),
+                                                     rel.addend))
+            else:
+                t = resolver.resolve(sec, rel)
+                orig = t.symbol.twin if t.symbol is not None else None
+                if orig is None:
+                    raise AssertionError(f"{sec.name}+{rel.offset:#x}: reference to {sym.display} has no original")
+                out.relocations.append(OutRelocation(rel.offset, rel.type, reference(namer.defined(orig), orig),
+                                                     t.addend))
+
+    if changes:
+        _add_funcs_table(sections, symbols, copy_of, patched, changes)
+    sections.append(OutSection(".note.GNU-stack", SHT_PROGBITS, 0, 1, 0, b""))
+    return OutputObject(sections, symbols, patched.source_file)
+
+
+def _add_funcs_table(sections, symbols, copy_of, patched: ObjectFile, changes: list[FunctionChange]) -> None:
+    strings = bytearray()
+    offsets: dict[str, int] = {}
+
+    def string(s: str) -> int:
+        if s not in offsets:
+            offsets[s] = len(strings)
+            strings.extend(s.encode() + b"\0")
+        return offsets[s]
+
+    strtab = OutSection(".kpatch.strings", SHT_PROGBITS, SHF_ALLOC | SHF_MERGE | SHF_STRINGS, 1, 1, b"")
+    strtab.section_symbol = OutSymbol("", STT_SECTION, STB_LOCAL, section=strtab)
+    funcs = OutSection(".kpatch.funcs", SHT_PROGBITS, SHF_ALLOC, 8, FUNC_ENTRY.size, b"")
+    funcs.section_symbol = OutSymbol("", STT_SECTION, STB_LOCAL, section=funcs)
+    symbols += [strtab.section_symbol, funcs.section_symbol]
+    by_name = {s.name: s for s in patched.functions()}
+    table = bytearray()
+    for i, ch in enumerate(changes):
+        base = i * FUNC_ENTRY.size
+        table += FUNC_ENTRY.pack(0, ch.new_size, 0, ch.old_size, ch.sympos, 0, 0)
+        new_sym = copy_of[id(by_name[ch.name])]
+        funcs.relocations += [
+            OutRelocation(base + FUNC_FIELDS["new_addr"], arch.R_64, new_sym, 0),
+            OutRelocation(base + FUNC_FIELDS["name"], arch.R_64, strtab.section_symbol, string(ch.old_name)),
+            OutRelocation(base + FUNC_FIELDS["objname"], arch.R_64, strtab.section_symbol, string(ch.objname)),
+        ]
+    strtab.data = bytes(strings)
+    funcs.data = bytes(table)
+    sections += [strtab, funcs]

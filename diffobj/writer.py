@@ -1,0 +1,139 @@
+"""Write an `OutputObject` as an x86-64 ELF relocatable object, serialised with pyelftools' ELFStructs.
+
+Layout: ELF header, section contents (each aligned), relocation sections, .symtab, .strtab, .shstrtab,
+then the section header table. Local symbols come first, as ELF requires; .symtab's sh_info is the index
+of the first global.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+from elftools.construct import Container
+from elftools.elf.structs import ELFStructs
+
+from diffobj.model import (
+    SHF_INFO_LINK,
+    SHT_NOBITS,
+    SHT_RELA,
+    SHT_STRTAB,
+    SHT_SYMTAB,
+    STB_LOCAL,
+    STT_SECTION,
+    OutputObject,
+    OutSection,
+)
+
+_STRUCTS = ELFStructs(little_endian=True, elfclass=64)
+_STRUCTS.create_basic_structs()
+_STRUCTS.create_advanced_structs(1, 62, "ELFOSABI_SYSV")  # ET_REL, EM_X86_64
+EHDR_SIZE, SHDR_SIZE, SYM_SIZE, RELA_SIZE = 64, 64, 24, 24
+
+
+class _StringTable:
+    def __init__(self):
+        self.data = bytearray(b"\0")
+        self._index: dict[str, int] = {"": 0}
+
+    def add(self, s: str) -> int:
+        if s not in self._index:
+            self._index[s] = len(self.data)
+            self.data += s.encode() + b"\0"
+        return self._index[s]
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) // a * a if a > 1 else n
+
+
+def serialise(obj: OutputObject) -> bytes:
+    s = _STRUCTS
+    shstrtab, strtab = _StringTable(), _StringTable()
+    content = obj.sections
+    # Section indices: 1..n contents, each followed by its relocations when it has any.
+    index: dict[int, int] = {}
+    headers: list[dict] = [dict(name="", type=0, flags=0, data=b"", link=0, info=0, align=0, entsize=0)]
+    for sec in content:
+        index[id(sec)] = len(headers)
+        headers.append(dict(name=sec.name, type=sec.type, flags=sec.flags, data=sec.data, link=0, info=0,
+                            align=sec.addralign, entsize=sec.entsize, size=len(sec.data)))
+        if sec.relocations:
+            headers.append(dict(name=sec.rela_name or ".rela" + sec.name, type=SHT_RELA,
+                                flags=SHF_INFO_LINK | sec.rela_flags, data=None, link=None,
+                                info=index[id(sec)], align=8, entsize=RELA_SIZE, owner=sec))
+    symtab_index = len(headers)
+    strtab_index = symtab_index + 1
+    shstrtab_index = symtab_index + 2
+
+    locals_ = [sym for sym in obj.symbols if sym.bind == STB_LOCAL]
+    globals_ = [sym for sym in obj.symbols if sym.bind != STB_LOCAL]
+    ordered = locals_ + globals_
+    sym_index = {id(sym): i + 1 for i, sym in enumerate(ordered)}
+    symdata = bytearray(SYM_SIZE)
+    for sym in ordered:
+        if sym.section is not None:
+            shndx = index[id(sym.section)]
+        else:
+            shndx = sym.shndx or 0
+        symdata += s.Elf_Sym.build(Container(
+            st_name=0 if sym.type == STT_SECTION else strtab.add(sym.name),
+            st_info=Container(bind=sym.bind, type=sym.type),
+            st_other=Container(local=0, visibility=sym.other & 3),
+            st_shndx=shndx, st_value=sym.value, st_size=sym.size))
+
+    for h in headers:
+        if h["type"] == SHT_RELA and h["data"] is None:
+            owner: OutSection = h["owner"]
+            h["data"] = b"".join(s.Elf_Rela.build(Container(
+                r_offset=r.offset, r_info=(sym_index[id(r.symbol)] << 32) | r.type, r_info_sym=0, r_info_type=0,
+                r_addend=r.addend)) for r in owner.relocations)
+            h["link"] = symtab_index
+            h["size"] = len(h["data"])
+    headers.append(dict(name=".symtab", type=SHT_SYMTAB, flags=0, data=bytes(symdata), link=strtab_index,
+                        info=len(locals_) + 1, align=8, entsize=SYM_SIZE, size=len(symdata)))
+    headers.append(dict(name=".strtab", type=SHT_STRTAB, flags=0, data=bytes(strtab.data), link=0, info=0,
+                        align=1, entsize=0, size=len(strtab.data)))
+    for h in headers:
+        h["name_off"] = shstrtab.add(h["name"])
+    shstrtab.add(".shstrtab")
+    headers.append(dict(name=".shstrtab", type=SHT_STRTAB, flags=0, data=None, link=0, info=0, align=1,
+                        entsize=0, name_off=shstrtab.add(".shstrtab")))
+    headers[-1]["data"] = bytes(shstrtab.data)
+    headers[-1]["size"] = len(shstrtab.data)
+
+    body = bytearray(EHDR_SIZE)
+    for h in headers[1:]:
+        if h["type"] == SHT_NOBITS:
+            h["offset"] = _align(len(body), max(h["align"], 1))
+            continue
+        h["offset"] = _align(len(body), max(h["align"], 1))
+        body += bytes(h["offset"] - len(body))
+        body += h["data"]
+    shoff = _align(len(body), 8)
+    body += bytes(shoff - len(body))
+    for i, h in enumerate(headers):
+        body += s.Elf_Shdr.build(Container(
+            sh_name=h.get("name_off", 0), sh_type=h["type"], sh_flags=h["flags"], sh_addr=0,
+            sh_offset=h.get("offset", 0), sh_size=h.get("size", 0), sh_link=h["link"] or 0, sh_info=h["info"],
+            sh_addralign=h["align"], sh_entsize=h["entsize"]))
+    body[:EHDR_SIZE] = s.Elf_Ehdr.build(Container(
+        e_ident=Container(EI_MAG=[0x7F, 0x45, 0x4C, 0x46], EI_CLASS="ELFCLASS64", EI_DATA="ELFDATA2LSB",
+                          EI_VERSION="EV_CURRENT", EI_OSABI="ELFOSABI_SYSV", EI_ABIVERSION=0),
+        e_type="ET_REL", e_machine="EM_X86_64", e_version="EV_CURRENT", e_entry=0, e_phoff=0, e_shoff=shoff,
+        e_flags=0, e_ehsize=EHDR_SIZE, e_phentsize=0, e_phnum=0, e_shentsize=SHDR_SIZE, e_shnum=len(headers),
+        e_shstrndx=shstrtab_index))
+    return bytes(body)
+
+
+def write_object(obj: OutputObject, path: str) -> None:
+    """Write atomically: a failed run never leaves a partial object behind."""
+    data = serialise(obj)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".patch-diff-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
