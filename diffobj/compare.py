@@ -56,7 +56,8 @@ class Comparer:
     def __init__(self, orig_resolver: TargetResolver, patched_resolver: TargetResolver):
         self.o_res, self.p_res = orig_resolver, patched_resolver
 
-    def target_difference(self, o_sec: Section, ro: Relocation, p_sec: Section, rp: Relocation) -> str | None:
+    def target_difference(self, o_sec: Section, ro: Relocation, p_sec: Section, rp: Relocation,
+                          depth: int = 0) -> str | None:
         to, tp = self.o_res.resolve(o_sec, ro), self.p_res.resolve(p_sec, rp)
         if tp.section is None or to.section is None:  # undefined: an external name
             if tp.section is None and to.section is None and tp.symbol.name == to.symbol.name \
@@ -79,13 +80,25 @@ class Comparer:
             n = tp.section.entsize
             same = to.section.data[to.offset:to.offset + n] == tp.section.data[tp.offset:tp.offset + n]
             return None if same else f"constant in {tp.section.name} changed"
-        if tp.section.twin is not to.section or tp.offset != to.offset:
-            return f"now references {tp.section.name} instead of {to.section.name}"
-        if tp.section.status is Status.CHANGED:
-            return f"uses changed data {tp.section.name}"
+        if tp.section.is_writable or tp.section.is_text:
+            if tp.section.twin is not to.section or tp.offset != to.offset:
+                return f"now references {tp.section.name} instead of {to.section.name}"
+            return None
+        # Anonymous read-only data: compare the referenced item by contents, wherever it now lies.
+        if depth > 0:
+            return None
+        o_end = self.o_res.item_end(to.section, to.offset)
+        p_end = self.p_res.item_end(tp.section, tp.offset)
+        if self.compare(to.section, to.offset, o_end, tp.section, tp.offset, p_end, depth + 1):
+            item = tp.section.data[tp.offset:p_end]
+            if item.endswith(b"\0") and item[:-1].isascii() and b"\0" not in item[:-1]:
+                old = to.section.data[to.offset:o_end].rstrip(b"\0")
+                return f'string literal changed: "{_short(old)}" -> "{_short(item[:-1])}"'
+            return f"data it uses in {tp.section.name} changed"
         return None
 
-    def compare(self, o_sec: Section, o_lo: int, o_hi: int, p_sec: Section, p_lo: int, p_hi: int) -> list[str]:
+    def compare(self, o_sec: Section, o_lo: int, o_hi: int, p_sec: Section, p_lo: int, p_hi: int,
+                depth: int = 0) -> list[str]:
         what = "code" if p_sec.is_text else "contents"
         if o_hi - o_lo != p_hi - p_lo:
             return [f"{what} changed (size {o_hi - o_lo} -> {p_hi - p_lo} bytes)"]
@@ -100,7 +113,7 @@ class Comparer:
                 reasons.append(f"{what} changed (relocations differ)")
             return reasons
         for ro, rp in zip(o_rels, p_rels):
-            why = self.target_difference(o_sec, ro, p_sec, rp)
+            why = self.target_difference(o_sec, ro, p_sec, rp, depth)
             if why and why not in reasons:
                 reasons.append(why)
         return reasons

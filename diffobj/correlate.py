@@ -60,9 +60,9 @@ def _pair_by(key, orig_syms, patched_syms, unique_only: bool) -> None:
                 _link(o, p)
 
 
-def referenced_by_function(obj: ObjectFile, resolver: TargetResolver) -> dict[Symbol, list[Symbol]]:
+def referenced_by_function(obj: ObjectFile, resolver: TargetResolver) -> dict[Symbol, dict[Symbol, None]]:
     """For each named symbol, the functions whose code references it."""
-    users: dict[Symbol, list[Symbol]] = defaultdict(list)
+    users: dict[Symbol, dict[Symbol, None]] = defaultdict(dict)  # ordered sets
     for sec in obj.sections:
         if not sec.is_text or not sec.relocations:
             continue
@@ -72,8 +72,8 @@ def referenced_by_function(obj: ObjectFile, resolver: TargetResolver) -> dict[Sy
             if target is None or target.is_section:
                 continue
             for f in funcs:
-                if f.value <= rel.offset < f.value + max(f.size, 1) and f not in users[target]:
-                    users[target].append(f)
+                if f.value <= rel.offset < f.value + max(f.size, 1):
+                    users[target][f] = None
     return users
 
 
@@ -95,7 +95,7 @@ def _correlate_static_locals(orig, patched, o_users, p_users, problems: Problems
     for var, funcs in o_users.items():
         if not _is_numbered_local_data(var) or var.twin is None:
             continue
-        still_used = p_users.get(var.twin, [])
+        still_used = p_users.get(var.twin, {})
         for f in funcs:
             if f.twin is not None and still_used and f.twin not in still_used:
                 problems.add(var.name, f"static local no longer referenced by {f.twin.name} but still used by "

@@ -83,7 +83,7 @@ def diff_objects(orig_path: str, patched_path: str, options: DiffOptions | None 
     objname = opts.objname or ("vmlinux" if opts.kernel else os.path.splitext(os.path.basename(patched_path))[0])
     orig, patched = read_object(orig_path), read_object(patched_path)
     problems = Problems()
-    o_res, p_res = TargetResolver(), TargetResolver()
+    o_res, p_res = TargetResolver(orig), TargetResolver(patched)
 
     correlate(orig, patched, problems, o_res, p_res)
     _check_same_unit(orig, patched)

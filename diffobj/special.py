@@ -3,13 +3,123 @@
 Called by `diffobj.diff.diff_objects` in kernel mode, after `include` has set `Section.included` on the
 included code: for each special section to keep, set `included` and replace `data` and `relocations`
 with the filtered entries (offsets rebased), so the output pass copies it like any other section.
-Also adds a Problem for every changed function without an fentry call (ftrace cannot redirect it).
+`.altinstr_replacement` is cut down to the replacements the kept `.altinstructions` entries use, and
+`.altinstr_aux` (static_cpu_has() slow paths, jumped into from the code) comes along when included code
+uses it. Also adds a Problem for every changed function without an fentry call: the livepatch core
+redirects a function through ftrace, which needs that call.
 """
 from __future__ import annotations
 
-from diffobj.model import ObjectFile
+from diffobj import names
+from diffobj.arch import x86_64_special as layout
+from diffobj.model import ObjectFile, Relocation, Section, Status, Symbol
 from diffobj.problems import Problems
 
 
 def filter_special_sections(patched: ObjectFile, problems: Problems) -> None:
-    """Placeholder until the kernel pass lands: keeps no special section."""
+    _check_fentry(patched, problems)
+    code = {id(s) for s in patched.sections if s.included and s.is_text}
+    for sec in list(patched.sections):
+        spec = layout.SPECIAL_SECTIONS.get(sec.name)
+        if spec is None or sec.included:
+            continue
+        if sec.size % spec.entry_size:
+            problems.add(sec.name, f"size {sec.size} is not a multiple of its {spec.entry_size}-byte entries: "
+                                   "unknown layout for this kernel")
+            continue
+        at = {r.offset: r for r in sec.relocations}
+        keep = [i for i in range(sec.size // spec.entry_size)
+                if (r := at.get(i * spec.entry_size + spec.anchor)) is not None
+                and r.symbol.section is not None and id(r.symbol.section) in code]
+        if not keep:
+            continue
+        _keep_entries(sec, spec.entry_size, keep)
+        if spec.paired:
+            _keep_paired(patched, spec.paired, keep, problems)
+        if spec.replacement is not None:
+            _keep_replacements(sec, spec)
+        _include_targets(sec)
+    _include_alt_aux(patched)
+
+
+def _keep_entries(sec: Section, size: int, keep: list[int]) -> None:
+    data, rels = bytearray(), []
+    for new, old in enumerate(keep):
+        lo = old * size
+        data += sec.data[lo:lo + size]
+        rels += [Relocation(r.offset - lo + new * size, r.type, r.symbol, r.addend)
+                 for r in sec.relocations if lo <= r.offset < lo + size]
+    sec.data, sec.relocations, sec.included = bytes(data), rels, True
+
+
+def _keep_paired(patched: ObjectFile, name: str, keep: list[int], problems: Problems) -> None:
+    table = patched.section_named(name)
+    n = layout.ORC_ENTRY_SIZE
+    if table is None or table.size % n or max(keep) >= table.size // n:
+        problems.add(name, "does not match its index table entry for entry: unknown layout")
+        return
+    _keep_entries(table, n, keep)
+
+
+def _keep_replacements(alt: Section, spec: layout.SpecialSection) -> None:
+    """Cut `.altinstr_replacement` down to the byte ranges the kept entries name, and repoint them."""
+    at = {r.offset: r for r in alt.relocations}
+    repl: Section | None = None
+    ranges: dict[int, int] = {}  # start -> length
+    for lo in range(0, alt.size, spec.entry_size):
+        r = at.get(lo + spec.replacement)
+        if r is None or r.symbol.section is None:
+            continue
+        repl = r.symbol.section
+        start = r.symbol.value + r.addend
+        ranges[start] = max(ranges.get(start, 0), alt.data[lo + spec.replacement_len])
+    if repl is None:
+        return
+    moved: dict[int, int] = {}  # old start -> new start
+    data, rels = bytearray(), []
+    for start in sorted(ranges):
+        end = start + ranges[start]
+        moved[start] = len(data)
+        rels += [Relocation(r.offset - start + len(data), r.type, r.symbol, r.addend)
+                 for r in repl.relocations if start <= r.offset < end]
+        data += repl.data[start:end]
+    for lo in range(0, alt.size, spec.entry_size):
+        r = at.get(lo + spec.replacement)
+        if r is not None and r.symbol.section is repl:
+            r.addend = moved[r.symbol.value + r.addend] - r.symbol.value
+    repl.data, repl.relocations, repl.included = bytes(data), rels, True
+
+
+def _include_targets(sec: Section) -> None:
+    """Bring what the kept entries point at and the running kernel lacks: new data, strings (BUG file names)."""
+    for r in sec.relocations:
+        t = r.symbol.section
+        if t is None or t.included or t.is_text:
+            continue
+        sym: Symbol | None = None if r.symbol.is_section else r.symbol
+        if (sym is not None and sym.status is Status.NEW) or (sym is None and (not t.is_writable
+                                                                               or t.status is Status.NEW)):
+            t.included = True
+
+
+def _include_alt_aux(patched: ObjectFile) -> None:
+    for sec in patched.sections:
+        if sec.included and sec.is_text:
+            for r in sec.relocations:
+                t = r.symbol.section
+                if t is not None and t.name == layout.ALT_AUX and not t.included:
+                    t.included = True
+
+
+def _check_fentry(patched: ObjectFile, problems: Problems) -> None:
+    mcount = patched.section_named("__mcount_loc")
+    recorded = {(id(r.symbol.section), r.symbol.value + r.addend) for r in mcount.relocations} if mcount else set()
+    for f in patched.functions():
+        if f.status is not Status.CHANGED or names.is_cold_piece(f.name):
+            continue
+        sites = {f.value + k for k in layout.FENTRY_FIELD_OFFSETS}
+        called = any(r.offset in sites and r.symbol.name == layout.FENTRY for r in f.section.relocations)
+        # objtool may have turned the call into a NOP (R_X86_64_NONE) and recorded it in __mcount_loc.
+        if not called and not any((id(f.section), f.value + k - 1) in recorded for k in layout.FENTRY_FIELD_OFFSETS):
+            problems.add(f.name, "has no fentry call at its start (notrace, or built without -pg): ftrace "
+                                 "cannot redirect it")

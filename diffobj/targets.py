@@ -8,10 +8,11 @@ the referenced address is `S + A + (end of instruction - field)`, which needs th
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from diffobj.arch import x86_64 as arch
-from diffobj.model import STT_NOTYPE, Relocation, Section, Symbol
+from diffobj.model import STT_NOTYPE, ObjectFile, Relocation, Section, Symbol
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,8 +26,11 @@ class Target:
 class TargetResolver:
     """Resolves relocations of one object, caching instruction boundaries per code section."""
 
-    def __init__(self):
+    def __init__(self, obj: ObjectFile):
+        self.obj = obj
         self._insns: dict[int, list[tuple[int, int]]] = {}
+        self._items: dict[int, list[int]] = {}
+        self._targets: dict[int, Target] = {}
 
     def bias(self, sec: Section, rel: Relocation) -> int:
         rtype = arch.reloc_type(rel.type)
@@ -38,6 +42,22 @@ class TargetResolver:
         return arch.pc_relative_bias(insns, rel.offset, rtype.size)
 
     def resolve(self, sec: Section, rel: Relocation) -> Target:
+        cached = self._targets.get(id(rel))
+        if cached is None:
+            cached = self._targets[id(rel)] = self._resolve(sec, rel)
+        return cached
+
+    def _string_offset(self, sec: Section, rel: Relocation, target_sec: Section, base: int) -> int:
+        """The referenced string's offset. Nearly always the field is the instruction's last bytes; check
+        that the guess lands on the start of a non-empty string before paying for a disassembly."""
+        rtype = arch.reloc_type(rel.type)
+        guess = base + rel.addend + (rtype.size if rtype.pc_relative and sec.is_text else 0)
+        data = target_sec.data
+        if 0 <= guess < len(data) and data[guess] != 0 and (guess == 0 or data[guess - 1] == 0):
+            return guess
+        return base + rel.addend + self.bias(sec, rel)
+
+    def _resolve(self, sec: Section, rel: Relocation) -> Target:
         sym = rel.symbol
         if not sym.is_defined or sym.section is None:
             return Target(sym, None, rel.addend, rel.addend)
@@ -50,12 +70,34 @@ class TargetResolver:
         if len(named) == 1 and not target_sec.is_strings:
             only = named[0]
             return Target(only, target_sec, base_off + rel.addend - only.value, base_off + rel.addend - only.value)
+        if target_sec.is_strings:
+            return Target(None, target_sec, self._string_offset(sec, rel, target_sec, base_off), base_off + rel.addend)
         where = base_off + rel.addend + self.bias(sec, rel)
         if named and not target_sec.is_strings:
             hit = next((s for s in named if s.value <= where < s.value + max(s.size, 1)), None)
             if hit is not None:
                 return Target(hit, target_sec, where - hit.value, base_off + rel.addend - hit.value)
         return Target(None, target_sec, where, base_off + rel.addend)
+
+
+    def item_end(self, sec: Section, offset: int) -> int:
+        """Where the anonymous item referenced at `offset` ends: at the next referenced offset.
+
+        Sections such as `.rodata` at -O0 hold many unnamed items (strings, jump tables); the other
+        references into the section are the only boundaries there are.
+        """
+        starts = self._items.get(id(sec))
+        if starts is None:
+            found = {sec.size}
+            for other in self.obj.sections:
+                for rel in other.relocations:
+                    if rel.symbol.section is sec:
+                        t = self.resolve(other, rel)
+                        if t.symbol is None:
+                            found.add(t.offset)
+            starts = self._items[id(sec)] = sorted(found)
+        i = bisect.bisect_right(starts, offset)
+        return starts[i] if i < len(starts) else sec.size
 
 
 def string_at(sec: Section, offset: int) -> bytes:
