@@ -60,46 +60,84 @@ def _pair_by(key, orig_syms, patched_syms, unique_only: bool) -> None:
                 _link(o, p)
 
 
-def referenced_by_function(obj: ObjectFile, resolver: TargetResolver) -> dict[Symbol, dict[Symbol, None]]:
-    """For each named symbol, the functions whose code references it."""
-    users: dict[Symbol, dict[Symbol, None]] = defaultdict(dict)  # ordered sets
-    for sec in obj.sections:
-        if not sec.is_text or not sec.relocations:
-            continue
-        funcs = [s for s in sec.symbols if s.is_function]
-        for rel in sec.relocations:
+def _ordered_local_refs(func: Symbol, resolver: TargetResolver) -> list[Symbol]:
+    """Numbered local data a function's code references, in order of first reference."""
+    refs: dict[Symbol, None] = {}
+    sec = func.section
+    for rel in sec.relocations:
+        if func.value <= rel.offset < func.value + max(func.size, 1):
             target = resolver.resolve(sec, rel).symbol
-            if target is None or target.is_section:
-                continue
-            for f in funcs:
-                if f.value <= rel.offset < f.value + max(f.size, 1):
-                    users[target][f] = None
-    return users
+            if target is not None and _is_numbered_local_data(target):
+                refs[target] = None
+    return list(refs)
 
 
-def _correlate_static_locals(orig, patched, o_users, p_users, problems: Problems) -> None:
-    o_refs: dict[Symbol, list[Symbol]] = defaultdict(list)  # orig function -> numbered locals it uses
-    for var, funcs in o_users.items():
-        if _is_numbered_local_data(var):
-            for f in funcs:
-                o_refs[f].append(var)
-    for var, funcs in p_users.items():
-        if not _is_numbered_local_data(var) or var.twin is not None:
-            continue
-        candidates = {o for f in funcs if f.twin is not None for o in o_refs.get(f.twin, [])
-                      if o.twin is None and names.pattern(o.name) == names.pattern(var.name)}
-        if len(candidates) == 1:
-            _link(candidates.pop(), var)
+def _static_kind(sym: Symbol, strict: bool):
+    if not strict:
+        return names.pattern(sym.name)
+    return names.pattern(sym.name), sym.section.is_nobits, sym.section.is_writable, sym.size
+
+
+def _correlate_static_locals(orig, patched, o_res, p_res, problems: Problems) -> None:
+    """Pair static locals through the functions that use them.
+
+    Within a function pair, candidates of the same pattern are told apart by kind (bss or data,
+    size), then by the order of their first reference; a loose pass on the pattern alone follows so
+    that a changed initial value still pairs (and is then refused as changed data).
+    """
+    pairs = [(f.twin, f) for f in patched.functions() if f.twin is not None]
+    refs: dict[int, list[Symbol]] = {}
+    for o_f, p_f in pairs:
+        refs[id(o_f)] = _ordered_local_refs(o_f, o_res)
+        refs[id(p_f)] = _ordered_local_refs(p_f, p_res)
+    for strict in (True, False):
+        votes: dict[Symbol, set[Symbol]] = defaultdict(set)
+        for o_f, p_f in pairs:
+            o_groups, p_groups = defaultdict(list), defaultdict(list)
+            for v in refs[id(o_f)]:
+                if v.twin is None:
+                    o_groups[_static_kind(v, strict)].append(v)
+            for v in refs[id(p_f)]:
+                if v.twin is None:
+                    p_groups[_static_kind(v, strict)].append(v)
+            for kind, ps in p_groups.items():
+                os_ = o_groups.get(kind, [])
+                if len(ps) == len(os_):
+                    for p, o in zip(ps, os_):
+                        votes[p].add(o)
+                else:
+                    for p in ps:
+                        votes[p].update(os_)
+        taken: set[Symbol] = set()
+        for p, cands in votes.items():
+            if len(cands) == 1:
+                o = next(iter(cands))
+                if o.twin is None and o not in taken:
+                    taken.add(o)
+                    _link(o, p)
+    for o_f, p_f in pairs:
+        o_left = {names.pattern(v.name): v for v in refs[id(o_f)] if v.twin is None}
+        for v in refs[id(p_f)]:
+            if v.twin is None and names.pattern(v.name) in o_left:
+                problems.add(v.name, f"cannot tell which static local of the original {p_f.name} it is "
+                                     f"(candidates include {o_left[names.pattern(v.name)].name})")
     # A correlated static local that a function stopped referencing while others still use it: the
     # patched function would silently stop sharing the running state.
-    for var, funcs in o_users.items():
-        if not _is_numbered_local_data(var) or var.twin is None:
-            continue
-        still_used = p_users.get(var.twin, {})
-        for f in funcs:
-            if f.twin is not None and still_used and f.twin not in still_used:
-                problems.add(var.name, f"static local no longer referenced by {f.twin.name} but still used by "
-                                       f"{', '.join(sorted(u.name for u in still_used))}")
+    users_of: dict[Symbol, list[str]] | None = None
+    for o_f, p_f in pairs:
+        p_refs = set(refs[id(p_f)])
+        for var in refs[id(o_f)]:
+            if var.twin is None or var.twin in p_refs:
+                continue
+            if users_of is None:
+                users_of = defaultdict(list)
+                for f in patched.functions():
+                    for v in _ordered_local_refs(f, p_res):
+                        users_of[v].append(f.name)
+            users = users_of.get(var.twin)
+            if users:
+                problems.add(var.name, f"static local no longer referenced by {p_f.name} but still used by "
+                                       f"{', '.join(sorted(users))}")
 
 
 def _correlate_sections(orig: ObjectFile, patched: ObjectFile) -> None:
@@ -140,9 +178,7 @@ def correlate(orig: ObjectFile, patched: ObjectFile, problems: Problems,
     functions = lambda ss: [s for s in ss if s.is_function]  # noqa: E731
     _pair_by(lambda s: names.pattern(s.name), functions(o_syms), functions(p_syms), True)
 
-    o_users = referenced_by_function(orig, orig_resolver)
-    p_users = referenced_by_function(patched, patched_resolver)
-    _correlate_static_locals(orig, patched, o_users, p_users, problems)
+    _correlate_static_locals(orig, patched, orig_resolver, patched_resolver, problems)
     numbered = lambda ss: [s for s in ss if _is_numbered_local_data(s)]  # noqa: E731
     _pair_by(lambda s: names.pattern(s.name), numbered(o_syms), numbered(p_syms), True)
 
