@@ -20,12 +20,12 @@ def check(patched: ObjectFile, kernel: bool, problems: Problems) -> None:
         if not sym.is_defined or sym.section is None or sym.is_section:
             continue
         sec = sym.section
-        if sym.is_function and sym.status is Status.CHANGED:
+        if sym.is_function and sym.status is Status.CHANGED and sym.alias_of is None:
             if kernel and _is_init(sec.name):
                 problems.add(sym.name, f"changed initialisation-only code ({sec.name}): it ran at boot or "
                                        "load time and cannot be patched")
                 continue
-            others = [s for s in sec.symbols if s.is_function and s is not sym]
+            others = [s for s in sec.symbols if s.is_function and s is not sym and s.alias_of is None]
             if others:
                 problems.add(sym.name, f"shares section {sec.name} with {others[0].name}: not compiled with "
                                        "-ffunction-sections (or assembly), cannot be replaced alone")
@@ -39,6 +39,6 @@ def check(patched: ObjectFile, kernel: bool, problems: Problems) -> None:
         elif sym.is_object and sym.status is Status.CHANGED and sym.twin is not None:
             if kernel and _is_init(sec.name):
                 problems.add(sym.name, f"changed initialisation-only data ({sec.name})")
-            elif sec.is_writable or sym.twin.section.is_writable:
+            elif not sec.is_readonly_data or not sym.twin.section.is_readonly_data:
                 problems.add(sym.name, "initial value of existing data changed: the running program keeps its "
                                        "current value (change it from code instead)")

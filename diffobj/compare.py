@@ -7,6 +7,7 @@ Data is compared first so that a function using changed read-only data is itself
 """
 from __future__ import annotations
 
+from diffobj import names
 from diffobj.arch import x86_64 as arch
 from diffobj.model import (
     SHF_MERGE,
@@ -68,7 +69,7 @@ class Comparer:
             if to.symbol is None or tp.symbol.twin is not to.symbol or tp.offset != to.offset:
                 old = to.symbol.name if to.symbol is not None else to.section.name
                 return f"now references {tp.symbol.name} instead of {old}"
-            if not tp.symbol.is_function and tp.symbol.status is Status.CHANGED and not tp.section.is_writable:
+            if not tp.symbol.is_function and tp.symbol.status is Status.CHANGED and tp.section.is_readonly_data:
                 return f"uses changed read-only data {tp.symbol.name}"
             return None
         if to.symbol is not None:
@@ -80,7 +81,7 @@ class Comparer:
             n = tp.section.entsize
             same = to.section.data[to.offset:to.offset + n] == tp.section.data[tp.offset:tp.offset + n]
             return None if same else f"constant in {tp.section.name} changed"
-        if tp.section.is_writable or tp.section.is_text:
+        if not tp.section.is_readonly_data:
             if tp.section.twin is not to.section or tp.offset != to.offset:
                 return f"now references {tp.section.name} instead of {to.section.name}"
             return None
@@ -158,7 +159,10 @@ def compare(orig: ObjectFile, patched: ObjectFile, comparer: Comparer) -> None:
         changed = False
         for sym in patched.functions():
             parent = sym.parent
-            if sym.status is not Status.SAME and parent is not None and parent.status is Status.SAME:
+            # Only a `.cold` piece is jumped into from its parent's body; a `.part` piece is called
+            # and redirected on its own.
+            if sym.status is not Status.SAME and parent is not None and parent.status is Status.SAME \
+                    and names.is_cold_piece(sym.name):
                 parent.status = Status.CHANGED
                 parent.reasons.append(f"its part {sym.name} changed")
                 changed = True

@@ -59,7 +59,7 @@ def include(patched: ObjectFile, resolver: TargetResolver, problems: Problems) -
             tsec = t.section
             if tsec is None or tsec.included:
                 continue
-            sym = t.symbol
+            sym = t.symbol.alias_of or t.symbol if t.symbol is not None else None
             if sym is not None and (sym.is_function or tsec.is_text):
                 if sym.status is Status.NEW:
                     add(tsec, sym.name, "function", f"new, used by {owner}")
@@ -68,12 +68,12 @@ def include(patched: ObjectFile, resolver: TargetResolver, problems: Problems) -
             elif sym is not None:
                 if sym.status is Status.NEW:
                     _include_data(sym, tsec, f"new data, used by {owner}", add, problems)
-                elif sym.status is Status.CHANGED and not tsec.is_writable:
+                elif sym.status is Status.CHANGED and tsec.is_readonly_data:
                     add(tsec, sym.name, "object", f"changed read-only data, used by {owner}")
             elif tsec.is_text:
                 if tsec.status is not Status.SAME:
                     add(tsec, tsec.name, "section", f"code used by {owner}")
-            elif not tsec.is_writable:
+            elif tsec.is_readonly_data:
                 what = "string literals" if tsec.is_strings else "read-only data"
                 add(tsec, tsec.name, "section", f"{what} used by {owner}")
             elif tsec.status is Status.NEW:

@@ -74,6 +74,12 @@ class Section:
         return bool(self.flags & SHF_WRITE)
 
     @property
+    def is_readonly_data(self) -> bool:
+        """Data the running program never writes: read-only, or RELRO (`.data.rel.ro`), which is only
+        written by the dynamic linker's relocation before the program runs."""
+        return not self.is_text and (not self.is_writable or self.name.startswith(".data.rel.ro"))
+
+    @property
     def is_strings(self) -> bool:
         return bool(self.flags & SHF_STRINGS)
 
@@ -108,6 +114,7 @@ class Symbol:
     # set by passes
     twin: Symbol | None = None
     status: Status | None = None
+    alias_of: Symbol | None = None  # another name for the same function (gcc's NAME.localalias)
     parent: Symbol | None = None  # a .cold/.part piece's parent function
     children: list[Symbol] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)  # why CHANGED (compare)
@@ -151,7 +158,8 @@ class ObjectFile:
     source_file: str = ""  # the STT_FILE symbol's name
 
     def functions(self) -> list[Symbol]:
-        return [s for s in self.symbols if s.is_function and s.is_defined]
+        """Defined functions, one symbol each: aliases are left out."""
+        return [s for s in self.symbols if s.is_function and s.is_defined and s.alias_of is None]
 
     def section_named(self, name: str) -> Section | None:
         return next((s for s in self.sections if s.name == name), None)

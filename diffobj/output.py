@@ -115,8 +115,6 @@ def build_output(patched: ObjectFile, resolver: TargetResolver, namer: Reference
     for sym in patched.symbols:
         if sym.section is None or id(sym.section) not in out_of or sym.is_section or sym.type == STT_FILE:
             continue
-        if sym.type == STT_NOTYPE and sym.is_local and sym.name.startswith(".L"):
-            continue  # assembler labels: references go through the section symbol
         copy = OutSymbol(sym.name, sym.type, sym.bind, sym.other, out_of[id(sym.section)], sym.value, sym.size)
         copy_of[id(sym)] = copy
         symbols.append(copy)
@@ -140,17 +138,16 @@ def build_output(patched: ObjectFile, resolver: TargetResolver, namer: Reference
                 target = out_of[id(sym.section)]
                 if sym.is_section:
                     out.relocations.append(OutRelocation(rel.offset, rel.type, target.section_symbol, rel.addend))
-                elif id(sym) in copy_of:
+                else:  # labels too: ld finds an entry of a merged (SHF_MERGE) section by its symbol
                     out.relocations.append(OutRelocation(rel.offset, rel.type, copy_of[id(sym)], rel.addend))
-                else:
-                    out.relocations.append(OutRelocation(rel.offset, rel.type, target.section_symbol,
-                                                         rel.addend + sym.value))
             elif not sym.is_defined:
                 out.relocations.append(OutRelocation(rel.offset, rel.type, reference(namer.extern(sym.name), sym),
                                                      rel.addend))
             else:
                 t = resolver.resolve(sec, rel)
                 orig = t.symbol.twin if t.symbol is not None else None
+                if orig is not None and orig.alias_of is not None:
+                    orig = orig.alias_of  # the primary name, global when there is one
                 if orig is None:
                     raise AssertionError(f"{sec.name}+{rel.offset:#x}: reference to {sym.display} has no original")
                 out.relocations.append(OutRelocation(rel.offset, rel.type, reference(namer.defined(orig), orig),

@@ -19,6 +19,7 @@ from diffobj.model import (
     SHT_REL,
     SHT_RELA,
     STT_FILE,
+    STT_FUNC,
     STT_SECTION,
     ObjectFile,
     Relocation,
@@ -131,4 +132,20 @@ def read_object(path: str) -> ObjectFile:
                     sections[idx].group = sec
     for sec in sections:
         sec.relocations.sort(key=lambda r: r.offset)
+        _mark_aliases(sec)
     return ObjectFile(path=path, sections=sections, symbols=symbols, source_file=source_file)
+
+
+def _mark_aliases(sec: Section) -> None:
+    """Several function symbols with one address and size are one function (gcc adds `NAME.localalias`
+    for -fPIC code): the global, or else the undotted, name is the function; the others alias it."""
+    by_extent: dict[tuple[int, int], list[Symbol]] = {}
+    for sym in sec.symbols:
+        if sym.type == STT_FUNC:
+            by_extent.setdefault((sym.value, sym.size), []).append(sym)
+    for syms in by_extent.values():
+        if len(syms) > 1:
+            primary = min(syms, key=lambda s: (s.is_local, "." in s.name, s.index))
+            for sym in syms:
+                if sym is not primary:
+                    sym.alias_of = primary

@@ -1,0 +1,101 @@
+"""Link OUT.o into the original program in place of the changed functions; the program's output must
+become the patched one.
+
+The original program (non-PIE, orig.o plus the fixture's driver unit) runs, calls sched_yield() at its
+patch point, and goes on. With the LD_PRELOAD shim (tests/support/patchshim.c) the patch is applied at
+that point: OUT.o, linked by the real GNU ld at 0x10000000 with every reference to the original defined
+at its address in the program, is mapped, and each old function jumps to its new one. State gathered
+before the patch point (static locals, globals) must carry on after it: the references really reach the
+running program's data.
+"""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from support import patchlink, toolchain
+from support.diffcases import OBJNAME, fixture_names
+
+LINKED = fixture_names(with_key="link")
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory):
+    return patchlink.build_shim(tmp_path_factory.mktemp("shim"))
+
+
+def test_enough_link_fixtures():
+    assert len(LINKED) >= 6
+
+
+@pytest.mark.parametrize("name", LINKED)
+def test_original_program_output(fixtures, name):
+    fx = fixtures[name]
+    run = subprocess.run([str(fx.program)], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == fx.manifest["link"]["orig_output"]
+
+
+@pytest.mark.parametrize("name", LINKED)
+def test_patched_program_output(fixtures, name, shim):
+    fx = fixtures[name]
+    assert fx.diff.returncode == 0, fx.diff.stderr
+    program = patchlink.ProgramSymbols(fx.program, OBJNAME)
+    elf = patchlink.link_patch(fx.diff.out, program, fx.workdir)
+    funcs = patchlink.patch_funcs(elf)
+    assert sorted(f.name for f in funcs) == sorted(fx.manifest["changed"])
+    pairs = patchlink.redirects(funcs, program)
+    run = patchlink.run_with_patch(fx.program, shim, elf, pairs)
+    assert run.returncode == 0, f"exit {run.returncode}\nstdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    assert run.stdout == fx.manifest["link"]["patched_output"]
+
+
+def test_shim_without_patch_leaves_the_program_alone(fixtures, shim):
+    """Control: redirecting nothing (an empty patch) keeps the original output, so the shim adds nothing."""
+    fx = fixtures["static_local_counter"]
+    assert fx.diff.returncode == 0, fx.diff.stderr
+    program = patchlink.ProgramSymbols(fx.program, OBJNAME)
+    elf = patchlink.link_patch(fx.diff.out, program, fx.workdir)
+    run = patchlink.run_with_patch(fx.program, shim, elf, [])
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == fx.manifest["link"]["orig_output"]
+
+
+HANDWRITTEN_PATCH = r"""
+#include <stdio.h>
+extern int kp_counter; /* renamed to the original's static local by objcopy */
+int next_ticket(void)
+{
+	kp_counter += 100;
+	printf("ticket %d\n", kp_counter);
+	return kp_counter;
+}
+struct kpatch_func {
+	void *new_addr;
+	unsigned long new_size, old_addr, old_size, sympos;
+	const char *name, *objname;
+};
+__attribute__((section(".kpatch.funcs"), used)) static struct kpatch_func entry = {
+	(void *)next_ticket, 1, 0, OLD_SIZE, 0, "next_ticket", "prog"
+};
+"""
+
+
+def test_link_harness_with_a_handwritten_patch(fixtures, shim, tmp_path):
+    """The harness itself, without the differ: a patch written by hand in the output format (undefined
+    `.kpatch.sym` reference, `.kpatch.funcs` entry) is linked and applied, and uses the running state."""
+    fx = fixtures["static_local_counter"]
+    program = patchlink.ProgramSymbols(fx.program, OBJNAME)
+    old_size = program.function("next_ticket", 0).size
+    src = tmp_path / "handwritten.c"
+    src.write_text(HANDWRITTEN_PATCH)
+    obj = toolchain.compile_object(src, tmp_path / "handwritten.o", ["-O2", f"-DOLD_SIZE={old_size}"])
+    subprocess.run(["objcopy", f"--redefine-sym=kp_counter=.kpatch.sym.{OBJNAME}.counter.0,0", str(obj)],
+                   check=True)
+    elf = patchlink.link_patch(obj, program, tmp_path)
+    funcs = patchlink.patch_funcs(elf)
+    assert [(f.name, f.objname) for f in funcs] == [("next_ticket", OBJNAME)]
+    run = patchlink.run_with_patch(fx.program, shim, elf, patchlink.redirects(funcs, program))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "ticket 1\nticket 2\nticket 102\nticket 202\n"

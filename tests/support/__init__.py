@@ -1,0 +1,1 @@
+"""Test helpers shared by the test areas: real toolchain runs, ELF checks, the link shim."""
