@@ -47,6 +47,10 @@ def _masked(data: bytes, lo: int, rels: list[Relocation]) -> bytes:
     return bytes(buf)
 
 
+def _call_targets(rels: list[Relocation], lo: int) -> dict[int, str]:
+    return {r.offset - lo: r.symbol.name for r in rels if not r.symbol.is_section}
+
+
 def _short(s: bytes, limit: int = 40) -> str:
     text = s.decode("utf-8", "backslashreplace")
     text = text.encode("unicode_escape").decode("ascii")
@@ -106,7 +110,10 @@ class Comparer:
         o_rels = [r for r in o_sec.relocations if o_lo <= r.offset < o_hi]
         p_rels = [r for r in p_sec.relocations if p_lo <= r.offset < p_hi]
         reasons = []
-        if _masked(o_sec.data[o_lo:o_hi], o_lo, o_rels) != _masked(p_sec.data[p_lo:p_hi], p_lo, p_rels):
+        o_code = _masked(o_sec.data[o_lo:o_hi], o_lo, o_rels)
+        p_code = _masked(p_sec.data[p_lo:p_hi], p_lo, p_rels)
+        if o_code != p_code and not (p_sec.is_text and arch.only_line_numbers_differ(
+                o_code, p_code, _call_targets(o_rels, o_lo), _call_targets(p_rels, p_lo))):
             reasons.append(f"{what} changed")
         if len(o_rels) != len(p_rels) or any(
                 ro.offset - o_lo != rp.offset - p_lo or ro.type != rp.type for ro, rp in zip(o_rels, p_rels)):
