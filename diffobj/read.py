@@ -29,7 +29,7 @@ from diffobj.model import (
 
 ET_REL, ET_EXEC, ET_DYN, ET_CORE = 1, 2, 3, 4
 SHN_LORESERVE = 0xFF00
-MAX_SECTIONS = 0xFF00 - 0x100  # 65,280: past this, ELF moves the count to section 0
+MAX_SECTIONS = SHN_LORESERVE  # 65,280: from there on, ELF moves the count to section 0
 
 _ET_NAMES = {ET_EXEC: "an executable", ET_DYN: "a shared object", ET_CORE: "a core dump"}
 _ELF64_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
