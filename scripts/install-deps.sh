@@ -18,7 +18,10 @@ if ((${#missing[@]})); then
 fi
 
 PY=${PYTHON:-python3}
-if ! $PY -c "import diffobj, lief, elftools, typer, capstone, pytest" 2>/dev/null \
-   || ! command -v patch-diff >/dev/null; then
-    $PY -m pip install -q -e '.[test]'
+# The console scripts must run this checkout's code: reinstall when they point elsewhere.
+here=$(pwd -P)
+installed=$(cd / && $PY -c "import diffobj, lief, elftools, typer, capstone, jinja2, pytest, os; \
+    print(os.path.dirname(os.path.dirname(os.path.realpath(diffobj.__file__))))" 2>/dev/null || true)
+if [ "$installed" != "$here" ] || ! command -v patch-diff >/dev/null; then
+    $PY -m pip install -q --root-user-action=ignore -e '.[test]'
 fi
