@@ -39,6 +39,9 @@ def check(patched: ObjectFile, kernel: bool, problems: Problems) -> None:
         elif sym.is_object and sym.status is Status.CHANGED and sym.twin is not None:
             if kernel and _is_init(sec.name):
                 problems.add(sym.name, f"changed initialisation-only data ({sec.name})")
+            elif sym.size != sym.twin.size:
+                problems.add(sym.name, f"size of existing data changed from {sym.twin.size} to {sym.size} bytes: "
+                                       "the running program's object keeps its old layout")
             elif not sec.is_readonly_data or not sym.twin.section.is_readonly_data:
                 problems.add(sym.name, "initial value of existing data changed: the running program keeps its "
                                        "current value (change it from code instead)")

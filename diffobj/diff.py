@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-from diffobj import checks, special
+from diffobj import checks, ehframe, special
 from diffobj.compare import Comparer, compare
 from diffobj.correlate import correlate
 from diffobj.errors import InputError
@@ -49,7 +49,7 @@ class DiffResult:
 
     @property
     def has_changes(self) -> bool:
-        return bool(self.changed_functions or self.new_functions or self.errors or self.included)
+        return bool(self.changed_functions or self.new_functions or self.errors)
 
     def write(self, path: str) -> None:
         if self.errors or self.output is None:
@@ -89,15 +89,17 @@ def diff_objects(orig_path: str, patched_path: str, options: DiffOptions | None 
     _check_same_unit(orig, patched)
     compare(orig, patched, Comparer(o_res, p_res))
     checks.check(patched, opts.kernel, problems)
-    included = include(patched, p_res, problems)
+    inclusion = include(patched, p_res, problems)
     if opts.kernel:
         special.filter_special_sections(patched, problems)
+    else:
+        ehframe.keep_unwind_info(patched, inclusion)
 
     namer = ReferenceNamer(opts.kernel, objname, opts.sympos, opts.exported, opts.extern_objname)
     result = DiffResult(orig_path, patched_path, objname, opts.kernel, orig=orig, patched=patched)
     result.changed_functions = redirected_functions(patched, namer)
     result.new_functions = [f.name for f in patched.functions() if f.status is Status.NEW]
-    result.included = included
+    result.included = inclusion.included
     result.errors = problems.errors
     result.warnings = problems.warnings
     if result.has_changes and not result.errors:

@@ -26,68 +26,83 @@ def _owner(sec: Section) -> str:
     return named[0].name if named else sec.name
 
 
-def include(patched: ObjectFile, resolver: TargetResolver, problems: Problems) -> list[Included]:
-    included: list[Included] = []
-    work: list[Section] = []
+class Inclusion:
+    """The set of included sections and the worklist that follows their relocations."""
 
-    def add(sec: Section, name: str, kind: str, reason: str) -> None:
+    def __init__(self, patched: ObjectFile, resolver: TargetResolver, problems: Problems):
+        self.patched, self.resolver, self.problems = patched, resolver, problems
+        self.included: list[Included] = []
+        self._work: list[Section] = []
+
+    def add(self, sec: Section, name: str, kind: str, reason: str) -> None:
         if sec.included:
             return
         sec.included = True
-        included.append(Included(name, kind, reason))
-        work.append(sec)
+        self.included.append(Included(name, kind, reason))
+        self._work.append(sec)
 
-    for f in patched.functions():
-        if f.parent is not None and f.parent.status is not Status.SAME:
-            continue  # comes with its parent
-        if f.status is Status.CHANGED:
-            add(f.section, f.name, "function", "; ".join(f.reasons))
-        elif f.status is Status.NEW and not f.is_local:
-            add(f.section, f.name, "function", "new function")
-    for sym in patched.symbols:
-        if sym.is_object and sym.status is Status.NEW and not sym.is_local and sym.section is not None:
-            _include_data(sym, sym.section, "new global variable", add, problems)
+    def add_roots(self) -> None:
+        for f in self.patched.functions():
+            if f.parent is not None and f.parent.status is not Status.SAME:
+                continue  # comes with its parent
+            if f.status is Status.CHANGED:
+                self.add(f.section, f.name, "function", "; ".join(f.reasons))
+            elif f.status is Status.NEW and not f.is_local:
+                self.add(f.section, f.name, "function", "new function")
+        for sym in self.patched.symbols:
+            if sym.is_object and sym.status is Status.NEW and not sym.is_local and sym.section is not None:
+                self.add_data(sym, sym.section, "new global variable")
 
-    while work:
-        sec = work.pop()
-        owner = _owner(sec)
-        for f in sec.symbols:
-            for child in f.children:
-                add(child.section, child.name, "function", f"part of {f.name}")
-        for rel in sec.relocations:
-            t = resolver.resolve(sec, rel)
-            tsec = t.section
-            if tsec is None or tsec.included:
-                continue
-            sym = t.symbol.alias_of or t.symbol if t.symbol is not None else None
-            if sym is not None and (sym.is_function or tsec.is_text):
-                if sym.status is Status.NEW:
-                    add(tsec, sym.name, "function", f"new, used by {owner}")
-                elif sym.status is Status.CHANGED:
-                    add(tsec, sym.name, "function", "; ".join(sym.reasons))
-            elif sym is not None:
-                if sym.status is Status.NEW:
-                    _include_data(sym, tsec, f"new data, used by {owner}", add, problems)
-                elif sym.status is Status.CHANGED and tsec.is_readonly_data:
-                    add(tsec, sym.name, "object", f"changed read-only data, used by {owner}")
-            elif tsec.is_text:
-                if tsec.status is not Status.SAME:
-                    add(tsec, tsec.name, "section", f"code used by {owner}")
-            elif tsec.is_readonly_data:
-                what = "string literals" if tsec.is_strings else "read-only data"
-                add(tsec, tsec.name, "section", f"{what} used by {owner}")
-            elif tsec.status is Status.NEW:
-                add(tsec, tsec.name, "section", f"new data, used by {owner}")
-            else:
-                problems.add(owner, f"references anonymous writable data in {tsec.name}, which cannot be "
-                                    "found in the running program (build with -fdata-sections)")
-    return included
+    def add_data(self, sym: Symbol, sec: Section, reason: str) -> None:
+        existing = [s for s in sec.symbols if s.twin is not None and s.is_object]
+        if sec.is_writable and existing:
+            self.problems.add(sym.name, f"new data shares section {sec.name} with existing {existing[0].name}: "
+                                        "build with -fdata-sections")
+            return
+        self.add(sec, sym.name, "object", reason)
+
+    def follow(self) -> None:
+        """Include what the included sections need, until nothing new is needed."""
+        while self._work:
+            sec = self._work.pop()
+            owner = _owner(sec)
+            for f in sec.symbols:
+                for child in f.children:
+                    self.add(child.section, child.name, "function", f"part of {f.name}")
+            for rel in sec.relocations:
+                self._follow_reference(sec, rel, owner)
+
+    def _follow_reference(self, sec: Section, rel, owner: str) -> None:
+        t = self.resolver.resolve(sec, rel)
+        tsec = t.section
+        if tsec is None or tsec.included:
+            return
+        sym = t.symbol.alias_of or t.symbol if t.symbol is not None else None
+        if sym is not None and (sym.is_function or tsec.is_text):
+            if sym.status is Status.NEW:
+                self.add(tsec, sym.name, "function", f"new, used by {owner}")
+            elif sym.status is Status.CHANGED:
+                self.add(tsec, sym.name, "function", "; ".join(sym.reasons))
+        elif sym is not None:
+            if sym.status is Status.NEW:
+                self.add_data(sym, tsec, f"new data, used by {owner}")
+            elif sym.status is Status.CHANGED and tsec.is_readonly_data:
+                self.add(tsec, sym.name, "object", f"changed read-only data, used by {owner}")
+        elif tsec.is_text:
+            if tsec.status is not Status.SAME:
+                self.add(tsec, tsec.name, "section", f"code used by {owner}")
+        elif tsec.is_readonly_data:
+            what = "string literals" if tsec.is_strings else "read-only data"
+            self.add(tsec, tsec.name, "section", f"{what} used by {owner}")
+        elif tsec.status is Status.NEW:
+            self.add(tsec, tsec.name, "section", f"new data, used by {owner}")
+        else:
+            self.problems.add(owner, f"references anonymous writable data in {tsec.name}, which cannot be "
+                                     "found in the running program (build with -fdata-sections)")
 
 
-def _include_data(sym: Symbol, sec: Section, reason: str, add, problems: Problems) -> None:
-    existing = [s for s in sec.symbols if s.twin is not None and s.is_object]
-    if sec.is_writable and existing:
-        problems.add(sym.name, f"new data shares section {sec.name} with existing {existing[0].name}: "
-                               "build with -fdata-sections")
-        return
-    add(sec, sym.name, "object", reason)
+def include(patched: ObjectFile, resolver: TargetResolver, problems: Problems) -> Inclusion:
+    inclusion = Inclusion(patched, resolver, problems)
+    inclusion.add_roots()
+    inclusion.follow()
+    return inclusion

@@ -25,6 +25,7 @@ from diffobj.model import (
     STT_NOTYPE,
     STT_OBJECT,
     STT_SECTION,
+    STT_TLS,
     ObjectFile,
     OutputObject,
     OutRelocation,
@@ -123,7 +124,8 @@ def build_output(patched: ObjectFile, resolver: TargetResolver, namer: Reference
 
     def reference(name: str, like: Symbol) -> OutSymbol:
         if name not in undefined:
-            stype = like.type if like.type in (STT_OBJECT,) or like.is_function else STT_NOTYPE
+            # ld checks TLS relocations against TLS symbols; other types only inform readers.
+            stype = like.type if like.type in (STT_OBJECT, STT_TLS) or like.is_function else STT_NOTYPE
             undefined[name] = OutSymbol(name, stype, STB_GLOBAL)
             symbols.append(undefined[name])
         return undefined[name]

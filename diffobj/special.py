@@ -112,14 +112,13 @@ def _include_alt_aux(patched: ObjectFile) -> None:
 
 
 def _check_fentry(patched: ObjectFile, problems: Problems) -> None:
-    mcount = patched.section_named("__mcount_loc")
-    recorded = {(id(r.symbol.section), r.symbol.value + r.addend) for r in mcount.relocations} if mcount else set()
+    """ftrace redirects the RUNNING function, so its original must start with the fentry call. objtool may
+    have turned that call into a NOP, keeping an R_X86_64_NONE relocation against __fentry__ there."""
     for f in patched.functions():
-        if f.status is not Status.CHANGED or names.is_cold_piece(f.name):
+        orig = f.twin
+        if f.status is not Status.CHANGED or orig is None or names.is_cold_piece(f.name):
             continue
-        sites = {f.value + k for k in layout.FENTRY_FIELD_OFFSETS}
-        called = any(r.offset in sites and r.symbol.name == layout.FENTRY for r in f.section.relocations)
-        # objtool may have turned the call into a NOP (R_X86_64_NONE) and recorded it in __mcount_loc.
-        if not called and not any((id(f.section), f.value + k - 1) in recorded for k in layout.FENTRY_FIELD_OFFSETS):
+        sites = {orig.value + k for k in layout.FENTRY_FIELD_OFFSETS}
+        if not any(r.offset in sites and r.symbol.name == layout.FENTRY for r in orig.section.relocations):
             problems.add(f.name, "has no fentry call at its start (notrace, or built without -pg): ftrace "
                                  "cannot redirect it")

@@ -106,20 +106,20 @@ def pc_relative_bias(code_insns: list[tuple[int, int]], reloc_offset: int, size:
     return size
 
 
-# Functions that take `__LINE__` as an argument: a patch that adds lines above a function shifts the
-# immediate it passes them without changing what the function does.
-LINE_TAKING_FUNCTIONS = frozenset({
-    "__might_sleep", "___might_sleep", "__might_resched", "__might_fault", "__cant_sleep", "__cant_migrate",
-    "lockdep_rcu_suspicious", "__warn_printk", "_printk", "printk", "__assert_fail", "__assert_perror_fail",
-})
-_LINE_ARG_REGISTERS = ("esi", "edx", "ecx")
+# Functions with a line-number parameter, and the register that carries it (System V ABI): a patch
+# that adds lines above a caller shifts the immediate it passes without changing what it does.
+LINE_PARAMETER_REGISTER = {
+    "__might_sleep": "esi", "___might_sleep": "esi", "__might_resched": "esi", "__might_fault": "esi",
+    "lockdep_rcu_suspicious": "esi", "__assert_fail": "edx", "__assert_perror_fail": "edx",
+}
 _LINE_CALL_WINDOW = 8  # instructions between loading the line number and the call
 
 
 def only_line_numbers_differ(old: bytes, new: bytes, call_targets_old: dict[int, str],
                              call_targets_new: dict[int, str]) -> bool:
-    """True when two same-size function bodies differ only in `mov $imm, %esi/%edx/%ecx` that load a
-    line number for a call to a line-taking function. `call_targets_*`: relocation offset -> name."""
+    """True when two same-size function bodies differ only in `mov $imm, %reg` that load the line
+    argument of a following call to a function with a line parameter. `call_targets_*`: relocation
+    offset -> symbol name."""
     md = _disassembler()
     a, b = list(md.disasm_lite(old, 0)), list(md.disasm_lite(new, 0))
     if len(a) != len(b):
@@ -128,20 +128,21 @@ def only_line_numbers_differ(old: bytes, new: bytes, call_targets_old: dict[int,
     for i, ((addr, size, mnem, ops), (addr2, size2, mnem2, ops2)) in enumerate(zip(a, b)):
         if old[addr:addr + size] == new[addr2:addr2 + size2]:
             continue
-        if addr != addr2 or size != size2 or mnem != "mov" or mnem2 != "mov":
+        if (addr, size, mnem) != (addr2, size2, "mov") or mnem != "mov":
             return False
-        reg, reg2 = ops.split(",")[0], ops2.split(",")[0]
-        if reg != reg2 or reg not in _LINE_ARG_REGISTERS or "0x" not in ops2 and not ops2.split(",")[1].strip().isdigit():
+        reg, src = ops.split(", ")[0], ops.split(", ")[-1]
+        reg2, src2 = ops2.split(", ")[0], ops2.split(", ")[-1]
+        if reg != reg2 or not (src.startswith("0x") or src.isdigit()) or not (src2.startswith("0x") or src2.isdigit()):
             return False
-        if not _calls_line_function(a[i + 1:i + 1 + _LINE_CALL_WINDOW], call_targets_old) or \
-                not _calls_line_function(b[i + 1:i + 1 + _LINE_CALL_WINDOW], call_targets_new):
+        if _line_register_of_next_call(a[i + 1:i + 1 + _LINE_CALL_WINDOW], call_targets_old) != reg or \
+                _line_register_of_next_call(b[i + 1:i + 1 + _LINE_CALL_WINDOW], call_targets_new) != reg:
             return False
         differing += 1
     return differing > 0
 
 
-def _calls_line_function(insns, call_targets: dict[int, str]) -> bool:
-    for addr, size, mnem, _ in insns:
+def _line_register_of_next_call(insns, call_targets: dict[int, str]) -> str | None:
+    for addr, _, mnem, _ in insns:
         if mnem in ("call", "jmp"):
-            return call_targets.get(addr + 1) in LINE_TAKING_FUNCTIONS
-    return False
+            return LINE_PARAMETER_REGISTER.get(call_targets.get(addr + 1, ""))
+    return None

@@ -41,5 +41,6 @@ ALT_REPLACEMENT = ".altinstr_replacement"
 # Out-of-line code of static_cpu_has() that included code jumps into (and which jumps back).
 ALT_AUX = ".altinstr_aux"
 FENTRY = "__fentry__"
-# The fentry call is the first instruction, after an endbr64 when IBT is on: its rel32 field sits here.
+# The fentry call (or the NOP objtool made of it, still relocated against __fentry__) is the first
+# instruction, after an endbr64 when IBT is on: its rel32 field sits here.
 FENTRY_FIELD_OFFSETS = (1, 5)
