@@ -16,6 +16,8 @@ test: deps
 
 bench: deps
 	$(PYTHON) bench/diff_bench.py
+	$(PYTHON) bench/apply_bench.py
+	$(PYTHON) bench/build_bench.py
 
 clean:
 	rm -rf .cache build *.egg-info .pytest_cache

@@ -8,6 +8,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
+
+
+class Progress(Protocol):
+    """How a builder tells the CLI what it is doing (a rich display on a terminal, plain lines otherwise)."""
+
+    def step(self, title: str, total: int | None = None) -> None:
+        """A new step begins; `total` units of work when known (then `advance` is called per unit)."""
+
+    def advance(self, detail: str = "") -> None:
+        """One unit of the current step is done."""
+
+    def note(self, text: str) -> None:
+        """Something the user should see (a warning, where the scratch tree is kept)."""
+
+
+class SilentProgress:
+    def step(self, title: str, total: int | None = None) -> None:
+        pass
+
+    def advance(self, detail: str = "") -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
 
 
 @dataclass
@@ -30,6 +55,7 @@ class BuildOptions:
     headers: Path | None = None
     non_replace: bool = False
     json_output: bool = False  # --json (issue 6): one summary line on stdout
+    progress: Progress = field(default_factory=SilentProgress)
 
 
 @dataclass
@@ -38,6 +64,8 @@ class BuildResult:
     report_json: Path
     name: str
     kind: str  # "user" | "kernel"
-    diffs: list = field(default_factory=list)  # diffobj.diff.DiffResult per changed object
+    diffs: list = field(default_factory=list)  # per changed object: user kbuild.units.UnitDiff; kernel: DiffResult
+    functions: list[str] = field(default_factory=list)  # replaced functions, as "objname:name"
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step: original build, patched build, ...
     extra_reports: list[Path] = field(default_factory=list)  # .md / .html renderings
     scratch: Path | None = None  # kept with -d

@@ -1,0 +1,3 @@
+from kbuild.cli import app
+
+app(prog_name="patch-build")

@@ -1,0 +1,46 @@
+"""The reports of a user-space build (NAME.report.json, .md, .html) through report/'s data model (issue 6).
+
+The only place that shapes the build report. `tool_identity`/`compiler_identity` also serve the kernel builder.
+"""
+from __future__ import annotations
+
+import platform
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+from report.build import write_reports
+from report.collect import build_report, object_report
+from report.model import Target
+
+
+def tool_identity() -> dict:
+    try:
+        version = metadata.version("patch-build")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {"name": "patch-build", "version": version, "python": platform.python_version()}
+
+
+@lru_cache(maxsize=None)
+def compiler_identity(compiler: str) -> dict:
+    try:
+        out = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    return {"path": compiler, "version": out.splitlines()[0] if out else "unknown"}
+
+
+def write_build_report(outdir: Path, name: str, status: str, message: str, units: list, targets: list,
+                       patches: list[Path], module: Path | None, tree: Path) -> list[Path]:
+    """Write the reports; `units` are kbuild.units.UnitDiff (their objects must still exist), `targets` have
+    name and build_id. Returns the paths written, JSON first."""
+    objects = [object_report(u.report, source=u.source, patches=patches, relative_to=tree,
+                             rejected=[(m.split(" ", 1)[0], f"the deployed {u.objname} runs other code: {m}")
+                                       for m in u.mismatched])
+               for u in units]
+    report = build_report(name, "user", objects, status=status, message=message, patches=patches,
+                          targets=[Target(name=t.name, build_id=t.build_id) for t in targets], module=module,
+                          relative_to=tree)
+    return write_reports(report, outdir, name)

@@ -1,0 +1,157 @@
+"""`patch-build`: build a live patch module from fix.patch files and a source tree.
+
+A Linux source tree (SRCDIR) gets a kernel livepatch module (kbuild.kernel); any other tree a user-space
+NAME.kpatch (kbuild.userspace).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from diffobj.console import guarded
+from kbuild.build import BuildFailed
+from kbuild.options import BuildOptions, BuildResult
+from report.model import Report
+from report.summary import json_summary, status_for_exit
+
+app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
+PROG = "patch-build"
+
+
+def is_kernel_tree(srcdir: Path) -> bool:
+    makefile = srcdir / "Makefile"
+    if not ((srcdir / "Kbuild").is_file() and (srcdir / "arch" / "x86").is_dir() and makefile.is_file()):
+        return False
+    with open(makefile, errors="replace") as f:
+        return any(line.startswith("VERSION =") for line, _ in zip(f, range(20)))
+
+
+def build(options: BuildOptions) -> BuildResult:
+    """Dispatch to the kernel or the user-space builder."""
+    if options.srcdir.is_dir() and is_kernel_tree(options.srcdir):
+        from kbuild.kernel import build_kernel_patch
+        return build_kernel_patch(options)
+    from kbuild.userspace import build_user_patch
+    return build_user_patch(options)
+
+
+class PlainProgress:
+    """One line per step on stderr, for logs and pipes."""
+
+    def step(self, title: str, total: int | None = None) -> None:
+        print(f"{PROG}: {title}", file=sys.stderr, flush=True)
+
+    def advance(self, detail: str = "") -> None:
+        if detail:
+            print(f"{PROG}:   {detail}", file=sys.stderr, flush=True)
+
+    def note(self, text: str) -> None:
+        print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+
+    def close(self, ok: bool = True) -> None:
+        pass
+
+
+class RichProgress:
+    """A live spinner / bar per step on a terminal (stderr)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(SpinnerColumn(finished_text="[green]✓"), TextColumn("{task.description}"),
+                                  BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                  console=Console(stderr=True), transient=False)
+        self._progress.start()
+        self._task = None
+        self._closed = False
+
+    def _finish_task(self) -> None:
+        if self._task is not None:
+            task = self._progress.tasks[-1]
+            self._progress.update(self._task, total=task.total or 1, completed=task.total or 1)
+
+    def step(self, title: str, total: int | None = None) -> None:
+        self._finish_task()
+        self._task = self._progress.add_task(title, total=total)
+
+    def advance(self, detail: str = "") -> None:
+        if self._task is not None:
+            self._progress.advance(self._task)
+
+    def note(self, text: str) -> None:
+        self._progress.console.print(f"{PROG}: {text}", highlight=False, markup=False)
+
+    def close(self, ok: bool = True) -> None:
+        """Stop the display; a failed step is left unticked."""
+        if self._closed:
+            return
+        self._closed = True
+        if ok:
+            self._finish_task()
+        self._progress.stop()
+
+
+@app.command()
+def main(
+    patches: List[Path] = typer.Argument(..., metavar="PATCH",
+                                         help="fix.patch files, applied in order (patch -p1)"),
+    srcdir: Path = typer.Option(Path("."), "-s", "--srcdir", help="pristine source tree (never modified)"),
+    target: List[str] = typer.Option([], "-t", "--target",
+                                     help="file the build produces to patch, relative to SRCDIR (repeatable)"),
+    target_binary: List[Path] = typer.Option([], "--target-binary",
+                                             help="the deployed binary, one per TARGET (default: SRCDIR/TARGET)"),
+    build_cmd: str = typer.Option("make", "--build-cmd", help="how the project builds (run with sh -c)"),
+    name: Optional[str] = typer.Option(None, "-n", "--name", help="module name (default: first patch's stem)"),
+    outdir: Path = typer.Option(Path("."), "-o", "--outdir", help="where NAME.kpatch / NAME.ko and the report go"),
+    jobs: int = typer.Option(0, "-j", "--jobs", min=0, help="parallel jobs (default: number of CPUs)"),
+    skip_cleanup: bool = typer.Option(False, "--skip-cleanup", help="keep the scratch tree"),
+    debug: bool = typer.Option(False, "-d", "--debug", help="keep the scratch tree, print its path and tracebacks"),
+    config: Optional[Path] = typer.Option(None, "-c", "--config", help="kernel: the running kernel's .config"),
+    vmlinux: Optional[Path] = typer.Option(None, "-v", "--vmlinux", help="kernel: the running kernel's vmlinux"),
+    system_map: Optional[Path] = typer.Option(None, "--system-map", help="kernel: the running kernel's System.map"),
+    headers: Optional[Path] = typer.Option(None, "--headers", help="kernel: the running kernel's headers tree"),
+    non_replace: bool = typer.Option(False, "--non-replace", help="kernel: do not replace earlier livepatches"),
+    json_output: bool = typer.Option(False, "--json", help="print a one-line JSON summary on stdout"),
+) -> None:
+    """Build a live patch module from PATCH files.
+
+    Exit codes: 0 built, 1 refused (unsupported change, deployed binary differs), 2 bad input (missing tree,
+    patch does not apply, build failure), 3 no functional change.
+    """
+    if debug:
+        os.environ["PATCH_BUILD_DEBUG"] = "1"
+    progress = RichProgress() if sys.stderr.isatty() else PlainProgress()
+    options = BuildOptions(patches=patches, srcdir=srcdir, targets=target, name=name, outdir=outdir, jobs=jobs,
+                           skip_cleanup=skip_cleanup, debug=debug, build_cmd=build_cmd, target_binaries=target_binary,
+                           config=config, vmlinux=vmlinux, system_map=system_map, headers=headers,
+                           non_replace=non_replace, json_output=json_output, progress=progress)
+    failure = None
+    try:
+        with guarded(PROG):
+            try:
+                result = build(options)
+            except Exception as e:
+                failure = str(e)
+                progress.close(ok=False)
+                if isinstance(e, BuildFailed):  # the end of the build log, above the one-line error
+                    for line in e.tail:
+                        print(f"  | {line}", file=sys.stderr)
+                raise
+            finally:
+                progress.close()
+    except typer.Exit as e:
+        if json_output:
+            print(json_summary(status_for_exit(e.exit_code), name=options.name, message=failure))
+        raise
+    print(f"{PROG}: wrote {result.module} ({len(result.functions)} function(s): "
+          f"{', '.join(result.functions)}) and {result.report_json}", file=sys.stderr)
+    if json_output:
+        report = Report.from_dict(json.loads(result.report_json.read_text()))
+        print(json_summary("built", name=result.name, module=result.module, report=report,
+                           reports=[result.report_json, *result.extra_reports]))

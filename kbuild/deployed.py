@@ -1,0 +1,178 @@
+"""The deployed target binary: its identity, where a unit's symbols are in it, and whether the functions a
+patch replaces are the ones it runs.
+
+The binary need not be built with -ffunction-sections: functions are found through its .symtab. Local symbols
+are told apart livepatch-style (sympos) using the STT_FILE blocks the linker keeps in symtab order.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lief
+
+from diffobj.errors import InputError
+from diffobj.model import STB_GLOBAL, STT_FILE, ObjectFile, Symbol
+from kbuild.samecode import difference
+
+lief.logging.disable()
+
+
+@dataclass
+class BinarySymbol:
+    index: int  # position in .symtab
+    name: str
+    is_function: bool
+    is_local: bool
+    value: int
+    size: int
+    file: str  # name of the STT_FILE a local follows ('' for globals)
+    block: int  # which STT_FILE block (-1 for globals)
+
+
+@dataclass
+class DeployedBinary:
+    path: Path
+    build_id: str
+    symbols: list[BinarySymbol]
+    files: set[str]  # names of its STT_FILE symbols: the units linked into it
+    _binary: lief.ELF.Binary = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def __post_init__(self) -> None:
+        self._locals: dict[str, list[BinarySymbol]] = {}
+        self._globals: dict[str, BinarySymbol] = {}
+        for s in self.symbols:
+            if s.is_local:
+                self._locals.setdefault(s.name, []).append(s)
+            elif s.value:
+                self._globals.setdefault(s.name, s)
+        self._functions = sorted((s for s in self.symbols if s.is_function and s.value), key=lambda s: s.value)
+        self._starts = [s.value for s in self._functions]
+
+    def links(self, obj: ObjectFile) -> bool:
+        """Whether the unit `obj` is linked into this binary: the binary has an STT_FILE of the unit's name and,
+        when the unit defines strong globals, has them too (weak ones, C++ inline functions and templates, are
+        shared by every unit that includes their header)."""
+        if unit_file(obj) not in self.files:
+            return False
+        strong = {s.name for s in obj.symbols
+                  if s.bind == STB_GLOBAL and s.is_defined and (s.is_function or s.is_object)}
+        return not strong or any(self.global_named(name) is not None for name in strong)
+
+    def locals_named(self, name: str) -> list[BinarySymbol]:
+        return self._locals.get(name, [])
+
+    def global_named(self, name: str) -> BinarySymbol | None:
+        """A defined global (or weak) symbol of the binary."""
+        return self._globals.get(name)
+
+    def read(self, address: int, size: int) -> bytes:
+        return bytes(self._binary.get_content_from_virtual_address(address, size))
+
+    def symbol_at(self, address: int) -> tuple[str, int] | None:
+        """(function name, offset) of the function covering `address`."""
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i >= 0:
+            f = self._functions[i]
+            if f.value <= address < f.value + max(f.size, 1):
+                return f.name, address - f.value
+        return None
+
+    def section_name(self, address: int) -> str:
+        sec = self._binary.section_from_virtual_address(address)
+        return sec.name if sec is not None else ""
+
+
+def load_binary(path: Path) -> DeployedBinary:
+    """Parse the deployed executable or shared library; InputError when it cannot serve as a target. A symlink
+    (libfoo.so -> libfoo.so.1) is followed: the running process maps, and the module names, the file itself."""
+    path = path.resolve()
+    binary = lief.ELF.parse(os.fspath(path)) if path.is_file() else None
+    if binary is None:
+        raise InputError(f"{path}: not a readable ELF file")
+    if binary.header.file_type not in (lief.ELF.Header.FILE_TYPE.EXEC, lief.ELF.Header.FILE_TYPE.DYN):
+        raise InputError(f"{path.name}: not an executable or shared library")
+    notes = [n for n in binary.notes if n.type == lief.ELF.Note.TYPE.GNU_BUILD_ID]
+    if not notes:
+        raise InputError(f"{path.name}: has no GNU build-id note (link with -Wl,--build-id)")
+    symbols, files, current_file, block = [], set(), "", 0
+    for i, sym in enumerate(binary.symtab_symbols):
+        if sym.type == lief.ELF.Symbol.TYPE.FILE:
+            current_file, block = sym.name, block + 1
+            files.add(sym.name)
+            continue
+        local = sym.binding == lief.ELF.Symbol.BINDING.LOCAL
+        symbols.append(BinarySymbol(i, sym.name, sym.type == lief.ELF.Symbol.TYPE.FUNC, local, sym.value, sym.size,
+                                    current_file if local else "", block if local else -1))
+    if not symbols:
+        raise InputError(f"{path.name}: is stripped (no .symtab); give the unstripped binary with --target-binary")
+    return DeployedBinary(path=path, build_id=bytes(notes[0].description).hex(), symbols=symbols, files=files,
+                          _binary=binary)
+
+
+def unit_file(obj: ObjectFile) -> str:
+    """The name of the unit's STT_FILE symbol (the source basename the compiler recorded)."""
+    return next((s.name for s in obj.symbols if s.type == STT_FILE and s.name), "")
+
+
+class UnitSymbols:
+    """Where one compilation unit's symbols are in the deployed binary; also the differ's `sympos` callable."""
+
+    def __init__(self, binary: DeployedBinary, obj: ObjectFile):
+        self.binary = binary
+        self.file = unit_file(obj)
+        self.local_names = {s.name for s in obj.symbols if s.is_local and s.name and (s.is_function or s.is_object)}
+
+    def _candidates(self, name: str) -> list[BinarySymbol]:
+        """Same-named locals in this unit's STT_FILE block; when several blocks carry the unit's file name
+        (same basename in two directories), the block sharing the most local names with the unit."""
+        same_file = [s for s in self.binary.locals_named(name) if s.file == self.file]
+        blocks = {s.block for s in same_file}
+        if len(blocks) > 1:
+            names: dict[int, set[str]] = {b: set() for b in blocks}
+            for s in self.binary.symbols:
+                if s.block in names:
+                    names[s.block].add(s.name)
+            best = max(sorted(blocks), key=lambda b: len(names[b] & self.local_names))
+            same_file = [s for s in same_file if s.block == best]
+        return same_file
+
+    def find(self, sym: Symbol) -> BinarySymbol | None:
+        if not sym.is_local:
+            return self.binary.global_named(sym.name)
+        found = self._candidates(sym.name)
+        return found[0] if found else None
+
+    def __call__(self, sym: Symbol) -> int:
+        """livepatch's sympos: 0 when the name is unique among the binary's locals, else the 1-based position
+        of this unit's symbol among them in symtab order."""
+        same = self.binary.locals_named(sym.name)
+        if len(same) <= 1:
+            return 0
+        mine = self.find(sym)
+        if mine is None:
+            return 0
+        return 1 + [s.index for s in same].index(mine.index)
+
+
+def mismatches(obj: ObjectFile, names: list[str], where: UnitSymbols) -> list[str]:
+    """Of the original object's functions `names`, those the deployed binary does not run, each with why."""
+    problems = []
+    for name in names:
+        sym = next((s for s in obj.symbols if s.name == name and s.is_function and s.section is not None), None)
+        if sym is None:
+            continue  # not a function of the original unit: nothing deployed to compare
+        deployed = where.find(sym)
+        if deployed is None:
+            problems.append(f"{name} (not in {where.binary.name})")
+            continue
+        why = difference(sym, deployed.value, deployed.size, where.binary)
+        if why:
+            problems.append(f"{name} ({why})")
+    return problems

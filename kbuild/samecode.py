@@ -1,0 +1,124 @@
+"""Is a function of the original object the code a deployed binary runs?
+
+Not a byte comparison: the binary need not be built with -ffunction-sections, and then the assembler resolves
+and shortens branches between functions of one section (`jmp bump` becomes `eb xx`, 2 bytes instead of 5), so
+sizes and offsets differ legitimately. Both are disassembled and compared instruction by instruction, nops left
+out (alignment padding depends on placement): branches by where they go (an instruction of the same function,
+or a symbol + offset), every other instruction by its bytes with the relocation sites (and the bytes a static
+linker may rewrite when relaxing them) masked.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from functools import lru_cache
+
+import capstone
+
+from diffobj.arch import x86_64
+from diffobj.model import Relocation, Symbol
+
+# Bytes around a relocation site that the static linker may rewrite (relaxation), as (before, after) the
+# site's own bytes: GOTPCRELX turns `call *foo@GOTPCREL` into `addr32 call foo` and `mov foo@GOTPCREL` into
+# `lea`, changing the opcode (and REX) bytes; TLS accesses are relaxed as whole instruction sequences.
+_RELAXED = {
+    9: (2, 0), 41: (2, 0), 42: (3, 0),  # GOTPCREL, GOTPCRELX, REX_GOTPCRELX
+    19: (4, 8), 20: (3, 5), 22: (3, 0),  # TLSGD (leaq + call), TLSLD (leaq + call), GOTTPOFF
+}
+_PLT_SECTIONS = {".plt", ".plt.sec", ".plt.got", ".iplt"}
+
+
+@lru_cache(maxsize=1)
+def _cs() -> capstone.Cs:
+    return capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+
+
+@dataclass
+class Insn:
+    offset: int  # from the function's start
+    size: int
+    mnemonic: str
+    code: bytes
+    target: int | None  # absolute target of a direct branch (in the disassembly's address space)
+
+
+def _disassemble(code: bytes, base: int) -> list[Insn] | None:
+    out, end = [], 0
+    for address, size, mnemonic, op_str in _cs().disasm_lite(code, base):
+        target = None
+        if (mnemonic.startswith("j") or mnemonic.startswith("loop") or mnemonic == "call") and op_str.startswith("0x"):
+            target = int(op_str, 16)
+        end = address - base + size
+        if mnemonic != "nop":
+            out.append(Insn(address - base, size, mnemonic, code[address - base:end], target))
+    return out if end == len(code) else None  # undecodable bytes: not comparable
+
+
+def _index_at(insns: list[Insn], offset: int) -> int | None:
+    """The instruction a branch to `offset` reaches (the first one at or after it: nops are left out)."""
+    i = bisect.bisect_left([x.offset for x in insns], offset)
+    return i if i < len(insns) else None
+
+
+def _reloc_target(rel: Relocation, insn_end: int) -> tuple[str, int, bool]:
+    """(name, offset, is_local) a PC-relative branch relocation designates."""
+    offset = rel.addend + (insn_end - rel.offset)
+    sym = rel.symbol
+    if sym.is_section and sym.section is not None:
+        func = sym.section.symbol_at(offset)
+        if func is not None:
+            return func.name, offset - func.value, func.is_local
+        return sym.section.name, offset, True
+    return sym.name, sym.value + offset if sym.is_defined else offset, sym.is_local
+
+
+def difference(sym: Symbol, address: int, size: int, binary) -> str | None:
+    """Why the object's function `sym` is not the code at `address` in `binary` (a kbuild.deployed.DeployedBinary:
+    read, symbol_at, section_name), or None when it is."""
+    data = sym.section.data[sym.value:sym.value + sym.size]
+    ours = _disassemble(data, 0)
+    theirs = _disassemble(binary.read(address, size), address)
+    if ours is None or theirs is None:
+        return "cannot be disassembled"
+    if len(ours) != len(theirs):
+        return f"{len(ours)} instructions built, {len(theirs)} deployed"
+    relocs = [r for r in sym.section.relocations if sym.value <= r.offset < sym.value + sym.size]
+    for a, b in zip(ours, theirs):
+        start, end = sym.value + a.offset, sym.value + a.offset + a.size
+        inside = [r for r in relocs if start <= r.offset < end]
+        if a.target is not None and b.target is not None:
+            if a.mnemonic != b.mnemonic:
+                return f"+{a.offset:#x}: {a.mnemonic} built, {b.mnemonic} deployed"
+            if inside:
+                name, off, local = _reloc_target(inside[0], end)
+                if name == sym.name and off >= 0:
+                    mine = ("insn", _index_at(ours, off))
+                else:
+                    mine = (name, off)
+            else:
+                mine = ("insn", _index_at(ours, a.target))
+            if address <= b.target < address + size:
+                deployed = ("insn", _index_at(theirs, b.target - address))
+            else:
+                deployed = binary.symbol_at(b.target)
+                if deployed is None and binary.section_name(b.target) in _PLT_SECTIONS and inside and not local:
+                    continue  # a call through the PLT to the global the object names
+            if mine != deployed:
+                return f"+{a.offset:#x}: {a.mnemonic} to {mine} built, to {deployed} deployed"
+            continue
+        got = [r for r in inside if r.type in (9, 41, 42)]
+        if got and b.target is not None:  # `jmp *foo@GOTPCREL(%rip)` relaxed to `jmp foo; nop`
+            if binary.symbol_at(b.target) != (got[0].symbol.name, 0):
+                return f"+{a.offset:#x}: {a.mnemonic} through the GOT to {got[0].symbol.name} built, elsewhere deployed"
+            continue
+        if a.size != b.size:
+            return f"+{a.offset:#x}: {a.mnemonic} ({a.size} bytes) built, {b.mnemonic} ({b.size} bytes) deployed"
+        mask = bytearray(a.size)
+        for r in inside:
+            before, after = _RELAXED.get(r.type, (0, 0))
+            lo = r.offset - start - before
+            for i in range(max(lo, 0), min(r.offset - start + x86_64.reloc_type(r.type).size + after, a.size)):
+                mask[i] = 1
+        if any(x != y for x, y, m in zip(a.code, b.code, mask) if not m):
+            return f"+{a.offset:#x}: {a.mnemonic} differs"
+    return None

@@ -1,0 +1,249 @@
+"""`build_user_patch`: from a fix.patch and a program's source tree to NAME.kpatch (issue 3).
+
+scratch copy -> original build (wrapped compilers record objects) -> snapshot -> apply patches -> rebuild ->
+pair changed objects with their originals -> diff each against its target (parallel) -> check the deployed
+binary runs the originals -> link NAME.kpatch -> NAME.report.json.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from diffobj.errors import InputError, NoChange, PatchBuildError, Refused
+from diffobj.read import read_object
+from kbuild.build import build_environment, run_build
+from kbuild.buildreport import write_build_report
+from kbuild.deployed import DeployedBinary, load_binary
+from kbuild.options import BuildOptions, BuildResult
+from kbuild.tree import apply_patch, check_patch, copy_tree
+from kbuild.units import UnitDiff, UnitJob, diff_unit
+from kbuild.wrapper import CompiledObject, install_wrappers, read_log
+from linker.module import Target, read_module
+from linker.user import link_user_module
+
+
+def module_name(options: BuildOptions) -> str:
+    """-n, else the first patch's stem, reduced to characters safe in file and symbol names."""
+    raw = options.name or (options.patches[0].stem if options.patches else "patch")
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", raw).strip("_")
+    if not name:
+        raise InputError(f"module name {raw!r} has no usable characters; give one with -n")
+    return name
+
+
+def _validate(options: BuildOptions) -> None:
+    if not options.srcdir.is_dir():
+        raise InputError(f"SRCDIR {options.srcdir}: no such directory")
+    if not options.patches:
+        raise InputError("no PATCH given")
+    for patch in options.patches:
+        if not patch.is_file():
+            raise InputError(f"patch {patch}: no such file")
+    if not options.targets:
+        raise InputError("no TARGET given (-t FILE, relative to SRCDIR)")
+    for target in options.targets:
+        if os.path.isabs(target) or ".." in Path(target).parts:
+            raise InputError(f"TARGET {target}: must be a path inside SRCDIR, relative to it")
+    if options.target_binaries and len(options.target_binaries) != len(options.targets):
+        raise InputError(f"{len(options.target_binaries)} --target-binary for {len(options.targets)} TARGET: "
+                         "give one per TARGET, in the same order")
+    for binary in options.target_binaries:
+        if not binary.is_file():
+            raise InputError(f"--target-binary {binary}: no such file")
+
+
+def build_user_patch(options: BuildOptions) -> BuildResult:
+    """Build OUTDIR/NAME.kpatch and OUTDIR/NAME.report.json. Raises a PatchBuildError subclass whose
+    exit_code is the command's; the scratch tree is removed unless options.debug or options.skip_cleanup."""
+    _validate(options)
+    name = module_name(options)
+    scratch = Path(tempfile.mkdtemp(prefix=f"patch-build-{name}-"))
+    keep = options.debug or options.skip_cleanup
+    try:
+        result = _Build(options, name, scratch).run()
+        result.scratch = scratch if keep else None
+        return result
+    finally:
+        if keep:
+            options.progress.note(f"scratch tree kept: {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+class _Build:
+    def __init__(self, options: BuildOptions, name: str, scratch: Path):
+        self.o = options
+        self.name = name
+        self.scratch = scratch
+        self.tree = scratch / "src"
+        self.jobs = options.jobs or os.cpu_count() or 1
+        self.timings: dict[str, float] = {}
+        self.progress = options.progress
+
+    def _timed(self, key: str, fn, *args):
+        start = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            self.timings[key] = self.timings.get(key, 0.0) + time.monotonic() - start
+
+    def run(self) -> BuildResult:
+        o, progress = self.o, self.progress
+        check_patch(o.patches[0], o.srcdir)  # the common failure, found before a long build
+        progress.step("copying source tree")
+        self._timed("copy", copy_tree, o.srcdir.resolve(), self.tree)
+        log = self.scratch / "objects.log"
+        env = build_environment(install_wrappers(self.scratch / "wrap", log, dict(os.environ),
+                                                 (self.tree, o.srcdir.resolve())), self.jobs)
+
+        progress.step("building original")
+        self._timed("original build", run_build, o.build_cmd, self.tree, env, self.scratch / "build-original.log",
+                    "original build")
+        originals, log_end = read_log(log)
+        if not originals:
+            raise InputError(f"`{o.build_cmd}` compiled nothing through the compiler wrapper (does the build call "
+                             "the compiler by an absolute path?)")
+        snapshots = self._snapshot(originals)
+        binaries = self._deployed_binaries()
+
+        progress.step("applying patches", total=len(o.patches))
+        for patch in o.patches:
+            apply_patch(patch, self.tree)
+            progress.advance(patch.name)
+
+        progress.step("building patched")
+        self._timed("patched build", run_build, o.build_cmd, self.tree, env, self.scratch / "build-patched.log",
+                    "patched build")
+        rebuilt, _ = read_log(log, log_end)
+
+        start = time.monotonic()
+        jobs = self._jobs(originals, rebuilt, snapshots, binaries)
+        progress.step(f"diffing {len(jobs)} object{'s' if len(jobs) != 1 else ''}", total=len(jobs))
+        units = self._diff(jobs)
+        self.timings["diff"] = time.monotonic() - start
+        return self._finish(units, binaries)
+
+    def _snapshot(self, originals: dict[Path, CompiledObject]) -> dict[Path, Path]:
+        """Copy each recorded object aside before the patched build overwrites it."""
+        snap_dir = self.scratch / "orig"
+        snap_dir.mkdir()
+        snapshots = {}
+        for i, path in enumerate(sorted(originals)):
+            snapshots[path] = snap_dir / f"{i:05d}-{path.name}"
+            shutil.copy2(path, snapshots[path])
+        return snapshots
+
+    def _deployed_binaries(self) -> list[DeployedBinary]:
+        """Per TARGET: --target-binary, else SRCDIR's build of it, else (a copy of) the scratch original build's."""
+        binaries = []
+        for i, target in enumerate(self.o.targets):
+            built = self.tree / target
+            if not built.is_file():
+                raise InputError(f"TARGET {target} was not produced by `{self.o.build_cmd}`")
+            if self.o.target_binaries:
+                path = self.o.target_binaries[i]
+            elif (self.o.srcdir / target).is_file():
+                path = self.o.srcdir / target
+            else:
+                path = self.scratch / "orig" / "targets" / f"{i}" / built.resolve().name
+                path.parent.mkdir(parents=True)
+                shutil.copy2(built.resolve(), path)
+            binaries.append(load_binary(path))
+        return binaries
+
+    def _jobs(self, originals, rebuilt, snapshots, binaries: list[DeployedBinary]) -> list[UnitJob]:
+        """One job per (changed object, target that links it). Every recorded object is compared, not only
+        those the rebuild reported, so a unit rebuilt outside the wrapper is not missed."""
+        new_units = sorted(p for p in rebuilt if p not in originals)
+        if new_units:
+            raise Refused([(self._rel(rebuilt[p].source), "new compilation unit: a patch can only change units "
+                                                          "the target already has") for p in new_units])
+        changed = [p for p in sorted(originals)
+                   if p.is_file() and p.read_bytes() != snapshots[p].read_bytes()]
+        if not changed:
+            raise NoChange("no functional change: the patched build produced the same objects")
+        jobs, outputs = [], self.scratch / "out"
+        outputs.mkdir()
+        for path in changed:
+            obj = read_object(os.fspath(snapshots[path]))
+            source = self._rel(originals[path].source)
+            linked = [b for b in binaries if b.links(obj)]
+            if not linked:
+                self.progress.note(f"warning: {source} changed but is not linked into "
+                                   f"{', '.join(b.name for b in binaries)}; skipped")
+            for binary in linked:
+                jobs.append(UnitJob(source=source, orig=snapshots[path], patched=path, binary=binary.path,
+                                    output=outputs / f"{len(jobs):05d}-{binary.name}-{path.name}"))
+        if not jobs:
+            raise NoChange("no functional change to the targets: the changed objects are not linked into "
+                           + ", ".join(b.name for b in binaries))
+        return jobs
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return os.fspath(path.relative_to(self.tree))
+        except ValueError:
+            return os.fspath(path)
+
+    def _diff(self, jobs: list[UnitJob]) -> list[UnitDiff]:
+        if self.jobs == 1 or len(jobs) == 1:
+            units = []
+            for job in jobs:
+                units.append(diff_unit(job))
+                self.progress.advance(job.source)
+            return units
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=min(self.jobs, len(jobs)), mp_context=ctx) as pool:
+            futures = [pool.submit(diff_unit, job) for job in jobs]
+            units = []
+            for job, future in zip(jobs, futures):
+                units.append(future.result())
+                self.progress.advance(job.source)
+            return units
+
+    def _finish(self, units: list[UnitDiff], binaries: list[DeployedBinary]) -> BuildResult:
+        o = self.o
+
+        def report(status: str, message: str, module: Path | None = None) -> list[Path]:
+            return self._timed("report", write_build_report, o.outdir, self.name, status, message, units, binaries,
+                               o.patches, module, self.tree)
+
+        errors = [(f"{u.source}: {sym}", reason) for u in units for sym, reason in u.errors]
+        if errors:
+            err = Refused(errors)
+            report("refused", f"unsupported change: {err}")
+            raise err
+        mismatched = [f"{u.objname}: {m}" for u in units for m in u.mismatched]
+        if mismatched:
+            message = ("the deployed binary does not run the original code of: " + "; ".join(mismatched)
+                       + " (built from other sources or flags?)")
+            report("refused", message)
+            raise PatchBuildError(message)
+        changed = [u for u in units if u.output is not None and u.changed]
+        if not changed:
+            message = (f"no functional change: {', '.join(sorted({u.source for u in units}))} recompiled "
+                       "differently, but no function or data changed")
+            report("no-change", message)
+            raise NoChange(message)
+
+        self.progress.step("linking")
+        start = time.monotonic()
+        module = o.outdir / f"{self.name}.kpatch"
+        patched_targets = {u.objname for u in changed}
+        link_user_module([u.output for u in changed], self.name,
+                         [Target(b.name, b.build_id) for b in binaries if b.name in patched_targets],
+                         module, self.scratch)
+        info = read_module(module)
+        if info.problems:
+            raise PatchBuildError(f"{module.name} is malformed: {'; '.join(info.problems)}")
+        self.timings["link"] = time.monotonic() - start
+        reports = report("built", f"{len(info.funcs)} function(s) replaced", module)
+        return BuildResult(module=module, report_json=reports[0], name=self.name, kind="user", diffs=units,
+                           functions=[f"{f.objname}:{f.name}" for f in info.funcs], timings=dict(self.timings),
+                           extra_reports=reports[1:])

@@ -1,0 +1,69 @@
+"""A multi-file C program built by its Makefile: the module's functions, target identity and ELF validity."""
+from __future__ import annotations
+
+import json
+
+from conftest import FIXTURES, assert_one_line_error, build_id, copy_fixture, make, tree_digest
+from support import elfcheck
+
+from linker.module import read_module
+
+
+def test_module_of_c_program(patch_build, tmp_path):
+    # SRCDIR holds the deployed build (plain make: no -ffunction-sections), the default --target-binary.
+    src = copy_fixture("cprog", tmp_path)
+    make(src)
+    before = tree_digest(src)
+    run = patch_build("-s", src, "-t", "prog", "-o", tmp_path / "out", FIXTURES / "cprog-fix.patch")
+    assert run.returncode == 0, run.stderr
+    assert tree_digest(src) == before, "SRCDIR was modified"
+    assert run.scratch_trees() == []
+
+    module = tmp_path / "out" / "cprog-fix.kpatch"
+    info = read_module(module)
+    assert info.valid, info.problems
+    assert info.name == "cprog-fix"
+    assert [(t.name, t.build_id) for t in info.targets] == [("prog", build_id(src / "prog"))]
+    # changed function, changed string, header change (SCALE rebuilds calc.c), changed function using a static
+    # local, changed static function whose name main.c also has (main.o links first: sympos 2).
+    assert sorted((f.name, f.objname, f.sympos) for f in info.funcs) == [
+        ("bump", "prog", 2), ("compute", "prog", 0), ("count_calls", "prog", 0),
+        ("greeting", "prog", 0), ("scaled", "prog", 0)]
+    assert elfcheck.readelf_problems(module) == []
+    assert "clamp" in elfcheck.defined_functions(module)  # the new static helper travels with the patch
+    assert any(n.startswith(".kpatch.sym.prog.calls") for n in elfcheck.undefined_names(module))
+
+    report = json.loads((tmp_path / "out" / "cprog-fix.report.json").read_text())
+    assert report["status"] == "built"
+    assert report["targets"] == [{"name": "prog", "build_id": build_id(src / "prog"), "kernel_release": None}]
+    assert {o["source"] for o in report["objects"]} == {"calc.c", "msg.c"}
+    calc = next(o for o in report["objects"] if o["source"] == "calc.c")
+    assert {(f["name"], f["status"]) for f in calc["functions"]} >= {("compute", "changed"), ("clamp", "new")}
+    assert report["compilers"] and "GCC" in report["compilers"][0]["version"]
+    assert report["module"]["path"] == "cprog-fix.kpatch"
+    assert (tmp_path / "out" / "cprog-fix.report.html").is_file()
+
+
+def test_deployed_binary_from_other_flags_is_refused(patch_build, tmp_path):
+    deployed = copy_fixture("cprog", tmp_path)
+    make(deployed, "CFLAGS=-O0 -g")
+    run = patch_build("-s", FIXTURES / "cprog", "-t", "prog", "--target-binary", deployed / "prog",
+                      "-o", tmp_path / "out", FIXTURES / "cprog-fix.patch")
+    assert_one_line_error(run, 1, "deployed binary", "compute", "greeting")
+    assert not (tmp_path / "out" / "cprog-fix.kpatch").exists()
+    assert run.scratch_trees() == []
+
+
+def test_comment_only_patch_is_no_change(patch_build, tmp_path):
+    run = patch_build("-s", FIXTURES / "cprog", "-t", "prog", "-o", tmp_path, FIXTURES / "cprog-comment.patch")
+    assert_one_line_error(run, 3, "no functional change")
+    assert not (tmp_path / "cprog-comment.kpatch").exists()
+
+
+def test_scratch_kept_with_debug(patch_build, tmp_path):
+    run = patch_build("-d", "-s", FIXTURES / "cprog", "-t", "prog", "-o", tmp_path, FIXTURES / "cprog-broken.patch")
+    assert_one_line_error(run, 2, "patched build failed")
+    [scratch] = run.scratch_trees()
+    assert f"scratch tree kept: {scratch}" in run.stderr
+    assert (scratch / "src" / "prog").is_file()  # the original build is there to inspect
+    assert "undeclared_offset" in (scratch / "build-patched.log").read_text()

@@ -1,0 +1,89 @@
+"""linker.module.read_module on modules assembled with the real `as` and linked by linker.user."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from diffobj.errors import InputError
+from linker.module import Target, read_module
+from linker.user import link_user_module
+
+# A differ output in miniature: one replacement function and its .kpatch.funcs entry.
+PATCH_OBJECT = """
+	.section .text.fix_me,"ax",@progbits
+	.weak fix_me
+	.type fix_me,@function
+fix_me:
+	ret
+	.size fix_me,.-fix_me
+	.section .kpatch.strings,"aMS",@progbits,1
+.Lname: .string "fix_me"
+.Lobj: .string "{objname}"
+	.section .kpatch.funcs,"a",@progbits
+	.quad {new_addr}
+	.quad {new_size}
+	.quad 0
+	.quad 12
+	.quad 3
+	.quad .Lname
+	.quad .Lobj
+"""
+
+
+def assemble(tmp_path, source: str, name: str = "part.o"):
+    (tmp_path / "part.s").write_text(source)
+    subprocess.run(["as", "-o", str(tmp_path / name), str(tmp_path / "part.s")], check=True)
+    return tmp_path / name
+
+
+def link(tmp_path, objname: str = "server", new_addr: str = "fix_me", new_sizes: tuple[int, ...] = (1,)):
+    """The module made of one patch object per entry of `new_sizes` (several: the same function replaced by
+    several units, as an inline or template function is)."""
+    parts = [assemble(tmp_path, PATCH_OBJECT.format(objname=objname, new_addr=new_addr, new_size=size), f"p{i}.o")
+             for i, size in enumerate(new_sizes)]
+    return link_user_module(parts, "fix", [Target("server", "00ff12ab")], tmp_path / "fix.kpatch", tmp_path)
+
+
+def test_reads_what_the_linker_wrote(tmp_path):
+    info = read_module(link(tmp_path))
+    assert info.valid, info.problems
+    assert (info.name, info.version) == ("fix", 1)
+    assert [(t.name, t.build_id) for t in info.targets] == [("server", "00ff12ab")]
+    [func] = info.funcs
+    assert (func.name, func.objname, func.sympos, func.old_size, func.new_size, func.new_symbol) == \
+        ("fix_me", "server", 3, 12, 1, "fix_me")
+
+
+def test_inconsistencies_are_problems(tmp_path):
+    # objname names no recorded target; new_addr is a plain number, not a relocation to the new function
+    info = read_module(link(tmp_path, objname="client", new_addr="0"))
+    assert not info.valid
+    assert any("'client' is not a recorded target" in p for p in info.problems)
+    assert any("no R_X86_64_64 relocation for new_addr" in p for p in info.problems)
+
+
+def test_identical_duplicates_count_once(tmp_path):
+    info = read_module(link(tmp_path, new_sizes=(1, 1)))
+    assert info.valid, info.problems
+    assert [f.name for f in info.funcs] == ["fix_me"]
+
+
+def test_conflicting_duplicates_are_a_problem(tmp_path):
+    info = read_module(link(tmp_path, new_sizes=(1, 2)))
+    assert any("replaced twice, differently" in p for p in info.problems)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not an elf file at all", "not an ELF file"),
+    (b"\x7fELF\x02\x01", "malformed ELF"),
+    (None, "not a patch module"),
+])
+def test_not_a_module(tmp_path, content, message):
+    path = tmp_path / "bad.kpatch"
+    if content is None:
+        path = assemble(tmp_path, "\t.text\n\tret\n", "bad.kpatch")
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        read_module(path)

@@ -1,0 +1,48 @@
+"""Comparing an object's functions with a deployed binary built without -ffunction-sections, where the assembler
+shortened branches and the linker relaxed GOT accesses: same code, other bytes."""
+from __future__ import annotations
+
+import subprocess
+
+from diffobj.read import read_object
+from kbuild.deployed import UnitSymbols, load_binary, mismatches
+
+SOURCE = """
+int counter;
+static __attribute__((noipa)) int step(int *c, int by) { *c += by; return *c; }
+int tick(void) { return step(&counter, 1); }            /* tail call: `jmp step`, 2 bytes when resolved */
+int *where(void) { return &counter; }                   /* -fPIC: GOT load, relaxed to lea by the linker */
+int main(void) { return tick() + *where(); }
+"""
+
+
+def build(tmp_path, flags: list[str], name: str):
+    src = tmp_path / "unit.c"
+    src.write_text(SOURCE)
+    obj = tmp_path / f"{name}.o"
+    subprocess.run(["gcc", "-O2", "-fPIC", *flags, "-c", str(src), "-o", str(obj)], check=True)
+    subprocess.run(["gcc", "-pie", str(obj), "-o", str(tmp_path / name)], check=True)
+    return obj
+
+
+def test_relaxed_and_shortened_code_is_the_same(tmp_path):
+    ours = read_object(str(build(tmp_path, ["-ffunction-sections", "-fdata-sections"], "ours")))
+    build(tmp_path, [], "deployed")
+    deployed = load_binary(tmp_path / "deployed")
+    relocs = {r.type for s in ours.sections for r in s.relocations}
+    assert 42 in relocs  # R_X86_64_REX_GOTPCRELX: the GOT load the linker relaxes
+    unit = UnitSymbols(deployed, ours)
+    assert unit.find(next(s for s in ours.symbols if s.name == "tick")).size < \
+        next(s for s in ours.symbols if s.name == "tick").size  # the deployed `jmp step` is the short form
+    assert mismatches(ours, ["tick", "where", "step", "main"], unit) == []
+
+
+def test_other_code_is_reported(tmp_path):
+    ours = read_object(str(build(tmp_path, ["-ffunction-sections", "-fdata-sections"], "ours")))
+    (tmp_path / "unit.c").write_text(SOURCE.replace("step(&counter, 1)", "step(&counter, 2)"))
+    subprocess.run(["gcc", "-O2", "-fPIC", "-c", str(tmp_path / "unit.c"), "-o", str(tmp_path / "other.o")],
+                   check=True)
+    subprocess.run(["gcc", "-pie", str(tmp_path / "other.o"), "-o", str(tmp_path / "other")], check=True)
+    problems = mismatches(ours, ["tick", "where"], UnitSymbols(load_binary(tmp_path / "other"), ours))
+    [problem] = problems  # `where` is the same; tick passes 2, not 1
+    assert problem.startswith("tick (+0x") and problem.endswith(": mov differs)")
