@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-from diffobj import checks, ehframe, special
+from diffobj import checks, ehframe, names, special
 from diffobj.compare import Comparer, compare
 from diffobj.correlate import correlate
 from diffobj.errors import InputError
@@ -98,7 +98,8 @@ def diff_objects(orig_path: str, patched_path: str, options: DiffOptions | None 
     namer = ReferenceNamer(opts.kernel, objname, opts.sympos, opts.exported, opts.extern_objname)
     result = DiffResult(orig_path, patched_path, objname, opts.kernel, orig=orig, patched=patched)
     result.changed_functions = redirected_functions(patched, namer)
-    result.new_functions = [f.name for f in patched.functions() if f.status is Status.NEW]
+    result.new_functions = [f.name for f in patched.functions()
+                            if f.status is Status.NEW and not (f.parent and names.is_cold_piece(f.name))]
     result.included = inclusion.included
     result.errors = problems.errors
     result.warnings = problems.warnings
