@@ -67,7 +67,7 @@ def _malformed_inputs(fixtures, tmp: Path) -> dict[str, tuple[Path, Path, str, l
     other_src = tmp / "unrelated.c"
     other_src.write_text("double area(double r) { return 3.14159 * r * r; }\nlong counter_total;\n")
     unrelated = toolchain.compile_object(other_src, tmp / "unrelated.o", ["-O2"])
-    cases["mismatched_units"] = (orig, unrelated, "", ["same compilation unit", "same unit", "nothing in common"])
+    cases["mismatched_units"] = (orig, unrelated, "unrelated.o", ["same compilation unit", "same unit", "in common"])
     return cases
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+from support import elfcheck
 from support.diffcases import (
+    FIXTURES,
     OBJNAME,
     assert_valid_object,
     expand,
@@ -16,7 +18,6 @@ from support.diffcases import (
     matching,
     names_of,
 )
-from support import elfcheck
 
 ALL = fixture_names()
 ACCEPTED = [n for n in ALL if load_manifest(n)["exit"] == 0]
@@ -25,9 +26,13 @@ NO_CHANGE = [n for n in ALL if load_manifest(n)["exit"] == 3]
 
 
 def test_enough_fixtures():
+    """At least 30 pairs, C and C++, at -O0, -O2 and -O3, with and without -fPIC."""
     assert len(ALL) >= 30
-    langs = {load_manifest(n)["cflags"][0] for n in ALL}
-    assert {"-O0", "-O2", "-O3"} <= langs
+    flags = [set(load_manifest(n)["cflags"]) for n in ALL]
+    assert all(any(level in f for f in flags) for level in ("-O0", "-O2", "-O3"))
+    assert any("-fPIC" in f for f in flags) and any("-fPIC" not in f for f in flags)
+    suffixes = {(FIXTURES / n / "orig.c").exists() for n in ALL}
+    assert suffixes == {True, False}, "C and C++ fixtures"
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -69,6 +74,26 @@ def test_changed_and_new_functions(fixtures, name):
 
 
 @pytest.mark.parametrize("name", ACCEPTED)
+def test_report_says_why_each_symbol_is_included(fixtures, name):
+    """`included` lists exactly what OUT.o defines (functions, data, sections), each with a reason."""
+    fx = fixtures[name]
+    assert fx.diff.returncode == 0, fx.diff.stderr
+    included = fx.diff.report["included"]
+    for entry in included:
+        assert entry["reason"], entry
+        assert entry["kind"] in ("function", "object", "section"), entry
+    syms = [s for s in elfcheck.readelf_symbols(fx.diff.out) if s.defined and s.type in ("FUNC", "OBJECT", "TLS")]
+    by_kind = {k: {e["symbol"] for e in included if e["kind"] == k} for k in ("function", "object", "section")}
+    funcs = [s for s in syms if s.type == "FUNC"]
+    listed_at = {(s.ndx, s.value) for s in funcs if s.name in by_kind["function"]}
+    aliases = {s.name for s in funcs if s.name not in by_kind["function"] and (s.ndx, s.value) in listed_at
+               and s.name.endswith(".localalias")}  # gcc's -fPIC alias of a listed function, same code
+    assert {s.name for s in funcs} - aliases == by_kind["function"]
+    assert {s.name for s in syms if s.type != "FUNC"} == by_kind["object"]
+    assert by_kind["section"] <= set(elfcheck.section_names(fx.diff.out))
+
+
+@pytest.mark.parametrize("name", ACCEPTED)
 def test_output_is_a_valid_object(fixtures, name):
     fx = fixtures[name]
     assert fx.diff.returncode == 0, fx.diff.stderr
@@ -103,14 +128,23 @@ def test_references_and_data(fixtures, name):
         assert matching(pattern, undefined), f"no undefined {expand(pattern)} in {sorted(undefined)}"
     for pattern in fx.manifest.get("included", []):
         assert matching(pattern, defined), f"{expand(pattern)} not defined in OUT.o ({sorted(defined)})"
+    types = {s.name: s.type for s in elfcheck.readelf_symbols(fx.diff.out) if not s.defined}
+    for ref, typ in fx.manifest.get("reference_types", {}).items():
+        assert types.get(expand(ref)) == typ, f"undefined {expand(ref)} is {types.get(expand(ref))}, not {typ}"
     for pattern in fx.manifest.get("not_defined", []):
         assert not matching(pattern, defined), f"OUT.o defines a copy of {matching(pattern, defined)}"
-    # every local reference names this object and a position
+    # every local reference names this object and a position, with the prefix of its mode
+    prefix, other = (".klp.sym.", ".kpatch.sym.") if fx.kernel else (".kpatch.sym.", ".klp.sym.")
     for name_ in undefined:
-        if name_.startswith(".kpatch.sym."):
-            assert name_.startswith(f".kpatch.sym.{OBJNAME}."), name_
+        if name_.startswith(prefix):
+            assert name_.startswith(f"{prefix}{OBJNAME}."), name_
             assert name_.rpartition(",")[2].isdigit(), name_
-        assert not name_.startswith(".klp.sym."), f"kernel-style name in user-space output: {name_}"
+        assert not name_.startswith(other), f"{other} name in {'kernel' if fx.kernel else 'user-space'} output"
+    sizes = dict(elfcheck.section_headers(fx.diff.out))
+    for sec, size in fx.manifest.get("out_sections", {}).items():
+        assert sizes.get(sec) == size, f"{sec}: {sizes.get(sec)} bytes in OUT.o, expected {size}"
+    for pattern in fx.manifest.get("out_sections_present", []):
+        assert matching(pattern, sizes), f"OUT.o has no section {pattern} ({sorted(sizes)})"
 
 
 @pytest.mark.parametrize("name", ACCEPTED)

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from support import patchlink, toolchain
+from support import elfcheck, patchlink, toolchain
 from support.diffcases import OBJNAME, fixture_names
 
 LINKED = fixture_names(with_key="link")
@@ -37,16 +37,32 @@ def test_original_program_output(fixtures, name):
     assert run.stdout == fx.manifest["link"]["orig_output"]
 
 
+def _patch_for(fx, program: patchlink.ProgramSymbols):
+    """OUT.o for the program: the fixture's diff, or, when the program repeats local names, a diff given the
+    positions of the original's locals in the program (as the build driver gives them)."""
+    if not fx.manifest["link"].get("sympos"):
+        assert fx.diff.returncode == 0, fx.diff.stderr
+        return fx.diff.out
+    from diffobj.diff import DiffOptions, diff_objects
+
+    unit = fx.unit_name
+    result = diff_objects(str(fx.orig), str(fx.patched),
+                          DiffOptions(objname=OBJNAME, sympos=lambda sym: program.sympos_in_file(sym.name, unit)))
+    assert not result.errors, result.errors
+    out = fx.workdir / "out-sympos.o"
+    result.write(str(out))
+    return out
+
+
 @pytest.mark.parametrize("name", LINKED)
 def test_patched_program_output(fixtures, name, shim):
     fx = fixtures[name]
-    assert fx.diff.returncode == 0, fx.diff.stderr
     program = patchlink.ProgramSymbols(fx.program, OBJNAME)
-    elf = patchlink.link_patch(fx.diff.out, program, fx.workdir)
-    funcs = patchlink.patch_funcs(elf)
+    patch = patchlink.link_patch(_patch_for(fx, program), program, fx.workdir)
+    funcs = patchlink.patch_funcs(patch.elf)
     assert sorted(f.name for f in funcs) == sorted(fx.manifest["changed"])
     pairs = patchlink.redirects(funcs, program)
-    run = patchlink.run_with_patch(fx.program, shim, elf, pairs)
+    run = patchlink.run_with_patch(fx.program, shim, patch, pairs)
     assert run.returncode == 0, f"exit {run.returncode}\nstdout:\n{run.stdout}\nstderr:\n{run.stderr}"
     assert run.stdout == fx.manifest["link"]["patched_output"]
 
@@ -56,8 +72,8 @@ def test_shim_without_patch_leaves_the_program_alone(fixtures, shim):
     fx = fixtures["static_local_counter"]
     assert fx.diff.returncode == 0, fx.diff.stderr
     program = patchlink.ProgramSymbols(fx.program, OBJNAME)
-    elf = patchlink.link_patch(fx.diff.out, program, fx.workdir)
-    run = patchlink.run_with_patch(fx.program, shim, elf, [])
+    patch = patchlink.link_patch(fx.diff.out, program, fx.workdir)
+    run = patchlink.run_with_patch(fx.program, shim, patch, [])
     assert run.returncode == 0, run.stderr
     assert run.stdout == fx.manifest["link"]["orig_output"]
 
@@ -93,9 +109,25 @@ def test_link_harness_with_a_handwritten_patch(fixtures, shim, tmp_path):
     obj = toolchain.compile_object(src, tmp_path / "handwritten.o", ["-O2", f"-DOLD_SIZE={old_size}"])
     subprocess.run(["objcopy", f"--redefine-sym=kp_counter=.kpatch.sym.{OBJNAME}.counter.0,0", str(obj)],
                    check=True)
-    elf = patchlink.link_patch(obj, program, tmp_path)
-    funcs = patchlink.patch_funcs(elf)
+    patch = patchlink.link_patch(obj, program, tmp_path)
+    funcs = patchlink.patch_funcs(patch.elf)
     assert [(f.name, f.objname) for f in funcs] == [("next_ticket", OBJNAME)]
-    run = patchlink.run_with_patch(fx.program, shim, elf, patchlink.redirects(funcs, program))
+    run = patchlink.run_with_patch(fx.program, shim, patch, patchlink.redirects(funcs, program))
     assert run.returncode == 0, run.stderr
     assert run.stdout == "ticket 1\nticket 2\nticket 102\nticket 202\n"
+
+
+def test_positions_of_repeated_locals(fixtures):
+    """In duplicate_statics the program holds two `show` and two `counter.0`: the patch names the original's
+    by position (2 here: the unit's come second in the program), and the plain diff's position 0 is refused."""
+    fx = fixtures["duplicate_statics"]
+    program = patchlink.ProgramSymbols(fx.program, OBJNAME)
+    out = _patch_for(fx, program)
+    pos = program.sympos_in_file("counter.0", fx.unit_name)
+    assert pos > 0
+    assert f".kpatch.sym.{OBJNAME}.counter.0,{pos}" in patchlink.undefined_symbols(out)
+    entries = {e.name: e for e in elfcheck.kpatch_funcs(out)}
+    assert entries["show"].sympos == program.sympos_in_file("show", fx.unit_name) > 0
+    assert entries["lib_next"].sympos == 0  # global
+    with pytest.raises(patchlink.LinkError, match="must be unique"):
+        patchlink.link_patch(fx.diff.out, program, fx.workdir)

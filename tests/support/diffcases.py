@@ -1,9 +1,12 @@
 """Differ test cases: fixture pairs of fixtures/diff, compiled and diffed once per session.
 
 A fixture is a folder of fixtures/diff/ with orig.c/patched.c (or .cpp), optional extra units of a test
-program (for the link test) and fixture.json:
+program (for the link test) and fixture.json. Both versions are compiled under the same name (unit.c), as a
+build of one tree before and after the fix would. fixture.json:
   summary    what the pair covers
   cflags     compiler flags besides -ffunction-sections -fdata-sections (-O0/-O2/-O3, -fPIC, -g)
+  no_section_flags  (optional) compile without -ffunction-sections -fdata-sections
+  kernel     (optional) diff in kernel mode (--kernel)
   exit       expected exit code of patch-diff (0, 1 refused, 3 no change)
   changed    exact set of changed functions (names in the patched object)
   new        exact set of new functions
@@ -11,7 +14,10 @@ program (for the link test) and fixture.json:
   clones / absent / sections / groups / symbols_orig / symbols_patched
              what the compiler must (not) have produced, so the fixture tests what it says it does
   references patterns (fnmatch; {obj} = objname) that must be undefined symbols of OUT.o
+  reference_types  {name: readelf type} of such undefined symbols (a TLS variable must stay TLS)
   included / not_defined   patterns that must / must not be defined in OUT.o
+  out_sections  {name: size} of sections OUT.o must hold (kernel special sections cut down)
+  out_sections_present  patterns of sections OUT.o must hold
   link       {"units": [...], "orig_output": ..., "patched_output": ...} for the link test
 """
 from __future__ import annotations
@@ -21,7 +27,7 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -49,11 +55,6 @@ def patch_diff_command() -> list[str]:
     if exe:
         return [exe]
     return [sys.executable, "-c", "import sys; sys.argv[0] = 'patch-diff'; from diffobj.cli import app; app()"]
-
-
-def run_patch_diff(*args: str | Path, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*patch_diff_command(), *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
 
 
 def names_of(entries) -> set[str]:
@@ -101,7 +102,6 @@ class Fixture:
     name: str
     manifest: dict
     workdir: Path
-    _diff: DiffRun | None = field(default=None, repr=False)
 
     @property
     def dir(self) -> Path:
@@ -113,43 +113,52 @@ class Fixture:
         return found[0]
 
     @property
+    def kernel(self) -> bool:
+        return bool(self.manifest.get("kernel"))
+
+    @property
     def cplusplus(self) -> bool:
         return self.source("orig").suffix != ".c"
 
+    @property
+    def unit_name(self) -> str:
+        """Both versions are compiled as `unit.c` (or .cpp) from a folder of their own, like one source file
+        of a tree before and after the fix: same __FILE__, same STT_FILE name."""
+        return "unit" + self.source("orig").suffix
+
+    def compile_job(self, stem: str) -> tuple[str, Path, list[str], Path, bool]:
+        """compile_object arguments compiling STEM (orig or patched) as the unit."""
+        srcdir = self.workdir / stem
+        srcdir.mkdir(exist_ok=True)
+        shutil.copyfile(self.source(stem), srcdir / self.unit_name)
+        return (self.unit_name, self.workdir / f"{stem}.o", self.manifest["cflags"], srcdir,
+                not self.manifest.get("no_section_flags", False))
+
     @cached_property
     def orig(self) -> Path:
-        return toolchain.compile_object(self.source("orig"), self.workdir / "orig.o", self.manifest["cflags"])
+        return toolchain.compile_object(*self.compile_job("orig"))
 
     @cached_property
     def patched(self) -> Path:
-        return toolchain.compile_object(self.source("patched"), self.workdir / "patched.o", self.manifest["cflags"])
+        return toolchain.compile_object(*self.compile_job("patched"))
 
-    @property
+    @cached_property
     def diff(self) -> DiffRun:
         """The differ run once through its Python API (the CLI costs seconds of imports per run;
         test_diff_cli.py checks that the CLI agrees): exit code as patch-diff maps it, the report, OUT.o."""
-        if self._diff is None:
-            from diffobj.diff import DiffOptions, diff_objects
+        from diffobj.diff import DiffOptions, diff_objects
 
-            out = self.workdir / "out.o"
-            result = diff_objects(str(self.orig), str(self.patched), DiffOptions(kernel=False, objname=OBJNAME))
-            if result.errors:
-                code, stderr = 1, "".join(f"patch-diff: error: {e.symbol}: {e.reason}\n" for e in result.errors)
-            elif not result.has_changes:
-                code, stderr = 3, "no functional change\n"
-            else:
-                code, stderr = 0, ""
-                result.write(str(out))
-            self._diff = DiffRun(code, "", stderr, out, json.loads(json.dumps(result.report())), self.workdir,
-                                 result)
-        return self._diff
-
-    def run_cli(self, workdir: Path) -> DiffRun:
-        """`patch-diff orig.o patched.o -o out.o --report report.json --objname prog` in WORKDIR."""
-        out, report = workdir / "out.o", workdir / "report.json"
-        proc = run_patch_diff(self.orig, self.patched, "-o", out, "--report", report, "--objname", OBJNAME)
-        data = json.loads(report.read_text()) if report.is_file() else None
-        return DiffRun(proc.returncode, proc.stdout, proc.stderr, out, data, workdir)
+        out = self.workdir / "out.o"
+        result = diff_objects(str(self.orig), str(self.patched), DiffOptions(kernel=self.kernel, objname=OBJNAME))
+        if result.errors:
+            code, stderr = 1, "".join(f"patch-diff: error: {e.symbol}: {e.reason}\n" for e in result.errors)
+        elif not result.has_changes:
+            code, stderr = 3, "no functional change\n"
+        else:
+            code, stderr = 0, ""
+            result.write(str(out))
+        report = json.loads(json.dumps(result.report()))  # as --report would write it
+        return DiffRun(code, "", stderr, out, report, self.workdir, result)
 
     @cached_property
     def program(self) -> Path:
@@ -171,8 +180,7 @@ class Fixtures:
     def compile_all(self, names: list[str]) -> None:
         """Compile the objects of NAMES in parallel up front (they are cached like lazily built ones)."""
         fxs = [self[n] for n in names]
-        jobs = [(fx.source(stem), fx.workdir / f"{stem}.o", fx.manifest["cflags"])
-                for fx in fxs for stem in ("orig", "patched") if stem not in fx.__dict__]
+        jobs = [fx.compile_job(stem) for fx in fxs for stem in ("orig", "patched") if stem not in fx.__dict__]
         toolchain.compile_objects(jobs)
         for fx in fxs:
             fx.__dict__.setdefault("orig", fx.workdir / "orig.o")

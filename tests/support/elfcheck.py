@@ -73,8 +73,13 @@ def ld_relocatable_problems(path: str | os.PathLike, workdir: str | os.PathLike)
 
 
 def section_names(path: str | os.PathLike) -> list[str]:
+    return [name for name, _ in section_headers(path)]
+
+
+def section_headers(path: str | os.PathLike) -> list[tuple[str, int]]:
+    """(name, size) of each section."""
     with open(path, "rb") as f:
-        return [s.name for s in ELFFile(f).iter_sections()]
+        return [(s.name, s.header.sh_size) for s in ELFFile(f).iter_sections()]
 
 
 def comdat_groups(path: str | os.PathLike) -> set[str]:

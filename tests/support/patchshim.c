@@ -5,11 +5,18 @@
  * PATCHSHIM_REDIRECTS lists "OLD:NEW,OLD:NEW..." (hex) pairs: each old function gets a 5-byte
  * `jmp rel32` to its new one (after an endbr64 landing pad when present).
  *
+ * PATCHSHIM_BIND (optional) lists "ADDR:NAME:ADDEND" 64-bit cells of patch.elf to fill with the run-time
+ * address of NAME (+ADDEND): symbols of shared libraries the program has no PLT entry for, used as data.
+ * PATCHSHIM_EH_FRAME (optional, hex) is the address of patch.elf's .eh_frame: it is registered with the
+ * process's unwinder (libgcc's __register_frame, when the program has one) so exceptions can unwind through
+ * the new code.
+ *
  * The patch is applied the first time the program calls sched_yield() (which this shim interposes), so
  * the program runs its original code first and accumulates state; whatever runs after shows whether the
  * patched code uses that state. Failures print one "patchshim: ..." line and exit 97.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -42,6 +49,31 @@ static int prot_of(uint32_t flags)
 	       ((flags & PF_X) ? PROT_EXEC : 0);
 }
 
+/* Fill the cells of PATCHSHIM_BIND, "ADDR:NAME:ADDEND,...", while the patch is still writable. */
+static void bind_symbols(const char *bindings)
+{
+	char name[256];
+	for (const char *p = bindings; p && *p;) {
+		char *end;
+		uintptr_t addr = strtoull(p, &end, 16);
+		const char *start = end + 1, *colon = *end == ':' ? strchr(start, ':') : NULL;
+		if (!colon || colon - start >= (long)sizeof name) {
+			errno = EINVAL;
+			die("bad PATCHSHIM_BIND");
+		}
+		memcpy(name, start, colon - start);
+		name[colon - start] = 0;
+		int64_t addend = strtoll(colon + 1, &end, 16);
+		void *value = dlsym(RTLD_DEFAULT, name);
+		if (!value) {
+			errno = ENOENT;
+			die("a PATCHSHIM_BIND symbol is not in the process");
+		}
+		*(uint64_t *)addr = (uint64_t)value + addend;
+		p = (*end == ',') ? end + 1 : end;
+	}
+}
+
 static void map_patch(const char *path)
 {
 	int fd = open(path, O_RDONLY);
@@ -57,19 +89,27 @@ static void map_patch(const char *path)
 		die("PATCHSHIM_ELF is not an x86-64 ELF file");
 	}
 	long ps = page_size();
-	for (int i = 0; i < eh->e_phnum; i++) {
-		Elf64_Phdr *ph = (Elf64_Phdr *)(file + eh->e_phoff + (size_t)i * eh->e_phentsize);
-		if (ph->p_type != PT_LOAD || ph->p_memsz == 0)
-			continue;
-		uintptr_t start = ph->p_vaddr & ~(uintptr_t)(ps - 1);
-		uintptr_t end = (ph->p_vaddr + ph->p_memsz + ps - 1) & ~(uintptr_t)(ps - 1);
-		void *at = mmap((void *)start, end - start, PROT_READ | PROT_WRITE,
-				MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-		if (at != (void *)start)
-			die("cannot map a PT_LOAD segment at its address");
-		memcpy((void *)ph->p_vaddr, file + ph->p_offset, ph->p_filesz);
-		if (mprotect(at, end - start, prot_of(ph->p_flags)) < 0)
-			die("mprotect of a patch segment failed");
+	/* map and fill every segment writable, bind, then give each its own protection */
+	for (int pass = 0; pass < 2; pass++) {
+		if (pass == 1)
+			bind_symbols(getenv("PATCHSHIM_BIND"));
+		for (int i = 0; i < eh->e_phnum; i++) {
+			Elf64_Phdr *ph = (Elf64_Phdr *)(file + eh->e_phoff + (size_t)i * eh->e_phentsize);
+			if (ph->p_type != PT_LOAD || ph->p_memsz == 0)
+				continue;
+			uintptr_t start = ph->p_vaddr & ~(uintptr_t)(ps - 1);
+			uintptr_t end = (ph->p_vaddr + ph->p_memsz + ps - 1) & ~(uintptr_t)(ps - 1);
+			if (pass == 1) {
+				if (mprotect((void *)start, end - start, prot_of(ph->p_flags)) < 0)
+					die("mprotect of a patch segment failed");
+				continue;
+			}
+			void *at = mmap((void *)start, end - start, PROT_READ | PROT_WRITE,
+					MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+			if (at != (void *)start)
+				die("cannot map a PT_LOAD segment at its address");
+			memcpy((void *)ph->p_vaddr, file + ph->p_offset, ph->p_filesz);
+		}
 	}
 	munmap(file, st.st_size);
 	close(fd);
@@ -107,6 +147,12 @@ static void apply_patch(void)
 		die("PATCHSHIM_ELF and PATCHSHIM_REDIRECTS must be set");
 	}
 	map_patch(elf);
+	const char *eh_frame = getenv("PATCHSHIM_EH_FRAME");
+	if (eh_frame) {
+		void (*register_frame)(void *) = (void (*)(void *))dlsym(RTLD_DEFAULT, "__register_frame");
+		if (register_frame)
+			register_frame((void *)strtoull(eh_frame, NULL, 16));
+	}
 	for (const char *p = pairs; *p;) {
 		char *end;
 		uintptr_t old = strtoull(p, &end, 16);
