@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from diffobj.console import error, guarded
+from diffobj.console import entry_point, error, guarded
 from diffobj.diff import DiffOptions, DiffResult, diff_objects
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
@@ -50,3 +50,6 @@ def main(
             print(f"changed: {c.name}  ({'; '.join(c.reasons)})")
         for name in result.new_functions:
             print(f"new:     {name}")
+
+
+main_entry = entry_point(app, PROG)

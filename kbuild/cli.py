@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from diffobj.console import guarded
+from diffobj.console import entry_point, guarded
 from kbuild.build import BuildFailed
 from kbuild.options import BuildOptions, BuildResult
 from report.model import Report
@@ -155,3 +155,6 @@ def main(
         report = Report.from_dict(json.loads(result.report_json.read_text()))
         print(json_summary("built", name=result.name, module=result.module, report=report,
                            reports=[result.report_json, *result.extra_reports]))
+
+
+main_entry = entry_point(app, PROG)
