@@ -10,13 +10,8 @@ from __future__ import annotations
 from diffobj import names
 from diffobj.arch import x86_64 as arch
 from diffobj.model import (
+    BOOKKEEPING_TYPES,
     SHF_MERGE,
-    SHT_GROUP,
-    SHT_NULL,
-    SHT_REL,
-    SHT_RELA,
-    SHT_STRTAB,
-    SHT_SYMTAB,
     STT_NOTYPE,
     ObjectFile,
     Relocation,
@@ -26,7 +21,6 @@ from diffobj.model import (
 )
 from diffobj.targets import TargetResolver, string_at
 
-_BOOKKEEPING = (SHT_NULL, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_REL, SHT_GROUP)
 
 
 def extent(sym: Symbol) -> tuple[int, int]:
@@ -137,7 +131,7 @@ class Comparer:
 
 
 def _data_sections(obj: ObjectFile) -> list[Section]:
-    return [s for s in obj.sections if s.type not in _BOOKKEEPING and s.is_alloc and not s.is_text]
+    return [s for s in obj.sections if s.type not in BOOKKEEPING_TYPES and s.is_alloc and not s.is_text]
 
 
 def compare(orig: ObjectFile, patched: ObjectFile, comparer: Comparer) -> None:
@@ -156,7 +150,7 @@ def compare(orig: ObjectFile, patched: ObjectFile, comparer: Comparer) -> None:
         for sym in data_syms:
             comparer.compare_symbol(sym)
     for sec in patched.sections:
-        if sec.is_text and sec.type not in _BOOKKEEPING:
+        if sec.is_text and sec.type not in BOOKKEEPING_TYPES:
             sec.status = Status.NEW if sec.twin is None else None
     for sym in patched.functions():
         comparer.compare_symbol(sym)

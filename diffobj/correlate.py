@@ -11,12 +11,7 @@ from collections import defaultdict
 
 from diffobj import names
 from diffobj.model import (
-    SHT_GROUP,
-    SHT_NULL,
-    SHT_REL,
-    SHT_RELA,
-    SHT_STRTAB,
-    SHT_SYMTAB,
+    BOOKKEEPING_TYPES,
     STT_FILE,
     STT_NOTYPE,
     ObjectFile,
@@ -25,7 +20,6 @@ from diffobj.model import (
 from diffobj.problems import Problems
 from diffobj.targets import TargetResolver
 
-_BOOKKEEPING = (SHT_NULL, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_REL, SHT_GROUP)
 
 
 def _pairable(sym: Symbol) -> bool:
@@ -142,12 +136,12 @@ def _correlate_static_locals(orig, patched, o_res, p_res, problems: Problems) ->
 
 def _correlate_sections(orig: ObjectFile, patched: ObjectFile) -> None:
     for sec in patched.sections:
-        if sec.type in _BOOKKEEPING:
+        if sec.type in BOOKKEEPING_TYPES:
             continue
         primary = next((s for s in sec.symbols if s.twin is not None and s.twin.section is not None), None)
         if primary is not None and primary.twin.section.twin is None:
             sec.twin, primary.twin.section.twin = primary.twin.section, sec
-    remaining = [s for s in orig.sections if s.twin is None and s.type not in _BOOKKEEPING]
+    remaining = [s for s in orig.sections if s.twin is None and s.type not in BOOKKEEPING_TYPES]
     for key, unique in ((lambda s: s.name, False), (lambda s: names.pattern(s.name), True)):
         by_key = defaultdict(list)
         for o in remaining:
@@ -155,7 +149,7 @@ def _correlate_sections(orig: ObjectFile, patched: ObjectFile) -> None:
                 by_key[key(o)].append(o)
         p_by_key = defaultdict(list)
         for p in patched.sections:
-            if p.twin is None and p.type not in _BOOKKEEPING and not any(sym.twin for sym in p.symbols):
+            if p.twin is None and p.type not in BOOKKEEPING_TYPES and not any(sym.twin for sym in p.symbols):
                 p_by_key[key(p)].append(p)
         for k, ps in p_by_key.items():
             os_ = by_key.get(k, [])
