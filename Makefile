@@ -17,6 +17,7 @@ test: deps
 bench: deps
 	$(PYTHON) bench/diff_bench.py
 	$(PYTHON) bench/apply_bench.py
+	$(PYTHON) bench/kernel_build_bench.py
 	$(PYTHON) bench/build_bench.py
 
 clean:

@@ -1,0 +1,117 @@
+"""`patch-ctl`: apply, revert and list patches in running processes; show what a module holds."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from diffobj.console import entry_point, error, guarded
+
+PROG = "patch-ctl"
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Apply, revert and list live patches in running user-space processes.")
+
+PidOption = typer.Option(..., "-p", "--pid", help="The target process.")
+TimeoutOption = typer.Option(10.0, "--timeout", help="Seconds to retry the consistency check.")
+
+
+def _on_signal(signum, frame):
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: every `finally` runs, every thread is released
+
+
+def _fail(message: str, code: int):
+    error(PROG, message)
+    raise typer.Exit(code)
+
+
+def _guarded(fn):
+    """Run a library call with one-line errors and the design's exit codes; SIGTERM and SIGHUP act as
+    Ctrl-C."""
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    with guarded(PROG):
+        return fn()
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+@app.command()
+def apply(module: Path = typer.Argument(..., help="NAME.kpatch"), pid: int = PidOption,
+          timeout: float = TimeoutOption,
+          no_stack_check: bool = typer.Option(False, "--no-stack-check",
+                                              help="Do not require replaced functions to be off every stack.")):
+    """Patch a running process."""
+    from loader.patcher import apply_patch
+
+    record, stats = _guarded(lambda: apply_patch(pid, str(module), timeout, not no_stack_check))
+    typer.echo(f"applied {record.module} to process {pid}: {len(record.funcs)} function(s) redirected "
+               f"(pause {_ms(stats.pause)}, {stats.attempts} attempt(s), total {_ms(stats.elapsed)})")
+
+
+@app.command()
+def revert(name: Optional[str] = typer.Argument(None, help="The patch (module name) to revert."),
+           pid: int = PidOption, all_: bool = typer.Option(False, "--all", help="Revert every patch, newest first."),
+           timeout: float = TimeoutOption):
+    """Undo a patch (or all of them, newest first)."""
+    from loader.patcher import revert_patches
+
+    if (name is None) == (not all_):
+        _fail("give a patch NAME or --all", 2)
+    records, stats = _guarded(lambda: revert_patches(pid, None if all_ else name, timeout))
+    if not records:
+        typer.echo(f"no patches in process {pid}")
+    for r in records:
+        typer.echo(f"reverted {r.module} in process {pid}")
+
+
+@app.command("list")
+def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """The patches applied in a process, newest last."""
+    from loader.patcher import list_patches
+
+    records = _guarded(lambda: list_patches(pid))
+    if json_output:
+        typer.echo(json.dumps({"pid": pid, "patches": [dataclasses.asdict(r) for r in records]}, indent=2))
+        return
+    if not records:
+        typer.echo(f"no patches in process {pid}")
+    for r in records:
+        at = ", ".join(f"{start:#x} ({size} bytes)" for start, size in r.mappings)
+        typer.echo(f"{r.seq}. {r.module} [{r.state}] at {at} from {r.path}")
+        for f in r.funcs:
+            on = f" (over {f.prev})" if f.prev else ""
+            typer.echo(f"   {f.objname}:{f.name} {f.old_addr:#x} -> {f.new_addr:#x} ({f.new_size} bytes){on}")
+
+
+@app.command()
+def info(module: Path = typer.Argument(..., help="NAME.kpatch"),
+         json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """What a patch module holds: targets, build-ids, functions and sizes."""
+    from loader.patcher import module_info
+
+    mod = _guarded(lambda: module_info(str(module)))
+    if json_output:
+        typer.echo(json.dumps(dataclasses.asdict(mod), indent=2))
+    else:
+        typer.echo(f"module {mod.name} (format {mod.version}) {mod.path}")
+        for t in mod.targets:
+            typer.echo(f"target {t.name} build-id {t.build_id}")
+        for f in mod.funcs:
+            pos = f",{f.sympos}" if f.sympos else ""
+            typer.echo(f"function {f.objname}:{f.name}{pos} {f.old_size} -> {f.new_size} bytes ({f.new_symbol})")
+        for p in mod.problems:
+            typer.echo(f"problem: {p}")
+    if mod.problems:
+        raise typer.Exit(2)
+
+
+main_entry = entry_point(app, PROG)
+
+if __name__ == "__main__":
+    main_entry()

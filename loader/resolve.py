@@ -1,0 +1,129 @@
+"""Resolve a patch module's references in a running process (docs/design.md, "Names of references").
+
+`.kpatch.sym.OBJ.NAME,POS` names a local symbol of target OBJ (POS 0: the only local of that name, else
+the POS-th in .symtab order); a plain name is a global, looked up in the module's targets first, then in
+every loaded object's exports in map order, as the dynamic linker's global scope would.
+"""
+from __future__ import annotations
+
+from diffobj.model import STB_WEAK, Symbol
+from linker.module import Func, Target
+from loader.objects import STT_GNU_IFUNC, STT_TLS, ElfSymbol, LoadedObject
+from loader.procfs import Memory
+
+LOCAL_PREFIX = ".kpatch.sym."
+R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT = 6, 7
+
+
+class ResolveError(Exception):
+    pass
+
+
+def split_local(name: str, objnames: list[str]) -> tuple[str, str, int]:
+    """`.kpatch.sym.OBJ.NAME,POS` -> (OBJ, NAME, POS); OBJ may contain dots, so it is matched against the
+    module's target names (the longest that fits)."""
+    rest, _, pos = name[len(LOCAL_PREFIX):].rpartition(",")
+    if not rest or not pos.isdigit():
+        raise ResolveError(f"malformed local symbol reference {name!r}")
+    for obj in sorted(objnames, key=len, reverse=True):
+        if rest.startswith(obj + "."):
+            return obj, rest[len(obj) + 1:], int(pos)
+    raise ResolveError(f"{name}: names no target of the module")
+
+
+class Resolver:
+    def __init__(self, objects: list[LoadedObject], targets: dict[str, LoadedObject], mem: Memory):
+        self.objects = objects
+        self.targets = targets  # module target name -> loaded object
+        self.mem = mem
+
+    def _addr(self, obj: LoadedObject, sym: ElfSymbol, what: str) -> tuple[int, int]:
+        if sym.type == STT_TLS:
+            raise ResolveError(f"{what}: thread-local variables are not supported")
+        if sym.type == STT_GNU_IFUNC:
+            return self._ifunc(sym.name, what), sym.size
+        return obj.base + sym.value, sym.size
+
+    def local(self, objname: str, name: str, pos: int) -> tuple[int, int]:
+        obj = self.targets[objname]
+        if not obj.symtab:
+            raise ResolveError(f"{objname} has no symbol table (stripped): cannot find local symbol {name}")
+        cands = obj.locals_named(name)
+        if pos == 0 and len(cands) == 1:
+            return self._addr(obj, cands[0], name)
+        if pos == 0 and not cands and name in obj.globals:  # the static became global: same object
+            return self._addr(obj, obj.globals[name], name)
+        if 0 < pos <= len(cands):
+            return self._addr(obj, cands[pos - 1], name)
+        raise ResolveError(f"{objname}: local symbol {name} position {pos} not found "
+                           f"({len(cands)} local symbol(s) of that name)")
+
+    def global_(self, name: str) -> tuple[int, int] | None:
+        for obj in self.targets.values():
+            if name in obj.globals:
+                return self._addr(obj, obj.globals[name], name)
+        for obj in self.objects:
+            if name in obj.exports:
+                return self._addr(obj, obj.exports[name], name)
+        return None
+
+    def __call__(self, sym: Symbol) -> tuple[int, int]:
+        """Address and size of an undefined symbol of the module."""
+        if sym.name.startswith(LOCAL_PREFIX):
+            return self.local(*split_local(sym.name, list(self.targets)))
+        found = self.global_(sym.name)
+        if found is not None:
+            return found
+        if sym.bind == STB_WEAK:
+            return 0, 0
+        raise ResolveError(f"undefined symbol {sym.name} is not defined in the process")
+
+    def old_function(self, func: Func) -> tuple[int, int]:
+        obj = self.targets.get(func.objname)
+        if obj is None:
+            raise ResolveError(f"function {func.name}: object {func.objname} is not a target of the module")
+        if func.old_addr:
+            return obj.base + func.old_addr, func.old_size
+        cands = obj.locals_named(func.name)
+        if func.sympos or cands:
+            addr, size = self.local(func.objname, func.name, func.sympos)
+        elif func.name in obj.globals:
+            addr, size = self._addr(obj, obj.globals[func.name], func.name)
+        else:
+            raise ResolveError(f"function {func.name} not found in {func.objname}")
+        return addr, size
+
+    def _ifunc(self, name: str, what: str) -> int:
+        """An IFUNC's implementation is what the process already bound it to: read a GOT slot of an
+        object that imports it (a lazy slot still points to a PLT entry, which is callable too)."""
+        from elftools.elf.relocation import RelocationSection
+
+        for obj in self.objects:
+            for sec in obj.elf.iter_sections():
+                if not isinstance(sec, RelocationSection) or sec["sh_type"] != "SHT_RELA" or not sec["sh_link"]:
+                    continue
+                if obj.elf.get_section(sec["sh_link"]).name != ".dynsym":
+                    continue
+                syms = obj.elf.get_section(sec["sh_link"])
+                for rel in sec.iter_relocations():
+                    if rel["r_info_type"] in (R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT) and rel["r_info_sym"] \
+                            and syms.get_symbol(rel["r_info_sym"]).name == name:
+                        return self.mem.read_u64(obj.base + rel["r_offset"])
+        raise ResolveError(f"{what}: indirect function (IFUNC) that no loaded object imports")
+
+
+def match_targets(targets: list[Target], objects: list[LoadedObject]) -> dict[str, LoadedObject]:
+    """The loaded object of each module target, by file name, else by build-id; raises ResolveError
+    naming a target that is missing or was built from other sources."""
+    found = {}
+    for t in targets:
+        named = [o for o in objects if o.name == t.name]
+        obj = next((o for o in named + objects if t.build_id and o.build_id == t.build_id), None) or \
+            next(iter(named), None)
+        if obj is None:
+            raise ResolveError(f"target {t.name} is not loaded in the process")
+        if t.build_id and obj.build_id != t.build_id:
+            raise ResolveError(f"target {t.name}: build-id {obj.build_id or 'none'} of the running object differs "
+                               f"from the module's {t.build_id} (built from other sources)")
+        found[t.name] = obj
+    return found

@@ -1,0 +1,87 @@
+"""What patch-ctl records inside the target: a header at the start of each patch mapping.
+
+Each applied patch lives in mappings (one per target object) of memfds named `kpatch:NAME`, which
+/proc/PID/maps shows as `/memfd:kpatch:NAME (deleted)`; a later patch-ctl finds them there and reads the
+header at the start of the first: magic, format version, length, then JSON (module, apply order, its
+mappings, functions with the bytes each jump replaced).
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+
+from loader.procfs import Mapping, Memory
+
+MAGIC = b"KPATCHLD"
+VERSION = 1
+_HEAD = struct.Struct("<8sII")
+MAPPING_PREFIX = "/memfd:kpatch:"
+ACTIVE, PENDING, REVERTED = "active", "pending", "reverted"
+
+
+@dataclass
+class PatchedFunc:
+    name: str
+    objname: str
+    sympos: int
+    old_addr: int
+    old_size: int
+    new_addr: int
+    new_size: int
+    site: int  # where the jump was written
+    orig: str  # hex of the bytes the jump replaced (the original code, or a previous patch's jump)
+    prev: str | None = None  # the patch this one stacked on for this function
+
+
+@dataclass
+class PatchRecord:
+    module: str
+    seq: int  # apply order, 1 = oldest
+    path: str  # the module file it came from
+    applied: float  # time.time() at apply
+    mappings: list[list[int]]  # [start, size] of each mapping, one per target; the first holds this header
+    code: list[list[int]]  # [lo, hi) of the patch's code in each mapping
+    state: str = PENDING
+    targets: list[dict] = field(default_factory=list)  # {"name", "build_id"}
+    funcs: list[PatchedFunc] = field(default_factory=list)
+
+    @property
+    def start(self) -> int:
+        return self.mappings[0][0]
+
+    def encode(self) -> bytes:
+        blob = json.dumps(asdict(self), separators=(",", ":")).encode()
+        return _HEAD.pack(MAGIC, VERSION, len(blob)) + blob
+
+    @classmethod
+    def decode(cls, data: bytes) -> PatchRecord | None:
+        if len(data) < _HEAD.size:
+            return None
+        magic, version, length = _HEAD.unpack_from(data)
+        if magic != MAGIC or version != VERSION or _HEAD.size + length > len(data):
+            return None
+        try:
+            raw = json.loads(data[_HEAD.size:_HEAD.size + length])
+            raw["funcs"] = [PatchedFunc(**f) for f in raw["funcs"]]
+            return cls(**raw)
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def find_patches(maps: list[Mapping], mem: Memory) -> list[PatchRecord]:
+    """The patches recorded in the process, oldest first."""
+    records = []
+    for m in maps:
+        if m.path.startswith(MAPPING_PREFIX) and m.offset == 0:
+            try:
+                head = mem.read(m.start, _HEAD.size)
+                _, _, length = _HEAD.unpack(head)
+                if head[:8] != MAGIC or length > (64 << 20):
+                    continue
+                record = PatchRecord.decode(mem.read(m.start, _HEAD.size + length))
+            except (OSError, struct.error):
+                continue
+            if record is not None and record.mappings and record.start == m.start:
+                records.append(record)
+    return sorted(records, key=lambda r: r.seq)

@@ -1,0 +1,190 @@
+"""Walk a stopped thread's stack with the objects' `.eh_frame` CFI; scan conservatively where there is none.
+
+Each object's `.eh_frame_hdr` search table finds the FDE for a PC by binary search, and pyelftools decodes
+just that FDE (its CFI rows are cached), so a walk does not parse a whole libc `.eh_frame`. Where a frame
+has no usable CFI (code without an FDE, a patch's own code, a signal frame's CFA expression) the rest of the
+stack is scanned: every word that points into code counts as a return address, which can only err on the
+safe side.
+"""
+from __future__ import annotations
+
+import bisect
+import io
+import struct
+from dataclasses import dataclass
+
+from elftools.dwarf.callframe import FDE, CallFrameInfo, RegisterRule
+from elftools.dwarf.structs import DWARFStructs
+
+from loader.objects import LoadedObject
+from loader.procfs import Mapping, Memory, read_maps
+
+RSP, RBP = 7, 6  # DWARF register numbers (x86-64 psABI)
+MAX_FRAMES = 512
+MAX_SCAN = 16 << 20
+
+
+class StackUnknown(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Row:
+    cfa_reg: int
+    cfa_offset: int
+    ra_offset: int | None  # None: outermost frame (return address undefined)
+    rbp_offset: int | None  # saved rbp at CFA + offset, None: unchanged
+
+
+class ObjectCfi:
+    """The CFI of one loaded object, looked up by link-time address."""
+
+    def __init__(self, obj: LoadedObject):
+        self.obj = obj
+        self.starts: list[int] = []
+        self.fdes: list[int] = []  # offsets of FDEs in .eh_frame, parallel to starts
+        self.cfi = None
+        self._rows: dict[int, tuple[int, int, list[tuple[int, Row | None]]] | None] = {}
+        sec = obj.elf.get_section_by_name(".eh_frame")
+        if sec is None or sec["sh_type"] == "SHT_NOBITS":
+            return
+        self.eh_frame_addr = sec["sh_addr"]
+        structs = DWARFStructs(little_endian=True, dwarf_format=32, address_size=8)
+        self.cfi = CallFrameInfo(io.BytesIO(sec.data()), sec["sh_size"], sec["sh_addr"], structs, for_eh_frame=True)
+        hdr = obj.section_data(".eh_frame_hdr")
+        if hdr is not None and hdr[1][:4] == b"\x01\x1b\x03\x3b":
+            # version 1, eh_frame_ptr pcrel|sdata4, fde_count udata4, table datarel|sdata4
+            addr, data = hdr
+            (count,) = struct.unpack_from("<I", data, 8)
+            for start, fde in struct.iter_unpack("<ii", data[12:12 + 8 * count]):
+                self.starts.append(addr + start)
+                self.fdes.append(addr + fde - self.eh_frame_addr)
+        else:
+            entries = sorted((e.header["initial_location"], e.offset) for e in self.cfi.get_entries()
+                             if isinstance(e, FDE))
+            self.starts = [s for s, _ in entries]
+            self.fdes = [o for _, o in entries]
+
+    def row(self, vaddr: int) -> Row | None | bool:
+        """The CFI row for `vaddr`; False when the object has no FDE covering it."""
+        i = bisect.bisect_right(self.starts, vaddr) - 1
+        if i < 0 or self.cfi is None:
+            return False
+        table = self._rows.get(i, 0)
+        if table == 0:
+            table = self._rows[i] = self._decode(self.fdes[i])
+        if table is None:
+            return False
+        start, end, rows = table
+        if not start <= vaddr < end:
+            return False
+        j = bisect.bisect_right([pc for pc, _ in rows], vaddr) - 1
+        return rows[j][1] if j >= 0 else False
+
+    def _decode(self, fde_offset: int):
+        try:
+            # pyelftools has no public "parse the entry at this offset"; the table gives us the offset
+            fde = self.cfi._parse_entry_at(fde_offset)
+            if not isinstance(fde, FDE):
+                return None
+            decoded = fde.get_decoded()
+        except Exception:  # malformed or unsupported CFI: treated as none, i.e. a conservative scan
+            return None
+        ra_reg = fde.cie["return_address_register"]
+        rows = []
+        for line in decoded.table:
+            cfa = line["cfa"]
+            ra = line.get(ra_reg)
+            rbp = line.get(RBP)
+            if cfa.expr is not None or cfa.reg not in (RSP, RBP):
+                rows.append((line["pc"], None))
+                continue
+            if ra is None or ra.type == RegisterRule.UNDEFINED:
+                ra_off = None
+            elif ra.type == RegisterRule.OFFSET:
+                ra_off = ra.arg
+            else:
+                rows.append((line["pc"], None))
+                continue
+            rbp_off = rbp.arg if rbp is not None and rbp.type == RegisterRule.OFFSET else None
+            rows.append((line["pc"], Row(cfa.reg, cfa.offset, ra_off, rbp_off)))
+        start = fde.header["initial_location"]
+        return start, start + fde.header["address_range"], rows
+
+
+class Unwinder:
+    """Return addresses on threads' stacks, for one stop of the process."""
+
+    def __init__(self, objects: list[LoadedObject], maps: list[Mapping], mem: Memory,
+                 cfi_cache: dict[str, ObjectCfi], pid: int):
+        self.objects = sorted(objects, key=lambda o: o.start)
+        self.starts = [o.start for o in self.objects]
+        self.maps = maps
+        self.mem = mem
+        self.cfi_cache = cfi_cache
+        self.pid = pid
+
+    def _row(self, pc: int) -> Row | None | bool:
+        i = bisect.bisect_right(self.starts, pc) - 1
+        if i < 0 or pc >= self.objects[i].end:
+            return False
+        obj = self.objects[i]
+        cfi = self.cfi_cache.get(obj.path)
+        if cfi is None:
+            cfi = self.cfi_cache[obj.path] = ObjectCfi(obj)
+        return cfi.row(pc - obj.base)
+
+    def code_addresses(self, rip: int, rsp: int, rbp: int) -> tuple[list[int], tuple[int, int] | None]:
+        """The PCs of the thread's frames, innermost first, and the stack range [from, to) still to scan
+        conservatively when the walk could not reach the outermost frame (None when it did)."""
+        stack = next((m for m in self.maps if rsp in m), None)
+        if stack is None:  # a thread stack mapped since the maps were read
+            self.maps = read_maps(self.pid)
+            stack = next((m for m in self.maps if rsp in m), None)
+        stack_end = stack.end if stack else rsp
+        pcs = [rip]
+        pc, first = rip, True
+        for _ in range(MAX_FRAMES):
+            row = self._row(pc if first else pc - 1)
+            if row is False or row is None:
+                return pcs, (rsp, stack_end)
+            cfa = (rsp if row.cfa_reg == RSP else rbp) + row.cfa_offset
+            if row.ra_offset is None:
+                return pcs, None
+            try:
+                pc = self.mem.read_u64(cfa + row.ra_offset)
+                if row.rbp_offset is not None:
+                    rbp = self.mem.read_u64(cfa + row.rbp_offset)
+            except OSError:
+                return pcs, (rsp, stack_end)
+            if pc == 0:
+                return pcs, None
+            rsp, first = cfa, False
+            pcs.append(pc)
+        return pcs, (rsp, stack_end)
+
+    def warm(self, pid: int, tids: list[int]) -> None:
+        """Decode, before stopping anything, the CFI the walks will most likely need: that of the threads
+        sitting in system calls, whose PC and SP /proc/PID/task/TID/syscall shows while they run."""
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+                    fields = f.read().split()
+                sp, pc = int(fields[-2], 16), int(fields[-1], 16)
+                self.code_addresses(pc, sp, 0)
+            except (OSError, ValueError, IndexError):
+                continue  # running, exited, or a walk that met garbage: only a cache left cold
+
+    def scan(self, lo: int, hi: int) -> list[int]:
+        """Every 8-byte word of the stack range, each a possible return address. Raises StackUnknown when
+        the range cannot be read whole: what was not seen cannot be called safe."""
+        lo &= ~7
+        if hi - lo > MAX_SCAN:
+            raise StackUnknown(f"{hi - lo} bytes of stack without CFI to scan")
+        if hi <= lo:
+            return []
+        try:
+            data = self.mem.read(lo, hi - lo)
+        except OSError as e:
+            raise StackUnknown(f"stack unreadable at {lo:#x} ({e})") from None
+        return list(struct.unpack(f"<{len(data) // 8}Q", data))

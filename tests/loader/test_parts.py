@@ -1,0 +1,104 @@
+"""The loader's pure parts on real inputs: reference names, relocation formulas, the far-call stub, the
+layout of a module patch-build made, the state header."""
+from __future__ import annotations
+
+import capstone
+import pytest
+
+from diffobj.read import read_object
+from loader import layout, x86_64 as arch
+from loader.remote import PROT_EXEC, PROT_READ
+from loader.resolve import ResolveError, split_local
+from loader.state import PatchedFunc, PatchRecord
+
+
+@pytest.mark.parametrize("name, objs, expected", [
+    (".kpatch.sym.server.lookup,0", ["server"], ("server", "lookup", 0)),
+    (".kpatch.sym.server.counter.1,2", ["server"], ("server", "counter.1", 2)),  # NAME with a dot
+    (".kpatch.sym.libfoo.so.1.state,0", ["libfoo.so", "libfoo.so.1"], ("libfoo.so.1", "state", 0)),
+    (".kpatch.sym.libfoo.so.state,1", ["libfoo.so", "libfoo.so.1"], ("libfoo.so", "state", 1)),
+])
+def test_split_local(name, objs, expected):
+    assert split_local(name, objs) == expected
+
+
+@pytest.mark.parametrize("name", [".kpatch.sym.server.lookup", ".kpatch.sym.other.lookup,0",
+                                  ".kpatch.sym.server.lookup,x"])
+def test_split_local_rejects(name):
+    with pytest.raises(ResolveError):
+        split_local(name, ["server"])
+
+
+def test_relocations():
+    buf = bytearray(16)
+    arch.apply(buf, 0, 1, S=0x1122334455667788, A=8, P=0x1000)  # R_X86_64_64
+    assert int.from_bytes(buf[:8], "little") == 0x1122334455667790
+    arch.apply(buf, 8, 4, S=0x2000, A=-4, P=0x1008)  # R_X86_64_PLT32, near
+    assert int.from_bytes(buf[8:12], "little", signed=True) == 0x2000 - 4 - 0x1008
+    far = 0x7F00_0000_0000
+    arch.apply(buf, 8, 4, S=far, A=-4, P=0x1008, stub=0x3000)  # far: through the stub
+    assert int.from_bytes(buf[8:12], "little", signed=True) == 0x3000 - 4 - 0x1008
+    with pytest.raises(arch.RelocationError):
+        arch.apply(buf, 8, 2, S=far, A=-4, P=0x1008)  # R_X86_64_PC32 to far data: no stub can help
+    arch.apply(buf, 8, 42, S=far, A=-4, P=0x1008, got_slot=0x4000, got=0x4000)  # REX_GOTPCRELX: the slot
+    assert int.from_bytes(buf[8:12], "little", signed=True) == 0x4000 - 4 - 0x1008
+    with pytest.raises(arch.RelocationError, match="thread-local"):
+        arch.apply(buf, 8, 23, S=0, A=0, P=0)  # R_X86_64_TPOFF32
+
+
+def test_far_stub_and_redirect():
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    stub = arch.far_stub(0x7F12_3456_7890)
+    (insn, *_) = md.disasm(stub, 0x1000)
+    assert insn.mnemonic == "jmp" and insn.op_str == "qword ptr [rip]"
+    assert int.from_bytes(stub[6:14], "little") == 0x7F12_3456_7890
+    site, jump = arch.redirect(bytes.fromhex("f30f1efa4889e5"), 0x5000, 0x9000)  # endbr64 first
+    assert site == 0x5004
+    (insn,) = md.disasm(jump, site)
+    assert insn.mnemonic == "jmp" and int(insn.op_str, 16) == 0x9000
+    assert arch.redirect(bytes.fromhex("554889e5"), 0x5000, 0x9000)[0] == 0x5000
+
+
+def test_layout_of_a_built_module(builds):
+    obj = read_object(str(builds.modules["incr-strict"]))
+    (sections,) = layout.partition(obj, {"server": ["cmd_incr"]}).values()
+    assert not any(s.name.startswith(".kpatch.") for s in sections)  # metadata is not loaded
+    plan = layout.plan(obj, sections, 1000)
+    assert plan.header == layout.PAGE and plan.size % layout.PAGE == 0
+    for off, size, _ in plan.regions:
+        assert off % layout.PAGE == 0 and size % layout.PAGE == 0
+    code = [r for r in plan.regions if r[2] == PROT_READ | PROT_EXEC]
+    assert len(code) == 1 and code[0][0] <= plan.code[0] < plan.code[1] <= code[0][0] + code[0][1]
+    text = obj.section_named(".text.cmd_incr")
+    assert code[0][0] <= plan.placed[text.index] < plan.code[1]
+    # one far-call stub per function called outside the module (the library's, the target's `lookup`),
+    # none for data (`lock`)
+    called = {r.symbol.name for r in text.relocations if not r.symbol.is_defined and r.symbol.is_function
+              or r.type == 4}
+    assert {"strtol", "snprintf", "pthread_mutex_lock", "pthread_mutex_unlock",
+            ".kpatch.sym.server.lookup,0"} == called
+    assert sorted(obj.symbols[i].name for i in plan.stubs) == sorted(called)
+    near, far = 0x5555_0010_0000, 0x7F00_0000_1000  # the target's symbols, the library's
+
+    def resolve(sym):
+        return (near if sym.name.startswith(".kpatch.sym.") else far), 0
+
+    image = layout.build(plan, 0x5555_0000_0000, resolve)
+    assert len(image) == plan.size
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    for index, off in plan.stubs.items():  # far-call stubs jump to where their symbol resolved
+        (insn, *_) = md.disasm(bytes(image[off:off + 6]), 0)
+        assert insn.mnemonic == "jmp"
+        assert int.from_bytes(image[off + 6:off + 14], "little") == resolve(obj.symbols[index])[0]
+    addr, size = layout.function_address(plan, 0x5555_0000_0000, "cmd_incr")
+    assert addr == 0x5555_0000_0000 + plan.placed[text.index] and size == text.size
+
+
+def test_state_header_round_trip():
+    rec = PatchRecord("fix", 3, "/x/fix.kpatch", 1.5, [[0x1000, 0x3000]], [[0x2000, 0x2100]], "active",
+                      [{"name": "server", "build_id": "ab"}],
+                      [PatchedFunc("f", "server", 0, 0x10, 20, 0x2000, 30, 0x14, "e900000000", "older")])
+    data = rec.encode() + b"\0" * 100
+    assert PatchRecord.decode(data) == rec and rec.start == 0x1000
+    assert PatchRecord.decode(b"NOTMAGIC" + data[8:]) is None
+    assert PatchRecord.decode(data[:40]) is None
