@@ -1,34 +1,12 @@
-"""Shared helpers of the build tests: run the real `patch-build` on fixtures/build with real gcc, make, cmake."""
+"""Fixtures of the build tests: run the real `patch-build` on fixtures/build with real gcc, make, cmake."""
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO / "fixtures" / "build"
-
-
-@dataclass
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-    tmpdir: Path  # TMPDIR of the run: where its scratch tree lived
-
-    @property
-    def last_line(self) -> str:
-        lines = [l for l in self.stderr.splitlines() if l.strip()]
-        return lines[-1] if lines else ""
-
-    def scratch_trees(self) -> list[Path]:
-        return sorted(self.tmpdir.glob("patch-build-*"))
+from buildenv import REPO, Run
 
 
 @pytest.fixture
@@ -45,39 +23,3 @@ def patch_build(tmp_path):
         return Run(proc.returncode, proc.stdout, proc.stderr, tmpdir)
 
     return run
-
-
-def copy_fixture(name: str, dest: Path) -> Path:
-    tree = dest / name
-    shutil.copytree(FIXTURES / name, tree, symlinks=True)
-    return tree
-
-
-def make(tree: Path, *args: str) -> None:
-    """Build a fixture the ordinary way (no wrapper): what is deployed."""
-    subprocess.run(["make", "-s", *args], cwd=tree, check=True, capture_output=True)
-
-
-def tree_digest(tree: Path) -> str:
-    """Names, modes, times and contents of every file under `tree`: equal digests mean an untouched tree."""
-    h = hashlib.sha256()
-    for path in sorted(tree.rglob("*")):
-        st = path.lstat()
-        h.update(f"{path.relative_to(tree)}:{st.st_mode}:{st.st_mtime_ns}".encode())
-        if path.is_file() and not path.is_symlink():
-            h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-def build_id(path: Path) -> str:
-    out = subprocess.run(["readelf", "-nW", str(path)], check=True, capture_output=True, text=True).stdout
-    return next(l.split(":", 1)[1].strip() for l in out.splitlines() if "Build ID:" in l)
-
-
-def assert_one_line_error(run: Run, code: int, *fragments: str) -> None:
-    """Exit `code`, no traceback, the error is the last line of stderr and names every fragment."""
-    assert run.returncode == code, run.stderr
-    assert "Traceback" not in run.stderr, run.stderr
-    assert run.last_line.startswith("patch-build: error: "), run.stderr
-    for fragment in fragments:
-        assert fragment in run.last_line, run.stderr

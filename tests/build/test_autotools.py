@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import FIXTURES, build_id, copy_fixture
+from buildenv import FIXTURES, build_id, copy_fixture
 from support import elfcheck
 
 from linker.module import read_module

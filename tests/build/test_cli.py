@@ -1,7 +1,7 @@
 """The patch-build command line: which builder a source tree gets, usage errors."""
 from __future__ import annotations
 
-from conftest import FIXTURES
+from buildenv import FIXTURES
 
 from kbuild.cli import is_kernel_tree
 

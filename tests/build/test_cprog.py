@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import FIXTURES, assert_one_line_error, build_id, copy_fixture, make, tree_digest
+from buildenv import FIXTURES, assert_one_line_error, build_id, copy_fixture, make, tree_digest
 from support import elfcheck
 
 from linker.module import read_module

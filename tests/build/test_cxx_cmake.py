@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import FIXTURES, build_id, copy_fixture, tree_digest
+from buildenv import FIXTURES, build_id, copy_fixture, tree_digest
 from support import elfcheck
 
 from linker.module import read_module

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import FIXTURES, assert_one_line_error, copy_fixture, make
+from buildenv import FIXTURES, assert_one_line_error, copy_fixture, make
 
 FIX = FIXTURES / "cprog-fix.patch"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import FIXTURES, build_id, copy_fixture, make
+from buildenv import FIXTURES, build_id, copy_fixture, make
 
 from kbuild.options import BuildOptions
 from kbuild.userspace import build_user_patch

@@ -2,7 +2,7 @@
 file the program loads), given along with the program, which the fix leaves alone."""
 from __future__ import annotations
 
-from conftest import FIXTURES, build_id, copy_fixture, make
+from buildenv import FIXTURES, build_id, copy_fixture, make
 from support import elfcheck
 
 from linker.module import read_module
