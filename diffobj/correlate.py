@@ -134,6 +134,34 @@ def _correlate_static_locals(orig, patched, o_res, p_res, problems: Problems) ->
                                        f"{', '.join(sorted(users))}")
 
 
+def _correlate_through_data(orig, patched, o_res: TargetResolver, p_res: TargetResolver) -> None:
+    """Pair numbered locals that only data reaches (`__func__.N` from a kernel `__dyndbg` descriptor):
+    where two paired data objects hold their relocations at the same places, their targets pair too.
+    Repeated while it finds pairs, since such references chain."""
+    found = True
+    while found:
+        found = False
+        for p_sym in patched.symbols:
+            o_sym = p_sym.twin
+            if o_sym is None or p_sym.is_function or p_sym.section is None or o_sym.section is None \
+                    or p_sym.section.is_text or p_sym.is_section:
+                continue
+            p_rels = [r for r in p_sym.section.relocations if p_sym.value <= r.offset < p_sym.value + p_sym.size]
+            o_rels = [r for r in o_sym.section.relocations if o_sym.value <= r.offset < o_sym.value + o_sym.size]
+            if len(p_rels) != len(o_rels):
+                continue
+            for pr, orr in zip(p_rels, o_rels):
+                if pr.offset - p_sym.value != orr.offset - o_sym.value:
+                    break
+                pt = p_res.resolve(p_sym.section, pr).symbol
+                ot = o_res.resolve(o_sym.section, orr).symbol
+                if pt is not None and ot is not None and pt.twin is None and ot.twin is None \
+                        and _is_numbered_local_data(pt) and _is_numbered_local_data(ot) \
+                        and names.pattern(pt.name) == names.pattern(ot.name):
+                    _link(ot, pt)
+                    found = True
+
+
 def _correlate_sections(orig: ObjectFile, patched: ObjectFile) -> None:
     for sec in patched.sections:
         if sec.type in BOOKKEEPING_TYPES:
@@ -173,6 +201,7 @@ def correlate(orig: ObjectFile, patched: ObjectFile, problems: Problems,
     _pair_by(lambda s: names.pattern(s.name), functions(o_syms), functions(p_syms), True)
 
     _correlate_static_locals(orig, patched, orig_resolver, patched_resolver, problems)
+    _correlate_through_data(orig, patched, orig_resolver, patched_resolver)
     numbered = lambda ss: [s for s in ss if _is_numbered_local_data(s)]  # noqa: E731
     _pair_by(lambda s: names.pattern(s.name), numbered(o_syms), numbered(p_syms), True)
 

@@ -10,9 +10,11 @@ redirects a function through ftrace, which needs that call.
 """
 from __future__ import annotations
 
+from collections import defaultdict
+
 from diffobj import names
 from diffobj.arch import x86_64_special as layout
-from diffobj.model import ObjectFile, Relocation, Section, Status, Symbol
+from diffobj.model import STT_NOTYPE, ObjectFile, Relocation, Section, Status, Symbol
 from diffobj.problems import Problems
 
 
@@ -43,12 +45,14 @@ def filter_special_sections(patched: ObjectFile, problems: Problems) -> None:
 
 
 def _keep_entries(sec: Section, size: int, keep: list[int]) -> None:
+    by_entry: dict[int, list[Relocation]] = defaultdict(list)
+    for r in sec.relocations:
+        by_entry[r.offset // size].append(r)
     data, rels = bytearray(), []
     for new, old in enumerate(keep):
         lo = old * size
         data += sec.data[lo:lo + size]
-        rels += [Relocation(r.offset - lo + new * size, r.type, r.symbol, r.addend)
-                 for r in sec.relocations if lo <= r.offset < lo + size]
+        rels += [Relocation(r.offset - lo + new * size, r.type, r.symbol, r.addend) for r in by_entry[old]]
     sec.data, sec.relocations, sec.included = bytes(data), rels, True
 
 
@@ -96,7 +100,9 @@ def _include_targets(sec: Section) -> None:
         t = r.symbol.section
         if t is None or t.included or t.is_text:
             continue
-        sym: Symbol | None = None if r.symbol.is_section else r.symbol
+        # Assembler labels (.LC0: a string literal) name anonymous data, as a section symbol does.
+        label = r.symbol.type == STT_NOTYPE and r.symbol.is_local and r.symbol.name.startswith(".L")
+        sym: Symbol | None = None if r.symbol.is_section or label else r.symbol
         if (sym is not None and sym.status is Status.NEW) or (sym is None and (not t.is_writable
                                                                                or t.status is Status.NEW)):
             t.included = True

@@ -67,8 +67,9 @@ class TargetResolver:
         target_sec = sym.section
         base_off = sym.value if anonymous_label else 0
         named = [s for s in target_sec.symbols if not (s.type == STT_NOTYPE and s.name.startswith(".L"))]
-        if len(named) == 1 and not target_sec.is_strings:
-            only = named[0]
+        if len(named) == 1 and not target_sec.is_strings and named[0].value == 0 \
+                and named[0].size >= target_sec.size:
+            only = named[0]  # the section is this one object: no need to locate the address
             return Target(only, target_sec, base_off + rel.addend - only.value, base_off + rel.addend - only.value)
         if target_sec.is_strings:
             return Target(None, target_sec, self._string_offset(sec, rel, target_sec, base_off), base_off + rel.addend)
