@@ -9,6 +9,8 @@ reverted whatever happens, so KSRC keeps its sources (it does keep the objects k
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import mmap
 import os
 import re
 import shutil
@@ -45,6 +47,7 @@ SOURCE_SUFFIXES = (".c",)
 ASSEMBLY_SUFFIXES = (".S", ".s")
 HEADER_SUFFIXES = (".h",)
 MODULE_NAME_MAX = 55  # MODULE_NAME_LEN - 1
+KEYED_SECTIONS = {"__jump_table": "jump label", ".static_call_sites": "static call"}
 
 
 @dataclass
@@ -108,8 +111,8 @@ def touched_files(patch: Path) -> list[str]:
 def kernel_release(options: BuildOptions) -> str:
     """The target kernel's release: from VMLINUX's banner, System.map's file name, else the running kernel."""
     if options.vmlinux is not None:
-        with open(options.vmlinux, "rb") as f:
-            m = re.search(rb"Linux version (\S+) ", f.read())
+        with open(options.vmlinux, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            m = re.search(rb"Linux version (\S+) ", data)
         if m:
             return m.group(1).decode()
     if options.system_map is not None:
@@ -245,14 +248,17 @@ class _KernelBuild:
         raise InputError(f"no kernel config: {self.ksrc}/.config and {boot} do not exist; give one with -c")
 
     def _prepare(self) -> None:
-        """`make olddefconfig prepare` unless the tree is already prepared for this config."""
+        """`make olddefconfig prepare` unless the tree is already prepared for this config. The config given
+        (-c, or /boot's) is remembered by its hash, since olddefconfig rewrites .config."""
         config = self._config()
         dot = self.ksrc / ".config"
         autoconf = self.ksrc / "include" / "generated" / "autoconf.h"
         objtool = self.ksrc / "tools" / "objtool" / "objtool"
+        stamp = self.ksrc / "include" / "config" / "patch-build.config.sha256"
+        wanted = hashlib.sha256(config.read_bytes()).hexdigest()
         if config.resolve() != dot.resolve():
-            if dot.is_file() and dot.read_bytes() == config.read_bytes():
-                pass
+            if stamp.is_file() and stamp.read_text() == wanted and dot.is_file():
+                pass  # prepared from this config before
             else:
                 shutil.copy(config, dot)
         if autoconf.is_file() and objtool.is_file() and autoconf.stat().st_mtime >= dot.stat().st_mtime:
@@ -266,6 +272,8 @@ class _KernelBuild:
         dot.write_text(text)
         run_build(f"make -j{self.jobs} olddefconfig prepare", self.ksrc, self.env, self.scratch / "prepare.log",
                   "preparing the kernel tree (make olddefconfig prepare)")
+        if config.resolve() != dot.resolve():
+            stamp.write_text(wanted)
 
     def _compile(self, units: list[Unit], what: str) -> None:
         """Build the units' objects. A unit kbuild already compiled with our flags is compiled again by its
@@ -296,7 +304,10 @@ class _KernelBuild:
     def _run_recorded(self, commands: dict[str, str], what: str) -> None:
         def run(item):
             obj, cmd = item
-            return obj, subprocess.run(["sh", "-c", cmd], cwd=self.ksrc, env=self.env, capture_output=True, text=True)
+            (self.ksrc / obj).unlink(missing_ok=True)  # never diff a stale object
+            # -e as kbuild runs it: the line is `gcc ...; objtool ...`, and a failed gcc must fail it.
+            return obj, subprocess.run(["sh", "-ec", cmd], cwd=self.ksrc, env=self.env, capture_output=True,
+                                       text=True)
 
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             for obj, proc in pool.map(run, commands.items()):
@@ -420,10 +431,44 @@ class _KernelBuild:
                     if not table.has_function(ch.old_name):
                         u.diff.errors.append(Problem(ch.old_name, f"not a function of the running {u.target} "
                                                                    "(inlined or renamed there?): cannot redirect it"))
+            if u.diff.output is not None:
+                u.diff.errors += self._check_klp_symbols(u.diff.output, u.target, tables)
             if u.diff.has_changes and not u.diff.errors:
                 u.output = outdir / f"{i:04d}-{os.path.basename(u.obj)}"
                 u.diff.write(os.fspath(u.output))
             self.progress.advance(u.source)
+
+    def _check_klp_symbols(self, output, target: str, tables: dict[str, SymbolTable]) -> list[Problem]:
+        """Each `.klp.sym.OBJ.NAME,POS` must name exactly one symbol of the running OBJ, or the livepatch core
+        refuses the module at load time: say so now, with the reason."""
+        problems = []
+        for sym in output.symbols:
+            m = re.fullmatch(r"\.klp\.sym\.([^.]+)\.(.+),(\d+)", sym.name)
+            if m is None:
+                continue
+            objname, name, pos = m.group(1), m.group(2), int(m.group(3))
+            table = tables["vmlinux"] if objname == "vmlinux" else self._module_table(tables, objname)
+            if table is None:
+                continue
+            count = len(table.named(name))
+            if count == 0:
+                problems.append(Problem(name, f"used by the patch but not a symbol of the running {objname} "
+                                              "(inlined or optimised away there?)"))
+            elif pos > count or (pos == 0 and count > 1):
+                problems.append(Problem(name, f"{count} symbols of the running {objname} have this name and the "
+                                              f"reference cannot tell which (position {pos})"))
+        # The loader sets up a module's jump labels and static calls before the livepatch core resolves
+        # relocations against other modules: such a key would still be unresolved (kpatch refuses them too).
+        for sec in output.sections:
+            if sec.name not in KEYED_SECTIONS:
+                continue
+            for rel in sec.relocations:
+                m = re.fullmatch(r"\.klp\.sym\.([^.]+)\.(.+),\d+", rel.symbol.name)
+                if m and m.group(1) != "vmlinux":
+                    problems.append(Problem(m.group(2), f"a {KEYED_SECTIONS[sec.name]} key of module {m.group(1)}, "
+                                                        "which a livepatch cannot use (use static_key_enabled() or "
+                                                        "a plain call instead)"))
+        return problems
 
     def _finish(self, units: list[Unit]) -> BuildResult:
         o = self.o

@@ -1,0 +1,200 @@
+"""Debian's 6.1 kernel for the tests: download, unpack and prepare once, cached in .cache/kernel.
+
+`kernel_env()` makes sure that, for the release `linux-image-amd64` currently depends on:
+- the headers package is installed (`/lib/modules/RELEASE/build`, what patch modules are built against);
+- the image package is unpacked (vmlinuz, System.map, config, the modules) in .cache/kernel/image-RELEASE;
+- the source package of the same version is unpacked and prepared (`make olddefconfig prepare` with the
+  image's config) in .cache/kernel/linux-source-VERSION.
+Everything is idempotent: a stamp file records each finished step, so later runs cost nothing; the
+release chosen first is kept (.cache/kernel/release.json) so that a new Debian kernel upload does not
+invalidate the cache mid-way. Delete .cache/kernel to move to the current one.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / ".cache" / "kernel"
+KALLSYMS_MODULES = ("binfmt_misc", "ttyprintk")  # the modules whose functions the tests patch
+
+
+@dataclass(frozen=True)
+class KernelEnv:
+    release: str  # 6.1.0-N-amd64
+    version: str  # Debian package version, 6.1.X-Y
+    image: Path  # unpacked linux-image package
+    source: Path  # prepared source tree
+    headers: Path  # /lib/modules/RELEASE/build
+
+    @property
+    def vmlinuz(self) -> Path:
+        return self.image / "boot" / f"vmlinuz-{self.release}"
+
+    @property
+    def system_map(self) -> Path:
+        return self.image / "boot" / f"System.map-{self.release}"
+
+    @property
+    def config(self) -> Path:
+        return self.image / "boot" / f"config-{self.release}"
+
+    @property
+    def modules(self) -> Path:
+        return self.image / "lib" / "modules" / self.release
+
+    @property
+    def kallsyms(self) -> Path:
+        """/proc/kallsyms of the booted image with KALLSYMS_MODULES loaded: Debian's System.map is a stub."""
+        return CACHE / f"symbols-with-{'-'.join(KALLSYMS_MODULES)}" / f"kallsyms-{self.release}"
+
+    def module(self, name: str) -> Path:
+        found = sorted(self.modules.rglob(f"{name}.ko"))
+        if not found:
+            raise FileNotFoundError(f"module {name} not in {self.modules}")
+        return found[0]
+
+
+def _run(*cmd: str, cwd: Path | None = None, env: dict | None = None) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def _apt_env() -> dict:
+    return dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+
+
+def _release() -> str:
+    deps = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True).stdout
+    m = re.search(r"linux-image-(6\.1\.0-\d+-amd64)", deps)
+    if m is None:
+        _run("apt-get", "update", "-qq", env=_apt_env())
+        deps = _run("apt-cache", "depends", "linux-image-amd64")
+        m = re.search(r"linux-image-(6\.1\.0-\d+-amd64)", deps)
+    if m is None:
+        raise RuntimeError("cannot find the 6.1 kernel linux-image-amd64 depends on")
+    return m.group(1)
+
+
+def _package_version(package: str) -> str:
+    show = _run("apt-cache", "show", package)
+    return re.search(r"^Version: (\S+)", show, re.M).group(1)
+
+
+def _installed(package: str) -> bool:
+    q = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
+    return "ok installed" in q.stdout
+
+
+def _download(package: str, dest: Path) -> Path:
+    """apt-get download into dest (cached), returning the .deb."""
+    name, _, version = package.partition("=")
+    found = sorted(dest.glob(f"{name}_{version or ''}*.deb"))
+    if found:
+        return found[-1]
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        _run("apt-get", "download", package, cwd=dest)
+    except RuntimeError:
+        _run("apt-get", "update", "-qq", env=_apt_env())
+        _run("apt-get", "download", package, cwd=dest)
+    return sorted(dest.glob(f"{name}_*.deb"))[-1]
+
+
+def _prepare_source(deb: Path, tree: Path, config: Path) -> None:
+    tmp = tree.with_name(tree.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    # linux-source ships the tree as a tarball inside the package.
+    subprocess.run(f"dpkg-deb --fsys-tarfile '{deb}' | tar -xO --wildcards './usr/src/linux-source-*.tar.xz' "
+                   f"| xz -dc -T0 | tar -x --strip-components=1 -C '{tmp}'", shell=True, check=True)
+    shutil.copy(config, tmp / ".config")
+    # Debian's signing keys are not part of the source package.
+    _run("./scripts/config", "--set-str", "SYSTEM_TRUSTED_KEYS", "", "--set-str", "SYSTEM_REVOCATION_KEYS", "",
+         cwd=tmp)
+    _run("make", "-s", f"-j{os.cpu_count() or 2}", "olddefconfig", "prepare", cwd=tmp)
+    shutil.rmtree(tree, ignore_errors=True)
+    tmp.rename(tree)
+
+
+def _apt_install(package: str) -> None:
+    try:
+        _run("apt-get", "install", "-y", "-qq", "--no-install-recommends", package, env=_apt_env())
+    except RuntimeError:
+        _run("apt-get", "update", "-qq", env=_apt_env())
+        _run("apt-get", "install", "-y", "-qq", "--no-install-recommends", package, env=_apt_env())
+
+
+def _pick_release() -> tuple[str, str]:
+    """The release and package version to use: the cached choice, else the current one (after apt-get update,
+    so a stale package list does not name a kernel the mirror no longer has)."""
+    record = CACHE / "release.json"
+    if record.exists():
+        data = json.loads(record.read_text())
+        return data["release"], data["version"]
+    _run("apt-get", "update", "-qq", env=_apt_env())
+    release = _release()
+    version = _package_version(f"linux-image-{release}")
+    record.write_text(json.dumps({"release": release, "version": version}) + "\n")
+    return release, version
+
+
+def kernel_env() -> KernelEnv:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        release, version = _pick_release()
+        headers = Path("/lib/modules") / release / "build"
+        if not _installed(f"linux-headers-{release}") or not headers.exists():
+            _apt_install(f"linux-headers-{release}")
+        debs = CACHE / "debs"
+        image = CACHE / f"image-{release}"
+        if not (image / ".done").exists():
+            deb = _download(f"linux-image-{release}={version}", debs)
+            shutil.rmtree(image, ignore_errors=True)
+            _run("dpkg-deb", "-x", str(deb), str(image))
+            (image / ".done").touch()
+        source = CACHE / f"linux-source-{version}"
+        if not (source / ".prepared").exists():
+            upstream = version.split("-")[0].rsplit(".", 1)[0]  # 6.1.192-2 -> 6.1
+            deb = _download(f"linux-source-{upstream}={version}", debs)
+            _prepare_source(deb, source, image / "boot" / f"config-{release}")
+            (source / ".prepared").touch()
+        env = KernelEnv(release, version, image, source, headers)
+        if not env.kallsyms.exists():
+            _dump_kallsyms(env)
+        return env
+
+
+def _dump_kallsyms(env: KernelEnv) -> None:
+    """Boot the image, load the modules the tests patch, print /proc/kallsyms (gzip + base64: the serial
+    console is slow)."""
+    import base64
+    import gzip
+
+    from qemu_vm import run_vm
+
+    script = "".join(f"insmod /lib/modules/{m}.ko\n" for m in KALLSYMS_MODULES)
+    script += "echo KALLSYMS-BEGIN\ngzip -c /proc/kallsyms | base64\necho KALLSYMS-END\n"
+    out = run_vm(env.vmlinuz, script, {f"/lib/modules/{m}.ko": env.module(m) for m in KALLSYMS_MODULES})
+    encoded = out.split("KALLSYMS-BEGIN\n", 1)[1].split("KALLSYMS-END", 1)[0]
+    text = gzip.decompress(base64.b64decode("".join(encoded.split()))).decode()
+    lines = [l for l in text.splitlines() if re.match(r"^[0-9a-f]{16} \S \S", l)]
+    if len(lines) < 50000:
+        raise RuntimeError(f"/proc/kallsyms of the VM has only {len(lines)} symbols")
+    env.kallsyms.parent.mkdir(exist_ok=True)
+    tmp = env.kallsyms.with_name(env.kallsyms.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.rename(env.kallsyms)
+
+
+if __name__ == "__main__":
+    print(kernel_env())

@@ -1,0 +1,65 @@
+"""Boot Debian's kernel under qemu (TCG) with a busybox initramfs that runs a shell script and powers off.
+
+`run_vm(vmlinuz, script, files)` puts `files` ({path in the VM: host path}) and `script` into the
+initramfs; /init mounts /proc, /sys and /dev, runs the script, and prints `VM-DONE rc=N` on the serial
+console before powering off. The console output is returned; the kernel's own messages go to it
+too (loglevel 4: warnings and errors), so a failed insmod shows its reason in the test's failure output.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+BUSYBOX = Path("/bin/busybox")
+INIT = """#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+echo VM-START
+sh /checks.sh
+echo "VM-DONE rc=$?"
+poweroff -f
+"""
+
+
+def _cpio(root: Path, out: Path) -> None:
+    names = subprocess.run(["find", "."], cwd=root, capture_output=True, text=True, check=True).stdout
+    archive = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=names.encode(),
+                             capture_output=True, check=True).stdout
+    out.write_bytes(gzip.compress(archive, compresslevel=1))
+
+
+def run_vm(vmlinuz: Path, script: str, files: dict[str, Path] | None = None, timeout: int = 600,
+           memory: int = 512) -> str:
+    with tempfile.TemporaryDirectory(prefix="patch-build-vm-") as tmp:
+        root = Path(tmp, "root")
+        for d in ("bin", "proc", "sys", "dev", "tmp", "lib/modules"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        shutil.copy(BUSYBOX, root / "bin" / "busybox")
+        (root / "init").write_text(INIT)
+        (root / "init").chmod(0o755)
+        (root / "checks.sh").write_text(script)
+        for dest, src in (files or {}).items():
+            target = root / dest.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, target)
+        initrd = Path(tmp, "initrd.gz")
+        _cpio(root, initrd)
+        cmd = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", str(memory),
+               "-nographic", "-no-reboot", "-monitor", "none",
+               "-kernel", os.fspath(vmlinuz), "-initrd", os.fspath(initrd),
+               "-append", "console=ttyS0 panic=-1 oops=panic nokaslr loglevel=4"]
+        try:
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            out = (e.stdout or b"").decode(errors="replace")
+            raise AssertionError(f"VM did not finish within {timeout} s; console:\n{out[-6000:]}") from None
+        out = proc.stdout.decode(errors="replace").replace("\r\n", "\n")
+        if "VM-DONE" not in out:
+            raise AssertionError(f"VM stopped before its checks finished; console:\n{out[-6000:]}")
+        return out[out.index("VM-START"):]
