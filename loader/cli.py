@@ -50,6 +50,8 @@ def apply(module: Path = typer.Argument(..., help="NAME.kpatch"), pid: int = Pid
     from loader.patcher import apply_patch
 
     record, stats = _guarded(lambda: apply_patch(pid, str(module), timeout, not no_stack_check))
+    for warning in stats.warnings:
+        typer.echo(f"{PROG}: warning: {warning}", err=True)
     typer.echo(f"applied {record.module} to process {pid}: {len(record.funcs)} function(s) redirected "
                f"(pause {_ms(stats.pause)}, {stats.attempts} attempt(s), total {_ms(stats.elapsed)})")
 
@@ -87,6 +89,8 @@ def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json"
         for f in r.funcs:
             on = f" (over {f.prev})" if f.prev else ""
             typer.echo(f"   {f.objname}:{f.name} {f.old_addr:#x} -> {f.new_addr:#x} ({f.new_size} bytes){on}")
+        for eh_frame, _, _ in r.frames:
+            typer.echo(f"   unwind information registered at {eh_frame:#x}")
 
 
 @app.command()

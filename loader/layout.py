@@ -5,8 +5,9 @@ replacement functions need, found by following relocations from them: read-only 
 copied into both; writable ones cannot be, and are refused. A mapping holds, each part page-aligned: the
 state header (read-only; the first mapping only), the code (read+execute: executable sections, then
 far-call stubs), read-only data (read-only sections, then the patch's GOT), and writable data (writable
-sections, .bss zero-filled). A plan does not depend on the address, so its size is known before the
-mapping is placed.
+sections, .bss zero-filled, then the `struct object` libgcc keeps for registered frames). The unwind
+information of the code a mapping holds (`.eh_frame`, its LSDAs, the personality pointer) goes with it. A
+plan does not depend on the address, so its size is known before the mapping is placed.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from typing import Callable
 
 from diffobj.model import SHN_ABS, SHT_NOBITS, SHT_PROGBITS, ObjectFile, Section, Symbol
 from loader import x86_64 as arch
+from loader.ehframe import EH_FRAME, unwind_section
 from loader.remote import PROT_EXEC, PROT_READ, PROT_WRITE
 
 PAGE = 4096
 SHF_TLS = 0x400
+FRAME_OBJECT_SIZE = 64  # libgcc's struct object (6 words), what __register_frame_info links in its lists
 
 
 class LayoutError(Exception):
@@ -40,11 +43,36 @@ class Plan:
     got_offset: int = 0
     stubs: dict[int, int] = field(default_factory=dict)  # symbol index -> offset of its far-call stub
     code: tuple[int, int] = (0, 0)  # offsets of the code part
+    unwind: tuple[int, int] | None = None  # offsets of the .eh_frame and of its frame object, when it has one
     size: int = 0
 
 
 def loaded_sections(obj: ObjectFile) -> list[Section]:
-    return [s for s in obj.sections if s.is_alloc and s.type in (SHT_PROGBITS, SHT_NOBITS)]
+    return [s for s in obj.sections if s.is_alloc and s.type in (SHT_PROGBITS, SHT_NOBITS, arch.SHT_UNWIND)]
+
+
+def _unwritten_pointers(sec: Section) -> bool:
+    """`DW.ref.*` cells (the personality routine's address, which the unwind information points to): in
+    writable data for the dynamic linker's sake, never written by the program, so each mapping may have
+    its own copy."""
+    return bool(sec.symbols) and all(sym.name.startswith("DW.ref.") for sym in sec.symbols)
+
+
+def _reach(todo: list[Section], seen: dict[int, Section], loaded: set[int], owner: dict[int, str],
+           target: str) -> None:
+    """Add to `seen` the sections in `todo` and all they refer to through relocations."""
+    while todo:
+        sec = todo.pop()
+        if sec.index in seen:
+            continue
+        if sec.index not in loaded:
+            raise LayoutError(f"section {sec.name} is referenced by code but is not loadable")
+        seen[sec.index] = sec
+        shared = sec.is_writable and not _unwritten_pointers(sec)
+        if shared and owner.setdefault(sec.index, target) != target:
+            raise LayoutError(f"data section {sec.name} is used by the code of both {owner[sec.index]} and "
+                              f"{target}, which lie too far apart to share it")
+        todo += [r.symbol.section for r in sec.relocations if r.symbol.is_defined and r.symbol.section]
 
 
 def partition(obj: ObjectFile, roots: dict[str, list[str]]) -> dict[str, list[Section]]:
@@ -60,17 +88,10 @@ def partition(obj: ObjectFile, roots: dict[str, list[str]]) -> dict[str, list[Se
                 raise LayoutError(f"the module has no function {name}")
             todo.append(sym.section)
         seen: dict[int, Section] = {}
-        while todo:
-            sec = todo.pop()
-            if sec.index in seen:
-                continue
-            if sec.index not in loaded:
-                raise LayoutError(f"section {sec.name} is referenced by code but is not loadable")
-            seen[sec.index] = sec
-            if sec.is_writable and owner.setdefault(sec.index, target) != target:
-                raise LayoutError(f"data section {sec.name} is used by the code of both {owner[sec.index]} and "
-                                  f"{target}, which lie too far apart to share it")
-            todo += [r.symbol.section for r in sec.relocations if r.symbol.is_defined and r.symbol.section]
+        _reach(todo, seen, loaded, owner, target)
+        unwind = unwind_section(obj, {i for i, sec in seen.items() if sec.is_text})
+        if unwind is not None:
+            _reach([unwind], seen, loaded, owner, target)  # with the LSDAs and personality pointer it refers to
         groups[target] = sorted(seen.values(), key=lambda s: s.index)
     return groups
 
@@ -86,6 +107,7 @@ def plan(obj: ObjectFile, sections: list[Section], header_bytes: int) -> Plan:
                 p.got.setdefault(rel.symbol.index, len(p.got) * arch.GOT_ENTRY_SIZE)
             if not rel.symbol.is_defined and arch.may_need_stub(rel.type, rel.symbol.is_function):
                 p.stubs.setdefault(rel.symbol.index, len(p.stubs) * arch.STUB_SIZE)
+    eh_frame = next((s for s in sections if s.name == EH_FRAME), None)
     at = p.header
     if p.header:
         p.regions.append((0, p.header, PROT_READ))
@@ -107,6 +129,10 @@ def plan(obj: ObjectFile, sections: list[Section], header_bytes: int) -> Plan:
             p.got_offset = at
             p.got = {k: at + v for k, v in p.got.items()}
             at += len(p.got) * arch.GOT_ENTRY_SIZE
+        elif eh_frame is not None:  # rw: libgcc writes its struct object
+            at = _align(at, 8)
+            p.unwind = (p.placed[eh_frame.index], at)
+            at += FRAME_OBJECT_SIZE
         end = _align(at, PAGE)
         if end > start:
             p.regions.append((start, end - start, prot))

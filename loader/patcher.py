@@ -1,23 +1,26 @@
 """apply, revert and list patches in a running process: the library behind `patch-ctl`.
 
 apply: read the module, match its targets (build-ids), resolve what it references, then with one thread
-stopped map memory near the target, relocate and write the patch there; then stop every thread, check
-consistency and write the redirecting jumps, retrying until the timeout. Only that last step stops the
-whole process. Whatever fails, the mapping is removed and the code left as it was.
+stopped map memory near the target, relocate and write the patch there, and register its unwind
+information (`.eh_frame`) with the target's unwinder; then stop every thread, check consistency and write
+the redirecting jumps, retrying until the timeout. Only that last step stops the whole process. Whatever
+fails, the frames are deregistered, the mapping is removed and the code left as it was.
 revert: with every thread stopped and none inside the patch, put back the bytes each jump replaced (the
-original code, or the jump of the patch it was stacked on) and unmap the patch.
+original code, or the jump of the patch it was stacked on); then, the other threads running again,
+deregister the patch's frames and unmap it.
 """
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from diffobj.errors import InputError, PatchBuildError, Refused
 from diffobj.read import check_header, read_object
 from linker.module import Func, ModuleInfo, read_module
 from loader import layout, x86_64 as arch
 from loader.consistency import Range, check
+from loader.frames import FrameRegistry, find_registry, registry_of
 from loader.objects import LoadedObject, loaded_objects
 from loader.procfs import Mapping, Memory, check_process, process_alive, read_maps, tracer_of
 from loader.ptrace import NotStopping, Stopped, ThreadGone, TraceError, live_thread_ids, thread_ids
@@ -43,6 +46,7 @@ class Stats:
     attempts: int = 0
     pause: float = 0.0
     elapsed: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # what was done short of what was asked
 
 
 class Session:
@@ -108,7 +112,7 @@ def _run(pid: int, what: str, fn):
     except (ResolveError, layout.LayoutError, arch.RelocationError, NotStopping) as e:
         raise PatchBuildError(str(e)) from None  # exit 1: the module does not fit this process
     except RemoteError as e:
-        raise PatchBuildError(f"a system call run in process {pid} failed: {e.strerror}") from None
+        raise PatchBuildError(f"a call run in process {pid} failed: {e.strerror}") from None
     except OSError as e:
         raise PatchBuildError(str(e)) from None
     finally:
@@ -165,7 +169,7 @@ def _max_header(info: ModuleInfo, path: str) -> int:
                          [[big, big]] * len(info.targets), PENDING,
                          [{"name": t.name, "build_id": t.build_id} for t in info.targets],
                          [PatchedFunc(f.name, f.objname, big, big, big, big, big, big, "00" * 16, "x" * 256)
-                          for f in info.funcs])
+                          for f in info.funcs], [[big, big, big]] * len(info.targets))
     return len(record.encode()) + 256
 
 
@@ -201,6 +205,7 @@ def _apply(s: Session, info: ModuleInfo, obj, path: str, timeout: float, stack_c
     olds = _old_functions(s, info, resolver)
     placements = _placements(s, info, obj, path, olds, targets)
     seq = max((r.seq for r in s.patches), default=0) + 1
+    record = None
     try:
         def map_all(caller: RemoteCaller) -> None:
             for pl in placements:
@@ -237,6 +242,7 @@ def _apply(s: Session, info: ModuleInfo, obj, path: str, timeout: float, stack_c
                         caller.mprotect(pl.base + off, size, prot)
 
         _in_target(s, protect_all)
+        _register_frames(s, record, placements, resolver, stats, timeout)
 
         busy = []
         for f in funcs:
@@ -262,8 +268,9 @@ def _apply(s: Session, info: ModuleInfo, obj, path: str, timeout: float, stack_c
 
         _until_consistent(s, sites, busy if stack_check else None, timeout, stats, commit)
     except BaseException:
-        _unmap(s, [(pl.base, pl.plan.size) for pl in placements if pl.base])
-        raise
+        if record is None or _deregister_frames(s, record, timeout, quiet=True):
+            _unmap(s, [(pl.base, pl.plan.size) for pl in placements if pl.base])
+        raise  # frames still registered: the mapping stays (no jump to it), for a later revert to remove
     stats.elapsed = time.perf_counter() - t0
     return record, stats
 
@@ -297,6 +304,85 @@ def _placements(s: Session, info: ModuleInfo, obj, path: str, olds, targets: dic
             raise Refused([(info.name, f"no free address range within ±2 GB of {target}")])
         placements.append(_Placement(target, plan, candidates))
     return placements
+
+
+def _register_frames(s: Session, record: PatchRecord, placements: list[_Placement], resolver: Resolver,
+                     stats: Stats, timeout: float) -> None:
+    """Hand each mapping's .eh_frame to the target's unwinder, noting each in the header as it is done."""
+    frames = [(pl.base + pl.plan.unwind[0], pl.base + pl.plan.unwind[1]) for pl in placements if pl.plan.unwind]
+    if not frames:
+        return
+    registry = find_registry(s.objects, resolver)
+    if registry is None:
+        # No libgcc_s: the process cannot throw C++ exceptions, and what loads libgcc_s later (backtrace,
+        # thread cancellation) only stops at the patch's frames. Nothing worth a warning on every C patch.
+        return
+
+    def register(caller: RemoteCaller) -> None:
+        for eh_frame, obj in frames:
+            caller.call_function(registry.register, eh_frame, obj)
+            record.frames.append([eh_frame, obj, registry.deregister])
+            s.mem.write(record.start, record.encode())
+
+    _in_clear_thread(s, registry, register, timeout)
+
+
+def _deregister_frames(s: Session, record: PatchRecord, timeout: float, quiet: bool = False,
+                       then=None) -> bool:
+    """Take the record's frames back from the target's unwinder (noting it in the header), then run
+    then(caller) in the same stopped thread; with `quiet`, False instead of an error when that could not
+    be done."""
+    if not record.frames:
+        return True
+    registry = registry_of(s.objects, Resolver(s.objects, {}, s.mem), record.frames[0][2])
+
+    def deregister(caller: RemoteCaller) -> None:
+        while record.frames:
+            eh_frame, obj, fn = record.frames[-1]
+            got = caller.call_function(fn, eh_frame)
+            if got != obj:  # libgcc aborts rather than return another; a different unwinder might not
+                raise RemoteError(0, f"the unwinder returned {got:#x} for frames {eh_frame:#x}, not {obj:#x}")
+            record.frames.pop()
+            s.mem.write(record.start, record.encode())
+        if then is not None:
+            then(caller)
+
+    try:
+        _in_clear_thread(s, registry, deregister, timeout)
+    except (ThreadGone, RemoteError, TraceError, NotStopping, Refused):
+        if not quiet:
+            raise
+        return False
+    return True
+
+
+def _in_clear_thread(s: Session, registry: FrameRegistry, calls, timeout: float):
+    """calls(caller) run by a thread stopped outside the unwinder and the allocator (whose locks it might
+    hold), the only one stopped meanwhile; threads found inside are let go and others tried."""
+    deadline = time.monotonic() + timeout
+    while True:
+        first = s.caller_tid
+        for tid in [first] + [t for t in live_thread_ids(s.pid) if t != first]:
+            try:
+                with Stopped(s.pid, only=tid) as one:
+                    thread = one.threads[tid]
+                    pcs, _ = s.unwinder().code_addresses(thread.regs.rip, thread.regs.rsp, thread.regs.rbp)
+                    if not registry.clear(pcs):
+                        continue
+                    caller = RemoteCaller(thread, s.mem, s.syscall_insn)
+                    try:
+                        return calls(caller)
+                    finally:
+                        caller.restore()
+            except ThreadGone:
+                if tid == first or not process_alive(s.pid):
+                    raise
+            except NotStopping:
+                continue  # in uninterruptible sleep: another may do
+        if time.monotonic() >= deadline:
+            raise Refused([(f"process {s.pid}", "every thread stayed inside the unwinder or the allocator; "
+                                                f"gave up after {timeout:g} s")])
+        time.sleep(RETRY_PAUSE)
 
 
 def _in_target(s: Session, calls):
@@ -399,15 +485,23 @@ def _revert_one(s: Session, record: PatchRecord, timeout: float, stats: Stats) -
             s.mem.write(f.site, bytes.fromhex(f.orig))
         record.state = REVERTED  # what a later run sees should the unmap below fail
         s.mem.write(record.start, record.encode())
+        if record.frames:
+            return  # deregistered first, below, with the other threads running
         thread = stopped.threads.get(s.caller_tid) or next(iter(stopped.threads.values()))
         caller = RemoteCaller(thread, s.mem, s.syscall_insn)
         try:
-            for start, size in record.mappings:
-                caller.munmap(start, size)
+            unmap(caller)
         finally:
             caller.restore()
 
+    def unmap(caller: RemoteCaller) -> None:
+        for start, size in record.mappings:
+            caller.munmap(start, size)
+
     _until_consistent(s, sites, busy, timeout, stats, restore)
+    if record.frames:
+        # no thread has the patch's code on its stack nor can enter it: no unwind needs its frames
+        _deregister_frames(s, record, timeout, then=unmap)
 
 
 # ---- list -----------------------------------------------------------------------------------------------

@@ -12,8 +12,11 @@ import os
 import signal
 import time
 
-PTRACE_GETREGS, PTRACE_SETREGS, PTRACE_SINGLESTEP, PTRACE_DETACH = 12, 13, 9, 17
+PTRACE_CONT, PTRACE_GETREGS, PTRACE_SETREGS, PTRACE_SINGLESTEP, PTRACE_DETACH = 7, 12, 13, 9, 17
 PTRACE_SEIZE, PTRACE_INTERRUPT = 0x4206, 0x4207
+PTRACE_GETREGSET, PTRACE_SETREGSET = 0x4204, 0x4205
+NT_PRFPREG, NT_X86_XSTATE = 2, 0x202  # x87/SSE state (FXSAVE), all of it (XSAVE: AVX, AVX-512 too)
+_XSTATE_MAX = 1 << 14
 PTRACE_EVENT_STOP = 128
 WALL = 0x40000000
 STOP_LIMIT = 2.0  # seconds a thread may take to stop
@@ -35,6 +38,10 @@ class Regs(ctypes.Structure):
         new = Regs()
         ctypes.pointer(new)[0] = self
         return new
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
 class ThreadGone(Exception):
@@ -78,6 +85,27 @@ class Thread:
     def set_regs(self, regs: Regs) -> None:
         _ptrace(PTRACE_SETREGS, self.tid, 0, ctypes.cast(ctypes.pointer(regs), ctypes.c_void_p))
 
+    def get_fpstate(self) -> tuple[int, bytes]:
+        """The thread's floating-point and vector registers, (note type, raw): what a called function may
+        change that the general registers do not hold."""
+        for note in (NT_X86_XSTATE, NT_PRFPREG):
+            buf = ctypes.create_string_buffer(_XSTATE_MAX)
+            iov = _IoVec(ctypes.cast(buf, ctypes.c_void_p), _XSTATE_MAX)
+            try:
+                _ptrace(PTRACE_GETREGSET, self.tid, note, ctypes.cast(ctypes.pointer(iov), ctypes.c_void_p))
+            except TraceError as e:
+                if e.errno in (errno.EINVAL, errno.ENODEV) and note == NT_X86_XSTATE:
+                    continue  # a kernel or CPU without XSAVE
+                raise
+            return note, buf.raw[:iov.len]
+        raise TraceError(errno.ENODEV, "no floating-point register set")
+
+    def set_fpstate(self, state: tuple[int, bytes]) -> None:
+        note, raw = state
+        buf = ctypes.create_string_buffer(raw, len(raw))
+        iov = _IoVec(ctypes.cast(buf, ctypes.c_void_p), len(raw))
+        _ptrace(PTRACE_SETREGSET, self.tid, note, ctypes.cast(ctypes.pointer(iov), ctypes.c_void_p))
+
     def wait_stop(self, limit: float = STOP_LIMIT) -> int:
         """Wait for the next stop; returns its signal; a signal-delivery stop other than SIGTRAP is
         remembered for later re-delivery. A thread that does not stop within `limit` seconds (in
@@ -118,6 +146,13 @@ class Thread:
     def single_step(self) -> int:
         _ptrace(PTRACE_SINGLESTEP, self.tid, 0, 0)
         return self.wait_stop()
+
+    def cont(self) -> None:
+        """Let the thread run (any signal of the stop it is in is not delivered)."""
+        _ptrace(PTRACE_CONT, self.tid, 0, 0)
+
+    def interrupt(self) -> None:
+        _ptrace(PTRACE_INTERRUPT, self.tid, 0, 0)
 
     def detach(self) -> None:
         try:

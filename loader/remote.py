@@ -1,16 +1,20 @@
-"""System calls run by a stopped thread of the target, its registers saved and restored.
+"""System calls and function calls run by a stopped thread of the target, its registers saved and restored.
 
-The thread is pointed at a `syscall` instruction already present in the target (the vDSO has some, libc
-many) with orig_rax = -1, so the kernel does not treat the stop as an interrupted call to restart, and
-single-stepped over it. Restoring the saved registers afterwards lets an interrupted call restart as usual.
+For a system call the thread is pointed at a `syscall` instruction already present in the target (the vDSO
+has some, libc many) with orig_rax = -1, so the kernel does not treat the stop as an interrupted call to
+restart, and single-stepped over it. A function call runs the thread on its own stack, well below what it
+uses, with a return address of 0: the fault of that return ends the call; its vector registers are saved
+too. Restoring the saved registers afterwards lets an interrupted call restart as usual.
 """
 from __future__ import annotations
 
 import errno
 import os
+import signal
+import time
 
 from loader.procfs import Mapping, Memory
-from loader.ptrace import Regs, Thread
+from loader.ptrace import NotStopping, Regs, Thread
 
 SYSCALL_INSN = b"\x0f\x05"
 SYS_MMAP, SYS_MPROTECT, SYS_MUNMAP, SYS_CLOSE, SYS_FTRUNCATE, SYS_MEMFD_CREATE = 9, 10, 11, 3, 77, 319
@@ -18,6 +22,9 @@ PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_PRIVATE, MAP_FIXED_NOREPLACE = 0x02, 0x100000
 MFD_CLOEXEC = 1
 _SCAN_LIMIT = 1 << 22
+CALL_LIMIT = 5.0  # seconds a called function may take: longer, it is blocked (on a lock) and abandoned
+_CALL_STACK_GAP = 4096  # the called function's stack starts this far below the thread's (past its red zone)
+_EFLAGS_DF = 1 << 10  # the direction flag, clear at every call (the ABI)
 
 
 class RemoteError(OSError):
@@ -38,13 +45,14 @@ def find_syscall_insn(mem: Memory, maps: list[Mapping]) -> int:
 
 
 class RemoteCaller:
-    """Run system calls in `thread` (stopped, registers saved in thread.regs) until `restore()`."""
+    """Run system calls and functions in `thread` (stopped, registers saved in thread.regs) until `restore()`."""
 
     def __init__(self, thread: Thread, mem: Memory, syscall_addr: int):
         self.thread = thread
         self.mem = mem
         self.syscall_addr = syscall_addr
         self.saved = thread.regs.copy()
+        self.saved_fp: tuple[int, bytes] | None = None  # saved before the first function call
         self.dirty = False
 
     def call(self, nr: int, *args: int) -> int:
@@ -69,6 +77,42 @@ class RemoteCaller:
             raise RemoteError(-result, os.strerror(-result))
         return result
 
+    def call_function(self, func: int, *args: int, limit: float = CALL_LIMIT) -> int:
+        """Run func(*args) (integer arguments) in the thread, the others running on; returns its rax.
+        Raises RemoteError when it faults or does not return within `limit` seconds."""
+        if self.saved_fp is None:
+            self.saved_fp = self.thread.get_fpstate()
+        regs: Regs = self.saved.copy()
+        sp = ((self.saved.rsp - _CALL_STACK_GAP) & ~15) - 8  # 16-byte aligned before the call pushed
+        self.mem.write(sp, bytes(8))  # the return address: 0
+        regs.rsp, regs.rip, regs.rax = sp, func, 0
+        regs.orig_rax = (1 << 64) - 1
+        regs.eflags &= ~_EFLAGS_DF
+        for name, value in zip(("rdi", "rsi", "rdx", "rcx", "r8", "r9"), args):
+            setattr(regs, name, value & ((1 << 64) - 1))
+        self.dirty = True
+        self.thread.set_regs(regs)
+        pending = self.thread.pending_signal
+        deadline = time.monotonic() + limit
+        while True:
+            self.thread.cont()
+            try:
+                sig = self.thread.wait_stop(max(deadline - time.monotonic(), 0.0))
+            except NotStopping:
+                self.thread.interrupt()
+                self.thread.wait_stop()
+                self.thread.pending_signal = pending
+                raise RemoteError(errno.ETIMEDOUT, f"a function called in thread {self.thread.tid} did not "
+                                                   f"return within {limit:g} s") from None
+            if sig == signal.SIGSEGV:
+                done = self.thread.get_regs()
+                self.thread.pending_signal = pending  # our fault, never delivered
+                if done.rip == 0 and done.rsp == sp + 8:
+                    return done.rax
+                raise RemoteError(errno.EFAULT, f"a function called in thread {self.thread.tid} faulted at "
+                                                f"{done.rip:#x}")
+            pending = self.thread.pending_signal  # another signal: delivered on detach; the call runs on
+
     def scratch_string(self, text: str) -> int:
         """Put a NUL-terminated string in unused stack below the red zone; valid until the next call."""
         data = text.encode() + b"\0"
@@ -79,6 +123,8 @@ class RemoteCaller:
     def restore(self) -> None:
         if self.dirty:
             self.thread.set_regs(self.saved)
+            if self.saved_fp is not None:
+                self.thread.set_fpstate(self.saved_fp)
             self.dirty = False
 
     # the calls patch-ctl needs

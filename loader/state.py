@@ -3,7 +3,7 @@
 Each applied patch lives in mappings (one per target object) of memfds named `kpatch:NAME`, which
 /proc/PID/maps shows as `/memfd:kpatch:NAME (deleted)`; a later patch-ctl finds them there and reads the
 header at the start of the first: magic, format version, length, then JSON (module, apply order, its
-mappings, functions with the bytes each jump replaced).
+mappings, functions with the bytes each jump replaced, unwind information registered in the target).
 """
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ class PatchRecord:
     state: str = PENDING
     targets: list[dict] = field(default_factory=list)  # {"name", "build_id"}
     funcs: list[PatchedFunc] = field(default_factory=list)
+    # [eh_frame, frame object, __deregister_frame_info] of each .eh_frame registered with the target's
+    # unwinder, while it is: what a revert must deregister before it unmaps
+    frames: list[list[int]] = field(default_factory=list)
 
     @property
     def start(self) -> int:

@@ -13,6 +13,7 @@ from diffobj.arch.x86_64 import JMP_REL32_SIZE, jmp_rel32, min_redirect_size, re
 GOT_ENTRY_SIZE = 8
 STUB_SIZE = 16
 R_GOTPC32, R_GOTOFF64, R_SIZE32, R_SIZE64 = 26, 25, 32, 33
+SHT_UNWIND = 0x70000001  # SHT_X86_64_UNWIND: how gcc types .eh_frame in objects (ld -r makes it PROGBITS)
 
 
 class RelocationError(Exception):

@@ -1,0 +1,66 @@
+"""The target's unwinder (libgcc's, from libgcc_s.so.1 in every C++ program) and where a thread may call it.
+
+A patch's `.eh_frame` is handed to `__register_frame_info(begin, object)` with the `struct object` in the
+patch's own writable memory (so nothing is allocated in the target), and taken back with
+`__deregister_frame_info(begin)` before the patch is unmapped. Both take libgcc's object mutex, and
+deregistering may free() the sorted FDE table libgcc built: the thread that makes the call must not have
+been stopped inside the unwinder or the allocator, where it may hold those very locks (it would wait on
+itself for ever). Other threads run meanwhile, so a lock one of them holds is soon released.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from loader.objects import LoadedObject
+from loader.resolve import ResolveError, Resolver
+
+REGISTER, DEREGISTER = "__register_frame_info", "__deregister_frame_info"
+ALLOCATOR = ("malloc", "free", "calloc", "realloc", "memalign", "posix_memalign", "aligned_alloc")
+
+
+@dataclass
+class FrameRegistry:
+    register: int  # __register_frame_info(begin, object)
+    deregister: int  # __deregister_frame_info(begin) -> object
+    avoid: list[tuple[int, int]]  # code a calling thread must not be stopped in: [lo, hi)
+
+    def clear(self, pcs: list[int]) -> bool:
+        """True when none of a thread's frame PCs (innermost first) lies in code to avoid."""
+        los = [lo for lo, _ in self.avoid]
+        for pc in pcs:
+            i = bisect.bisect_right(los, pc) - 1
+            if i >= 0 and pc <= self.avoid[i][1]:
+                return False
+        return True
+
+
+def _avoid(objects: list[LoadedObject], resolver: Resolver, unwinder: int) -> list[tuple[int, int]]:
+    """The unwinder's library (the whole of its code, its internals have no exported names) and the
+    allocator's entry points (a thread inside its internals has one of them on its stack)."""
+    ranges = []
+    owner = next((o for o in objects if o.start <= unwinder < o.end), None)
+    if owner is not None and owner is not objects[0]:  # not the executable (a static libgcc in it)
+        ranges += [(m.start, m.end) for m in owner.maps if m.executable]
+    for name in ALLOCATOR:
+        try:
+            found = resolver.global_(name)
+        except ResolveError:
+            continue  # an indirect function no object imports: no thread is inside it
+        if found and found[0]:
+            ranges.append((found[0], found[0] + max(found[1], 1)))
+    return sorted(ranges)
+
+
+def find_registry(objects: list[LoadedObject], resolver: Resolver) -> FrameRegistry | None:
+    """The process's unwinder, as the dynamic linker binds it; None in a process without one (C code
+    without libgcc_s)."""
+    register, deregister = resolver.global_(REGISTER), resolver.global_(DEREGISTER)
+    if not register or not deregister or not register[0] or not deregister[0]:
+        return None
+    return FrameRegistry(register[0], deregister[0], _avoid(objects, resolver, register[0]))
+
+
+def registry_of(objects: list[LoadedObject], resolver: Resolver, deregister: int) -> FrameRegistry:
+    """The registry a patch was registered with, from the deregistration address its record holds."""
+    return FrameRegistry(0, deregister, _avoid(objects, resolver, deregister))
