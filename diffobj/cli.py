@@ -16,7 +16,14 @@ PROG = "patch-diff"
 
 
 def write_report(result: DiffResult, path: Path) -> None:
-    path.write_text(json.dumps(result.report(), indent=2, sort_keys=False) + "\n")
+    """The shared report model (what patch-build writes, patch-report renders), with the differ's own
+    summary keys (changed_functions, new_functions, included, errors, warnings) beside it."""
+    from report.collect import diff_report
+    from report.render import to_json
+
+    data = json.loads(to_json(diff_report(result)))
+    data.update(result.report())
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 @app.command()

@@ -5,9 +5,9 @@ NAME.kpatch (kbuild.userspace).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,8 +16,7 @@ import typer
 from diffobj.console import entry_point, guarded
 from kbuild.build import BuildFailed
 from kbuild.options import BuildOptions, BuildResult
-from report.model import Report
-from report.summary import json_summary, status_for_exit
+from report.summary import build_summary
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 PROG = "patch-build"
@@ -132,6 +131,7 @@ def main(
                            config=config, vmlinux=vmlinux, system_map=system_map, headers=headers,
                            non_replace=non_replace, json_output=json_output, progress=progress)
     failure = None
+    started = time.time()  # --json: reports written from now on are this build's
     try:
         with guarded(PROG):
             try:
@@ -147,14 +147,12 @@ def main(
                 progress.close()
     except typer.Exit as e:
         if json_output:
-            print(json_summary(status_for_exit(e.exit_code), name=options.name, message=failure))
+            print(build_summary(e.exit_code, outdir=outdir, since=started, message=failure))
         raise
     print(f"{PROG}: wrote {result.module} ({len(result.functions)} function(s): "
           f"{', '.join(result.functions)}) and {result.report_json}", file=sys.stderr)
     if json_output:
-        report = Report.from_dict(json.loads(result.report_json.read_text()))
-        print(json_summary("built", name=result.name, module=result.module, report=report,
-                           reports=[result.report_json, *result.extra_reports]))
+        print(build_summary(0, outdir=outdir, name=result.name, module=result.module))
 
 
 main_entry = entry_point(app, PROG)

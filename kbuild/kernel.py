@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from kbuild.kernel_symbols import (
     read_system_map,
 )
 from kbuild.options import BuildOptions, BuildResult
-from kbuild.tree import apply_patch
+from kbuild.tree import apply_patch, in_scratch
 from kbuild.userspace import module_name
 from linker.kernel import link_kernel_module
 from report.build import write_reports
@@ -67,17 +66,7 @@ def build_kernel_patch(options: BuildOptions) -> BuildResult:
     whose exit_code is the command's; a refused or change-less build writes only the reports."""
     _validate(options)
     name = re.sub(r"[^A-Za-z0-9_]", "_", module_name(options))[:MODULE_NAME_MAX]
-    scratch = Path(tempfile.mkdtemp(prefix=f"patch-build-{name}-"))
-    keep = options.debug or options.skip_cleanup
-    try:
-        result = _KernelBuild(options, name, scratch).run()
-        result.scratch = scratch if keep else None
-        return result
-    finally:
-        if keep:
-            options.progress.note(f"scratch tree kept: {scratch}")
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
+    return in_scratch(options, name, lambda scratch: _KernelBuild(options, name, scratch).run())
 
 
 def _validate(options: BuildOptions) -> None:

@@ -5,6 +5,8 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from diffobj.errors import InputError
@@ -93,3 +95,19 @@ def apply_patch(patch: Path, tree: Path) -> list[str]:
     if done.returncode != 0:
         raise InputError(_failure(patch, done.stdout + done.stderr))
     return [m.group(1) for m in map(_PATCHING.match, done.stdout.splitlines()) if m]
+
+
+def in_scratch(options, name: str, build: Callable[[Path], object]):
+    """Run `build(scratch)` in a fresh scratch directory, kept with -d/--skip-cleanup (and its path said),
+    removed otherwise, whatever happens. Returns build's BuildResult with `scratch` set when kept."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"patch-build-{name}-"))
+    keep = options.debug or options.skip_cleanup
+    try:
+        result = build(scratch)
+        result.scratch = scratch if keep else None
+        return result
+    finally:
+        if keep:
+            options.progress.note(f"scratch tree kept: {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)

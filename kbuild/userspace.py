@@ -10,7 +10,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ from kbuild.build import build_environment, run_build
 from kbuild.buildreport import write_build_report
 from kbuild.deployed import DeployedBinary, load_binary
 from kbuild.options import BuildOptions, BuildResult
-from kbuild.tree import apply_patch, check_patch, copy_tree
+from kbuild.tree import apply_patch, check_patch, copy_tree, in_scratch
 from kbuild.units import UnitDiff, UnitJob, diff_unit
 from kbuild.wrapper import CompiledObject, install_wrappers, read_log
 from linker.module import Target, read_module
@@ -63,17 +62,7 @@ def build_user_patch(options: BuildOptions) -> BuildResult:
     exit_code is the command's; the scratch tree is removed unless options.debug or options.skip_cleanup."""
     _validate(options)
     name = module_name(options)
-    scratch = Path(tempfile.mkdtemp(prefix=f"patch-build-{name}-"))
-    keep = options.debug or options.skip_cleanup
-    try:
-        result = _Build(options, name, scratch).run()
-        result.scratch = scratch if keep else None
-        return result
-    finally:
-        if keep:
-            options.progress.note(f"scratch tree kept: {scratch}")
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
+    return in_scratch(options, name, lambda scratch: _Build(options, name, scratch).run())
 
 
 class _Build:

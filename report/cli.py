@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from diffobj.console import entry_point
+
 from report.model import Report
 from report.render import FORMATS, render
 
@@ -59,3 +61,6 @@ def main(
 
 if __name__ == "__main__":
     app()
+
+
+main_entry = entry_point(app, "patch-report")

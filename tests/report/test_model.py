@@ -1,0 +1,137 @@
+"""The report model built from real diffs of data/server.c before and after real patches."""
+from __future__ import annotations
+
+import json
+
+from report.inline import changed_lines
+from report.model import Report
+from report.render import to_json
+
+from reportenv import CFLAGS, build_pair, diff_and_report
+
+
+def _functions(report):
+    return {f.name: f for o in report.objects for f in o.functions}
+
+
+def _rows(report, name):
+    diff = next(d for o in report.objects for d in o.diffs if d.name == name)
+    return diff.rows
+
+
+def test_functions_reasons_and_identities(fix_report):
+    r = fix_report
+    assert r.status == "built" and r.kind == "user" and r.exit_code == 0
+    funcs = _functions(r)
+    assert {n: f.status for n, f in funcs.items()} == {
+        "alpha": "changed", "beta": "changed", "delta": "changed", "epsilon": "changed",
+        "greet": "changed", "compute": "changed", "ratio": "changed", "audit": "new"}
+    assert "same" not in funcs
+    assert any("string literal" in why and "hello there" in why for why in funcs["greet"].reasons)
+    assert "changed inlined callee scale" in funcs["alpha"].reasons
+    assert not any("inlined" in why for why in funcs["compute"].reasons)
+    assert funcs["compute"].new_size > funcs["compute"].old_size
+    included = {i.symbol: i.reason for i in r.objects[0].included}
+    assert "compute" in included["audit"]  # needed by the function that calls it
+    assert r.counts() == {"changed": 7, "new": 1, "included": len(r.objects[0].included), "rejected": 0,
+                          "warnings": 6}
+    (compiler,) = r.compilers
+    assert compiler.version.startswith("GCC: ") and "-ffunction-sections" in compiler.flags
+    assert r.objects[0].compiler == compiler and r.objects[0].source == "server.c"
+    assert [p.name for p in r.patches] == ["fix.patch"] and len(r.patches[0].sha256) == 64
+    assert (r.objects[0].original, r.objects[0].patched) == ("orig/server.o", "patched/server.o")
+
+
+def test_inline_warnings_name_the_callee_and_its_callers(fix_report):
+    warnings = fix_report.objects[0].warnings
+    only = sorted(w.symbol for w in warnings if w.kind == "inlined-callee-only")
+    assert only == ["alpha", "beta", "delta", "epsilon"]  # not greet or compute: their own source changed
+    (many,) = [w for w in warnings if w.kind == "inlined-into-many"]
+    assert many.symbol == "scale" and "4 functions" in many.message and "epsilon" in many.message
+    (macro,) = [w for w in warnings if w.kind == "untouched-source"]
+    assert macro.symbol == "ratio" and "macro" in macro.message  # RATIO changed, not ratio()
+
+
+def test_disassembly_diff_names_relocation_targets(fix_report):
+    greet = _rows(fix_report, "greet")
+    (changed,) = [row for row in greet if row.tag != "equal"]
+    assert '"hello, %s\\n"' in changed.old_text and '"hello there, %s\\n"' in changed.new_text
+    assert any(row.tag == "equal" and row.new_text == "jmp printf" for row in greet)
+    compute = _rows(fix_report, "compute")
+    assert any(row.new_text and "audit" in row.new_text for row in compute if row.tag != "equal")
+    assert any("[rip + limit]" in (row.new_text or "") for row in compute)
+    assert any("[rip + counter]" in (row.new_text or "") for row in compute)
+    audit = _rows(fix_report, "audit")
+    assert all(row.tag == "insert" and row.old_text is None for row in audit)
+    assert any(row.new_text == "call puts" for row in audit)
+    alpha = _rows(fix_report, "alpha")
+    assert [row.tag for row in alpha if row.tag != "equal"]  # x * 3 became x * 5 in the inlined copy
+
+
+def test_json_round_trip_is_exact(fix_report):
+    text = to_json(fix_report)
+    again = Report.from_dict(json.loads(text))
+    assert again == fix_report
+    assert to_json(again) == text
+
+
+def test_refused_change_is_reported_with_its_reason(tmp_path):
+    _, report = diff_and_report(build_pair(tmp_path, "refuse.patch"), name="refuse")
+    assert report.status == "refused" and report.exit_code == 1
+    (problem,) = report.objects[0].rejected
+    assert problem.symbol == "limit" and "initial value" in problem.reason
+
+
+def test_without_patches_the_inline_callee_is_inferred(fix_build):
+    _, report = diff_and_report(fix_build, patches=False)
+    funcs = _functions(report)
+    assert "changed inlined callee scale (likely)" in funcs["alpha"].reasons
+    kinds = [w.kind for w in report.objects[0].warnings]
+    assert "inlined-callee-only" not in kinds  # cannot tell without knowing which lines the patch touched
+    assert "inlined-into-many" in kinds
+
+
+def test_without_dwarf_the_report_says_so(tmp_path):
+    built = build_pair(tmp_path, "fix.patch", cflags=[f for f in CFLAGS if f != "-g"])
+    _, report = diff_and_report(built)
+    (warning,) = report.objects[0].warnings
+    assert warning.kind == "no-debug-info" and "-g" in warning.message
+    assert report.compilers[0].flags == []  # flags come from DW_AT_producer
+
+
+def test_changed_lines_of_a_unified_diff():
+    # the second hunk removes a line that reads "-- l": only the hunk's line counts tell it from a header
+    patch = ("--- a/src/x.c\n+++ b/src/x.c\n@@ -1,3 +1,3 @@\n a\n-b\n+B\n c\n"
+             "@@ -10,2 +10,1 @@\n k\n--- l\n--- a/old.h\n+++ /dev/null\n@@ -1 +0,0 @@\n-gone\n")
+    assert changed_lines(patch) == {"src/x.c": {2, 11}}
+
+
+def test_cplusplus_functions_are_shown_demangled(tmp_path):
+    import subprocess
+
+    from diffobj.diff import diff_objects
+    from report.collect import diff_report
+
+    source = "struct Meter {{ int n; int bump(int by); }};\nint Meter::bump(int by) {{ n += by * {}; return n; }}\n"
+    for side, k in (("orig", 2), ("patched", 3)):
+        (tmp_path / f"{side}.cpp").write_text(source.format(k))
+        subprocess.run(["g++", "-O2", "-ffunction-sections", "-fdata-sections", "-c", f"{side}.cpp"],
+                       cwd=tmp_path, check=True)
+    report = diff_report(diff_objects(str(tmp_path / "orig.o"), str(tmp_path / "patched.o")))
+    (func,) = report.objects[0].functions
+    assert (func.name, func.demangled) == ("_ZN5Meter4bumpEi", "Meter::bump(int)")
+    assert report.kind == "diff" and report.objects[0].display_name(func.name) == "Meter::bump(int)"
+
+
+def test_user_target_is_named_by_basename_and_gnu_build_id(tmp_path):
+    import re
+    import subprocess
+
+    from report.identity import user_target
+
+    (tmp_path / "main.c").write_text("int main(void) { return 0; }\n")
+    subprocess.run(["gcc", "-Wl,--build-id=sha1", "main.c", "-o", "server"], cwd=tmp_path, check=True)
+    notes = subprocess.run(["readelf", "-n", str(tmp_path / "server")], capture_output=True, text=True).stdout
+    expected = re.search(r"Build ID: ([0-9a-f]+)", notes).group(1)
+    target = user_target(tmp_path / "server")
+    assert (target.name, target.build_id, target.kernel_release) == ("server", expected, None)
