@@ -23,8 +23,10 @@ class BuildFailed(InputError):
 
 def build_environment(env: dict[str, str], jobs: int) -> dict[str, str]:
     """Pass -j to the build tools that take it from the environment (make, cmake --build)."""
-    out = dict(env)
-    out["MAKEFLAGS"] = f"-j{jobs} " + env.get("MAKEFLAGS", "")
+    # A patch-build started from inside another make (a CI `make test`, say) must still run the project's
+    # build as a top-level one: the outer make's level, flags and jobserver descriptors do not apply to it.
+    out = {k: v for k, v in env.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    out["MAKEFLAGS"] = f"-j{jobs}"
     out["CMAKE_BUILD_PARALLEL_LEVEL"] = str(jobs)
     out["LC_ALL"] = "C"  # diagnostics we search are English
     return out
