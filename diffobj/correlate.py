@@ -12,14 +12,21 @@ from collections import defaultdict
 from diffobj import names
 from diffobj.model import (
     BOOKKEEPING_TYPES,
+    STT_COMMON,
     STT_FILE,
     STT_NOTYPE,
+    STT_OBJECT,
+    STT_TLS,
     ObjectFile,
     Symbol,
 )
 from diffobj.problems import Problems
 from diffobj.targets import TargetResolver
 
+
+
+# Types a data symbol may change between builds of one unit (a label becoming an object, common data).
+_DATA_TYPES = {STT_NOTYPE, STT_OBJECT, STT_COMMON, STT_TLS}
 
 
 def _pairable(sym: Symbol) -> bool:
@@ -50,7 +57,7 @@ def _pair_by(key, orig_syms, patched_syms, unique_only: bool) -> None:
         if unique_only and (len(ps) != 1 or len(os_) != 1):
             continue
         for p, o in zip(ps, os_):
-            if p.type == o.type or {p.type, o.type} <= {1, 5, 6, 0}:
+            if p.type == o.type or {p.type, o.type} <= _DATA_TYPES:
                 _link(o, p)
 
 

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 
 # ELF constants used across passes (values from the ELF gABI).
 SHT_NULL, SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_NOBITS, SHT_REL, SHT_GROUP = 0, 1, 2, 3, 4, 8, 9, 17
-SHT_INIT_ARRAY, SHT_FINI_ARRAY, SHT_PREINIT_ARRAY, SHT_NOTE, SHT_SYMTAB_SHNDX = 14, 15, 16, 7, 18
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR, SHF_MERGE, SHF_STRINGS = 0x1, 0x2, 0x4, 0x10, 0x20
 SHF_INFO_LINK, SHF_GROUP, SHF_TLS = 0x40, 0x200, 0x400
 STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE, STT_COMMON, STT_TLS = 0, 1, 2, 3, 4, 5, 6
 STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
-SHN_UNDEF, SHN_ABS, SHN_COMMON = 0, 0xFFF1, 0xFFF2
+SHN_UNDEF, SHN_ABS = 0, 0xFFF1
 # Sections that describe other sections rather than hold code or data.
 BOOKKEEPING_TYPES = (SHT_NULL, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_REL, SHT_GROUP)
 
@@ -166,8 +165,6 @@ class ObjectFile:
     def section_named(self, name: str) -> Section | None:
         return next((s for s in self.sections if s.name == name), None)
 
-    def symbol_named(self, name: str) -> Symbol | None:
-        return next((s for s in self.symbols if s.name == name and not s.is_section), None)
 
 
 # ---- the output: what the writer serialises -----------------------------------------------------
@@ -201,8 +198,6 @@ class OutSection:
     entsize: int
     data: bytes
     relocations: list[OutRelocation] = field(default_factory=list)
-    rela_name: str | None = None  # default: ".rela" + name
-    rela_flags: int = 0  # extra sh_flags of the relocation section (e.g. SHF_RELA_LIVEPATCH)
     section_symbol: OutSymbol | None = None
 
 

@@ -21,11 +21,6 @@ def is_numbered(name: str) -> bool:
     return not name.startswith(".") and bool(_NUMBER.search(name))
 
 
-def base(name: str) -> str:
-    """The source-level name: `foo` for `foo.constprop.0.cold`."""
-    return name.split(".", 1)[0] if not name.startswith(".") else name
-
-
 def parent_name(name: str) -> str | None:
     """The function a `.cold` or `.part.N` piece was split from, or None."""
     m = _CHILD.search(name)

@@ -58,8 +58,8 @@ def serialise(obj: OutputObject) -> bytes:
         headers.append(dict(name=sec.name, type=sec.type, flags=sec.flags, data=sec.data, link=0, info=0,
                             align=sec.addralign, entsize=sec.entsize, size=len(sec.data)))
         if sec.relocations:
-            headers.append(dict(name=sec.rela_name or ".rela" + sec.name, type=SHT_RELA,
-                                flags=SHF_INFO_LINK | sec.rela_flags, data=None, link=None,
+            headers.append(dict(name=".rela" + sec.name, type=SHT_RELA,
+                                flags=SHF_INFO_LINK, data=None, link=None,
                                 info=index[id(sec)], align=8, entsize=RELA_SIZE, owner=sec))
     symtab_index = len(headers)
     strtab_index = symtab_index + 1

@@ -7,16 +7,17 @@ from typing import Optional
 
 import typer
 
-from diffobj.console import entry_point
+from diffobj.console import entry_point, error
 
 from report.model import Report
 from report.render import FORMATS, render
 
 app = typer.Typer(add_completion=False, help="Re-render a patch-build report (NAME.report.json).")
+PROG = "patch-report"
 
 
 def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"patch-report: {message}", err=True)
+    error(PROG, message)
     raise typer.Exit(code)
 
 
@@ -63,4 +64,4 @@ if __name__ == "__main__":
     app()
 
 
-main_entry = entry_point(app, "patch-report")
+main_entry = entry_point(app, PROG)

@@ -44,7 +44,7 @@ _TYPES = [
     RelocType(42, "R_X86_64_REX_GOTPCRELX", 4, True, got=True),
 ]
 RELOC_TYPES = {t.number: t for t in _TYPES}
-R_NONE, R_64, R_PC32, R_PLT32, R_32, R_32S = 0, 1, 2, 4, 10, 11
+R_64, R_PC32, R_PLT32 = 1, 2, 4
 
 
 def reloc_type(number: int) -> RelocType:
