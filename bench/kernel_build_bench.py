@@ -1,7 +1,7 @@
 """Kernel build timing (issue 5 targets): from a freshly unpacked Debian source tree to a loadable .ko for a
 one-file fix (< 3 min), and again on the prepared tree (< 30 s). Run by hand: python3 bench/kernel_build_bench.py
 
-Uses the cached packages of the kernel tests (.cache/kernel, made by tests/kernel/debian_kernel.py) and
+Uses the cached packages of the kernel tests (~/.cache/patch-build/kernel, made by tests/kernel/debian_kernel.py) and
 unpacks a scratch copy of the source, so the test cache is left alone.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fixtures of the kernel tests: Debian's 6.1 kernel (downloaded and prepared once, cached in .cache/kernel)
+"""Fixtures of the kernel tests: Debian's 6.1 kernel (downloaded and prepared once, cached outside the checkout, see debian_kernel.py)
 and `patch-build` run on its source tree against its headers and symbols."""
 from __future__ import annotations
 

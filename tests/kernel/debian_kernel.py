@@ -1,13 +1,14 @@
-"""Debian's 6.1 kernel for the tests: download, unpack and prepare once, cached in .cache/kernel.
+"""Debian's 6.1 kernel for the tests: download, unpack and prepare once, cached outside the checkout in
+$PATCH_BUILD_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/patch-build)/kernel, so fresh clones and CI reuse it.
 
 `kernel_env()` makes sure that, for the release `linux-image-amd64` currently depends on:
 - the headers package is installed (`/lib/modules/RELEASE/build`, what patch modules are built against);
-- the image package is unpacked (vmlinuz, System.map, config, the modules) in .cache/kernel/image-RELEASE;
+- the image package is unpacked (vmlinuz, System.map, config, the modules) in CACHE/image-RELEASE;
 - the source package of the same version is unpacked and prepared (`make olddefconfig prepare` with the
-  image's config) in .cache/kernel/linux-source-VERSION.
+  image's config) in CACHE/linux-source-VERSION.
 Everything is idempotent: a stamp file records each finished step, so later runs cost nothing; the
-release chosen first is kept (.cache/kernel/release.json) so that a new Debian kernel upload does not
-invalidate the cache mid-way. Delete .cache/kernel to move to the current one.
+release chosen first is kept (CACHE/release.json) so that a new Debian kernel upload does not
+invalidate the cache mid-way. Delete CACHE to move to the current one.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-CACHE = ROOT / ".cache" / "kernel"
+CACHE = Path(os.environ.get("PATCH_BUILD_CACHE")
+             or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "patch-build") / "kernel"
 KALLSYMS_MODULES = ("binfmt_misc", "ttyprintk")  # the modules whose functions the tests patch
 
 
