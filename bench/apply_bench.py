@@ -156,7 +156,7 @@ def bench_apply(binary: Path, modules: dict[int, Path], repeat: int) -> None:
                 revert_patches(proc.pid, None)
             for _ in range(max(1, repeat // 3)):
                 t = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "loader.cli", "apply", "-p", str(proc.pid), str(module)],
+                subprocess.run([sys.executable, "-m", "loader", "apply", "-p", str(proc.pid), str(module)],
                                check=True, capture_output=True, cwd=REPO)
                 walls.append(time.perf_counter() - t)
                 revert_patches(proc.pid, None)

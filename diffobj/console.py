@@ -3,16 +3,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import traceback
 
 import typer
 
+from diffobj.entry import HANDLED, Interrupted
 from diffobj.errors import PatchBuildError
+
+INTERNAL_ERROR = 4  # a bug of ours (docs/design.md, exit codes)
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (from names in untrusted files) escaped, safe to print to a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def error(prog: str, message: str) -> None:
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    print(f"{prog}: error: {printable(message)}", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -25,14 +36,18 @@ def guarded(prog: str):
     except PatchBuildError as e:
         error(prog, str(e))
         raise typer.Exit(e.exit_code) from None
+    except Interrupted as e:
+        error(prog, f"interrupted by {e}")
+        raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         error(prog, "interrupted")
         raise typer.Exit(130) from None
     except Exception as e:  # a bug of ours: still one line, unless asked for the details
         if os.environ.get("PATCH_BUILD_DEBUG"):
             traceback.print_exc()
-        error(prog, f"internal error: {type(e).__name__}: {e} (set PATCH_BUILD_DEBUG=1 for details)")
-        raise typer.Exit(1) from None
+        error(prog, f"internal error (a bug of patch-build): {type(e).__name__}: {e} "
+                    "(set PATCH_BUILD_DEBUG=1 for details)")
+        raise typer.Exit(INTERNAL_ERROR) from None
 
 
 def _click_exceptions():
@@ -48,19 +63,30 @@ def entry_point(app: typer.Typer, prog: str):
     """A console-script entry point for `app` whose usage errors are one line with exit code 2."""
 
     def main() -> None:
+        try:
+            code = _dispatch()
+        except Interrupted as e:  # between the command's end and the line below
+            error(prog, f"interrupted by {e}")
+            code = e.exit_code
+        # The command's outcome is settled and printed: a signal from here on changes nothing.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        sys.exit(code)
+
+    def _dispatch() -> int:
         exc = _click_exceptions()
         command = typer.main.get_command(app)
         try:
             code = command.main(prog_name=prog, standalone_mode=False)
         except exc.UsageError as e:
             error(prog, f"{e.format_message()} (see {prog} --help)")
-            sys.exit(2)
-        except typer.Abort:
-            error(prog, "interrupted")
-            sys.exit(130)
+            return 2
+        except typer.Abort as e:  # click turns a KeyboardInterrupt outside `guarded` into Abort
+            cause = e.__context__
+            error(prog, f"interrupted by {cause}" if isinstance(cause, Interrupted) else "interrupted")
+            return cause.exit_code if isinstance(cause, Interrupted) else 130
         except exc.ClickException as e:
             error(prog, e.format_message())
-            sys.exit(e.exit_code)
-        sys.exit(code if isinstance(code, int) else 0)
+            return e.exit_code
+        return code if isinstance(code, int) else 0
 
     return main

@@ -1,3 +1,3 @@
-from kbuild.cli import app
+from diffobj.entry import patch_build
 
-app(prog_name="patch-build")
+patch_build()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
 from pathlib import Path
 from typing import Optional
 
@@ -19,20 +18,13 @@ PidOption = typer.Option(..., "-p", "--pid", help="The target process.")
 TimeoutOption = typer.Option(10.0, "--timeout", help="Seconds to retry the consistency check.")
 
 
-def _on_signal(signum, frame):
-    raise KeyboardInterrupt  # unwinds like Ctrl-C: every `finally` runs, every thread is released
-
-
 def _fail(message: str, code: int):
     error(PROG, message)
     raise typer.Exit(code)
 
 
 def _guarded(fn):
-    """Run a library call with one-line errors and the design's exit codes; SIGTERM and SIGHUP act as
-    Ctrl-C."""
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
+    """Run a library call with one-line errors and the design's exit codes."""
     with guarded(PROG):
         return fn()
 
@@ -116,6 +108,3 @@ def info(module: Path = typer.Argument(..., help="NAME.kpatch"),
 
 
 main_entry = entry_point(app, PROG)
-
-if __name__ == "__main__":
-    main_entry()

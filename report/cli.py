@@ -60,8 +60,5 @@ def main(
         _fail(f"{output}: {e.strerror}")
 
 
-if __name__ == "__main__":
-    app()
-
 
 main_entry = entry_point(app, PROG)

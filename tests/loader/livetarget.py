@@ -30,7 +30,7 @@ class Run:
 
 
 def patch_ctl_argv(*args) -> list[str]:
-    return [sys.executable, "-m", "loader.cli", *map(str, args)]
+    return [sys.executable, "-m", "loader", *map(str, args)]
 
 
 def patch_ctl_env() -> dict:

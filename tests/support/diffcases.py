@@ -54,7 +54,7 @@ def patch_diff_command() -> list[str]:
     exe = shutil.which("patch-diff")
     if exe:
         return [exe]
-    return [sys.executable, "-c", "import sys; sys.argv[0] = 'patch-diff'; from diffobj.cli import app; app()"]
+    return [sys.executable, "-m", "diffobj"]
 
 
 def names_of(entries) -> set[str]:

@@ -1,0 +1,3 @@
+from diffobj.entry import patch_diff
+
+patch_diff()
