@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from diffobj.console import entry_point, error, guarded
+from diffobj.console import entry_point, error, guarded, printable
 
 PROG = "patch-ctl"
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -33,6 +34,24 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 
 
+def _costs(stats) -> str:
+    """What the target went through: every thread stopped (the longest such pause), all stops counted."""
+    return (f"pause {_ms(stats.pause)} with every thread stopped, {stats.attempts} attempt(s); "
+            f"{stats.stops} stop(s) in all, longest {_ms(stats.longest_stop)}; total {_ms(stats.elapsed)}")
+
+
+def _warn(stats) -> None:
+    for warning in stats.warnings:
+        typer.echo(f"{PROG}: warning: {printable(warning)}", err=True)
+
+
+def _late(stats, outcome: str) -> None:
+    """A signal held during work that could not be stopped: reported now, with its exit code."""
+    if stats.late_signal:
+        name = signal.Signals(stats.late_signal).name
+        _fail(f"interrupted by {name} after the point of no return: {outcome}", 128 + stats.late_signal)
+
+
 @app.command()
 def apply(module: Path = typer.Argument(..., help="NAME.kpatch"), pid: int = PidOption,
           timeout: float = TimeoutOption,
@@ -42,10 +61,10 @@ def apply(module: Path = typer.Argument(..., help="NAME.kpatch"), pid: int = Pid
     from loader.patcher import apply_patch
 
     record, stats = _guarded(lambda: apply_patch(pid, str(module), timeout, not no_stack_check))
-    for warning in stats.warnings:
-        typer.echo(f"{PROG}: warning: {warning}", err=True)
-    typer.echo(f"applied {record.module} to process {pid}: {len(record.funcs)} function(s) redirected "
-               f"(pause {_ms(stats.pause)}, {stats.attempts} attempt(s), total {_ms(stats.elapsed)})")
+    _warn(stats)
+    typer.echo(f"applied {printable(record.module)} to process {pid}: {len(record.funcs)} function(s) redirected "
+               f"({_costs(stats)})")
+    _late(stats, "the patch stays applied")
 
 
 @app.command()
@@ -58,10 +77,14 @@ def revert(name: Optional[str] = typer.Argument(None, help="The patch (module na
     if (name is None) == (not all_):
         _fail("give a patch NAME or --all", 2)
     records, stats = _guarded(lambda: revert_patches(pid, None if all_ else name, timeout))
+    _warn(stats)
     if not records:
         typer.echo(f"no patches in process {pid}")
     for r in records:
-        typer.echo(f"reverted {r.module} in process {pid}")
+        typer.echo(f"reverted {printable(r.module)} in process {pid}")
+    if records:
+        typer.echo(_costs(stats))
+    _late(stats, "the revert is complete")
 
 
 @app.command("list")
@@ -69,7 +92,8 @@ def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json"
     """The patches applied in a process, newest last."""
     from loader.patcher import list_patches
 
-    records = _guarded(lambda: list_patches(pid))
+    records, stats = _guarded(lambda: list_patches(pid))
+    _warn(stats)
     if json_output:
         typer.echo(json.dumps({"pid": pid, "patches": [dataclasses.asdict(r) for r in records]}, indent=2))
         return
@@ -81,8 +105,8 @@ def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json"
         for f in r.funcs:
             on = f" (over {f.prev})" if f.prev else ""
             typer.echo(f"   {f.objname}:{f.name} {f.old_addr:#x} -> {f.new_addr:#x} ({f.new_size} bytes){on}")
-        for eh_frame, _, _ in r.frames:
-            typer.echo(f"   unwind information registered at {eh_frame:#x}")
+        for eh_frame, _, _, confirmed in r.frames:
+            typer.echo(f"   unwind information {'registered' if confirmed else 'perhaps registered'} at {eh_frame:#x}")
 
 
 @app.command()

@@ -17,7 +17,11 @@ MAGIC = b"KPATCHLD"
 VERSION = 1
 _HEAD = struct.Struct("<8sII")
 MAPPING_PREFIX = "/memfd:kpatch:"
-ACTIVE, PENDING, REVERTED = "active", "pending", "reverted"
+# A record's states. PENDING: mapped, nothing jumps to it. APPLYING and REVERTING: jumps being written or
+# taken back, with every thread stopped; a patch-ctl killed there leaves them, and the next one finishes
+# the revert (loader.patcher's recovery). ACTIVE: every jump in place. REVERTED: none; unmapped next.
+PENDING, APPLYING, ACTIVE, REVERTING, REVERTED = "pending", "applying", "active", "reverting", "reverted"
+SETTLED = (ACTIVE, REVERTED)
 
 
 @dataclass
@@ -45,9 +49,11 @@ class PatchRecord:
     state: str = PENDING
     targets: list[dict] = field(default_factory=list)  # {"name", "build_id"}
     funcs: list[PatchedFunc] = field(default_factory=list)
-    # [eh_frame, frame object, __deregister_frame_info] of each .eh_frame registered with the target's
-    # unwinder, while it is: what a revert must deregister before it unmaps
+    # [eh_frame, frame object, __deregister_frame_info, registered] of each .eh_frame handed to the target's
+    # unwinder: what a revert must deregister before it unmaps. Noted before the call (registered 0) and
+    # confirmed after it (1): a patch-ctl killed in between leaves it unknown, and the mapping is then kept.
     frames: list[list[int]] = field(default_factory=list)
+    depends: list[str] = field(default_factory=list)  # earlier patches whose code this one's code reaches
 
     @property
     def start(self) -> int:
