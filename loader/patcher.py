@@ -36,7 +36,7 @@ from loader.procfs import Mapping, Memory, check_process, process_alive, read_ma
 from loader.ptrace import NotStopping, Stopped, ThreadGone, TraceError, live_thread_ids, thread_ids
 from loader.remote import PROT_READ, PROT_WRITE, RemoteCaller, RemoteError, find_syscall_insn
 from loader.resolve import ResolveError, Resolver, match_targets
-from loader.state import ACTIVE, APPLYING, PENDING, REVERTED, REVERTING, PatchedFunc, PatchRecord, find_patches
+from loader.state import ACTIVE, APPLYING, PENDING, REVERTED, REVERTING, PatchedFunc, PatchRecord, find_patches, open_memfds, orphans
 from loader.unwind import ObjectCfi, Unwinder
 
 REL32 = 1 << 31
@@ -127,6 +127,16 @@ def _gone(pid: int, what: str) -> ProcessGone:
     return ProcessGone(f"process {pid} exited during {what}")
 
 
+def _still_alive(pid: int) -> bool:
+    """False when the process is exiting: a killed process's threads go one by one, within moments."""
+    deadline = time.monotonic() + 1.0
+    while process_alive(pid):
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.01)
+    return False
+
+
 def _run(pid: int, what: str, fn, wait: float | None = 10.0):
     """Run fn(session) translating process-level failures into one-line errors."""
     session = None
@@ -134,7 +144,7 @@ def _run(pid: int, what: str, fn, wait: float | None = 10.0):
         session = Session(pid, wait)
         return fn(session)
     except ThreadGone:
-        if process_alive(pid):
+        if _still_alive(pid):
             raise InputError(f"a thread of process {pid} vanished during {what}; try again") from None
         raise _gone(pid, what) from None
     except TraceError as e:
@@ -324,6 +334,8 @@ def _apply(s: Session, info: ModuleInfo, obj, path: str, timeout: float, stack_c
             if record is None or record.state != ACTIVE:
                 _discard(s, record, [(pl.base, pl.plan.size) for pl in placements if pl.base], timeout)
             raise
+    if not _still_alive(s.pid):  # killed while it was being patched: what was written went with it
+        raise ThreadGone(s.pid)
     s.stats.late_signal = critical.late
     s.stats.elapsed = time.perf_counter() - t0
     return record, s.stats
@@ -586,6 +598,8 @@ def _revert(s: Session, name: str | None, timeout: float):
             critical.safe_point()  # between two patches: each one is either reverted or untouched
             _revert_one(s, record, timeout, critical)
             done.append(record)
+    if not _still_alive(s.pid):
+        raise ThreadGone(s.pid)
     s.stats.late_signal = critical.late
     s.stats.elapsed = time.perf_counter() - t0
     return done, s.stats
@@ -647,6 +661,17 @@ def _recover(s: Session, timeout: float, critical: Critical) -> None:
             stuck.add(record.module)
             s.stats.warnings.append(f"patch {record.module} was left {left} by an interrupted patch-ctl: {e}")
     s.refresh()
+    leftovers, fds = orphans(s.maps, s.patches), open_memfds(s.pid)
+    if leftovers or fds:
+        def clean(caller: RemoteCaller) -> None:
+            for fd in fds:
+                caller.close(fd)
+            for start, size in leftovers:
+                caller.munmap(start, size)
+
+        _in_target(s, clean)
+        s.stats.warnings.append("removed patch memory an interrupted patch-ctl left unused")
+        s.refresh()
     s.patches = [r for r in s.patches if r.state == ACTIVE or r.module in stuck]
 
 

@@ -144,10 +144,13 @@ class RemoteCaller:
             self.call(SYS_FTRUNCATE, fd, size)
             return self.call(SYS_MMAP, addr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED_NOREPLACE, fd, 0)
         finally:
-            self.call(SYS_CLOSE, fd)
+            self.close(fd)
 
     def mprotect(self, addr: int, size: int, prot: int) -> None:
         self.call(SYS_MPROTECT, addr, size, prot)
+
+    def close(self, fd: int) -> None:
+        self.call(SYS_CLOSE, fd)
 
     def munmap(self, addr: int, size: int) -> None:
         self.call(SYS_MUNMAP, addr, size)

@@ -8,6 +8,7 @@ mappings, functions with the bytes each jump replaced, unwind information regist
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import asdict, dataclass, field
 
@@ -94,3 +95,28 @@ def find_patches(maps: list[Mapping], mem: Memory) -> list[PatchRecord]:
             if record is not None and record.mappings and record.start == m.start:
                 records.append(record)
     return sorted(records, key=lambda r: r.seq)
+
+
+def orphans(maps: list[Mapping], records: list[PatchRecord]) -> list[tuple[int, int]]:
+    """(start, size) of patch memory no record names: mapped by a patch-ctl killed before it wrote the
+    record (nothing jumps there: jumps come after the record)."""
+    owned = [(start, start + size) for r in records for start, size in r.mappings]
+    return [(m.start, m.end - m.start) for m in maps if m.path.startswith(MAPPING_PREFIX)
+            and not any(lo <= m.start < hi for lo, hi in owned)]
+
+
+def open_memfds(pid: int) -> list[int]:
+    """The target's file descriptors of patch memory: a patch-ctl killed between creating a memfd and
+    closing it leaves one open."""
+    fds = []
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    for name in names:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}").startswith(MAPPING_PREFIX):
+                fds.append(int(name))
+        except (OSError, ValueError):
+            continue
+    return sorted(fds)
