@@ -32,7 +32,7 @@ from loader.consistency import Range, check
 from loader.frames import FrameRegistry, find_registry, registry_of
 from loader.lock import TargetLock
 from loader.objects import LoadedObject, loaded_objects
-from loader.procfs import Mapping, Memory, check_process, process_alive, read_maps, tracer_of
+from loader.procfs import Mapping, Memory, check_process, dying, process_alive, read_maps, tracer_of
 from loader.ptrace import NotStopping, Stopped, ThreadGone, TraceError, live_thread_ids, thread_ids
 from loader.remote import PROT_READ, PROT_WRITE, RemoteCaller, RemoteError, find_syscall_insn
 from loader.resolve import ResolveError, Resolver, match_targets
@@ -128,13 +128,9 @@ def _gone(pid: int, what: str) -> ProcessGone:
 
 
 def _still_alive(pid: int) -> bool:
-    """False when the process is exiting: a killed process's threads go one by one, within moments."""
-    deadline = time.monotonic() + 1.0
-    while process_alive(pid):
-        if time.monotonic() > deadline:
-            return True
-        time.sleep(0.01)
-    return False
+    """False once the process is exiting: a killed process's threads go one by one, and until the last has
+    gone some still show in /proc, each with the SIGKILL it is dying of pending."""
+    return process_alive(pid) and not dying(pid)
 
 
 def _run(pid: int, what: str, fn, wait: float | None = 10.0):
@@ -148,7 +144,7 @@ def _run(pid: int, what: str, fn, wait: float | None = 10.0):
             raise InputError(f"a thread of process {pid} vanished during {what}; try again") from None
         raise _gone(pid, what) from None
     except TraceError as e:
-        if not process_alive(pid):
+        if not _still_alive(pid):
             raise _gone(pid, what) from None
         tracer = tracer_of(pid)
         if tracer:
@@ -159,7 +155,7 @@ def _run(pid: int, what: str, fn, wait: float | None = 10.0):
     except RemoteError as e:
         raise PatchBuildError(f"a call run in process {pid} failed: {e.strerror}") from None
     except OSError as e:
-        if not process_alive(pid):
+        if not _still_alive(pid):
             raise _gone(pid, what) from None
         raise PatchBuildError(str(e)) from None
     finally:

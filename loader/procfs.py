@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 from dataclasses import dataclass
 
 from diffobj.errors import InputError
@@ -46,6 +47,23 @@ def process_alive(pid: int) -> bool:
         return bool(live_thread_ids(pid))
     except ThreadGone:
         return False
+
+
+def dying(pid: int) -> bool:
+    """True when a thread of PID has SIGKILL pending: the process is on its way out."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                pending = [int(l.split()[1], 16) for l in f if l.startswith(("SigPnd:", "ShdPnd:"))]
+        except (OSError, ValueError, IndexError):
+            continue
+        if any(p & (1 << (signal.SIGKILL - 1)) for p in pending):
+            return True
+    return False
 
 
 def tracer_of(pid: int) -> str | None:

@@ -40,6 +40,7 @@ def builds(tmp_path_factory) -> Builds:
                 ("incr-strict", ["server"], ["incr-fix.patch", "incr-strict.patch"], deployed, "make"),
                 ("hold-reply", ["server"], ["hold-reply.patch"], deployed, "make"),
                 ("hits-unit", ["server"], ["hits-unit.patch"], deployed, "make"),
+                ("sum-tag", ["server"], ["sum-tag.patch"], deployed, "make"),
                 ("sum-fix", ["libsrvutil.so"], ["sum-fix.patch"], deployed, "make"),
                 ("both", ["server", "libsrvutil.so"], ["incr-fix.patch", "sum-fix.patch"], deployed, "make"),
                 ("incr-fix-cet", ["server"], ["incr-fix.patch"], cet, f"make 'CFLAGS={CET_CFLAGS}'")):
