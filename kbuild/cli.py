@@ -106,6 +106,8 @@ def main(
     target_binary: List[Path] = typer.Option([], "--target-binary",
                                              help="the deployed binary, one per TARGET (default: SRCDIR/TARGET)"),
     build_cmd: str = typer.Option("make", "--build-cmd", help="how the project builds (run with sh -c)"),
+    no_build_changes: bool = typer.Option(False, "--no-build-changes",
+                                          help="refuse patches that change the build system (Makefile, ...)"),
     name: Optional[str] = typer.Option(None, "-n", "--name", help="module name (default: first patch's stem)"),
     outdir: Path = typer.Option(Path("."), "-o", "--outdir", help="where NAME.kpatch / NAME.ko and the report go"),
     jobs: int = typer.Option(0, "-j", "--jobs", min=0, help="parallel jobs (default: number of CPUs)"),
@@ -128,6 +130,7 @@ def main(
     progress = RichProgress() if sys.stderr.isatty() else PlainProgress()
     options = BuildOptions(patches=patches, srcdir=srcdir, targets=target, name=name, outdir=outdir, jobs=jobs,
                            skip_cleanup=skip_cleanup, debug=debug, build_cmd=build_cmd, target_binaries=target_binary,
+                           no_build_changes=no_build_changes,
                            config=config, vmlinux=vmlinux, system_map=system_map, headers=headers,
                            non_replace=non_replace, json_output=json_output, progress=progress)
     failure = None

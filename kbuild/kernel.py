@@ -34,7 +34,7 @@ from kbuild.kernel_symbols import (
     read_system_map,
 )
 from kbuild.options import BuildOptions, BuildResult
-from kbuild.tree import apply_patch, in_scratch
+from kbuild.tree import apply_patch, in_scratch, is_build_file, touched_files
 from kbuild.userspace import module_name
 from linker.kernel import link_kernel_module
 from report.build import write_reports
@@ -79,22 +79,6 @@ def _validate(options: BuildOptions) -> None:
                        ("--headers", options.headers)):
         if path is not None and not path.exists():
             raise InputError(f"{what} {path}: no such file or directory")
-
-
-def touched_files(patch: Path) -> list[str]:
-    """Files a -p1 patch changes (new names; deleted files by their old name)."""
-    files, old = [], None
-    for line in patch.read_text(errors="replace").splitlines():
-        if line.startswith("--- "):
-            old = line[4:].split("\t")[0].strip()
-        elif line.startswith("+++ "):
-            new = line[4:].split("\t")[0].strip()
-            path = new if new != "/dev/null" else old
-            if path and path != "/dev/null":
-                files.append(path.split("/", 1)[1] if "/" in path else path)
-    if not files:
-        raise InputError(f"{patch.name} is not a patch: it names no file")
-    return files
 
 
 def kernel_release(options: BuildOptions) -> str:
@@ -194,7 +178,9 @@ class _KernelBuild:
         problems = []
         for patch in self.o.patches:
             for path in touched_files(patch):
-                if path.endswith(ASSEMBLY_SUFFIXES):
+                if is_build_file(path):
+                    problems.append((path, "build file: changes to the build system cannot be live-patched"))
+                elif path.endswith(ASSEMBLY_SUFFIXES):
                     problems.append((path, "assembly source: changes to assembly cannot be live-patched"))
                 elif path.endswith(HEADER_SUFFIXES):
                     found = self._includers(path)

@@ -48,6 +48,7 @@ class BuildOptions:
     # user space
     build_cmd: str = "make"
     target_binaries: list[Path] = field(default_factory=list)  # --target-binary, one per target
+    no_build_changes: bool = False  # --no-build-changes: refuse patches that change build-system files
     # kernel
     config: Path | None = None  # -c
     vmlinux: Path | None = None  # -v

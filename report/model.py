@@ -77,7 +77,7 @@ class Problem:
 
 @dataclass
 class ReportWarning:
-    kind: str  # inlined-callee-only | inlined-into-many | untouched-source | no-debug-info | differ
+    kind: str  # inlined-callee-only | inlined-into-many | untouched-source | no-debug-info | differ | build-files
     symbol: str | None
     message: str
 
@@ -132,6 +132,7 @@ class Report:
     module: Artifact | None = None
     objects: list[ObjectReport] = field(default_factory=list)
     details: dict[str, str] = field(default_factory=dict)  # other facts of the build, shown as they are
+    warnings: list[ReportWarning] = field(default_factory=list)  # about the whole build (build-files, ...)
     source_date_epoch: int | None = None  # the build's SOURCE_DATE_EPOCH, the only time a report carries
     schema: int = SCHEMA_VERSION
 
@@ -141,7 +142,7 @@ class Report:
             "new": sum(o.count("new") for o in self.objects),
             "included": sum(len(o.included) for o in self.objects),
             "rejected": sum(len(o.rejected) for o in self.objects),
-            "warnings": sum(len(o.warnings) for o in self.objects),
+            "warnings": len(self.warnings) + sum(len(o.warnings) for o in self.objects),
         }
 
     @property
