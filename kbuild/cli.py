@@ -118,6 +118,8 @@ def main(
     system_map: Optional[Path] = typer.Option(None, "--system-map", help="kernel: the running kernel's System.map"),
     headers: Optional[Path] = typer.Option(None, "--headers", help="kernel: the running kernel's headers tree"),
     non_replace: bool = typer.Option(False, "--non-replace", help="kernel: do not replace earlier livepatches"),
+    sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="private key to sign the module with"),
+    sign_cert: Optional[Path] = typer.Option(None, "--sign-cert", help="kernel: the X.509 certificate of --sign-key"),
     json_output: bool = typer.Option(False, "--json", help="print a one-line JSON summary on stdout"),
 ) -> None:
     """Build a live patch module from PATCH files.
@@ -132,7 +134,8 @@ def main(
                            skip_cleanup=skip_cleanup, debug=debug, build_cmd=build_cmd, target_binaries=target_binary,
                            no_build_changes=no_build_changes,
                            config=config, vmlinux=vmlinux, system_map=system_map, headers=headers,
-                           non_replace=non_replace, json_output=json_output, progress=progress)
+                           non_replace=non_replace, sign_key=sign_key, sign_cert=sign_cert, json_output=json_output,
+                           progress=progress)
     failure = None
     started = time.time()  # --json: reports written from now on are this build's
     try:

@@ -33,6 +33,7 @@ from kbuild.kernel_symbols import (
     read_module_symvers,
     read_system_map,
 )
+from kbuild.modsign import read_signer, sign_file_tool, sign_module, signing_hash
 from kbuild.options import BuildOptions, BuildResult
 from kbuild.tree import apply_patch, in_scratch, is_build_file, touched_files
 from kbuild.userspace import module_name
@@ -117,6 +118,10 @@ class _KernelBuild:
         if not (self.headers / "Makefile").is_file():
             raise InputError(f"kernel headers {self.headers}: not a kernel build tree (install "
                              f"linux-headers-{self.release} or give --headers)")
+        self.signer = read_signer(options.sign_key, options.sign_cert)
+        if self.signer is not None:
+            sign_file_tool(self.headers)  # found now, not after the build
+        self.sig_hash = signing_hash(self.headers)
 
     def _timed(self, key: str, fn, *args):
         start = time.monotonic()
@@ -460,6 +465,8 @@ class _KernelBuild:
         final = o.outdir / f"{self.name}.ko"
         tmp = final.with_name(final.name + ".tmp")
         shutil.copy2(module, tmp)
+        if self.signer is not None:
+            self._timed("sign", sign_module, tmp, self.signer, self.headers, self.sig_hash)
         os.replace(tmp, final)
         functions = [f"{ch.objname}:{ch.old_name}" for u in changed for ch in u.diff.changed_functions]
         reports = self._report(units, "built", f"{len(functions)} function(s) replaced", final)
@@ -476,6 +483,8 @@ class _KernelBuild:
         details = {"kernel release": self.release, "atomic replace": "no" if o.non_replace else "yes"}
         if self.klp_sections:
             details["livepatch relocation sections"] = ", ".join(self.klp_sections)
+        if module is not None:
+            details["module signature"] = self.signer.describe(self.sig_hash) if self.signer else "unsigned"
         report = build_report(self.name, "kernel", objects, status=status, message=message, patches=o.patches,
                               targets=[Target(name=t, kernel_release=self.release) for t in targets],
                               module=module, relative_to=self.ksrc, details=details)

@@ -55,6 +55,8 @@ class BuildOptions:
     system_map: Path | None = None
     headers: Path | None = None
     non_replace: bool = False
+    sign_key: Path | None = None  # --sign-key (kernel: with --sign-cert, as scripts/sign-file)
+    sign_cert: Path | None = None  # --sign-cert
     json_output: bool = False  # --json (issue 6): one summary line on stdout
     progress: Progress = field(default_factory=SilentProgress)
 

@@ -55,6 +55,8 @@ def _validate(options: BuildOptions) -> None:
     for binary in options.target_binaries:
         if not binary.is_file():
             raise InputError(f"--target-binary {binary}: no such file")
+    if options.sign_cert is not None:
+        raise InputError("--sign-cert is for kernel modules only (SRCDIR is not a Linux tree)")
 
 
 def build_user_patch(options: BuildOptions) -> BuildResult:
