@@ -13,7 +13,8 @@ from typing import List, Optional
 
 import typer
 
-from diffobj.console import entry_point, guarded
+from diffobj.console import entry_point, guarded, internal_error_message
+from diffobj.errors import PatchBuildError
 from kbuild.build import BuildFailed
 from kbuild.options import BuildOptions, BuildResult
 from report.summary import build_summary
@@ -125,7 +126,7 @@ def main(
     """Build a live patch module from PATCH files.
 
     Exit codes: 0 built, 1 refused (unsupported change, deployed binary differs), 2 bad input (missing tree,
-    patch does not apply, build failure), 3 no functional change.
+    patch does not apply, build failure), 3 no functional change, 4 internal error (a bug of patch-build).
     """
     if debug:
         os.environ["PATCH_BUILD_DEBUG"] = "1"
@@ -143,7 +144,7 @@ def main(
             try:
                 result = build(options)
             except Exception as e:
-                failure = str(e)
+                failure = str(e) if isinstance(e, PatchBuildError) else internal_error_message(e)
                 progress.close(ok=False)
                 if isinstance(e, BuildFailed):  # the end of the build log, above the one-line error
                     for line in e.tail:

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from diffobj.console import internal_error_reported
 from diffobj.diff import DiffOptions, DiffResult, diff_objects
 from diffobj.errors import InputError, NoChange, Refused
 from diffobj.problems import Problem
@@ -141,8 +142,9 @@ class _KernelBuild:
     def _run(self) -> BuildResult:
         units: list[Unit] = []
         try:
-            units.extend(self._units())
-            return self._build(units)
+            with internal_error_reported(lambda message: self._report(units, "error", message)):
+                units.extend(self._units())
+                return self._build(units)
         except Refused as e:
             self._report(units, "refused", f"unsupported change: {e}")
             raise

@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from diffobj.console import internal_error_reported
 from diffobj.errors import InputError, NoChange, PatchBuildError, Refused
 from diffobj.read import read_object
 from kbuild.build import build_environment, run_build
@@ -86,6 +87,10 @@ class _Build:
             self.timings[key] = self.timings.get(key, 0.0) + time.monotonic() - start
 
     def run(self) -> BuildResult:
+        with internal_error_reported(lambda message: self._report("error", message)):
+            return self._run()
+
+    def _run(self) -> BuildResult:
         o, progress = self.o, self.progress
         check_patch(o.patches[0], o.srcdir)  # the common failure, found before a long build
         self._check_build_files()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 SCHEMA_VERSION = 1
 
 # Report.status values and the exit codes of docs/design.md they go with.
-STATUS_EXIT = {"built": 0, "refused": 1, "failed": 2, "no-change": 3}
+STATUS_EXIT = {"built": 0, "refused": 1, "failed": 2, "no-change": 3, "error": 4}
 
 
 @dataclass
@@ -125,7 +125,7 @@ class Report:
     kind: str  # user | kernel | diff (one patch-diff run)
     status: str  # a key of STATUS_EXIT
     tool: Tool
-    message: str | None = None  # the build's one-line outcome (why it was refused, ...)
+    message: str | None = None  # the build's one-line outcome (why it was refused, the internal error, ...)
     compilers: list[Compiler] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     patches: list[PatchFile] = field(default_factory=list)
