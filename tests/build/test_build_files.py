@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from buildenv import FIXTURES, assert_one_line_error
+from buildenv import FIXTURES, assert_one_line_error, tiny_kernel_tree
 
 from kbuild.tree import build_files, is_build_file
 
@@ -64,6 +64,17 @@ def test_build_file_change_is_warned_about(patch_build, tmp_path):
     assert [(w["kind"], w["symbol"]) for w in report["warnings"]] == [("build-files", "Makefile")]
     assert "build file Makefile" in (tmp_path / "out" / "makefile.report.md").read_text()
     assert "build file Makefile" in (tmp_path / "out" / "makefile.report.html").read_text()
+
+
+def test_kernel_build_file_change_is_refused(patch_build, tmp_path):
+    # Refused from the patch alone, before the tree is prepared or anything compiled (the tree could not be).
+    ksrc, headers, system_map = tiny_kernel_tree(tmp_path)
+    patch = tmp_path / "kbuild.patch"
+    patch.write_text("--- a/kernel/Makefile\n+++ b/kernel/Makefile\n@@ -0,0 +1 @@\n+obj-y += fix.o\n")
+    run = patch_build("-s", ksrc, "--headers", headers, "--system-map", system_map, "-o", tmp_path / "out", patch)
+    assert_one_line_error(run, 1, "kernel/Makefile: build file")
+    assert not (ksrc / "kernel" / "Makefile").exists()
+    assert json.loads((tmp_path / "out" / "kbuild.report.json").read_text())["status"] == "refused"
 
 
 def test_which_files_are_build_files(tmp_path):

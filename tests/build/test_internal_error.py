@@ -10,7 +10,7 @@ import json
 import subprocess
 
 import pytest
-from buildenv import FIXTURES
+from buildenv import FIXTURES, tiny_kernel_tree
 from typer.testing import CliRunner
 
 from report.model import Report
@@ -47,18 +47,10 @@ def test_user_build(tmp_path, monkeypatch):
 
 
 def test_kernel_build(tmp_path, monkeypatch):
-    # The smallest tree patch-build takes for a Linux one; the bug strikes before anything is compiled.
+    # The bug strikes before anything is compiled.
     from kbuild import cli, kernel
 
-    ksrc, headers = tmp_path / "linux", tmp_path / "headers"
-    (ksrc / "arch" / "x86").mkdir(parents=True)
-    (ksrc / "kernel").mkdir()
-    (ksrc / "Makefile").write_text("VERSION = 6\n")
-    (ksrc / "Kbuild").write_text("")
-    (ksrc / "kernel" / "fix.c").write_text("int fixed(void) { return 1; }\n")
-    headers.mkdir()
-    (headers / "Makefile").write_text("")
-    (tmp_path / "System.map").write_text("ffffffff81000000 T _text\n")
+    ksrc, headers, system_map = tiny_kernel_tree(tmp_path)
     (tmp_path / "fix.patch").write_text("--- a/kernel/fix.c\n+++ b/kernel/fix.c\n@@ -1 +1 @@\n"
                                         "-int fixed(void) { return 1; }\n+int fixed(void) { return 2; }\n")
 
@@ -66,9 +58,8 @@ def test_kernel_build(tmp_path, monkeypatch):
         raise KeyError("vmlinux")
 
     monkeypatch.setattr(kernel, "read_system_map", broken)
-    result = CliRunner().invoke(cli.app, ["-s", str(ksrc), "--headers", str(headers), "--system-map",
-                                          str(tmp_path / "System.map"), "-o", str(tmp_path / "out"), "--json",
-                                          str(tmp_path / "fix.patch")])
+    result = CliRunner().invoke(cli.app, ["-s", str(ksrc), "--headers", str(headers), "--system-map", str(system_map),
+                                          "-o", str(tmp_path / "out"), "--json", str(tmp_path / "fix.patch")])
     _assert_internal_error(result, tmp_path / "out" / "fix.report.json", "kernel", "KeyError")
     assert json.loads(result.stdout)["status"] == "error"
     assert (ksrc / "kernel" / "fix.c").read_text() == "int fixed(void) { return 1; }\n"
