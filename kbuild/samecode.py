@@ -102,9 +102,11 @@ def _data_difference(sec: Section, rel: Relocation, resolver: TargetResolver, de
     if named is not None and (named.is_section or named.name.startswith(".L")):
         named = None
     if named is not None and named.is_function:
-        there = binary.symbol_at(deployed_at)
-        here = (named.name, where - named.value)
-        return None if there == here else f"the address of {here} built, of {there} deployed"
+        here, there = (named.name, where - named.value), binary.symbol_at(deployed_at)
+        if there == here:
+            return None
+        deployed = f"{there[0]}+{there[1]:#x}" if there else f"{deployed_at:#x}"
+        return f"the address of {here[0]}+{here[1]:#x} built, of {deployed} deployed"
     if target.is_text or not target.is_readonly_data:
         return None
     if named is not None and named.size:  # a named object: all of it

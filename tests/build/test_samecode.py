@@ -73,3 +73,31 @@ def test_referenced_read_only_data_is_compared(tmp_path):
     assert mismatches(ours, ["lookup"], UnitSymbols(load_binary(tmp_path / "same"), ours)) == []
     [problem] = mismatches(ours, ["lookup"], UnitSymbols(load_binary(tmp_path / "other"), ours))
     assert problem.startswith("lookup (+0x") and problem.endswith("uses table (16 bytes), other contents deployed)")
+
+
+POINTER = """
+__attribute__((noipa)) int first(int x) { return x + 1; }
+__attribute__((noipa)) int second(int x) { return x + 2; }
+int (*pick(void))(int) { return CHOSEN; }
+int main(void) { return pick()(first(1) + second(2)); }
+"""
+
+
+def test_referenced_function_address_is_compared(tmp_path):
+    # -fPIE: `lea first(%rip)` and `lea second(%rip)` are the same bytes once the displacement is masked.
+    def build_pointer(name: str, chosen: str, flags: list[str]):
+        src = tmp_path / f"{name}.c"
+        src.write_text(POINTER)
+        obj = tmp_path / f"{name}.o"
+        subprocess.run(["gcc", "-O2", "-fPIE", f"-DCHOSEN={chosen}", *flags, "-c", str(src), "-o", str(obj)],
+                       check=True)
+        subprocess.run(["gcc", "-pie", str(obj), "-o", str(tmp_path / name)], check=True)
+        return read_object(str(obj))
+
+    ours = build_pointer("ours", "first", ["-ffunction-sections", "-fdata-sections"])
+    build_pointer("same", "first", [])
+    build_pointer("other", "second", [])
+    assert mismatches(ours, ["pick"], UnitSymbols(load_binary(tmp_path / "same"), ours)) == []
+    [problem] = mismatches(ours, ["pick"], UnitSymbols(load_binary(tmp_path / "other"), ours))
+    assert problem.startswith("pick (+0x") and problem.endswith(
+        "lea the address of first+0x0 built, of second+0x0 deployed)")
