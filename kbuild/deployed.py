@@ -55,6 +55,9 @@ class DeployedBinary:
                 self._globals.setdefault(s.name, s)
         self._functions = sorted((s for s in self.symbols if s.is_function and s.value), key=lambda s: s.value)
         self._starts = [s.value for s in self._functions]
+        self._names_at: dict[int, set[str]] = {}
+        for s in self._functions:
+            self._names_at.setdefault(s.value, set()).add(s.name)
 
     def links(self, obj: ObjectFile) -> bool:
         """Whether the unit `obj` is linked into this binary: the binary has an STT_FILE of the unit's name and,
@@ -84,6 +87,11 @@ class DeployedBinary:
             if f.value <= address < f.value + max(f.size, 1):
                 return f.name, address - f.value
         return None
+
+    def names(self, address: int) -> set[str]:
+        """The names of the functions starting at `address`: aliases (C++ complete and base constructors, ...)
+        share one."""
+        return self._names_at.get(address, set())
 
     def section_name(self, address: int) -> str:
         sec = self._binary.section_from_virtual_address(address)

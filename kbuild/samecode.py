@@ -103,7 +103,7 @@ def _data_difference(sec: Section, rel: Relocation, resolver: TargetResolver, de
         named = None
     if named is not None and named.is_function:
         here, there = (named.name, where - named.value), binary.symbol_at(deployed_at)
-        if there == here:
+        if named.name in binary.names(deployed_at - here[1]):
             return None
         deployed = f"{there[0]}+{there[1]:#x}" if there else f"{deployed_at:#x}"
         return f"the address of {here[0]}+{here[1]:#x} built, of {deployed} deployed"
@@ -135,7 +135,7 @@ def _data_difference(sec: Section, rel: Relocation, resolver: TargetResolver, de
 
 def difference(sym: Symbol, address: int, size: int, binary, resolver: TargetResolver) -> str | None:
     """Why the object's function `sym` is not the code at `address` in `binary` (a kbuild.deployed.DeployedBinary:
-    read, symbol_at, section_name), or None when it is; `resolver` resolves the object's relocations."""
+    read, symbol_at, names, section_name), or None when it is; `resolver` resolves the object's relocations."""
     data = sym.section.data[sym.value:sym.value + sym.size]
     ours = _disassemble(data, 0)
     theirs = _disassemble(binary.read(address, size), address)
@@ -164,7 +164,7 @@ def difference(sym: Symbol, address: int, size: int, binary, resolver: TargetRes
                 deployed = binary.symbol_at(b.target)
                 if deployed is None and binary.section_name(b.target) in _PLT_SECTIONS and inside and not local:
                     continue  # a call through the PLT to the global the object names
-            if mine != deployed:
+            if mine != deployed and not (mine[0] != "insn" and mine[0] in binary.names(b.target - mine[1])):
                 return f"+{a.offset:#x}: {a.mnemonic} to {mine} built, to {deployed} deployed"
             continue
         got = [r for r in inside if r.type in (9, 41, 42)]
