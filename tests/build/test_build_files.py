@@ -58,7 +58,8 @@ def test_build_file_change_is_warned_about(patch_build, tmp_path):
     assert run.returncode == 0, run.stderr
     assert marker.exists()  # what the warning is about: the patch's Makefile ran
     [warning] = [line for line in run.stderr.splitlines() if "warning:" in line]
-    assert "build file Makefile" in warning and warning.index("build file") < run.stderr.index("building original")
+    assert "build file Makefile" in warning
+    assert run.stderr.index(warning) < run.stderr.index("building original")  # said before it runs
     report = json.loads((tmp_path / "out" / "makefile.report.json").read_text())
     assert report["status"] == "built"
     assert [(w["kind"], w["symbol"]) for w in report["warnings"]] == [("build-files", "Makefile")]
