@@ -61,12 +61,24 @@ ANSWER_PATCH = """--- a/stamp.c
  
  int main(int argc, char **argv)
 """
+STAMP_PATCH = """--- a/stamp.c
++++ b/stamp.c
+@@ -3,7 +3,7 @@
+ 
+ static __attribute__((noipa)) const char *stamp(void)
+ {
+-	return "built " __DATE__ " " __TIME__;
++	return "built on " __DATE__ " at " __TIME__;
+ }
+ 
+ __attribute__((noipa)) void banner(void)
+"""
 DEPLOYED_EPOCH = "1000000000"  # Sep  9 2001 01:46:40
 LATER_EPOCH = "1700000000"  # the scratch builds, original and patched alike (else stamp() changes between them)
 
 
 def _setup(tmp_path, build_epoch: str, monkeypatch):
-    """SRCDIR, the deployed server (built at DEPLOYED_EPOCH), the two patches; patch-build's own builds run at
+    """SRCDIR, the deployed server (built at DEPLOYED_EPOCH), the patches; patch-build's own builds run at
     `build_epoch`."""
     src, deployed = tmp_path / "src", tmp_path / "deployed"
     for tree in (src, deployed):
@@ -77,6 +89,7 @@ def _setup(tmp_path, build_epoch: str, monkeypatch):
                    env=dict(os.environ, SOURCE_DATE_EPOCH=DEPLOYED_EPOCH))
     (tmp_path / "banner.patch").write_text(BANNER_PATCH)
     (tmp_path / "answer.patch").write_text(ANSWER_PATCH)
+    (tmp_path / "stamp.patch").write_text(STAMP_PATCH)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", build_epoch)
     return src, deployed / "server"
 
@@ -91,6 +104,15 @@ def test_other_build_time_refused_by_name(patch_build, tmp_path, monkeypatch):
     report = json.loads((tmp_path / "out" / "banner.report.json").read_text())
     assert report["status"] == "refused"
     assert "stamp" in {p["symbol"] for o in report["objects"] for p in o["rejected"]}
+
+
+def test_changed_function_using_other_build_time_refused_by_name(patch_build, tmp_path, monkeypatch):
+    src, server = _setup(tmp_path, LATER_EPOCH, monkeypatch)
+    run = patch_build("-s", src, "-t", "server", "--target-binary", server, "-o", tmp_path / "out",
+                      tmp_path / "stamp.patch")
+    assert_one_line_error(run, 1, "deployed binary", 'server: stamp (+0x0: lea uses "built Nov 14 2023 22:13:20" built, '
+                                                     '"built Sep  9 2001 01:46:40" deployed)')
+    assert not (tmp_path / "out" / "stamp.kpatch").exists()
 
 
 def test_same_build_time_builds(patch_build, tmp_path, monkeypatch):
