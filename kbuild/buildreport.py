@@ -48,6 +48,6 @@ def write_build_report(outdir: Path, name: str, status: str, message: str, units
                for u in units]
     report = build_report(name, "user", objects, status=status, message=message, patches=patches,
                           targets=[Target(name=t.name, build_id=t.build_id) for t in targets], module=module,
-                          relative_to=tree,
-                          warnings=[ReportWarning("build-files", path, build_file_warning(path)) for path in build_files])
+                          relative_to=tree, warnings=[ReportWarning("build-files", path, build_file_warning(path))
+                                                      for path in build_files])
     return write_reports(report, outdir, name)

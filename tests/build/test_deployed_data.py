@@ -110,8 +110,9 @@ def test_changed_function_using_other_build_time_refused_by_name(patch_build, tm
     src, server = _setup(tmp_path, LATER_EPOCH, monkeypatch)
     run = patch_build("-s", src, "-t", "server", "--target-binary", server, "-o", tmp_path / "out",
                       tmp_path / "stamp.patch")
-    assert_one_line_error(run, 1, "deployed binary", 'server: stamp (+0x0: lea uses "built Nov 14 2023 22:13:20" built, '
-                                                     '"built Sep  9 2001 01:46:40" deployed)')
+    assert_one_line_error(run, 1, "deployed binary",
+                          'server: stamp (+0x0: lea uses "built Nov 14 2023 22:13:20" built, '
+                          '"built Sep  9 2001 01:46:40" deployed)')
     assert not (tmp_path / "out" / "stamp.kpatch").exists()
 
 
