@@ -1,6 +1,7 @@
 """`patch-diff`: diff two builds of one compilation unit into a patch object."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -8,11 +9,19 @@ from typing import Optional
 
 import typer
 
-from diffobj.console import entry_point, error, guarded
+from diffobj.console import entry_point, error, guarded, internal_error_reported
 from diffobj.diff import DiffOptions, DiffResult, diff_objects
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 PROG = "patch-diff"
+
+
+def write_error_report(path: Path, name: str, message: str) -> None:
+    """The report of a run that ended in an internal error: its status and message, nothing else known."""
+    from report.collect import build_report
+    from report.render import to_json
+
+    path.write_text(to_json(build_report(name, "diff", [], status="error", message=message)))
 
 
 def write_report(result: DiffResult, path: Path) -> None:
@@ -37,9 +46,12 @@ def main(
 ) -> None:
     """Write OUTPUT: the changed and new functions of PATCHED and what they need, as a relocatable object.
 
-    Exit codes: 0 written, 1 change refused, 2 bad input, 3 no functional change.
+    Exit codes: 0 written, 1 change refused, 2 bad input, 3 no functional change, 4 internal error (the
+    --report says so too).
     """
-    with guarded(PROG):
+    reported = (internal_error_reported(lambda message: write_error_report(report, patched.stem, message))
+                if report is not None else contextlib.nullcontext())
+    with guarded(PROG), reported:
         result = diff_objects(str(orig), str(patched), DiffOptions(kernel=kernel, objname=objname))
         if report is not None:
             write_report(result, report)
@@ -57,6 +69,5 @@ def main(
             print(f"changed: {c.name}  ({'; '.join(c.reasons)})")
         for name in result.new_functions:
             print(f"new:     {name}")
-
 
 main_entry = entry_point(app, PROG)

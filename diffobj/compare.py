@@ -45,7 +45,7 @@ def _call_targets(rels: list[Relocation], lo: int) -> dict[int, str]:
     return {r.offset - lo: r.symbol.name for r in rels if not r.symbol.is_section}
 
 
-def _short(s: bytes, limit: int = 40) -> str:
+def short_text(s: bytes, limit: int = 40) -> str:
     text = s.decode("utf-8", "backslashreplace")
     text = text.encode("unicode_escape").decode("ascii")
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -74,7 +74,7 @@ class Comparer:
             return f"now references data in {tp.section.name} instead of {to.symbol.name}"
         if tp.section.is_strings:
             old, new = string_at(to.section, to.offset), string_at(tp.section, tp.offset)
-            return None if old == new else f'string literal changed: "{_short(old)}" -> "{_short(new)}"'
+            return None if old == new else f'string literal changed: "{short_text(old)}" -> "{short_text(new)}"'
         if tp.section.flags & SHF_MERGE and tp.section.entsize:
             n = tp.section.entsize
             same = to.section.data[to.offset:to.offset + n] == tp.section.data[tp.offset:tp.offset + n]
@@ -92,7 +92,7 @@ class Comparer:
             item = tp.section.data[tp.offset:p_end]
             if item.endswith(b"\0") and item[:-1].isascii() and b"\0" not in item[:-1]:
                 old = to.section.data[to.offset:o_end].rstrip(b"\0")
-                return f'string literal changed: "{_short(old)}" -> "{_short(item[:-1])}"'
+                return f'string literal changed: "{short_text(old)}" -> "{short_text(item[:-1])}"'
             return f"data it uses in {tp.section.name} changed"
         return None
 

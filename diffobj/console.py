@@ -22,6 +22,28 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def internal_error_message(e: Exception) -> str:
+    """The one line that says an exception is a bug of ours, and where to look."""
+    return (f"internal error (a bug of patch-build): {type(e).__name__}: {e} "
+            "(set PATCH_BUILD_DEBUG=1 for details)")
+
+
+@contextlib.contextmanager
+def internal_error_reported(write_report):
+    """Call `write_report(message)` when an unexpected exception (a bug of ours) passes, then let it go on to
+    `guarded`: the command's report says so too, with status "error" (issue 9)."""
+    try:
+        yield
+    except (PatchBuildError, typer.Exit, typer.Abort):  # click's Exit and Abort are RuntimeErrors
+        raise
+    except Exception as e:
+        try:
+            write_report(internal_error_message(e))
+        except Exception as failed:  # the first error is the one to show; this one goes in its traceback
+            e.add_note(f"writing the error report failed too: {type(failed).__name__}: {failed}")
+        raise
+
+
 def error(prog: str, message: str) -> None:
     print(f"{prog}: error: {printable(message)}", file=sys.stderr)
 
@@ -45,8 +67,7 @@ def guarded(prog: str):
     except Exception as e:  # a bug of ours: still one line, unless asked for the details
         if os.environ.get("PATCH_BUILD_DEBUG"):
             traceback.print_exc()
-        error(prog, f"internal error (a bug of patch-build): {type(e).__name__}: {e} "
-                    "(set PATCH_BUILD_DEBUG=1 for details)")
+        error(prog, internal_error_message(e))
         raise typer.Exit(INTERNAL_ERROR) from None
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from report.build import write_reports
 from report.collect import build_report, object_report
-from report.model import Target
+from report.model import ReportWarning, Target
 
 
 def tool_identity() -> dict:
@@ -32,15 +32,22 @@ def compiler_identity(compiler: str) -> dict:
     return {"path": compiler, "version": out.splitlines()[0] if out else "unknown"}
 
 
+def build_file_warning(path: str) -> str:
+    return (f"the patch changes the build file {path}: its code runs during patch-build, as the user running it "
+            "(--no-build-changes refuses such patches)")
+
+
 def write_build_report(outdir: Path, name: str, status: str, message: str, units: list, targets: list,
-                       patches: list[Path], module: Path | None, tree: Path) -> list[Path]:
+                       patches: list[Path], module: Path | None, tree: Path, build_files: list[str]) -> list[Path]:
     """Write the reports; `units` are kbuild.units.UnitDiff (their objects must still exist), `targets` have
-    name and build_id. Returns the paths written, JSON first."""
+    name and build_id, `build_files` are the build-system files the patches change (a warning each).
+    Returns the paths written, JSON first."""
     objects = [object_report(u.report, source=u.source, patches=patches, relative_to=tree,
                              rejected=[(m.split(" ", 1)[0], f"the deployed {u.objname} runs other code: {m}")
                                        for m in u.mismatched])
                for u in units]
     report = build_report(name, "user", objects, status=status, message=message, patches=patches,
                           targets=[Target(name=t.name, build_id=t.build_id) for t in targets], module=module,
-                          relative_to=tree)
+                          relative_to=tree, warnings=[ReportWarning("build-files", path, build_file_warning(path))
+                                                      for path in build_files])
     return write_reports(report, outdir, name)

@@ -13,7 +13,8 @@ from typing import List, Optional
 
 import typer
 
-from diffobj.console import entry_point, guarded
+from diffobj.console import entry_point, guarded, internal_error_message
+from diffobj.errors import PatchBuildError
 from kbuild.build import BuildFailed
 from kbuild.options import BuildOptions, BuildResult
 from report.summary import build_summary
@@ -106,6 +107,8 @@ def main(
     target_binary: List[Path] = typer.Option([], "--target-binary",
                                              help="the deployed binary, one per TARGET (default: SRCDIR/TARGET)"),
     build_cmd: str = typer.Option("make", "--build-cmd", help="how the project builds (run with sh -c)"),
+    no_build_changes: bool = typer.Option(False, "--no-build-changes",
+                                          help="refuse patches that change the build system (Makefile, ...)"),
     name: Optional[str] = typer.Option(None, "-n", "--name", help="module name (default: first patch's stem)"),
     outdir: Path = typer.Option(Path("."), "-o", "--outdir", help="where NAME.kpatch / NAME.ko and the report go"),
     jobs: int = typer.Option(0, "-j", "--jobs", min=0, help="parallel jobs (default: number of CPUs)"),
@@ -116,20 +119,24 @@ def main(
     system_map: Optional[Path] = typer.Option(None, "--system-map", help="kernel: the running kernel's System.map"),
     headers: Optional[Path] = typer.Option(None, "--headers", help="kernel: the running kernel's headers tree"),
     non_replace: bool = typer.Option(False, "--non-replace", help="kernel: do not replace earlier livepatches"),
+    sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="private key to sign the module with"),
+    sign_cert: Optional[Path] = typer.Option(None, "--sign-cert", help="kernel: the X.509 certificate of --sign-key"),
     json_output: bool = typer.Option(False, "--json", help="print a one-line JSON summary on stdout"),
 ) -> None:
     """Build a live patch module from PATCH files.
 
     Exit codes: 0 built, 1 refused (unsupported change, deployed binary differs), 2 bad input (missing tree,
-    patch does not apply, build failure), 3 no functional change.
+    patch does not apply, build failure), 3 no functional change, 4 internal error (a bug of patch-build).
     """
     if debug:
         os.environ["PATCH_BUILD_DEBUG"] = "1"
     progress = RichProgress() if sys.stderr.isatty() else PlainProgress()
     options = BuildOptions(patches=patches, srcdir=srcdir, targets=target, name=name, outdir=outdir, jobs=jobs,
                            skip_cleanup=skip_cleanup, debug=debug, build_cmd=build_cmd, target_binaries=target_binary,
+                           no_build_changes=no_build_changes,
                            config=config, vmlinux=vmlinux, system_map=system_map, headers=headers,
-                           non_replace=non_replace, json_output=json_output, progress=progress)
+                           non_replace=non_replace, sign_key=sign_key, sign_cert=sign_cert, json_output=json_output,
+                           progress=progress)
     failure = None
     started = time.time()  # --json: reports written from now on are this build's
     try:
@@ -137,7 +144,7 @@ def main(
             try:
                 result = build(options)
             except Exception as e:
-                failure = str(e)
+                failure = str(e) if isinstance(e, PatchBuildError) else internal_error_message(e)
                 progress.close(ok=False)
                 if isinstance(e, BuildFailed):  # the end of the build log, above the one-line error
                     for line in e.tail:

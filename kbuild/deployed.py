@@ -15,6 +15,7 @@ import lief
 
 from diffobj.errors import InputError
 from diffobj.model import STB_GLOBAL, STT_FILE, ObjectFile, Symbol
+from diffobj.targets import TargetResolver
 from kbuild.samecode import difference
 
 lief.logging.disable()
@@ -54,6 +55,9 @@ class DeployedBinary:
                 self._globals.setdefault(s.name, s)
         self._functions = sorted((s for s in self.symbols if s.is_function and s.value), key=lambda s: s.value)
         self._starts = [s.value for s in self._functions]
+        self._names_at: dict[int, set[str]] = {}
+        for s in self._functions:
+            self._names_at.setdefault(s.value, set()).add(s.name)
 
     def links(self, obj: ObjectFile) -> bool:
         """Whether the unit `obj` is linked into this binary: the binary has an STT_FILE of the unit's name and,
@@ -83,6 +87,11 @@ class DeployedBinary:
             if f.value <= address < f.value + max(f.size, 1):
                 return f.name, address - f.value
         return None
+
+    def names(self, address: int) -> set[str]:
+        """The names of the functions starting at `address`: aliases (C++ complete and base constructors, ...)
+        share one."""
+        return self._names_at.get(address, set())
 
     def section_name(self, address: int) -> str:
         sec = self._binary.section_from_virtual_address(address)
@@ -161,18 +170,36 @@ class UnitSymbols:
         return 1 + [s.index for s in same].index(mine.index)
 
 
+def _callees(sym: Symbol, resolver: TargetResolver) -> list[Symbol]:
+    """The functions of the object `sym` calls, jumps to or takes the address of, in relocation order."""
+    out = []
+    for rel in sym.section.relocations:
+        if sym.value <= rel.offset < sym.value + sym.size:
+            t = resolver.resolve(sym.section, rel)
+            if t.symbol is not None and t.symbol.is_function and t.section is not None and t.symbol not in out:
+                out.append(t.symbol)
+    return out
+
+
 def mismatches(obj: ObjectFile, names: list[str], where: UnitSymbols) -> list[str]:
-    """Of the original object's functions `names`, those the deployed binary does not run, each with why."""
-    problems = []
-    for name in names:
-        sym = next((s for s in obj.symbols if s.name == name and s.is_function and s.section is not None), None)
-        if sym is None:
-            continue  # not a function of the original unit: nothing deployed to compare
-        deployed = where.find(sym)
-        if deployed is None:
-            problems.append(f"{name} (not in {where.binary.name})")
+    """Of the original object's functions `names`, and of the unit's functions they use (directly or not),
+    those the deployed binary does not run, each with why. The patch calls the deployed copies of those
+    it uses, and was built from what the scratch ones do: both must be the same code, using the same data."""
+    resolver = TargetResolver(obj)
+    functions = {s.name: s for s in obj.symbols if s.is_function and s.section is not None}
+    # A name that is not a function of the original unit has nothing deployed to compare.
+    work: list[tuple[Symbol, str | None]] = [(functions[n], None) for n in names if n in functions]
+    problems, seen = [], set()
+    while work:
+        sym, user = work.pop(0)
+        if sym in seen:
             continue
-        why = difference(sym, deployed.value, deployed.size, where.binary)
+        seen.add(sym)
+        deployed = where.find(sym)
+        why = (f"not in {where.binary.name}" if deployed is None
+               else difference(sym, deployed.value, deployed.size, where.binary, resolver))
         if why:
-            problems.append(f"{name} ({why})")
+            problems.append(f"{sym.name} ({why})" if user is None else f"{sym.name} (used by {user}: {why})")
+        if deployed is not None:
+            work += [(callee, user or sym.name) for callee in _callees(sym, resolver)]
     return problems

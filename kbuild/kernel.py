@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from diffobj.console import internal_error_reported
 from diffobj.diff import DiffOptions, DiffResult, diff_objects
 from diffobj.errors import InputError, NoChange, Refused
 from diffobj.problems import Problem
@@ -33,8 +34,9 @@ from kbuild.kernel_symbols import (
     read_module_symvers,
     read_system_map,
 )
+from kbuild.modsign import read_signer, sign_file_tool, sign_module, signing_hash
 from kbuild.options import BuildOptions, BuildResult
-from kbuild.tree import apply_patch, in_scratch
+from kbuild.tree import apply_patch, in_scratch, is_build_file, touched_files
 from kbuild.userspace import module_name
 from linker.kernel import link_kernel_module
 from report.build import write_reports
@@ -81,22 +83,6 @@ def _validate(options: BuildOptions) -> None:
             raise InputError(f"{what} {path}: no such file or directory")
 
 
-def touched_files(patch: Path) -> list[str]:
-    """Files a -p1 patch changes (new names; deleted files by their old name)."""
-    files, old = [], None
-    for line in patch.read_text(errors="replace").splitlines():
-        if line.startswith("--- "):
-            old = line[4:].split("\t")[0].strip()
-        elif line.startswith("+++ "):
-            new = line[4:].split("\t")[0].strip()
-            path = new if new != "/dev/null" else old
-            if path and path != "/dev/null":
-                files.append(path.split("/", 1)[1] if "/" in path else path)
-    if not files:
-        raise InputError(f"{patch.name} is not a patch: it names no file")
-    return files
-
-
 def kernel_release(options: BuildOptions) -> str:
     """The target kernel's release: from VMLINUX's banner, System.map's file name, else the running kernel."""
     if options.vmlinux is not None:
@@ -133,6 +119,10 @@ class _KernelBuild:
         if not (self.headers / "Makefile").is_file():
             raise InputError(f"kernel headers {self.headers}: not a kernel build tree (install "
                              f"linux-headers-{self.release} or give --headers)")
+        self.signer = read_signer(options.sign_key, options.sign_cert)
+        if self.signer is not None:
+            sign_file_tool(self.headers)  # found now, not after the build
+        self.sig_hash = signing_hash(self.headers)
 
     def _timed(self, key: str, fn, *args):
         start = time.monotonic()
@@ -152,8 +142,9 @@ class _KernelBuild:
     def _run(self) -> BuildResult:
         units: list[Unit] = []
         try:
-            units.extend(self._units())
-            return self._build(units)
+            with internal_error_reported(lambda message: self._report(units, "error", message)):
+                units.extend(self._units())
+                return self._build(units)
         except Refused as e:
             self._report(units, "refused", f"unsupported change: {e}")
             raise
@@ -194,7 +185,9 @@ class _KernelBuild:
         problems = []
         for patch in self.o.patches:
             for path in touched_files(patch):
-                if path.endswith(ASSEMBLY_SUFFIXES):
+                if is_build_file(path):
+                    problems.append((path, "build file: changes to the build system cannot be live-patched"))
+                elif path.endswith(ASSEMBLY_SUFFIXES):
                     problems.append((path, "assembly source: changes to assembly cannot be live-patched"))
                 elif path.endswith(HEADER_SUFFIXES):
                     found = self._includers(path)
@@ -474,6 +467,8 @@ class _KernelBuild:
         final = o.outdir / f"{self.name}.ko"
         tmp = final.with_name(final.name + ".tmp")
         shutil.copy2(module, tmp)
+        if self.signer is not None:
+            self._timed("sign", sign_module, tmp, self.signer, self.headers, self.sig_hash)
         os.replace(tmp, final)
         functions = [f"{ch.objname}:{ch.old_name}" for u in changed for ch in u.diff.changed_functions]
         reports = self._report(units, "built", f"{len(functions)} function(s) replaced", final)
@@ -490,6 +485,8 @@ class _KernelBuild:
         details = {"kernel release": self.release, "atomic replace": "no" if o.non_replace else "yes"}
         if self.klp_sections:
             details["livepatch relocation sections"] = ", ".join(self.klp_sections)
+        if module is not None:
+            details["module signature"] = self.signer.describe(self.sig_hash) if self.signer else "unsigned"
         report = build_report(self.name, "kernel", objects, status=status, message=message, patches=o.patches,
                               targets=[Target(name=t, kernel_release=self.release) for t in targets],
                               module=module, relative_to=self.ksrc, details=details)

@@ -48,12 +48,15 @@ class BuildOptions:
     # user space
     build_cmd: str = "make"
     target_binaries: list[Path] = field(default_factory=list)  # --target-binary, one per target
+    no_build_changes: bool = False  # --no-build-changes: refuse patches that change build-system files
     # kernel
     config: Path | None = None  # -c
     vmlinux: Path | None = None  # -v
     system_map: Path | None = None
     headers: Path | None = None
     non_replace: bool = False
+    sign_key: Path | None = None  # --sign-key (kernel: with --sign-cert, as scripts/sign-file)
+    sign_cert: Path | None = None  # --sign-cert
     json_output: bool = False  # --json (issue 6): one summary line on stdout
     progress: Progress = field(default_factory=SilentProgress)
 

@@ -6,6 +6,11 @@ sizes and offsets differ legitimately. Both are disassembled and compared instru
 out (alignment padding depends on placement): branches by where they go (an instruction of the same function,
 or a symbol + offset), every other instruction by its bytes with the relocation sites (and the bytes a static
 linker may rewrite when relaxing them) masked.
+
+Masking the relocation sites hides what an instruction points at, so the data a function references directly
+(strings, constants, read-only objects, the address of a function) is compared too, through the deployed
+instruction's own displacement: a build that embeds a timestamp or build id has other strings in the
+deployed binary, and a patch built from the scratch ones would give the running program strings it never had.
 """
 from __future__ import annotations
 
@@ -16,7 +21,9 @@ from functools import lru_cache
 import capstone
 
 from diffobj.arch import x86_64
-from diffobj.model import Relocation, Symbol
+from diffobj.compare import short_text
+from diffobj.model import SHF_MERGE, Relocation, Section, Symbol
+from diffobj.targets import TargetResolver, string_at
 
 # Bytes around a relocation site that the static linker may rewrite (relaxation), as (before, after) the
 # site's own bytes: GOTPCRELX turns `call *foo@GOTPCREL` into `addr32 call foo` and `mov foo@GOTPCREL` into
@@ -26,6 +33,8 @@ _RELAXED = {
     19: (4, 8), 20: (3, 5), 22: (3, 0),  # TLSGD (leaq + call), TLSLD (leaq + call), GOTTPOFF
 }
 _PLT_SECTIONS = {".plt", ".plt.sec", ".plt.got", ".iplt"}
+# Direct references to an address (R_X86_64_64, PC32, 32, 32S); GOT and TLS accesses name their symbol instead.
+_DATA_RELOCS = {1, 2, 10, 11}
 
 
 @lru_cache(maxsize=1)
@@ -46,8 +55,9 @@ def _disassemble(code: bytes, base: int) -> list[Insn] | None:
     out, end = [], 0
     for address, size, mnemonic, op_str in _cs().disasm_lite(code, base):
         target = None
-        if (mnemonic.startswith("j") or mnemonic.startswith("loop") or mnemonic == "call") and op_str.startswith("0x"):
-            target = int(op_str, 16)
+        branch = mnemonic.startswith("j") or mnemonic.startswith("loop") or mnemonic == "call"
+        if branch and (op_str.startswith("0x") or op_str.isdigit()):  # capstone writes targets below 10 in decimal
+            target = int(op_str, 0)
         end = address - base + size
         if mnemonic != "nop":
             out.append(Insn(address - base, size, mnemonic, code[address - base:end], target))
@@ -72,9 +82,60 @@ def _reloc_target(rel: Relocation, insn_end: int) -> tuple[str, int, bool]:
     return sym.name, sym.value + offset if sym.is_defined else offset, sym.is_local
 
 
-def difference(sym: Symbol, address: int, size: int, binary) -> str | None:
+def _masked(data: bytes, lo: int, relocations: list[Relocation]) -> bytes:
+    """`data` (the bytes at `lo` of their section) with the relocation sites zeroed: the linker fills those."""
+    out = bytearray(data)
+    for r in relocations:
+        for i in range(max(r.offset - lo, 0), min(r.offset - lo + x86_64.reloc_type(r.type).size, len(out))):
+            out[i] = 0
+    return bytes(out)
+
+
+def _data_difference(sec: Section, rel: Relocation, resolver: TargetResolver, deployed_at: int, binary) -> str | None:
+    """Why the item `rel` references in the object is not what the deployed instruction references at
+    `deployed_at`, or None. Writable data is the running program's state, which the patch shares: not compared."""
+    target = rel.symbol.section
+    if target is None or target.is_nobits:
+        return None  # undefined: the name is the reference
+    where = rel.symbol.value + rel.addend + resolver.bias(sec, rel)  # the referenced offset in `target`
+    named = target.symbol_at(where)
+    if named is not None and (named.is_section or named.name.startswith(".L")):
+        named = None
+    if named is not None and named.is_function:
+        here, there = (named.name, where - named.value), binary.symbol_at(deployed_at)
+        if named.name in binary.names(deployed_at - here[1]):
+            return None
+        deployed = f"{there[0]}+{there[1]:#x}" if there else f"{deployed_at:#x}"
+        return f"the address of {here[0]}+{here[1]:#x} built, of {deployed} deployed"
+    if target.is_text or not target.is_readonly_data:
+        return None
+    if named is not None and named.size:  # a named object: all of it
+        name, lo, hi = named.name, named.value, named.value + named.size
+        deployed_lo = deployed_at - (where - lo)
+    else:  # anonymous: the string, constant or table referenced
+        name, lo, deployed_lo = f"{target.name}+{where:#x}", where, deployed_at
+        if target.is_strings:
+            hi = lo + len(string_at(target, lo)) + 1
+        elif target.flags & SHF_MERGE and target.entsize:
+            hi = lo + target.entsize
+        else:
+            hi = resolver.item_end(target, lo)
+    if hi <= lo:
+        return None
+    relocs = [r for r in target.relocations if lo <= r.offset < hi]
+    ours = _masked(target.data[lo:hi], lo, relocs)
+    theirs = _masked(binary.read(deployed_lo, hi - lo), lo, relocs)
+    if ours == theirs:
+        return None
+    if target.is_strings:
+        deployed = theirs.split(b"\0", 1)[0]
+        return f'uses "{short_text(ours[:-1])}" built, "{short_text(deployed)}" deployed'
+    return f"uses {name} ({hi - lo} bytes), other contents deployed"
+
+
+def difference(sym: Symbol, address: int, size: int, binary, resolver: TargetResolver) -> str | None:
     """Why the object's function `sym` is not the code at `address` in `binary` (a kbuild.deployed.DeployedBinary:
-    read, symbol_at, section_name), or None when it is."""
+    read, symbol_at, names, section_name), or None when it is; `resolver` resolves the object's relocations."""
     data = sym.section.data[sym.value:sym.value + sym.size]
     ours = _disassemble(data, 0)
     theirs = _disassemble(binary.read(address, size), address)
@@ -103,7 +164,7 @@ def difference(sym: Symbol, address: int, size: int, binary) -> str | None:
                 deployed = binary.symbol_at(b.target)
                 if deployed is None and binary.section_name(b.target) in _PLT_SECTIONS and inside and not local:
                     continue  # a call through the PLT to the global the object names
-            if mine != deployed:
+            if mine != deployed and not (mine[0] != "insn" and mine[0] in binary.names(b.target - mine[1])):
                 return f"+{a.offset:#x}: {a.mnemonic} to {mine} built, to {deployed} deployed"
             continue
         got = [r for r in inside if r.type in (9, 41, 42)]
@@ -121,4 +182,14 @@ def difference(sym: Symbol, address: int, size: int, binary) -> str | None:
                 mask[i] = 1
         if any(x != y for x, y, m in zip(a.code, b.code, mask) if not m):
             return f"+{a.offset:#x}: {a.mnemonic} differs"
+        for r in inside:
+            if r.type in _DATA_RELOCS:
+                rtype = x86_64.reloc_type(r.type)
+                pos = r.offset - start
+                value = int.from_bytes(b.code[pos:pos + rtype.size], "little", signed=rtype.signed)
+                # A PC-relative field in x86-64 code is a RIP-relative displacement: from the next instruction.
+                deployed_at = address + b.offset + b.size + value if rtype.pc_relative else value
+                why = _data_difference(sym.section, r, resolver, deployed_at, binary)
+                if why:
+                    return f"+{a.offset:#x}: {a.mnemonic} {why}"
     return None

@@ -1,8 +1,9 @@
-"""The scratch source tree: a copy of SRCDIR without build products, and applying the patches to it."""
+"""The scratch source tree: a copy of SRCDIR without build products, the patches (what they touch, applying them)."""
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -48,6 +49,51 @@ def copy_tree(srcdir: Path, dest: Path) -> None:
                 continue
             if name in _CACHE_FILES or _is_object(path):
                 path.unlink()
+
+
+# Files a build system runs (make, CMake, autotools, meson, SCons, ninja, kbuild): a patch changing one runs
+# its code during patch-build, as whoever runs patch-build (issue 9).
+_BUILD_FILE_NAMES = {"Makefile", "makefile", "GNUmakefile", "Kbuild", "Kconfig", "CMakeLists.txt", "configure",
+                     "configure.ac", "configure.in", "aclocal.m4", "autogen.sh", "meson.build", "meson_options.txt",
+                     "meson.options", "SConstruct", "SConscript", "build.ninja"}
+_BUILD_FILE_PREFIXES = ("Makefile.", "Kbuild.", "Kconfig.")  # Makefile.am, Makefile.in, ...
+_BUILD_FILE_SUFFIXES = (".mk", ".cmake", ".m4", ".am", ".ninja")
+
+
+def touched_files(patch: Path) -> list[str]:
+    """Files a -p1 patch changes (new names; deleted files by their old name)."""
+    files, old = [], None
+    for line in patch.read_text(errors="replace").splitlines():
+        if line.startswith("--- "):
+            old = line[4:].split("\t")[0].strip()
+        elif line.startswith("+++ "):
+            new = line[4:].split("\t")[0].strip()
+            path = new if new != "/dev/null" else old
+            if path and path != "/dev/null":
+                files.append(path.split("/", 1)[1] if "/" in path else path)
+    if not files:
+        raise InputError(f"{patch.name} is not a patch: it names no file")
+    return files
+
+
+def is_build_file(path: str) -> bool:
+    name = os.path.basename(path)
+    return name in _BUILD_FILE_NAMES or name.startswith(_BUILD_FILE_PREFIXES) or name.endswith(_BUILD_FILE_SUFFIXES)
+
+
+def build_files(patches: list[Path], build_cmd: str = "") -> list[str]:
+    """The build-system files the patches change, in patch order: by name, or named by the build command
+    (`--build-cmd ./build.sh`)."""
+    try:
+        named = {os.path.normpath(word) for word in shlex.split(build_cmd)}
+    except ValueError:  # unbalanced quotes: sh -c will say so when it runs
+        named = set()
+    found = []
+    for patch in patches:
+        for path in touched_files(patch):
+            if (is_build_file(path) or os.path.normpath(path) in named) and path not in found:
+                found.append(path)
+    return found
 
 
 _HUNK_FAILED = re.compile(r"^Hunk #(\d+) FAILED at (\d+)")

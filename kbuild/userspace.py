@@ -14,13 +14,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from diffobj.console import internal_error_reported
 from diffobj.errors import InputError, NoChange, PatchBuildError, Refused
 from diffobj.read import read_object
 from kbuild.build import build_environment, run_build
-from kbuild.buildreport import write_build_report
+from kbuild.buildreport import build_file_warning, write_build_report
 from kbuild.deployed import DeployedBinary, load_binary
 from kbuild.options import BuildOptions, BuildResult
-from kbuild.tree import apply_patch, check_patch, copy_tree, in_scratch
+from kbuild.tree import apply_patch, build_files, check_patch, copy_tree, in_scratch
 from kbuild.units import UnitDiff, UnitJob, diff_unit
 from kbuild.wrapper import CompiledObject, install_wrappers, read_log
 from linker.module import Target, read_module
@@ -55,6 +56,8 @@ def _validate(options: BuildOptions) -> None:
     for binary in options.target_binaries:
         if not binary.is_file():
             raise InputError(f"--target-binary {binary}: no such file")
+    if options.sign_cert is not None:
+        raise InputError("--sign-cert is for kernel modules only (SRCDIR is not a Linux tree)")
 
 
 def build_user_patch(options: BuildOptions) -> BuildResult:
@@ -74,6 +77,7 @@ class _Build:
         self.jobs = options.jobs or os.cpu_count() or 1
         self.timings: dict[str, float] = {}
         self.progress = options.progress
+        self.build_files: list[str] = []  # the build-system files the patches change
 
     def _timed(self, key: str, fn, *args):
         start = time.monotonic()
@@ -83,8 +87,13 @@ class _Build:
             self.timings[key] = self.timings.get(key, 0.0) + time.monotonic() - start
 
     def run(self) -> BuildResult:
+        with internal_error_reported(lambda message: self._report("error", message)):
+            return self._run()
+
+    def _run(self) -> BuildResult:
         o, progress = self.o, self.progress
         check_patch(o.patches[0], o.srcdir)  # the common failure, found before a long build
+        self._check_build_files()
         progress.step("copying source tree")
         self._timed("copy", copy_tree, o.srcdir.resolve(), self.tree)
         log = self.scratch / "objects.log"
@@ -117,6 +126,23 @@ class _Build:
         units = self._diff(jobs)
         self.timings["diff"] = time.monotonic() - start
         return self._finish(units, binaries)
+
+    def _check_build_files(self) -> None:
+        """A patch that changes the build system runs its code here: a warning, or with --no-build-changes a
+        refusal before anything is built."""
+        self.build_files = build_files(self.o.patches, self.o.build_cmd)
+        if self.build_files and self.o.no_build_changes:
+            err = Refused([(path, "a build file, and --no-build-changes refuses patches that change the build "
+                                  "system") for path in self.build_files])
+            self._report("refused", str(err))
+            raise err
+        for path in self.build_files:
+            self.progress.note(f"warning: {build_file_warning(path)}")
+
+    def _report(self, status: str, message: str, units: list[UnitDiff] = (), binaries: list[DeployedBinary] = (),
+                module: Path | None = None) -> list[Path]:
+        return self._timed("report", write_build_report, self.o.outdir, self.name, status, message, units, binaries,
+                           self.o.patches, module, self.tree, self.build_files)
 
     def _snapshot(self, originals: dict[Path, CompiledObject]) -> dict[Path, Path]:
         """Copy each recorded object aside before the patched build overwrites it."""
@@ -198,27 +224,22 @@ class _Build:
 
     def _finish(self, units: list[UnitDiff], binaries: list[DeployedBinary]) -> BuildResult:
         o = self.o
-
-        def report(status: str, message: str, module: Path | None = None) -> list[Path]:
-            return self._timed("report", write_build_report, o.outdir, self.name, status, message, units, binaries,
-                               o.patches, module, self.tree)
-
         errors = [(f"{u.source}: {sym}", reason) for u in units for sym, reason in u.errors]
         if errors:
             err = Refused(errors)
-            report("refused", f"unsupported change: {err}")
+            self._report("refused", f"unsupported change: {err}", units, binaries)
             raise err
         mismatched = [f"{u.objname}: {m}" for u in units for m in u.mismatched]
         if mismatched:
             message = ("the deployed binary does not run the original code of: " + "; ".join(mismatched)
                        + " (built from other sources or flags?)")
-            report("refused", message)
+            self._report("refused", message, units, binaries)
             raise PatchBuildError(message)
         changed = [u for u in units if u.output is not None and u.changed]
         if not changed:
             message = (f"no functional change: {', '.join(sorted({u.source for u in units}))} recompiled "
                        "differently, but no function or data changed")
-            report("no-change", message)
+            self._report("no-change", message, units, binaries)
             raise NoChange(message)
 
         self.progress.step("linking")
@@ -232,7 +253,7 @@ class _Build:
         if info.problems:
             raise PatchBuildError(f"{module.name} is malformed: {'; '.join(info.problems)}")
         self.timings["link"] = time.monotonic() - start
-        reports = report("built", f"{len(info.funcs)} function(s) replaced", module)
+        reports = self._report("built", f"{len(info.funcs)} function(s) replaced", units, binaries, module)
         return BuildResult(module=module, report_json=reports[0], name=self.name, kind="user", diffs=units,
                            functions=[f"{f.objname}:{f.name}" for f in info.funcs], timings=dict(self.timings),
                            extra_reports=reports[1:])

@@ -111,10 +111,11 @@ def status_of(objects: list[ObjectReport]) -> str:
 def build_report(name: str, kind: str, objects: list[ObjectReport], *, status: str | None = None,
                  message: str | None = None, patches=(), targets: list[Target] = (),
                  module: str | os.PathLike | None = None, relative_to=None, details: dict[str, str] | None = None,
-                 env=None) -> Report:
+                 warnings: list[ReportWarning] = (), env=None) -> Report:
     """The whole report of a build. `status` defaults to what the objects say (refused, no-change,
     built); `module` is the written module file (hashed); `patches` the applied patch files (hashed);
-    `details` other facts worth showing (e.g. {"replace": "yes"}); `env` supplies SOURCE_DATE_EPOCH
+    `details` other facts worth showing (e.g. {"replace": "yes"}); `warnings` those about the whole build;
+    `env` supplies SOURCE_DATE_EPOCH
     (default: os.environ)."""
     compilers: list[Compiler] = []
     for o in objects:
@@ -132,6 +133,7 @@ def build_report(name: str, kind: str, objects: list[ObjectReport], *, status: s
         module=identity.artifact(module) if module is not None else None,
         objects=list(objects),
         details=dict(details or {}),
+        warnings=list(warnings),
         source_date_epoch=identity.source_date_epoch(env),
     )
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 SCHEMA_VERSION = 1
 
 # Report.status values and the exit codes of docs/design.md they go with.
-STATUS_EXIT = {"built": 0, "refused": 1, "failed": 2, "no-change": 3}
+STATUS_EXIT = {"built": 0, "refused": 1, "failed": 2, "no-change": 3, "error": 4}
 
 
 @dataclass
@@ -77,7 +77,7 @@ class Problem:
 
 @dataclass
 class ReportWarning:
-    kind: str  # inlined-callee-only | inlined-into-many | untouched-source | no-debug-info | differ
+    kind: str  # inlined-callee-only | inlined-into-many | untouched-source | no-debug-info | differ | build-files
     symbol: str | None
     message: str
 
@@ -125,13 +125,14 @@ class Report:
     kind: str  # user | kernel | diff (one patch-diff run)
     status: str  # a key of STATUS_EXIT
     tool: Tool
-    message: str | None = None  # the build's one-line outcome (why it was refused, ...)
+    message: str | None = None  # the build's one-line outcome (why it was refused, the internal error, ...)
     compilers: list[Compiler] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     patches: list[PatchFile] = field(default_factory=list)
     module: Artifact | None = None
     objects: list[ObjectReport] = field(default_factory=list)
     details: dict[str, str] = field(default_factory=dict)  # other facts of the build, shown as they are
+    warnings: list[ReportWarning] = field(default_factory=list)  # about the whole build (build-files, ...)
     source_date_epoch: int | None = None  # the build's SOURCE_DATE_EPOCH, the only time a report carries
     schema: int = SCHEMA_VERSION
 
@@ -141,7 +142,7 @@ class Report:
             "new": sum(o.count("new") for o in self.objects),
             "included": sum(len(o.included) for o in self.objects),
             "rejected": sum(len(o.rejected) for o in self.objects),
-            "warnings": sum(len(o.warnings) for o in self.objects),
+            "warnings": len(self.warnings) + sum(len(o.warnings) for o in self.objects),
         }
 
     @property

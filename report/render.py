@@ -12,7 +12,8 @@ from report.model import Report
 
 FORMATS = ("json", "md", "html")
 SUFFIXES = {"json": ".report.json", "md": ".report.md", "html": ".report.html"}
-STATUS_TEXT = {"built": "patch built", "refused": "refused", "failed": "failed", "no-change": "no functional change"}
+STATUS_TEXT = {"built": "patch built", "refused": "refused", "failed": "failed", "no-change": "no functional change",
+               "error": "internal error"}
 
 
 def to_json(report: Report) -> str:

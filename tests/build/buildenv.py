@@ -49,6 +49,21 @@ def tree_digest(tree: Path) -> str:
     return h.hexdigest()
 
 
+def tiny_kernel_tree(root: Path) -> tuple[Path, Path, Path]:
+    """(KSRC, HEADERS, System.map): the least patch-build takes for a Linux tree, for what it decides before
+    compiling anything. KSRC has kernel/fix.c (`int fixed(void) { return 1; }`) and a top Makefile."""
+    ksrc, headers = root / "linux", root / "headers"
+    (ksrc / "arch" / "x86").mkdir(parents=True)
+    (ksrc / "kernel").mkdir()
+    (ksrc / "Makefile").write_text("VERSION = 6\n")
+    (ksrc / "Kbuild").write_text("")
+    (ksrc / "kernel" / "fix.c").write_text("int fixed(void) { return 1; }\n")
+    headers.mkdir()
+    (headers / "Makefile").write_text("")
+    (root / "System.map").write_text("ffffffff81000000 T _text\n")
+    return ksrc, headers, root / "System.map"
+
+
 def build_id(path: Path) -> str:
     out = subprocess.run(["readelf", "-nW", str(path)], check=True, capture_output=True, text=True).stdout
     return next(l.split(":", 1)[1].strip() for l in out.splitlines() if "Build ID:" in l)

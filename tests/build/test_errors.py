@@ -54,3 +54,8 @@ def test_one_target_binary_per_target(patch_build, tmp_path):
     run = patch_build("-s", FIXTURES / "shlib", "-t", "app", "-t", "libgreet.so", "--target-binary",
                       FIXTURES / "shlib" / "app.c", FIX)
     assert_one_line_error(run, 2, "1 --target-binary for 2 TARGET")
+
+
+def test_sign_cert_is_for_kernel_modules(patch_build, tmp_path):
+    run = patch_build("-s", FIXTURES / "cprog", "-t", "prog", "--sign-cert", tmp_path / "cert.pem", FIX)
+    assert_one_line_error(run, 2, "--sign-cert is for kernel modules")

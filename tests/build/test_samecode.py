@@ -46,3 +46,58 @@ def test_other_code_is_reported(tmp_path):
     problems = mismatches(ours, ["tick", "where"], UnitSymbols(load_binary(tmp_path / "other"), ours))
     [problem] = problems  # `where` is the same; tick passes 2, not 1
     assert problem.startswith("tick (+0x") and problem.endswith(": mov differs)")
+
+
+TABLE = """
+static const int table[4] = {1, 2, 3, LAST};
+int lookup(int i) { return table[i & 3]; }
+int main(int argc, char **argv) { (void)argv; return lookup(argc); }
+"""
+
+
+def _table_build(tmp_path, name: str, last: int, flags: list[str]):
+    src = tmp_path / f"{name}.c"
+    src.write_text(TABLE)
+    obj = tmp_path / f"{name}.o"
+    subprocess.run(["gcc", "-O2", "-fno-pie", f"-DLAST={last}", *flags, "-c", str(src), "-o", str(obj)], check=True)
+    subprocess.run(["gcc", "-no-pie", str(obj), "-o", str(tmp_path / name)], check=True)
+    return obj
+
+
+def test_referenced_read_only_data_is_compared(tmp_path):
+    # -fno-pie: the table is reached by an absolute address (R_X86_64_32S), the instructions are the same.
+    ours = read_object(str(_table_build(tmp_path, "ours", 4, ["-ffunction-sections", "-fdata-sections"])))
+    assert 11 in {r.type for s in ours.sections for r in s.relocations}
+    _table_build(tmp_path, "same", 4, [])
+    _table_build(tmp_path, "other", 5, [])
+    assert mismatches(ours, ["lookup"], UnitSymbols(load_binary(tmp_path / "same"), ours)) == []
+    [problem] = mismatches(ours, ["lookup"], UnitSymbols(load_binary(tmp_path / "other"), ours))
+    assert problem.startswith("lookup (+0x") and problem.endswith("uses table (16 bytes), other contents deployed)")
+
+
+POINTER = """
+__attribute__((noipa)) int first(int x) { return x + 1; }
+__attribute__((noipa)) int second(int x) { return x + 2; }
+int (*pick(void))(int) { return CHOSEN; }
+int main(void) { return pick()(first(1) + second(2)); }
+"""
+
+
+def test_referenced_function_address_is_compared(tmp_path):
+    # -fPIE: `lea first(%rip)` and `lea second(%rip)` are the same bytes once the displacement is masked.
+    def build_pointer(name: str, chosen: str, flags: list[str]):
+        src = tmp_path / f"{name}.c"
+        src.write_text(POINTER)
+        obj = tmp_path / f"{name}.o"
+        subprocess.run(["gcc", "-O2", "-fPIE", f"-DCHOSEN={chosen}", *flags, "-c", str(src), "-o", str(obj)],
+                       check=True)
+        subprocess.run(["gcc", "-pie", str(obj), "-o", str(tmp_path / name)], check=True)
+        return read_object(str(obj))
+
+    ours = build_pointer("ours", "first", ["-ffunction-sections", "-fdata-sections"])
+    build_pointer("same", "first", [])
+    build_pointer("other", "second", [])
+    assert mismatches(ours, ["pick"], UnitSymbols(load_binary(tmp_path / "same"), ours)) == []
+    [problem] = mismatches(ours, ["pick"], UnitSymbols(load_binary(tmp_path / "other"), ours))
+    assert problem.startswith("pick (+0x") and problem.endswith(
+        "lea the address of first+0x0 built, of second+0x0 deployed)")

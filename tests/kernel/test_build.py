@@ -1,6 +1,9 @@
 """How patch-build picks what to compile in a kernel tree, checked through its exit codes and messages."""
 from __future__ import annotations
 
+import json
+import subprocess
+
 import pytest
 
 pytestmark = [pytest.mark.kernel]
@@ -21,3 +24,45 @@ def test_target_filter(patch_build, tmp_path):
     assert built.returncode == 3, built.stderr
     assert "fs/proc/cmdline.c belongs to vmlinux, not a -t target" in built.stderr
     assert not list(tmp_path.glob("*.ko"))
+
+
+SIGNING_CONFIG = """[ req ]
+default_bits = 2048
+distinguished_name = req_distinguished_name
+prompt = no
+x509_extensions = exts
+[ req_distinguished_name ]
+CN = patch-build test signing key
+[ exts ]
+basicConstraints = critical,CA:FALSE
+keyUsage = digitalSignature
+subjectKeyIdentifier = hash
+"""
+
+
+def test_signed_module(patch_build, tmp_path):
+    # A throw-away key and self-signed certificate, made as the kernel's certs/Makefile makes its own.
+    (tmp_path / "x509.genkey").write_text(SIGNING_CONFIG)
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-new", "-nodes", "-utf8", "-sha256", "-days", "3650", "-batch", "-x509",
+                    "-config", tmp_path / "x509.genkey", "-outform", "PEM", "-out", cert, "-keyout", key],
+                   check=True, capture_output=True)
+    serial = subprocess.run(["openssl", "x509", "-in", cert, "-noout", "-serial"], check=True, capture_output=True,
+                            text=True).stdout.strip().split("=", 1)[1]
+    key_id = ":".join(serial[i:i + 2] for i in range(0, len(serial), 2))
+
+    half = patch_build("cmdline-prefix.patch", tmp_path / "half", "--sign-key", str(key))
+    assert half.returncode == 2 and "give both" in half.stderr.splitlines()[-1], half.stderr
+
+    built = patch_build("cmdline-prefix.patch", tmp_path / "out", "--sign-key", str(key), "--sign-cert", str(cert))
+    assert built.ok, built.stderr
+
+    def modinfo(field: str) -> str:
+        return subprocess.run(["modinfo", "-F", field, built.module], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    assert modinfo("signer") == "patch-build test signing key"
+    assert modinfo("sig_key") == key_id
+    assert modinfo("sig_hashalgo") == "sha256"
+    report = json.loads((tmp_path / "out" / "cmdline_prefix.report.json").read_text())
+    assert report["details"]["module signature"] == f"sha256, signed by patch-build test signing key (key {key_id})"
