@@ -87,10 +87,10 @@ def _keep_replacements(alt: Section, spec: layout.SpecialSection) -> None:
         rels += [Relocation(r.offset - start + len(data), r.type, r.symbol, r.addend)
                  for r in repl.relocations if start <= r.offset < end]
         data += repl.data[start:end]
-    for lo in range(0, alt.size, spec.entry_size):
-        r = at.get(lo + spec.replacement)
-        if r is not None and r.symbol.section is repl:
-            r.addend = moved[r.symbol.value + r.addend] - r.symbol.value
+    # New relocations rather than changed addends: a relocation once resolved must not change.
+    alt.relocations = [Relocation(r.offset, r.type, r.symbol, moved[r.symbol.value + r.addend] - r.symbol.value)
+                       if r.symbol.section is repl and r.offset % spec.entry_size == spec.replacement else r
+                       for r in alt.relocations]
     repl.data, repl.relocations, repl.included = bytes(data), rels, True
 
 
