@@ -64,6 +64,7 @@ class ReferenceNamer:
     sympos: Callable[[Symbol], int] | None = None
     exported: set[str] | None = None  # kernel: names the running kernel exports
     extern_objname: Callable[[str], str] | None = None  # kernel: which object defines an extern
+    provided: set[str] = field(default_factory=set)  # new globals of the patch's other units
 
     def position(self, orig: Symbol) -> int:
         return self.sympos(orig) if self.sympos else 0
@@ -81,8 +82,9 @@ class ReferenceNamer:
         return orig.name
 
     def extern(self, name: str) -> str:
-        """For a symbol the unit only uses (undefined in both objects)."""
-        if self.kernel and self.exported is not None and name not in self.exported:
+        """For a symbol the unit only uses (undefined in both objects). A new global of another unit of the
+        patch is not in the running kernel: the module links it in, under its plain name."""
+        if self.kernel and self.exported is not None and name not in self.exported and name not in self.provided:
             objname = self.extern_objname(name) if self.extern_objname else "vmlinux"
             return self._klp(objname, name, 0)
         return name
