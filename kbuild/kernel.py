@@ -133,10 +133,14 @@ def touched_files(patch: Path) -> list[str]:
 def kernel_release(options: BuildOptions) -> str:
     """The target kernel's release: from VMLINUX's banner, System.map's file name, else the running kernel."""
     if options.vmlinux is not None:
-        with open(options.vmlinux, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            m = re.search(rb"Linux version (\S+) ", data)
-        if m:
-            return m.group(1).decode()
+        try:
+            with open(options.vmlinux, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                m = re.search(rb"Linux version (\S+) ", data)
+                release = m.group(1).decode(errors="replace") if m else None  # the match reads the map: not after
+        except (OSError, ValueError) as e:  # ValueError: an empty file cannot be mapped
+            raise InputError(f"-v {options.vmlinux}: cannot read it: {e}") from None
+        if release:
+            return release
     if options.system_map is not None:
         m = re.match(r"(?:System\.map|kallsyms)-(.+)$", options.system_map.name)
         if m:

@@ -1,7 +1,13 @@
 """How patch-build picks what to compile in a kernel tree, checked through its exit codes and messages."""
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
+
+from kbuild.kernel import kernel_release
+from kbuild.options import BuildOptions
 
 pytestmark = [pytest.mark.kernel]
 
@@ -21,3 +27,18 @@ def test_target_filter(patch_build, tmp_path):
     assert built.returncode == 3, built.stderr
     assert "fs/proc/cmdline.c belongs to vmlinux, not a -t target" in built.stderr
     assert not list(tmp_path.glob("*.ko"))
+
+
+def test_uncompressed_vmlinux_gives_the_release(kenv, patch_build, tmp_path):
+    # -v read the release from a closed map (TypeError). The image's vmlinux has no symbol table (that is in
+    # the -dbg package): the build stops there, as bad input, after the release was read.
+    vmlinux = tmp_path / "vmlinux"
+    with open(vmlinux, "wb") as f:
+        subprocess.run(["sh", os.fspath(kenv.source / "scripts" / "extract-vmlinux"), os.fspath(kenv.vmlinuz)],
+                       stdout=f, stderr=subprocess.DEVNULL, check=True)
+    options = BuildOptions(patches=[], srcdir=kenv.source, vmlinux=vmlinux)
+    assert kernel_release(options) == kenv.release
+    built = patch_build("cmdline-prefix.patch", tmp_path, "-v", os.fspath(vmlinux))
+    assert built.returncode == 2, built.stderr
+    errors = [line for line in built.stderr.splitlines() if "error:" in line]
+    assert errors == [f"patch-build: error: {vmlinux}: has no symbol table"], built.stderr
