@@ -206,7 +206,7 @@ def _wrong_reference(resolver: TargetResolver, namer: ReferenceNamer, copied: di
     else:
         t = resolver.resolve(sec, rel)
         if t.symbol is None or t.symbol.twin is None or t.section is not sym.section:
-            return f"{meant} resolves to no symbol of the original in {sym.section.name}"
+            return f"{meant} resolves to no symbol of the original"
         name, addend = namer.defined(_primary(t.symbol.twin)), t.addend
     if to.name != name or written.addend != addend:
         return f"{meant} written as {to.name}{written.addend:+#x}, not {name}{addend:+#x}"
