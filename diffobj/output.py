@@ -29,11 +29,11 @@ from diffobj.model import (
     STT_TLS,
     ObjectFile,
     OutputObject,
-    Relocation,
-    Section,
     OutRelocation,
     OutSection,
     OutSymbol,
+    Relocation,
+    Section,
     Status,
     Symbol,
 )
@@ -215,7 +215,7 @@ def _wrong_reference(resolver: TargetResolver, namer: ReferenceNamer, copied: di
 
 def _add_funcs_table(sections, symbols, copy_of, patched: ObjectFile,
                      changes: list[FunctionChange]) -> tuple[OutSection, OutSection]:
-    """Append `.kpatch.funcs` and its strings; return (funcs, strings, copy_of) for the check."""
+    """Append `.kpatch.funcs` and its strings; return both, for the check."""
     strings = bytearray()
     offsets: dict[str, int] = {}
 
@@ -251,7 +251,7 @@ def _check_funcs_table(funcs: OutSection, strtab: OutSection, changes: list[Func
     """Each entry must point at the new function and name the one it replaces."""
     by_offset = {r.offset: r for r in funcs.relocations}
 
-    def field(i: int, name: str) -> str | None:
+    def entry_field(i: int, name: str) -> str | None:
         r = by_offset.get(i * FUNC_ENTRY.size + FUNC_FIELDS[name])
         if r is None:
             return None
@@ -260,7 +260,7 @@ def _check_funcs_table(funcs: OutSection, strtab: OutSection, changes: list[Func
         return _string(strtab.data, r.addend) if r.symbol is strtab.section_symbol else None
 
     for i, ch in enumerate(changes):
-        got = tuple(field(i, name) for name in ("new_addr", "name", "objname"))
+        got = tuple(entry_field(i, name) for name in ("new_addr", "name", "objname"))
         if got != (ch.name, ch.old_name, ch.objname):
             raise InternalError(f".kpatch.funcs entry {i} reads {got}, not {(ch.name, ch.old_name, ch.objname)}")
 

@@ -48,7 +48,7 @@ ASSEMBLY_SUFFIXES = (".S", ".s")
 HEADER_SUFFIXES = (".h",)
 MODULE_NAME_MAX = 55  # MODULE_NAME_LEN - 1
 LIVEPATCH_PREFIX = "livepatch_"
-MODULE_LIST_MAX = 64 << 20  # bytes read of modules.builtin / modules.dep (Debian's are under 1 MiB)
+MODULE_LIST_MAX = 64 << 20  # bytes read of each modules.* list (Debian's are under 1 MiB)
 KEYED_SECTIONS = {"__jump_table": "jump label", ".static_call_sites": "static call"}
 
 
