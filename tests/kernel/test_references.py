@@ -2,7 +2,8 @@
 
 - fs/aio.c with dynamic-debug jump labels (aio-pr-debug): the special-section pass replaces relocations, and a
   cache of targets keyed by id() once gave the new ones stale targets (jump-label keys naming functions,
-  varying with PYTHONHASHSEED). The output must be byte-identical under several seeds, each key naming data.
+  varying with PYTHONHASHSEED). The output must be byte-identical under several seeds, each key naming data,
+  and the module must load in qemu (a key in kernel text makes the loader write into code).
 - a new function of fs/proc/version.c called from fs/proc/cmdline.c (cross-unit-function) resolves inside the
   module, not as a klp reference to the running kernel: built with the default name (livepatch_ prefix),
   loaded in qemu, /proc/cmdline shows its effect.
@@ -61,25 +62,26 @@ def _key_names(obj: bytes, tmp: Path) -> list[str]:
     return names
 
 
-def test_output_is_deterministic_and_keys_name_data(kenv, patch_build, tmp_path):
-    built = patch_build("aio-pr-debug.patch", tmp_path, "-d")
-    assert built.ok, built.stderr
-    scratch = Path(re.search(r"scratch tree kept: (\S+)", built.stderr).group(1))
-    orig, patched = tmp_path / "orig.o", tmp_path / "patched.o"
-    shutil.copy(next((scratch / "orig").glob("*aio.o")), orig)
-    shutil.copy(next((scratch / "patched").glob("*aio.o")), patched)
+@pytest.fixture(scope="module")
+def built(patch_build, tmp_path_factory):
+    """Both modules, built with their default names, and the aio unit's objects (kept with -d)."""
+    out = tmp_path_factory.mktemp("references")
+    aio = patch_build("aio-pr-debug.patch", out, "-d")
+    assert aio.ok, aio.stderr
+    scratch = Path(re.search(r"scratch tree kept: (\S+)", aio.stderr).group(1))
+    objects = out / "orig.o", out / "patched.o"
+    shutil.copy(next((scratch / "orig").glob("*aio.o")), objects[0])
+    shutil.copy(next((scratch / "patched").glob("*aio.o")), objects[1])
     shutil.rmtree(scratch)
-
-    outputs = patch_diff_outputs(orig, patched, tmp_path, "--kernel")
-    assert len(set(outputs.values())) == 1, "the output depends on PYTHONHASHSEED"
-    keys = _key_names(next(iter(outputs.values())), tmp_path)
-    assert len(keys) >= 10, keys  # pr_debug sites of the two changed functions, and their static calls
-    types = _kallsyms_types(kenv.kallsyms)
-    not_data = [k for k in keys if not types.get(k) or types[k] & set("tT")]
-    assert not not_data, f"keys that are no data symbol of the running kernel: {not_data}"
+    cross = patch_build("cross-unit-function.patch", out)
+    return {"aio": aio, "cross": cross, "aio objects": objects}
 
 
-CROSS_UNIT_SCRIPT = LIVEPATCH_SHELL + r"""
+SCRIPT = LIVEPATCH_SHELL + r"""
+insmod /livepatch_aio_pr_debug.ko; echo "R aio.insmod=$?"
+echo "R aio.transition=$(wait_transition livepatch_aio_pr_debug)"
+disable livepatch_aio_pr_debug aio
+
 echo "R cross.before=$(cut -c1-15 /proc/cmdline)"
 insmod /livepatch_cross_unit_function.ko; echo "R cross.insmod=$?"
 echo "R cross.transition=$(wait_transition livepatch_cross_unit_function)"
@@ -89,21 +91,48 @@ echo "R cross.restored=$(cut -c1-15 /proc/cmdline)"
 """
 
 
-def test_new_function_called_from_another_unit(kenv, patch_build, tmp_path):
-    built = patch_build("cross-unit-function.patch", tmp_path)
-    assert built.ok, built.stderr
-    assert built.module.name == "livepatch_cross_unit_function.ko"
-    with open(built.module, "rb") as f:
+@pytest.fixture(scope="module")
+def vm(kenv, built) -> dict[str, str]:
+    files = {f"/{b.module.name}": b.module for key, b in built.items() if key != "aio objects" and b.ok}
+    console = run_vm(kenv.vmlinuz, SCRIPT, files)
+    results = dict(re.findall(r"^R ([\w.]+)=(.*)$", console, re.M))
+    results["console"] = console
+    return results
+
+
+def _check(vm: dict[str, str], expected: dict[str, str]) -> None:
+    assert {k: vm.get(k) for k in expected} == expected, f"VM results differ; console:\n{vm['console'][-4000:]}"
+
+
+def test_output_is_deterministic_and_keys_name_data(kenv, built, tmp_path):
+    outputs = patch_diff_outputs(*built["aio objects"], tmp_path, "--kernel")
+    assert len(set(outputs.values())) == 1, "the output depends on PYTHONHASHSEED"
+    keys = _key_names(next(iter(outputs.values())), tmp_path)
+    assert len(keys) >= 10, keys  # pr_debug sites of the two changed functions, and their static calls
+    types = _kallsyms_types(kenv.kallsyms)
+    not_data = [k for k in keys if not types.get(k) or types[k] & set("tT")]
+    assert not not_data, f"keys that are no data symbol of the running kernel: {not_data}"
+
+
+def test_module_with_jump_labels_loads(built, vm):
+    # A key naming a function made the loader write a static key's fields into kernel text.
+    assert built["aio"].module.name == "livepatch_aio_pr_debug.ko"
+    _check(vm, {"aio.insmod": "0", "aio.transition": "0", "aio.disabled": "gone", "aio.rmmod": "0"})
+    assert not re.search(r"\b(BUG|WARNING|Oops)\b", vm["console"]), vm["console"][-4000:]
+
+
+def test_new_function_called_from_another_unit(built, vm):
+    cross = built["cross"]
+    assert cross.ok, cross.stderr
+    assert cross.module.name == "livepatch_cross_unit_function.ko"
+    with open(cross.module, "rb") as f:
         symtab = ELFFile(f).get_section_by_name(".symtab")
         [tag] = [s for s in symtab.iter_symbols() if "klp_cross_unit_tag" in s.name]
         assert tag.name == "klp_cross_unit_tag" and tag["st_info"]["type"] == "STT_FUNC"
         assert tag["st_shndx"] != "SHN_UNDEF"
-    console = run_vm(kenv.vmlinuz, CROSS_UNIT_SCRIPT, {f"/{built.module.name}": built.module})
-    results = dict(re.findall(r"^R ([\w.]+)=(.*)$", console, re.M))
-    expected = {"cross.before": "console=ttyS0 p", "cross.insmod": "0", "cross.transition": "0",
+    _check(vm, {"cross.before": "console=ttyS0 p", "cross.insmod": "0", "cross.transition": "0",
                 "cross.patched": "klp-cross-unit ", "cross.disabled": "gone", "cross.rmmod": "0",
-                "cross.restored": "console=ttyS0 p"}
-    assert {k: results.get(k) for k in expected} == expected, console[-4000:]
+                "cross.restored": "console=ttyS0 p"})
 
 
 @pytest.mark.parametrize("name", ["binfmt-misc", "printk"])  # loadable; built in (parameters only)
