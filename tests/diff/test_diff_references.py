@@ -1,5 +1,6 @@
-"""Same inputs, same bytes: the differ's output does not depend on PYTHONHASHSEED, and every relocation it
-writes is checked against what it is meant to reference (a mismatch is an internal error, exit 4)."""
+"""What the differ's output references. Same inputs, same bytes: the output does not depend on PYTHONHASHSEED;
+every relocation it writes is checked against what it is meant to reference (a mismatch is an internal error,
+exit 4); a new global of another unit of the patch keeps its plain name."""
 from __future__ import annotations
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from diffobj.diff import DiffOptions, diff_objects
 from diffobj.errors import InternalError
 from diffobj.output import ReferenceNamer, check_references
+from support import elfcheck
 from support.diffcases import OBJNAME
 from support.hashseeds import patch_diff_outputs
 
@@ -53,3 +55,15 @@ def test_wrong_reference_into_the_patch_is_an_internal_error(fixtures):
     with pytest.raises(InternalError) as info:
         check_references(result.patched, out_of, namer)
     assert info.value.exit_code == 4
+
+
+def test_new_global_of_another_unit_keeps_its_plain_name(fixtures, tmp_path):
+    # Kernel mode names an unexported extern `.klp.sym.vmlinux.NAME,0` (a symbol of the running kernel), unless
+    # another unit of the patch defines it anew: then the module links it in under its plain name.
+    fx = fixtures["kernel_printk_constant"]
+    for provided, expected in ((set(), ".klp.sym.vmlinux._printk,0"), ({"_printk"}, "_printk")):
+        result = diff_objects(str(fx.orig), str(fx.patched),
+                              DiffOptions(kernel=True, objname="vmlinux", exported=set(), provided=provided))
+        out = tmp_path / f"out-{len(provided)}.o"
+        result.write(str(out))
+        assert {n for n in elfcheck.undefined_names(out) if "_printk" in n} == {expected}
