@@ -35,5 +35,5 @@ class InternalError(PatchBuildError):
 
     exit_code = 4
 
-    def __init__(self, message: str):
-        super().__init__(f"internal error (a bug of patch-build): {message}")
+    def __str__(self) -> str:  # args stay the bare message: the error pickles across -j worker processes
+        return f"internal error (a bug of patch-build): {self.args[0]}"
