@@ -30,6 +30,8 @@ class DiffOptions:
     sympos: Callable[[Symbol], int] | None = None  # position of an ORIGINAL local symbol in the target
     exported: set[str] | None = None  # kernel: exported names; others become .klp.sym references
     extern_objname: Callable[[str], str] | None = None  # kernel: object defining an undefined symbol
+    # Globals the patch's other units define anew: references to them stay plain names, resolved in the module.
+    provided: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -95,7 +97,7 @@ def diff_objects(orig_path: str, patched_path: str, options: DiffOptions | None 
     else:
         ehframe.keep_unwind_info(patched, inclusion)
 
-    namer = ReferenceNamer(opts.kernel, objname, opts.sympos, opts.exported, opts.extern_objname)
+    namer = ReferenceNamer(opts.kernel, objname, opts.sympos, opts.exported, opts.extern_objname, opts.provided)
     result = DiffResult(orig_path, patched_path, objname, opts.kernel, orig=orig, patched=patched)
     result.changed_functions = redirected_functions(patched, namer)
     result.new_functions = [f.name for f in patched.functions()

@@ -27,3 +27,13 @@ class NoChange(PatchBuildError):
     """Nothing functional changed: exit 3."""
 
     exit_code = 3
+
+
+class InternalError(PatchBuildError):
+    """A bug of ours caught by a self-check (an output relocation that references the wrong thing): exit 4.
+    Raised before anything is written: a wrong reference would make a patch that corrupts its target."""
+
+    exit_code = 4
+
+    def __str__(self) -> str:  # args stay the bare message: the error pickles across -j worker processes
+        return f"internal error (a bug of patch-build): {self.args[0]}"

@@ -13,6 +13,7 @@ from typing import Callable
 from diffobj import names
 from diffobj.arch import x86_64 as arch
 from diffobj.compare import extent
+from diffobj.errors import InternalError
 from diffobj.model import (
     SHF_ALLOC,
     SHF_GROUP,
@@ -31,6 +32,8 @@ from diffobj.model import (
     OutRelocation,
     OutSection,
     OutSymbol,
+    Relocation,
+    Section,
     Status,
     Symbol,
 )
@@ -61,6 +64,7 @@ class ReferenceNamer:
     sympos: Callable[[Symbol], int] | None = None
     exported: set[str] | None = None  # kernel: names the running kernel exports
     extern_objname: Callable[[str], str] | None = None  # kernel: which object defines an extern
+    provided: set[str] = field(default_factory=set)  # new globals of the patch's other units
 
     def position(self, orig: Symbol) -> int:
         return self.sympos(orig) if self.sympos else 0
@@ -78,8 +82,9 @@ class ReferenceNamer:
         return orig.name
 
     def extern(self, name: str) -> str:
-        """For a symbol the unit only uses (undefined in both objects)."""
-        if self.kernel and self.exported is not None and name not in self.exported:
+        """For a symbol the unit only uses (undefined in both objects). A new global of another unit of the
+        patch is not in the running kernel: the module links it in, under its plain name."""
+        if self.kernel and self.exported is not None and name not in self.exported and name not in self.provided:
             objname = self.extern_objname(name) if self.extern_objname else "vmlinux"
             return self._klp(objname, name, 0)
         return name
@@ -99,9 +104,15 @@ def redirected_functions(patched: ObjectFile, namer: ReferenceNamer) -> list[Fun
     return changes
 
 
+def _primary(orig: Symbol) -> Symbol:
+    """The name to reference a function by: the primary one, global when there is one (not gcc's .localalias)."""
+    return orig.alias_of or orig
+
+
 def build_output(patched: ObjectFile, resolver: TargetResolver, namer: ReferenceNamer,
                  changes: list[FunctionChange]) -> OutputObject:
-    out_of: dict[int, OutSection] = {}
+    """The output object, every relocation checked (`check_references`) before anyone can write it."""
+    out_of: dict[Section, OutSection] = {}
     sections: list[OutSection] = []
     symbols: list[OutSymbol] = [OutSymbol(patched.source_file or "patch", STT_FILE, STB_LOCAL, shndx=0xFFF1)]
     for sec in patched.sections:
@@ -109,15 +120,15 @@ def build_output(patched: ObjectFile, resolver: TargetResolver, namer: Reference
             out = OutSection(sec.name, sec.type, sec.flags & ~SHF_GROUP, sec.addralign, sec.entsize, sec.data)
             out.section_symbol = OutSymbol("", STT_SECTION, STB_LOCAL, section=out)
             symbols.append(out.section_symbol)
-            out_of[id(sec)] = out
+            out_of[sec] = out
             sections.append(out)
 
-    copy_of: dict[int, OutSymbol] = {}
+    copy_of: dict[Symbol, OutSymbol] = {}
     for sym in patched.symbols:
-        if sym.section is None or id(sym.section) not in out_of or sym.is_section or sym.type == STT_FILE:
+        if sym.section is None or sym.section not in out_of or sym.is_section or sym.type == STT_FILE:
             continue
-        copy = OutSymbol(sym.name, sym.type, sym.bind, sym.other, out_of[id(sym.section)], sym.value, sym.size)
-        copy_of[id(sym)] = copy
+        copy = OutSymbol(sym.name, sym.type, sym.bind, sym.other, out_of[sym.section], sym.value, sym.size)
+        copy_of[sym] = copy
         symbols.append(copy)
 
     undefined: dict[str, OutSymbol] = {}
@@ -131,37 +142,80 @@ def build_output(patched: ObjectFile, resolver: TargetResolver, namer: Reference
         return undefined[name]
 
     for sec in patched.sections:
-        out = out_of.get(id(sec))
+        out = out_of.get(sec)
         if out is None:
             continue
         for rel in sec.relocations:
             sym = rel.symbol
-            if sym.section is not None and id(sym.section) in out_of:
-                target = out_of[id(sym.section)]
+            if sym.section is not None and sym.section in out_of:
+                target = out_of[sym.section]
                 if sym.is_section:
                     out.relocations.append(OutRelocation(rel.offset, rel.type, target.section_symbol, rel.addend))
                 else:  # labels too: ld finds an entry of a merged (SHF_MERGE) section by its symbol
-                    out.relocations.append(OutRelocation(rel.offset, rel.type, copy_of[id(sym)], rel.addend))
+                    out.relocations.append(OutRelocation(rel.offset, rel.type, copy_of[sym], rel.addend))
             elif not sym.is_defined:
                 out.relocations.append(OutRelocation(rel.offset, rel.type, reference(namer.extern(sym.name), sym),
                                                      rel.addend))
             else:
                 t = resolver.resolve(sec, rel)
-                orig = t.symbol.twin if t.symbol is not None else None
-                if orig is not None and orig.alias_of is not None:
-                    orig = orig.alias_of  # the primary name, global when there is one
-                if orig is None:
-                    raise AssertionError(f"{sec.name}+{rel.offset:#x}: reference to {sym.display} has no original")
+                if t.symbol is None or t.symbol.twin is None:
+                    raise InternalError(f"{sec.name}+{rel.offset:#x}: reference to {sym.display}{rel.addend:+#x} "
+                                        "is neither in the patch nor in the original")
+                orig = _primary(t.symbol.twin)
                 out.relocations.append(OutRelocation(rel.offset, rel.type, reference(namer.defined(orig), orig),
                                                      t.addend))
 
-    if changes:
-        _add_funcs_table(sections, symbols, copy_of, patched, changes)
+    funcs = _add_funcs_table(sections, symbols, copy_of, patched, changes) if changes else None
     sections.append(OutSection(".note.GNU-stack", SHT_PROGBITS, 0, 1, 0, b""))
+    check_references(patched, out_of, namer)
+    if funcs is not None:
+        _check_funcs_table(*funcs, changes)
     return OutputObject(sections, symbols, patched.source_file)
 
 
-def _add_funcs_table(sections, symbols, copy_of, patched: ObjectFile, changes: list[FunctionChange]) -> None:
+def check_references(patched: ObjectFile, out_of: dict[Section, OutSection], namer: ReferenceNamer) -> None:
+    """Check each output relocation against what its relocation in the patched object references, resolved
+    afresh (no cache shared with the passes that built the output). A wrong reference in a live patch
+    corrupts the running program: a mismatch is our bug, reported before anything is written."""
+    resolver = TargetResolver(patched)
+    copied = {out: sec for sec, out in out_of.items()}
+    for sec, out in out_of.items():
+        if len(out.relocations) != len(sec.relocations):
+            raise InternalError(f"{sec.name}: {len(out.relocations)} relocations written for "
+                                f"{len(sec.relocations)}")
+        for rel, written in zip(sec.relocations, out.relocations):
+            wrong = _wrong_reference(resolver, namer, copied, sec, rel, written)
+            if wrong:
+                raise InternalError(f"{sec.name}+{rel.offset:#x}: {wrong}")
+
+
+def _wrong_reference(resolver: TargetResolver, namer: ReferenceNamer, copied: dict[OutSection, Section],
+                     sec: Section, rel: Relocation, written: OutRelocation) -> str | None:
+    sym = rel.symbol
+    meant = f"reference to {sym.display}{rel.addend:+#x}"
+    if (written.offset, written.type) != (rel.offset, rel.type):
+        return f"{meant} written at {written.offset:#x} with type {written.type}"
+    to = written.symbol
+    if to.section is not None:  # to the patch's own copy: the same section, the same address
+        base = 0 if sym.is_section else sym.value
+        if copied.get(to.section) is not sym.section or to.value + written.addend != base + rel.addend:
+            return f"{meant} written as {to.section.name}{to.value + written.addend:+#x}"
+        return None
+    if not sym.is_defined:
+        name, addend = namer.extern(sym.name), rel.addend
+    else:
+        t = resolver.resolve(sec, rel)
+        if t.symbol is None or t.symbol.twin is None or t.section is not sym.section:
+            return f"{meant} resolves to no symbol of the original"
+        name, addend = namer.defined(_primary(t.symbol.twin)), t.addend
+    if to.name != name or written.addend != addend:
+        return f"{meant} written as {to.name}{written.addend:+#x}, not {name}{addend:+#x}"
+    return None
+
+
+def _add_funcs_table(sections, symbols, copy_of, patched: ObjectFile,
+                     changes: list[FunctionChange]) -> tuple[OutSection, OutSection]:
+    """Append `.kpatch.funcs` and its strings; return both, for the check."""
     strings = bytearray()
     offsets: dict[str, int] = {}
 
@@ -181,7 +235,7 @@ def _add_funcs_table(sections, symbols, copy_of, patched: ObjectFile, changes: l
     for i, ch in enumerate(changes):
         base = i * FUNC_ENTRY.size
         table += FUNC_ENTRY.pack(0, ch.new_size, 0, ch.old_size, ch.sympos, 0, 0)
-        new_sym = copy_of[id(by_name[ch.name])]
+        new_sym = copy_of[by_name[ch.name]]
         funcs.relocations += [
             OutRelocation(base + FUNC_FIELDS["new_addr"], arch.R_64, new_sym, 0),
             OutRelocation(base + FUNC_FIELDS["name"], arch.R_64, strtab.section_symbol, string(ch.old_name)),
@@ -190,3 +244,27 @@ def _add_funcs_table(sections, symbols, copy_of, patched: ObjectFile, changes: l
     strtab.data = bytes(strings)
     funcs.data = bytes(table)
     sections += [strtab, funcs]
+    return funcs, strtab
+
+
+def _check_funcs_table(funcs: OutSection, strtab: OutSection, changes: list[FunctionChange]) -> None:
+    """Each entry must point at the new function and name the one it replaces."""
+    by_offset = {r.offset: r for r in funcs.relocations}
+
+    def entry_field(i: int, name: str) -> str | None:
+        r = by_offset.get(i * FUNC_ENTRY.size + FUNC_FIELDS[name])
+        if r is None:
+            return None
+        if name == "new_addr":
+            return r.symbol.name if r.addend == 0 and r.symbol.section is not None else None
+        return _string(strtab.data, r.addend) if r.symbol is strtab.section_symbol else None
+
+    for i, ch in enumerate(changes):
+        got = tuple(entry_field(i, name) for name in ("new_addr", "name", "objname"))
+        if got != (ch.name, ch.old_name, ch.objname):
+            raise InternalError(f".kpatch.funcs entry {i} reads {got}, not {(ch.name, ch.old_name, ch.objname)}")
+
+
+def _string(data: bytes, offset: int) -> str:
+    end = data.find(b"\0", offset)
+    return data[offset:end].decode(errors="replace") if 0 <= offset <= end else ""

@@ -20,7 +20,7 @@ from diffobj.problems import Problems
 
 def filter_special_sections(patched: ObjectFile, problems: Problems) -> None:
     _check_fentry(patched, problems)
-    code = {id(s) for s in patched.sections if s.included and s.is_text}
+    code = {s for s in patched.sections if s.included and s.is_text}
     for sec in list(patched.sections):
         spec = layout.SPECIAL_SECTIONS.get(sec.name)
         if spec is None or sec.included:
@@ -32,7 +32,7 @@ def filter_special_sections(patched: ObjectFile, problems: Problems) -> None:
         at = {r.offset: r for r in sec.relocations}
         keep = [i for i in range(sec.size // spec.entry_size)
                 if (r := at.get(i * spec.entry_size + spec.anchor)) is not None
-                and r.symbol.section is not None and id(r.symbol.section) in code]
+                and r.symbol.section in code]
         if not keep:
             continue
         _keep_entries(sec, spec.entry_size, keep)
@@ -87,10 +87,10 @@ def _keep_replacements(alt: Section, spec: layout.SpecialSection) -> None:
         rels += [Relocation(r.offset - start + len(data), r.type, r.symbol, r.addend)
                  for r in repl.relocations if start <= r.offset < end]
         data += repl.data[start:end]
-    for lo in range(0, alt.size, spec.entry_size):
-        r = at.get(lo + spec.replacement)
-        if r is not None and r.symbol.section is repl:
-            r.addend = moved[r.symbol.value + r.addend] - r.symbol.value
+    # New relocations rather than changed addends: a relocation once resolved must not change.
+    alt.relocations = [Relocation(r.offset, r.type, r.symbol, moved[r.symbol.value + r.addend] - r.symbol.value)
+                       if r.symbol.section is repl and r.offset % spec.entry_size == spec.replacement else r
+                       for r in alt.relocations]
     repl.data, repl.relocations, repl.included = bytes(data), rels, True
 
 

@@ -24,27 +24,33 @@ class Target:
 
 
 class TargetResolver:
-    """Resolves relocations of one object, caching instruction boundaries per code section."""
+    """Resolves relocations of one object, caching targets and instruction boundaries.
+
+    The caches are keyed by the objects themselves, never by `id()`: the special-section pass replaces
+    relocations and section contents, and a freed object's id is soon reused by a new one. Keys keep their
+    objects alive, and a section's boundaries are remembered with the contents they were computed from.
+    A relocation must not change once resolved (passes replace relocations instead).
+    """
 
     def __init__(self, obj: ObjectFile):
         self.obj = obj
-        self._insns: dict[int, list[tuple[int, int]]] = {}
-        self._items: dict[int, list[int]] = {}
-        self._targets: dict[int, Target] = {}
+        self._insns: dict[Section, tuple[bytes, list[tuple[int, int]]]] = {}
+        self._items: dict[Section, tuple[bytes, list[int]]] = {}
+        self._targets: dict[Relocation, Target] = {}
 
     def bias(self, sec: Section, rel: Relocation) -> int:
         rtype = arch.reloc_type(rel.type)
         if not rtype.pc_relative or not sec.is_text:
             return 0
-        insns = self._insns.get(id(sec))
-        if insns is None:
-            insns = self._insns[id(sec)] = arch.instruction_ends(sec.data)
-        return arch.pc_relative_bias(insns, rel.offset, rtype.size)
+        cached = self._insns.get(sec)
+        if cached is None or cached[0] is not sec.data:
+            cached = self._insns[sec] = (sec.data, arch.instruction_ends(sec.data))
+        return arch.pc_relative_bias(cached[1], rel.offset, rtype.size)
 
     def resolve(self, sec: Section, rel: Relocation) -> Target:
-        cached = self._targets.get(id(rel))
+        cached = self._targets.get(rel)
         if cached is None:
-            cached = self._targets[id(rel)] = self._resolve(sec, rel)
+            cached = self._targets[rel] = self._resolve(sec, rel)
         return cached
 
     def _string_offset(self, sec: Section, rel: Relocation, target_sec: Section, base: int) -> int:
@@ -80,15 +86,14 @@ class TargetResolver:
                 return Target(hit, target_sec, where - hit.value, base_off + rel.addend - hit.value)
         return Target(None, target_sec, where, base_off + rel.addend)
 
-
     def item_end(self, sec: Section, offset: int) -> int:
         """Where the anonymous item referenced at `offset` ends: at the next referenced offset.
 
         Sections such as `.rodata` at -O0 hold many unnamed items (strings, jump tables); the other
         references into the section are the only boundaries there are.
         """
-        starts = self._items.get(id(sec))
-        if starts is None:
+        cached = self._items.get(sec)
+        if cached is None or cached[0] is not sec.data:
             found = {sec.size}
             for other in self.obj.sections:
                 for rel in other.relocations:
@@ -96,7 +101,8 @@ class TargetResolver:
                         t = self.resolve(other, rel)
                         if t.symbol is None:
                             found.add(t.offset)
-            starts = self._items[id(sec)] = sorted(found)
+            cached = self._items[sec] = (sec.data, sorted(found))
+        starts = cached[1]
         i = bisect.bisect_right(starts, offset)
         return starts[i] if i < len(starts) else sec.size
 

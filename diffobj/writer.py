@@ -51,16 +51,16 @@ def serialise(obj: OutputObject) -> bytes:
     shstrtab, strtab = _StringTable(), _StringTable()
     content = obj.sections
     # Section indices: 1..n contents, each followed by its relocations when it has any.
-    index: dict[int, int] = {}
+    index: dict[OutSection, int] = {}
     headers: list[dict] = [dict(name="", type=0, flags=0, data=b"", link=0, info=0, align=0, entsize=0)]
     for sec in content:
-        index[id(sec)] = len(headers)
+        index[sec] = len(headers)
         headers.append(dict(name=sec.name, type=sec.type, flags=sec.flags, data=sec.data, link=0, info=0,
                             align=sec.addralign, entsize=sec.entsize, size=len(sec.data)))
         if sec.relocations:
             headers.append(dict(name=".rela" + sec.name, type=SHT_RELA,
                                 flags=SHF_INFO_LINK, data=None, link=None,
-                                info=index[id(sec)], align=8, entsize=RELA_SIZE, owner=sec))
+                                info=index[sec], align=8, entsize=RELA_SIZE, owner=sec))
     symtab_index = len(headers)
     strtab_index = symtab_index + 1
     shstrtab_index = symtab_index + 2
@@ -68,11 +68,11 @@ def serialise(obj: OutputObject) -> bytes:
     locals_ = [sym for sym in obj.symbols if sym.bind == STB_LOCAL]
     globals_ = [sym for sym in obj.symbols if sym.bind != STB_LOCAL]
     ordered = locals_ + globals_
-    sym_index = {id(sym): i + 1 for i, sym in enumerate(ordered)}
+    sym_index = {sym: i + 1 for i, sym in enumerate(ordered)}
     symdata = bytearray(SYM_SIZE)
     for sym in ordered:
         if sym.section is not None:
-            shndx = index[id(sym.section)]
+            shndx = index[sym.section]
         else:
             shndx = sym.shndx or 0
         symdata += s.Elf_Sym.build(Container(
@@ -85,7 +85,7 @@ def serialise(obj: OutputObject) -> bytes:
         if h["type"] == SHT_RELA and h["data"] is None:
             owner: OutSection = h["owner"]
             h["data"] = b"".join(s.Elf_Rela.build(Container(
-                r_offset=r.offset, r_info=(sym_index[id(r.symbol)] << 32) | r.type, r_info_sym=0, r_info_type=0,
+                r_offset=r.offset, r_info=(sym_index[r.symbol] << 32) | r.type, r_info_sym=0, r_info_type=0,
                 r_addend=r.addend)) for r in owner.relocations)
             h["link"] = symtab_index
             h["size"] = len(h["data"])

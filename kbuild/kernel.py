@@ -23,6 +23,7 @@ from pathlib import Path
 from diffobj.console import internal_error_reported
 from diffobj.diff import DiffOptions, DiffResult, diff_objects
 from diffobj.errors import InputError, NoChange, Refused
+from diffobj.model import ObjectFile
 from diffobj.problems import Problem
 from diffobj.read import read_object
 from kbuild.build import BuildFailed, build_environment, run_build
@@ -48,6 +49,8 @@ SOURCE_SUFFIXES = (".c",)
 ASSEMBLY_SUFFIXES = (".S", ".s")
 HEADER_SUFFIXES = (".h",)
 MODULE_NAME_MAX = 55  # MODULE_NAME_LEN - 1
+LIVEPATCH_PREFIX = "livepatch_"
+MODULE_LIST_MAX = 64 << 20  # bytes read of each modules.* list (Debian's are under 1 MiB)
 KEYED_SECTIONS = {"__jump_table": "jump label", ".static_call_sites": "static call"}
 
 
@@ -67,8 +70,38 @@ def build_kernel_patch(options: BuildOptions) -> BuildResult:
     """Build OUTDIR/NAME.ko and its reports (NAME.report.json/.md/.html). Raises a PatchBuildError subclass
     whose exit_code is the command's; a refused or change-less build writes only the reports."""
     _validate(options)
-    name = re.sub(r"[^A-Za-z0-9_]", "_", module_name(options))[:MODULE_NAME_MAX]
+    name = re.sub(r"[^A-Za-z0-9_]", "_", _default_name(options))[:MODULE_NAME_MAX]
     return in_scratch(options, name, lambda scratch: _KernelBuild(options, name, scratch).run())
+
+
+def _default_name(options: BuildOptions) -> str:
+    """-n, else livepatch_STEM as kpatch does: a patch named after a kernel module (module.patch) must not
+    make a module of that name, which the loader refuses as already loaded."""
+    return module_name(options) if options.name else f"{LIVEPATCH_PREFIX}{module_name(options)}"
+
+
+def kernel_module_names(moddir: Path) -> set[str]:
+    """The names a /lib/modules/RELEASE directory gives the kernel's modules, '-' written '_' as the kernel
+    compares them: built in (modules.builtin, and modules.builtin.modinfo, which also names the built-in
+    code that only has parameters: /sys/module/NAME exists for them all) and loadable (modules.dep, *.ko)."""
+    names: set[str] = set()
+    for listing, separator in (("modules.builtin", "\n"), ("modules.dep", "\n"), ("modules.builtin.modinfo", "\0")):
+        try:
+            with open(moddir / listing, errors="replace") as f:
+                entries = f.read(MODULE_LIST_MAX).split(separator)
+        except OSError:
+            continue
+        if listing.endswith(".modinfo"):  # NAME.KEY=VALUE
+            names |= {e.split(".", 1)[0] for e in entries if "." in e.split("=", 1)[0]}
+        else:  # kernel/fs/ext4/ext4.ko[: dependencies]
+            names |= {_ko_name(e.split(":", 1)[0]) for e in entries if ".ko" in e}
+    if (moddir / "kernel").is_dir():
+        names |= {_ko_name(p.name) for p in (moddir / "kernel").rglob("*.ko*")}
+    return {n.replace("-", "_") for n in names if n}
+
+
+def _ko_name(path: str) -> str:
+    return re.sub(r"\.ko(\.[a-z]+)?$", "", os.path.basename(path))
 
 
 def _validate(options: BuildOptions) -> None:
@@ -86,10 +119,14 @@ def _validate(options: BuildOptions) -> None:
 def kernel_release(options: BuildOptions) -> str:
     """The target kernel's release: from VMLINUX's banner, System.map's file name, else the running kernel."""
     if options.vmlinux is not None:
-        with open(options.vmlinux, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            m = re.search(rb"Linux version (\S+) ", data)
-        if m:
-            return m.group(1).decode()
+        try:
+            with open(options.vmlinux, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                m = re.search(rb"Linux version (\S+) ", data)
+                release = m.group(1).decode(errors="replace") if m else None  # the match reads the map: not after
+        except (OSError, ValueError) as e:  # ValueError: an empty file cannot be mapped
+            raise InputError(f"-v {options.vmlinux}: cannot read it: {e}") from None
+        if release:
+            return release
     if options.system_map is not None:
         m = re.match(r"(?:System\.map|kallsyms)-(.+)$", options.system_map.name)
         if m:
@@ -101,6 +138,15 @@ def kernel_release(options: BuildOptions) -> str:
             if m:
                 return m.group(1)
     return os.uname().release
+
+
+def new_globals(originals: list[ObjectFile], patched: list[ObjectFile]) -> set[str]:
+    """Global names the patched units define and the original ones do not: the patch's new functions and
+    data, which its other units must reach inside the module (the running kernel has no such symbol)."""
+    def defined(objects: list[ObjectFile]) -> set[str]:
+        return {s.name for o in objects for s in o.symbols if s.is_defined and not s.is_local and not s.is_section}
+
+    return defined(patched) - defined(originals)
 
 
 class _KernelBuild:
@@ -123,6 +169,7 @@ class _KernelBuild:
         if self.signer is not None:
             sign_file_tool(self.headers)  # found now, not after the build
         self.sig_hash = signing_hash(self.headers)
+        self._check_name()
 
     def _timed(self, key: str, fn, *args):
         start = time.monotonic()
@@ -367,14 +414,28 @@ class _KernelBuild:
             path = Path("/proc/kallsyms")  # the running kernel's own table (needs root for addresses)
         return read_system_map(path)
 
+    def _module_dirs(self) -> list[Path]:
+        """The target kernel's /lib/modules/RELEASE: this system's, or next to the image the symbols are of."""
+        dirs = [Path("/lib/modules") / self.release]
+        if self.o.system_map is not None:
+            dirs.append(self.o.system_map.resolve().parent.parent / "lib" / "modules" / self.release)
+        return [d for d in dirs if d.is_dir()]
+
+    def _check_name(self) -> None:
+        """Refuse a module name the kernel already has (built in or loadable): it would not load."""
+        taken = {n for d in self._module_dirs() for n in kernel_module_names(d)}
+        if not taken:
+            self.progress.note(f"warning: no module list of {self.release} found (modules.builtin, modules.dep): "
+                               f"the name {self.name} is not checked against the kernel's modules")
+        elif self.name.replace("-", "_") in taken:
+            raise InputError(f"module name {self.name}: the kernel {self.release} has a module of that name; "
+                             "choose another with -n")
+
     def _module_table(self, tables: dict[str, SymbolTable], module: str) -> SymbolTable | None:
         if module in tables:
             return tables[module]
-        roots = [Path("/lib/modules") / self.release]
-        if self.o.system_map is not None:
-            roots.append(self.o.system_map.resolve().parent.parent / "lib" / "modules" / self.release)
-        for root in roots:
-            for ko in sorted(root.rglob("*.ko")) if root.is_dir() else []:
+        for root in self._module_dirs():
+            for ko in sorted(root.rglob("*.ko")):
                 if ko.stem.replace("-", "_") == module:
                     tables[module] = read_elf_symbols(ko, module, by_address=False)
                     return tables[module]
@@ -392,6 +453,8 @@ class _KernelBuild:
     def _diff(self, units: list[Unit], tables: dict[str, SymbolTable], exports: dict[str, str]) -> None:
         outdir = self.scratch / "out"
         outdir.mkdir(exist_ok=True)
+        originals = [read_object(os.fspath(u.orig)) for u in units]
+        provided = new_globals(originals, [read_object(os.fspath(u.patched)) for u in units])
         for i, u in enumerate(units):
             table = tables["vmlinux"] if u.target == "vmlinux" else self._module_table(tables, u.target)
             # A module's own exports are reached through klp relocations too: the patch must load without it.
@@ -406,8 +469,8 @@ class _KernelBuild:
 
             u.diff = diff_objects(os.fspath(u.orig), os.fspath(u.patched),
                                   DiffOptions(kernel=True, objname=u.target, exported=exported,
-                                              sympos=Sympos(table, read_object(os.fspath(u.orig))),
-                                              extern_objname=extern_objname))
+                                              sympos=Sympos(table, originals[i]), extern_objname=extern_objname,
+                                              provided=provided))
             if table is not None:
                 for ch in u.diff.changed_functions:
                     if not table.has_function(ch.old_name):

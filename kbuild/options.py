@@ -40,7 +40,7 @@ class BuildOptions:
     patches: list[Path]
     srcdir: Path
     targets: list[str] = field(default_factory=list)  # -t: user: files relative to SRCDIR; kernel: vmlinux/modules
-    name: str | None = None  # -n; default: first patch's stem, sanitised
+    name: str | None = None  # -n; default: first patch's stem, sanitised (kernel: livepatch_STEM)
     outdir: Path = Path(".")
     jobs: int = 0  # -j; 0: number of CPUs
     skip_cleanup: bool = False

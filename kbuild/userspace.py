@@ -235,8 +235,11 @@ class _Build:
                        + " (built from other sources or flags?)")
             self._report("refused", message, units, binaries)
             raise PatchBuildError(message)
-        changed = [u for u in units if u.output is not None and u.changed]
-        if not changed:
+        # Units with only new functions come along: other units of the patch call them.
+        written = [u for u in units if u.output is not None]
+        patched_targets = {u.objname for u in written if u.changed}
+        linked = [u for u in written if u.objname in patched_targets]
+        if not linked:
             message = (f"no functional change: {', '.join(sorted({u.source for u in units}))} recompiled "
                        "differently, but no function or data changed")
             self._report("no-change", message, units, binaries)
@@ -245,8 +248,7 @@ class _Build:
         self.progress.step("linking")
         start = time.monotonic()
         module = o.outdir / f"{self.name}.kpatch"
-        patched_targets = {u.objname for u in changed}
-        link_user_module([u.output for u in changed], self.name,
+        link_user_module([u.output for u in linked], self.name,
                          [Target(b.name, b.build_id) for b in binaries if b.name in patched_targets],
                          module, self.scratch)
         info = read_module(module)

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 
-from buildenv import FIXTURES, assert_one_line_error, build_id, copy_fixture, make, tree_digest
+from buildenv import FIXTURES, REPO, assert_one_line_error, build_id, copy_fixture, make, tree_digest
 from support import elfcheck
 
 from linker.module import read_module
@@ -67,3 +71,29 @@ def test_scratch_kept_with_debug(patch_build, tmp_path):
     assert f"scratch tree kept: {scratch}" in run.stderr
     assert (scratch / "src" / "prog").is_file()  # the original build is there to inspect
     assert "undeclared_offset" in (scratch / "build-patched.log").read_text()
+
+
+def test_new_function_called_from_another_unit(patch_build, tmp_path):
+    # msg.c gains offset_of_the_day(), calc.c's compute() calls it: the module carries it (it used to leave it
+    # undefined, a symbol the running program lacks), and the running program computes with it once patched.
+    src = copy_fixture("cprog", tmp_path)
+    make(src)
+    run = patch_build("-s", src, "-t", "prog", "-o", tmp_path / "out", FIXTURES / "cprog-cross-unit.patch")
+    assert run.returncode == 0, run.stderr
+    module = tmp_path / "out" / "cprog-cross-unit.kpatch"
+    assert "offset_of_the_day" in elfcheck.defined_functions(module)
+    assert elfcheck.undefined_names(module).isdisjoint({"offset_of_the_day"})
+
+    prog = subprocess.Popen([src / "prog", "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "compute=1 " in prog.stdout.readline()  # compute(0) = 0 * 2 + 1
+        apply = subprocess.run([sys.executable, "-m", "loader", "apply", "-p", str(prog.pid), module],
+                               capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert apply.returncode == 0, apply.stderr
+        computed = []  # the lines printed while patch-ctl ran come first: read on until a patched one
+        while len(computed) < 15 and (not computed or computed[-1] < 1000):
+            computed.append(int(re.search(r"compute=(\d+)", prog.stdout.readline()).group(1)))
+        assert computed[-1] == 2 * len(computed) + 1 + 1000, computed  # compute(i) = i * 2 + 1 + 1000
+    finally:
+        prog.kill()
+        prog.wait()

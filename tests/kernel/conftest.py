@@ -38,7 +38,7 @@ def patch_build(kenv: KernelEnv):
     """Run the real `patch-build` CLI on the cached tree: build(patch, outdir, *extra) -> Built."""
 
     def build(patch: str, outdir: Path, *extra: str) -> Built:
-        name = extra[extra.index("-n") + 1] if "-n" in extra else Path(patch).stem.replace("-", "_")
+        name = extra[extra.index("-n") + 1] if "-n" in extra else "livepatch_" + Path(patch).stem.replace("-", "_")
         proc = subprocess.run([sys.executable, "-m", "kbuild", "-s", os.fspath(kenv.source),
                                "--system-map", os.fspath(kenv.kallsyms), "--headers", os.fspath(kenv.headers),
                                "-o", os.fspath(outdir), *extra, os.fspath(FIXTURES / patch)],

@@ -15,6 +15,28 @@ import tempfile
 from pathlib import Path
 
 BUSYBOX = Path("/bin/busybox")
+# Shell functions for scripts that load livepatches: wait_transition NAME (prints 0 once every task is
+# switched), wait_gone NAME, disable NAME KEY (prints `R KEY.disabled=gone` and `R KEY.rmmod=0`).
+LIVEPATCH_SHELL = r"""
+wait_transition() {
+    i=0
+    while [ $i -lt 60 ]; do
+        [ "$(cat /sys/kernel/livepatch/$1/transition 2>/dev/null)" = 0 ] && { echo 0; return; }
+        sleep 1; i=$((i + 1))
+    done
+    cat /sys/kernel/livepatch/$1/transition 2>&1
+}
+wait_gone() {
+    i=0
+    while [ -d /sys/kernel/livepatch/$1 ] && [ $i -lt 60 ]; do sleep 1; i=$((i + 1)); done
+    [ -d /sys/kernel/livepatch/$1 ] && echo present || echo gone
+}
+disable() {
+    echo 0 > /sys/kernel/livepatch/$1/enabled
+    echo "R $2.disabled=$(wait_gone $1)"
+    rmmod $1; echo "R $2.rmmod=$?"
+}
+"""
 INIT = """#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc

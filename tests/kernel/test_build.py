@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
+
+from kbuild.kernel import kernel_release
+from kbuild.options import BuildOptions
 
 pytestmark = [pytest.mark.kernel]
 
@@ -64,5 +68,20 @@ def test_signed_module(patch_build, tmp_path):
     assert modinfo("signer") == "patch-build test signing key"
     assert modinfo("sig_key") == key_id
     assert modinfo("sig_hashalgo") == "sha256"
-    report = json.loads((tmp_path / "out" / "cmdline_prefix.report.json").read_text())
+    report = json.loads(built.module.with_suffix(".report.json").read_text())
     assert report["details"]["module signature"] == f"sha256, signed by patch-build test signing key (key {key_id})"
+
+
+def test_uncompressed_vmlinux_gives_the_release(kenv, patch_build, tmp_path):
+    # -v read the release from a closed map (TypeError). The image's vmlinux has no symbol table (that is in
+    # the -dbg package): the build stops there, as bad input, after the release was read.
+    vmlinux = tmp_path / "vmlinux"
+    with open(vmlinux, "wb") as f:
+        subprocess.run(["sh", os.fspath(kenv.source / "scripts" / "extract-vmlinux"), os.fspath(kenv.vmlinuz)],
+                       stdout=f, stderr=subprocess.DEVNULL, check=True)
+    options = BuildOptions(patches=[], srcdir=kenv.source, vmlinux=vmlinux)
+    assert kernel_release(options) == kenv.release
+    built = patch_build("cmdline-prefix.patch", tmp_path, "-v", os.fspath(vmlinux))
+    assert built.returncode == 2, built.stderr
+    errors = [line for line in built.stderr.splitlines() if "error:" in line]
+    assert errors == [f"patch-build: error: {vmlinux}: has no symbol table"], built.stderr

@@ -20,7 +20,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
-from qemu_vm import run_vm
+from qemu_vm import LIVEPATCH_SHELL, run_vm
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
@@ -35,25 +35,7 @@ MODULES = {  # fixture patch -> livepatch name
 }
 SHF_RELA_LIVEPATCH, SHN_LIVEPATCH = 0x00100000, 0xFF20
 
-SCRIPT = r"""
-wait_transition() {
-    i=0
-    while [ $i -lt 60 ]; do
-        [ "$(cat /sys/kernel/livepatch/$1/transition 2>/dev/null)" = 0 ] && { echo 0; return; }
-        sleep 1; i=$((i + 1))
-    done
-    cat /sys/kernel/livepatch/$1/transition 2>&1
-}
-wait_gone() {
-    i=0
-    while [ -d /sys/kernel/livepatch/$1 ] && [ $i -lt 60 ]; do sleep 1; i=$((i + 1)); done
-    [ -d /sys/kernel/livepatch/$1 ] && echo present || echo gone
-}
-disable() {
-    echo 0 > /sys/kernel/livepatch/$1/enabled
-    echo "R $2.disabled=$(wait_gone $1)"
-    rmmod $1; echo "R $2.rmmod=$?"
-}
+SCRIPT = LIVEPATCH_SHELL + r"""
 chunk() { grep -o '^V[A-Za-z]*[Cc][Hh][Uu][Nn][Kk]' /proc/meminfo; }
 
 if [ -f /meminfo_string.ko ]; then
@@ -140,7 +122,7 @@ fi
 @pytest.fixture(scope="module")
 def modules(patch_build, tmp_path_factory):
     out = tmp_path_factory.mktemp("kernel-modules")
-    built = {name: patch_build(patch, out) for patch, name in MODULES.items()}
+    built = {name: patch_build(patch, out, "-n", name) for patch, name in MODULES.items()}
     built["stat_nonreplace"] = patch_build("stat-static-call.patch", out, "--non-replace", "-n", "stat_nonreplace")
     return built
 

@@ -28,7 +28,7 @@ def test_refused(kenv, patch_build, tmp_path, patch, reason):
     assert len(errors) == 1 and reason in errors[0], built.stderr
     assert "Traceback" not in built.stderr
     assert not list(tmp_path.glob("*.ko"))
-    report = json.loads((tmp_path / f"{patch.removesuffix('.patch').replace('-', '_')}.report.json").read_text())
+    report = json.loads(built.module.with_suffix(".report.json").read_text())
     assert report["status"] == "refused" and reason.split(": ", 1)[1] in report["message"]
     # The patch was reverted: it still applies to the tree.
     dry = subprocess.run(["patch", "-p1", "--dry-run", "--forward", "--batch", "-d", str(kenv.source), "-i",
