@@ -3,7 +3,7 @@
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: deps demo test bench clean
+.PHONY: deps demo test test-fast bench clean
 
 deps:
 	@scripts/install-deps.sh
@@ -13,6 +13,10 @@ demo: deps
 
 test: deps
 	$(PYTHON) -m pytest -q tests
+
+# everything but the qemu boots and the long runs (fault injection at every step, ...): a few minutes
+test-fast: deps
+	$(PYTHON) -m pytest -q -m "not kernel and not slow" tests
 
 bench: deps
 	$(PYTHON) bench/diff_bench.py
