@@ -75,7 +75,7 @@ def test_kernel_build_file_change_is_refused(patch_build, tmp_path):
     run = patch_build("-s", ksrc, "--headers", headers, "--system-map", system_map, "-o", tmp_path / "out", patch)
     assert_one_line_error(run, 1, "kernel/Makefile: build file")
     assert not (ksrc / "kernel" / "Makefile").exists()
-    assert json.loads((tmp_path / "out" / "kbuild.report.json").read_text())["status"] == "refused"
+    assert json.loads((tmp_path / "out" / "livepatch_kbuild.report.json").read_text())["status"] == "refused"
 
 
 def test_which_files_are_build_files(tmp_path):
