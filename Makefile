@@ -1,7 +1,11 @@
 # patch-build: `make demo` shows the tool at work, `make test` runs the whole suite.
 # Both install what they need first (Debian packages, Python packages, kernel packages).
-PYTHON ?= python3
-export PYTHON
+# Everything runs from a virtual environment of the checkout's own (.venv): Debian's Python refuses
+# `pip install` into the system (PEP 668). install-deps.sh makes it with `python3 -m venv`.
+VENV ?= .venv
+PYTHON := $(CURDIR)/$(VENV)/bin/python
+export VENV PYTHON
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: deps demo test test-fast bench clean
 
@@ -25,4 +29,4 @@ bench: deps
 	$(PYTHON) bench/build_bench.py
 
 clean:
-	rm -rf .cache build *.egg-info .pytest_cache
+	rm -rf .cache .venv build *.egg-info .pytest_cache

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(gcc g++ make binutils patch cmake autoconf automake file xz-utils cpio busybox-static qemu-system-x86
-      bc bison flex libelf-dev libssl-dev dwarves kmod rsync chromium)
+      bc bison flex libelf-dev libssl-dev dwarves kmod rsync chromium python3-venv)
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -17,11 +17,17 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-PY=${PYTHON:-python3}
+# A virtual environment of the checkout's own: Debian's Python refuses `pip install` into the system.
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "install-deps: python3 -m venv $VENV"
+    python3 -m venv "$VENV"
+fi
+PY=$VENV/bin/python
 # The console scripts must run this checkout's code: reinstall when they point elsewhere.
 here=$(pwd -P)
-installed=$(cd / && $PY -c "import diffobj, lief, elftools, typer, capstone, jinja2, pytest, os; \
+installed=$(cd / && $PY -c "import diffobj, lief, elftools, typer, capstone, jinja2, cryptography, pytest, os; \
     print(os.path.dirname(os.path.dirname(os.path.realpath(diffobj.__file__))))" 2>/dev/null || true)
-if [ "$installed" != "$here" ] || ! command -v patch-diff >/dev/null; then
-    $PY -m pip install -q --root-user-action=ignore -e '.[test]'
+if [ "$installed" != "$here" ] || [ ! -x "$VENV/bin/patch-diff" ]; then
+    $PY -m pip install -q -e '.[test]'
 fi
