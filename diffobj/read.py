@@ -70,18 +70,20 @@ def check_header(path: str, blob: bytes) -> list[tuple]:
     return headers
 
 
-def read_object(path: str) -> ObjectFile:
-    try:
-        with open(path, "rb") as f:
-            blob = f.read()
-    except OSError as e:
-        raise InputError(f"{path}: {e.strerror}") from None
+def read_object(path: str, blob: bytes | None = None) -> ObjectFile:
+    """Read the object at `path`, or its bytes `blob` when the caller has read (and checked) them."""
+    if blob is None:
+        try:
+            with open(path, "rb") as f:
+                blob = f.read()
+        except OSError as e:
+            raise InputError(f"{path}: {e.strerror}") from None
     headers = check_header(path, blob)
 
     import lief
 
     lief.logging.disable()
-    binary = lief.ELF.parse(path)
+    binary = lief.ELF.parse(blob)
     if binary is None or len(binary.sections) != len(headers):
         raise InputError(f"{os.path.basename(path)}: could not be parsed as an ELF relocatable object")
 

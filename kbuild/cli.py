@@ -14,6 +14,7 @@ from typing import List, Optional
 import typer
 
 from diffobj.console import entry_point, guarded
+from diffobj.errors import InputError
 from kbuild.build import BuildFailed
 from kbuild.options import BuildOptions, BuildResult
 from report.summary import build_summary
@@ -34,6 +35,8 @@ def build(options: BuildOptions) -> BuildResult:
     """Dispatch to the kernel or the user-space builder."""
     if options.srcdir.is_dir() and is_kernel_tree(options.srcdir):
         from kbuild.kernel import build_kernel_patch
+        if options.sign_key is not None:
+            raise InputError("--sign-key signs user-space modules (NAME.kpatch), not kernel modules")
         return build_kernel_patch(options)
     from kbuild.userspace import build_user_patch
     return build_user_patch(options)
@@ -117,6 +120,8 @@ def main(
     headers: Optional[Path] = typer.Option(None, "--headers", help="kernel: the running kernel's headers tree"),
     non_replace: bool = typer.Option(False, "--non-replace", help="kernel: do not replace earlier livepatches"),
     json_output: bool = typer.Option(False, "--json", help="print a one-line JSON summary on stdout"),
+    sign_key: Optional[Path] = typer.Option(None, "--sign-key", metavar="KEY.pem",
+                                            help="user space: sign NAME.kpatch with this Ed25519 private key"),
 ) -> None:
     """Build a live patch module from PATCH files.
 
@@ -129,7 +134,7 @@ def main(
     options = BuildOptions(patches=patches, srcdir=srcdir, targets=target, name=name, outdir=outdir, jobs=jobs,
                            skip_cleanup=skip_cleanup, debug=debug, build_cmd=build_cmd, target_binaries=target_binary,
                            config=config, vmlinux=vmlinux, system_map=system_map, headers=headers,
-                           non_replace=non_replace, json_output=json_output, progress=progress)
+                           non_replace=non_replace, json_output=json_output, sign_key=sign_key, progress=progress)
     failure = None
     started = time.time()  # --json: reports written from now on are this build's
     try:

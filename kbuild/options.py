@@ -48,6 +48,7 @@ class BuildOptions:
     # user space
     build_cmd: str = "make"
     target_binaries: list[Path] = field(default_factory=list)  # --target-binary, one per target
+    sign_key: Path | None = None  # --sign-key: Ed25519 private key (PEM) that signs NAME.kpatch
     # kernel
     config: Path | None = None  # -c
     vmlinux: Path | None = None  # -v

@@ -76,7 +76,7 @@ def test_conflicting_duplicates_are_a_problem(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     (b"not an elf file at all", "not an ELF file"),
-    (b"\x7fELF\x02\x01", "malformed ELF"),
+    (b"\x7fELF\x02\x01", "truncated ELF header"),
     (None, "not a patch module"),
 ])
 def test_not_a_module(tmp_path, content, message):
