@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
+from elftools.elf.sections import SymbolTableSection
 
 from diffobj.errors import InputError
 from linker.integrity import Seal, examine, read_module_bytes
@@ -65,7 +66,7 @@ class _Module:
 
     def __init__(self, elf: ELFFile):
         self.elf = elf
-        self.symtab = elf.get_section_by_name(".symtab")
+        self.symtab = next((s for s in elf.iter_sections() if isinstance(s, SymbolTableSection)), None)
         self.symbols = list(self.symtab.iter_symbols()) if self.symtab is not None else []
         self.data: dict[int, bytes] = {}
         self.relocs: dict[int, dict[int, tuple[int, object, int]]] = {}  # shndx -> offset -> (type, sym, addend)

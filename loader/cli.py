@@ -122,7 +122,8 @@ def info(module: Path = typer.Argument(..., help="NAME.kpatch"),
         for p in mod.problems:
             _say(f"problem: {p}")
     if mod.problems:
-        raise typer.Exit(2)
+        more = f" (and {len(mod.problems) - 1} more)" if len(mod.problems) > 1 else ""
+        _fail(f"{module.name}: malformed patch module: {mod.problems[0]}{more}", 2)
 
 
 main_entry = entry_point(app, PROG)
