@@ -287,14 +287,14 @@ def _old_functions(s: Session, info: ModuleInfo, resolver: Resolver) -> list[tup
     olds = []
     for func in info.funcs:
         addr, size = resolver.old_function(func)
-        if func.old_size != size:
-            raise Refused([(func.name, f"is {size} bytes in the process, {func.old_size} in the module's build")])
         code = resolver.targets[func.objname].maps
         if not any(m.executable and addr in m and addr + max(size, 1) <= m.end for m in code):
             raise Refused([(func.name, f"its address {addr:#x} is not in the code of {func.objname}")])
         need = arch.min_redirect_size(s.mem.read(addr, 16))
         if size and size < need:
             raise Refused([(func.name, f"is {size} bytes, too short for a {need}-byte redirect")])
+        if func.old_size != size:
+            raise Refused([(func.name, f"is {size} bytes in the process, {func.old_size} in the module's build")])
         olds.append((func, addr, size or need))
     return olds
 

@@ -277,6 +277,18 @@ def test_bad_key_files(builds, keys, server, tmp_path):
     assert not list(tmp_path.glob("*.kpatch"))
 
 
+def test_sign_key_is_for_user_space_modules(keys, tmp_path):
+    """Kernel modules are not `.kpatch` files: --sign-key on a Linux tree is refused, not ignored."""
+    tree = tmp_path / "linux"
+    (tree / "arch" / "x86").mkdir(parents=True)
+    (tree / "Kbuild").write_text("")
+    (tree / "Makefile").write_text("VERSION = 6\n")
+    proc = patch_build("-s", tree, "--sign-key", keys / "signing.pem", FIXTURE / "incr-fix.patch")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("patch-build: error: --sign-key signs user-space modules "
+                                                    "(NAME.kpatch), not kernel modules")
+
+
 # ---- what patch-ctl prints -----------------------------------------------------------------------------
 
 def test_control_characters_from_a_module_are_escaped(builds, server, tmp_path):
