@@ -75,7 +75,11 @@ class Inclusion:
     def _follow_reference(self, sec: Section, rel, owner: str) -> None:
         t = self.resolver.resolve(sec, rel)
         tsec = t.section
-        if tsec is None or tsec.included:
+        if tsec is None:  # undefined or absolute: the running program has it by name
+            if t.symbol.is_defined and t.symbol.twin is None:
+                self._unavailable(owner, t.symbol.name)
+            return
+        if tsec.included:
             return
         sym = t.symbol.alias_of or t.symbol if t.symbol is not None else None
         if sym is not None and (sym.is_function or tsec.is_text):
@@ -99,6 +103,14 @@ class Inclusion:
         else:
             self.problems.add(owner, f"references anonymous writable data in {tsec.name}, which cannot be "
                                      "found in the running program (build with -fdata-sections)")
+            return
+        if not tsec.included and (t.symbol is None or t.symbol.twin is None):
+            self._unavailable(owner, t.symbol.name if t.symbol else tsec.name)
+
+    def _unavailable(self, owner: str, name: str) -> None:
+        # Only an inconsistent object gets here (e.g. a section whose kind differs between the builds).
+        self.problems.add(owner, f"references {name}, which is neither in the original object nor included in "
+                                 "the patch")
 
 
 def include(patched: ObjectFile, resolver: TargetResolver, problems: Problems) -> Inclusion:

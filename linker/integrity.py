@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from diffobj.errors import InputError, Refused
+from diffobj.inputfile import MIB, read_input
 from diffobj.read import check_header
 
 SECTION = ".kpatch.integrity"
@@ -30,8 +31,8 @@ MAGIC = b"KPSHA256"
 RECORD = struct.Struct("<8s32s32s64s")  # magic digest signer signature
 RECORD_SIZE = RECORD.size
 SIGNED_PREFIX = b"patch-build module digest v1\0"  # what is signed is never mistaken for another use of the key
-MAX_MODULE_BYTES = 256 << 20  # patch modules are kilobytes; nothing larger is read
-MAX_KEY_BYTES = 64 << 10
+MAX_MODULE_BYTES = 256 * MIB  # patch modules are kilobytes; nothing larger is read
+MAX_KEY_BYTES = MIB
 _SHSTRNDX = struct.Struct("<H")
 _SHSTRNDX_OFFSET = 0x3E
 
@@ -65,25 +66,15 @@ def fingerprint(key: Ed25519PublicKey | bytes) -> str:
 
 
 def read_module_bytes(path: str | os.PathLike) -> bytes:
-    """The module file's bytes, bounded by MAX_MODULE_BYTES."""
-    name = os.path.basename(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_MODULE_BYTES + 1)
-    except OSError as e:
-        raise InputError(f"{name}: {e.strerror}") from None
-    if len(data) > MAX_MODULE_BYTES:
-        raise InputError(f"{name}: larger than {MAX_MODULE_BYTES >> 20} MB: not a patch module")
-    return data
+    """The module file's bytes: a regular file of at most MAX_MODULE_BYTES."""
+    return read_input(path, "patch module", MAX_MODULE_BYTES)
 
 
 def _record_offset(path: str, data: bytes) -> int:
     """File offset of the integrity record; InputError when the module has no well-formed one."""
     name = os.path.basename(path)
-    headers = check_header(path, data)
+    headers = check_header(path, data)  # bounds of every section, the section name table included
     (shstrndx,) = _SHSTRNDX.unpack_from(data, _SHSTRNDX_OFFSET)
-    if not 0 < shstrndx < len(headers):
-        raise InputError(f"{name}: bad section name table index {shstrndx}")
     _, _, _, _, str_off, str_size, *_ = headers[shstrndx]
     names = data[str_off:str_off + str_size]
     wanted = SECTION.encode() + b"\0"
@@ -140,21 +131,10 @@ def seal(path: str | os.PathLike, key: Ed25519PrivateKey | None = None) -> Seal:
     return examine(path, bytes(data))
 
 
-def _read_key_file(path: Path, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            pem = f.read(MAX_KEY_BYTES + 1)
-    except OSError as e:
-        raise InputError(f"{what} {path}: {e.strerror}") from None
-    if len(pem) > MAX_KEY_BYTES:
-        raise InputError(f"{what} {path}: larger than {MAX_KEY_BYTES >> 10} KB: not a PEM key")
-    return pem
-
-
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """The Ed25519 private key in PEM file `path` (unencrypted PKCS#8, as `openssl genpkey -algorithm ed25519`
     writes it)."""
-    pem = _read_key_file(path, "signing key")
+    pem = read_input(path, "PEM private key", MAX_KEY_BYTES)
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except TypeError:
@@ -172,7 +152,7 @@ def load_trusted_keys(directory: Path) -> dict[str, Ed25519PublicKey]:
         raise InputError(f"trusted keys {directory}: no such directory")
     keys = {}
     for path in sorted(directory.glob("*.pem")):
-        pem = _read_key_file(path, "trusted key")
+        pem = read_input(path, "PEM public key", MAX_KEY_BYTES)
         try:
             key = serialization.load_pem_public_key(pem)
         except (ValueError, UnsupportedAlgorithm):

@@ -158,17 +158,20 @@ def _mutate_once(rng: random.Random, buf: bytearray, layout: Optional[_ElfLayout
             value = int.from_bytes(buf[off:off + size], "little") + rng.choice((-1, 1, 2, 8, 24, 64, 4096))
         _put(buf, off, size, value)
         return f"{what} = {value & ((1 << 8 * size) - 1):#x}"
+    if kind in ("name", "debug"):  # both aim at a section's contents, which an earlier step may have cut
+        section, off, size = rng.choice(layout.strings if kind == "name" else layout.debug)
+        size = min(size, n - off)
+        if size <= 0:
+            return f"{section} past the end (unchanged)"
     if kind == "name":
-        table, off, size = rng.choice(layout.strings)
         at = off + rng.randrange(size)
         if rng.random() < 0.2:  # drop the terminator of the table's last string
             buf[off + size - 1] = ord("A")
-            return f"{table} loses its final NUL"
+            return f"{section} loses its final NUL"
         nasty = rng.choice(NASTY_NAME_BYTES)
         buf[at:at + len(nasty)] = nasty[: max(0, off + size - 1 - at)]
-        return f"{table} name bytes {nasty!r} at {at:#x}"
+        return f"{section} name bytes {nasty!r} at {at:#x}"
     if kind == "debug":
-        section, off, size = rng.choice(layout.debug)
         offsets = [off + rng.randrange(size) for _ in range(rng.randint(1, 4))]
         for o in offsets:
             buf[o] = rng.choice(INTERESTING[1] + (rng.randrange(256),))
@@ -434,7 +437,8 @@ _RAW_CONTROL = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2[\x80-\x9f]")
 
 def check_outcome(outcome: Outcome, prog: str) -> list[str]:
     """What is wrong with one run on bad input (empty when nothing): a hang or a crash, an exit code outside
-    0-3 (4 is an internal error), a traceback, more than one error line, raw control characters."""
+    0-3 (4 is an internal error), a traceback, more than one error line (but for a refusal, exit 1, which
+    gives one per reason), a failure without an error line, raw control characters."""
     problems = []
     if outcome.hang:
         problems.append("hang (no answer within the time limit)")
@@ -445,7 +449,7 @@ def check_outcome(outcome: Outcome, prog: str) -> list[str]:
     if b"Traceback" in outcome.stderr:
         problems.append("traceback on stderr")
     errors = [ln for ln in outcome.stderr.splitlines() if ln.startswith(f"{prog}: error:".encode())]
-    if len(errors) > 1:
+    if len(errors) > 1 and outcome.code != 1:  # a refusal (exit 1) names each reason on a line of its own
         problems.append(f"{len(errors)} error lines")
     for name, text in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
         m = _RAW_CONTROL.search(text)
