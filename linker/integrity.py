@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from diffobj.errors import InputError, Refused
 from diffobj.inputfile import MIB, read_input
+from diffobj.model import SHT_PROGBITS
 from diffobj.read import check_header
 
 SECTION = ".kpatch.integrity"
@@ -83,9 +84,9 @@ def _record_offset(path: str, data: bytes) -> int:
         raise InputError(f"{name}: not a patch module (no {SECTION} section)")
     if len(found) > 1:
         raise InputError(f"{name}: {len(found)} {SECTION} sections, expected 1")
-    _, _, _, _, offset, size, *_ = found[0]
-    if size != RECORD_SIZE:
-        raise InputError(f"{name}: {SECTION} is {size} bytes, expected {RECORD_SIZE}")
+    _, sh_type, _, _, offset, size, *_ = found[0]
+    if sh_type != SHT_PROGBITS or size != RECORD_SIZE:  # PROGBITS: its bytes are in the file (checked bounds)
+        raise InputError(f"{name}: {SECTION} is not a {RECORD_SIZE}-byte PROGBITS section")
     return offset
 
 
