@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -38,6 +39,24 @@ def _say(line: str) -> None:
     typer.echo(printable(line))
 
 
+def _costs(stats) -> str:
+    """What the target went through: every thread stopped (the longest such pause), all stops counted."""
+    return (f"pause {_ms(stats.pause)} with every thread stopped, {stats.attempts} attempt(s); "
+            f"{stats.stops} stop(s) in all, longest {_ms(stats.longest_stop)}; total {_ms(stats.elapsed)}")
+
+
+def _warn(stats) -> None:
+    for warning in stats.warnings:
+        typer.echo(f"{PROG}: warning: {printable(warning)}", err=True)
+
+
+def _late(stats, outcome: str) -> None:
+    """A signal held during work that could not be stopped: reported now, with its exit code."""
+    if stats.late_signal:
+        name = signal.Signals(stats.late_signal).name
+        _fail(f"interrupted by {name} after the point of no return: {outcome}", 128 + stats.late_signal)
+
+
 @app.command()
 def apply(module: Path = typer.Argument(..., help="NAME.kpatch"), pid: int = PidOption,
           timeout: float = TimeoutOption,
@@ -52,10 +71,9 @@ def apply(module: Path = typer.Argument(..., help="NAME.kpatch"), pid: int = Pid
 
     trusted = _guarded(lambda: load_trusted_keys(trusted_keys)) if trusted_keys is not None else None
     record, stats = _guarded(lambda: apply_patch(pid, str(module), timeout, not no_stack_check, trusted))
-    for warning in stats.warnings:
-        typer.echo(printable(f"{PROG}: warning: {warning}"), err=True)
-    _say(f"applied {record.module} to process {pid}: {len(record.funcs)} function(s) redirected "
-         f"(pause {_ms(stats.pause)}, {stats.attempts} attempt(s), total {_ms(stats.elapsed)})")
+    _warn(stats)
+    _say(f"applied {record.module} to process {pid}: {len(record.funcs)} function(s) redirected ({_costs(stats)})")
+    _late(stats, "the patch stays applied")
 
 
 @app.command()
@@ -68,10 +86,14 @@ def revert(name: Optional[str] = typer.Argument(None, help="The patch (module na
     if (name is None) == (not all_):
         _fail("give a patch NAME or --all", 2)
     records, stats = _guarded(lambda: revert_patches(pid, None if all_ else name, timeout))
+    _warn(stats)
     if not records:
         typer.echo(f"no patches in process {pid}")
     for r in records:
         _say(f"reverted {r.module} in process {pid}")
+    if records:
+        typer.echo(_costs(stats))
+    _late(stats, "the revert is complete")
 
 
 @app.command("list")
@@ -79,7 +101,8 @@ def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json"
     """The patches applied in a process, newest last."""
     from loader.patcher import list_patches
 
-    records = _guarded(lambda: list_patches(pid))
+    records, stats = _guarded(lambda: list_patches(pid))
+    _warn(stats)
     if json_output:
         typer.echo(json.dumps({"pid": pid, "patches": [dataclasses.asdict(r) for r in records]}, indent=2))
         return
@@ -91,8 +114,8 @@ def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json"
         for f in r.funcs:
             on = f" (over {f.prev})" if f.prev else ""
             _say(f"   {f.objname}:{f.name} {f.old_addr:#x} -> {f.new_addr:#x} ({f.new_size} bytes){on}")
-        for eh_frame, _, _ in r.frames:
-            typer.echo(f"   unwind information registered at {eh_frame:#x}")
+        for eh_frame, _, _, confirmed in r.frames:
+            typer.echo(f"   unwind information {'registered' if confirmed else 'perhaps registered'} at {eh_frame:#x}")
 
 
 @app.command()

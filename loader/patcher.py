@@ -8,9 +8,17 @@ fails, the frames are deregistered, the mapping is removed and the code left as 
 revert: with every thread stopped and none inside the patch, put back the bytes each jump replaced (the
 original code, or the jump of the patch it was stacked on); then, the other threads running again,
 deregister the patch's frames and unmap it.
+
+Atomicity (docs/design.md): the record in the target says what is under way before each step (a
+write-ahead log); SIGINT/SIGTERM/SIGHUP are held and acted on only at safe points (loader.critical); one
+patch-ctl works on a target at a time (loader.lock), and the next one finishes what a killed one left
+(recovery: any record not ACTIVE is reverted). The target's registers are put back after every remote
+call. What remains: a patch-ctl killed by SIGKILL during one remote system call or one jump write leaves
+that call or those writes half done until the next patch-ctl runs (microseconds).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,16 +27,18 @@ from diffobj.errors import InputError, PatchBuildError, Refused
 from diffobj.read import read_object
 from linker.integrity import check_trusted, read_module_bytes
 from linker.module import Func, ModuleInfo, read_module
-from loader import layout, x86_64 as arch
+from loader import faults, layout, x86_64 as arch
+from loader.critical import Critical
 from loader.consistency import Range, check
 from loader.frames import FrameRegistry, find_registry, registry_of
+from loader.lock import TargetLock
 from loader.modulecheck import check_module
 from loader.objects import LoadedObject, loaded_objects
 from loader.procfs import Mapping, Memory, check_process, process_alive, read_maps, tracer_of
 from loader.ptrace import NotStopping, Stopped, ThreadGone, TraceError, live_thread_ids, thread_ids
 from loader.remote import PROT_READ, PROT_WRITE, RemoteCaller, RemoteError, find_syscall_insn
 from loader.resolve import ResolveError, Resolver, match_targets
-from loader.state import ACTIVE, PENDING, REVERTED, PatchedFunc, PatchRecord, find_patches
+from loader.state import ACTIVE, APPLYING, PENDING, REVERTED, REVERTING, PatchedFunc, PatchRecord, find_patches, open_memfds, orphans
 from loader.unwind import ObjectCfi, Unwinder
 
 REL32 = 1 << 31
@@ -43,21 +53,35 @@ class ProcessGone(InputError):
 
 @dataclass
 class Stats:
-    """What an apply or revert cost: `pause` is the time every thread was stopped (the last attempt)."""
+    """What an apply or revert cost the target. `pause` is the longest time every thread was stopped at
+    once (one consistency attempt); `stops` counts every stop the target saw, of one thread (for remote
+    calls) or of all, and `longest_stop` is the longest of them."""
 
     attempts: int = 0
     pause: float = 0.0
+    stops: int = 0
+    longest_stop: float = 0.0
     elapsed: float = 0.0
     warnings: list[str] = field(default_factory=list)  # what was done short of what was asked
+    late_signal: int = 0  # a signal that arrived once the work could no longer be stopped
+
+    def stopped(self, seconds: float, every_thread: bool) -> None:
+        self.stops += 1
+        self.longest_stop = max(self.longest_stop, seconds)
+        if every_thread:
+            self.pause = max(self.pause, seconds)
 
 
 class Session:
-    """One process: its memory, maps, loaded objects, recorded patches; errors turned into ours."""
+    """One process: its memory, maps, loaded objects, recorded patches; errors turned into ours. Holds the
+    target's lock (loader.lock) while it is open, unless `wait` is None and another patch-ctl has it."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, wait: float | None = 10.0):
         check_process(pid)
         self.pid = pid
+        self.lock = TargetLock(pid, wait)
         self.mem = Memory(pid)
+        self.stats = Stats()
         self.refresh()
         self.cfi_cache: dict[str, ObjectCfi] = {}
         self._syscall = None
@@ -84,24 +108,45 @@ class Session:
     def unwinder(self) -> Unwinder:
         return Unwinder(self.objects, self.maps, self.mem, self.cfi_cache, self.pid)
 
+    @contextlib.contextmanager
+    def stopped(self, only: int | None = None):
+        """Stopped(...) timed into the stats."""
+        t = time.perf_counter()
+        try:
+            with Stopped(self.pid, only=only) as stopped:
+                yield stopped
+        finally:
+            self.stats.stopped(time.perf_counter() - t, every_thread=only is None)
+
     def close(self) -> None:
         for obj in self.objects:
             obj.close()
         self.mem.close()
+        self.lock.close()
 
 
 def _gone(pid: int, what: str) -> ProcessGone:
     return ProcessGone(f"process {pid} exited during {what}")
 
 
-def _run(pid: int, what: str, fn):
+def _still_alive(pid: int) -> bool:
+    """False when the process is exiting: a killed process's threads go one by one, within moments."""
+    deadline = time.monotonic() + 1.0
+    while process_alive(pid):
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _run(pid: int, what: str, fn, wait: float | None = 10.0):
     """Run fn(session) translating process-level failures into one-line errors."""
     session = None
     try:
-        session = Session(pid)
+        session = Session(pid, wait)
         return fn(session)
     except ThreadGone:
-        if process_alive(pid):
+        if _still_alive(pid):
             raise InputError(f"a thread of process {pid} vanished during {what}; try again") from None
         raise _gone(pid, what) from None
     except TraceError as e:
@@ -116,6 +161,8 @@ def _run(pid: int, what: str, fn):
     except RemoteError as e:
         raise PatchBuildError(f"a call run in process {pid} failed: {e.strerror}") from None
     except OSError as e:
+        if not process_alive(pid):
+            raise _gone(pid, what) from None
         raise PatchBuildError(str(e)) from None
     finally:
         if session is not None:
@@ -182,7 +229,7 @@ def apply_patch(pid: int, path: str, timeout: float = 10.0, stack_check: bool = 
     signed are applied."""
     check_process(pid)  # before the (slower) module reading: a wrong PID fails at once
     info, obj = load_module(path, trusted)
-    return _run(pid, "apply", lambda s: _apply(s, info, obj, path, timeout, stack_check))
+    return _run(pid, "apply", lambda s: _apply(s, info, obj, path, timeout, stack_check), wait=timeout)
 
 
 @dataclass
@@ -195,90 +242,157 @@ class _Placement:
     base: int = 0
 
 
+class _Recording:
+    """A resolver that remembers every address it gave: what the patch's code reaches in the process."""
+
+    def __init__(self, resolver: Resolver):
+        self.resolver = resolver
+        self.addresses: list[int] = []
+
+    def __call__(self, sym):
+        addr, size = self.resolver(sym)
+        self.addresses.append(addr)
+        return addr, size
+
+
 def _apply(s: Session, info: ModuleInfo, obj, path: str, timeout: float, stack_check: bool):
-    stats = Stats()
     t0 = time.perf_counter()
     targets = match_targets(info.targets, s.objects)
     resolver = Resolver(s.objects, targets, s.mem)
-    if any(r.module == info.name for r in s.patches):
-        raise Refused([(info.name, f"already applied in process {s.pid} (revert it first)")])
-    current = {}  # old function address -> (record, func) of the newest patch of it
-    for record in s.patches:
-        if record.state == ACTIVE:
-            for f in record.funcs:
-                current[f.old_addr] = (record, f)
+    with Critical() as critical:
+        _recover(s, timeout, critical)
+        if any(r.module == info.name for r in s.patches):
+            raise Refused([(info.name, f"already applied in process {s.pid} (revert it first)")])
+        current = {}  # old function address -> (record, func) of the newest patch of it
+        for record in s.patches:
+            if record.state == ACTIVE:
+                for f in record.funcs:
+                    current[f.old_addr] = (record, f)
+        olds = _old_functions(s, info, resolver)
+        placements = _placements(s, info, obj, path, olds, targets)
+        seq = max((r.seq for r in s.patches), default=0) + 1
+        record = None
+        try:
+            critical.safe_point()
 
-    olds = _old_functions(s, info, resolver)
-    placements = _placements(s, info, obj, path, olds, targets)
-    seq = max((r.seq for r in s.patches), default=0) + 1
-    record = None
-    try:
-        def map_all(caller: RemoteCaller) -> None:
-            for pl in placements:
-                pl.base = _map_near(caller, f"kpatch:{info.name}", pl.candidates, pl.plan.size)
-                if not pl.base:
-                    raise Refused([(info.name, f"could not map memory near {pl.target}")])
+            def map_all(caller: RemoteCaller) -> None:
+                for pl in placements:
+                    pl.base = _map_near(caller, f"kpatch:{info.name}", pl.candidates, pl.plan.size)
+                    if not pl.base:
+                        raise Refused([(info.name, f"could not map memory near {pl.target}")])
 
-        _in_target(s, map_all)
+            _in_target(s, map_all)
+            faults.point("mapped", s.pid)
+            critical.safe_point()
 
-        where = {pl.target: pl for pl in placements}
-        images = [layout.build(pl.plan, pl.base, resolver) for pl in placements]
-        funcs = []
-        for func, addr, size in olds:
-            pl = where[func.objname]
-            new_addr, new_size = layout.function_address(pl.plan, pl.base, func.new_symbol)
-            site, _ = arch.redirect(s.mem.read(addr, 16), addr, new_addr)
-            prev = current.get(addr)
-            funcs.append(PatchedFunc(func.name, func.objname, func.sympos, addr, size, new_addr, new_size,
-                                     site, s.mem.read(site, arch.JMP_REL32_SIZE).hex(),
-                                     prev[0].module if prev else None))
-        record = PatchRecord(info.name, seq, os.path.abspath(path), time.time(),
-                             [[pl.base, pl.plan.size] for pl in placements],
-                             [[pl.base + pl.plan.code[0], pl.base + pl.plan.code[1]] for pl in placements], PENDING,
-                             [{"name": t.name, "build_id": t.build_id} for t in info.targets], funcs)
-        header = record.encode()
-        images[0][:len(header)] = header
-        for pl, image in zip(placements, images):
-            s.mem.write(pl.base, bytes(image))
+            where = {pl.target: pl for pl in placements}
+            reached = _Recording(resolver)
+            images = [layout.build(pl.plan, pl.base, reached) for pl in placements]
+            funcs = []
+            for func, addr, size in olds:
+                pl = where[func.objname]
+                new_addr, new_size = layout.function_address(pl.plan, pl.base, func.new_symbol)
+                site, _ = arch.redirect(s.mem.read(addr, 16), addr, new_addr)
+                prev = current.get(addr)
+                funcs.append(PatchedFunc(func.name, func.objname, func.sympos, addr, size, new_addr, new_size,
+                                         site, s.mem.read(site, arch.JMP_REL32_SIZE).hex(),
+                                         prev[0].module if prev else None))
+            record = PatchRecord(info.name, seq, os.path.abspath(path), time.time(),
+                                 [[pl.base, pl.plan.size] for pl in placements],
+                                 [[pl.base + pl.plan.code[0], pl.base + pl.plan.code[1]] for pl in placements],
+                                 PENDING, [{"name": t.name, "build_id": t.build_id} for t in info.targets], funcs,
+                                 depends=_depends(s.patches, funcs, reached.addresses))
+            header = record.encode()
+            images[0][:len(header)] = header
+            for pl, image in zip(placements, images):
+                s.mem.write(pl.base, bytes(image))
+            faults.point("written", s.pid)
+            critical.safe_point()
 
-        def protect_all(caller: RemoteCaller) -> None:  # mapped read+write; now each part as it should be
-            for pl in placements:
-                for off, size, prot in pl.plan.regions:
-                    if prot != PROT_READ | PROT_WRITE:
-                        caller.mprotect(pl.base + off, size, prot)
+            def protect_all(caller: RemoteCaller) -> None:  # mapped read+write; now each part as it should be
+                for pl in placements:
+                    for off, size, prot in pl.plan.regions:
+                        if prot != PROT_READ | PROT_WRITE:
+                            caller.mprotect(pl.base + off, size, prot)
 
-        _in_target(s, protect_all)
-        _register_frames(s, record, placements, resolver, stats, timeout)
+            _in_target(s, protect_all)
+            faults.point("protected", s.pid)
+            critical.safe_point()
+            _register_frames(s, record, placements, resolver, timeout)
+            critical.safe_point()
 
-        busy = []
-        for f in funcs:
-            prev = current.get(f.old_addr)
-            lo, n = (prev[1].new_addr, prev[1].new_size) if prev else (f.old_addr, f.old_size)
-            busy.append(Range(lo, lo + n, f.name))
-        sites = [Range(f.site, f.site + arch.JMP_REL32_SIZE, f.name) for f in funcs]
-        record.state = ACTIVE
+            busy = []
+            for f in funcs:
+                prev = current.get(f.old_addr)
+                lo, n = (prev[1].new_addr, prev[1].new_size) if prev else (f.old_addr, f.old_size)
+                busy.append(Range(lo, lo + n, f.name))
+            sites = [Range(f.site, f.site + arch.JMP_REL32_SIZE, f.name) for f in funcs]
 
-        def commit(stopped: Stopped) -> None:
-            written = []
-            try:
+            def commit(stopped: Stopped) -> None:
                 for f in funcs:
                     if s.mem.read(f.site, arch.JMP_REL32_SIZE).hex() != f.orig:
                         raise Refused([(f.name, "its code changed while the patch was being prepared")])
-                    s.mem.write(f.site, arch.jmp_rel32(f.site, f.new_addr))
-                    written.append(f)
-                s.mem.write(record.start, record.encode())
-            except BaseException:
-                for f in reversed(written):
-                    s.mem.write(f.site, bytes.fromhex(f.orig))
-                raise
+                _switch(s, record, [(f, arch.jmp_rel32(f.site, f.new_addr), bytes.fromhex(f.orig)) for f in funcs],
+                        APPLYING, ACTIVE, PENDING, "commit")
 
-        _until_consistent(s, sites, busy if stack_check else None, timeout, stats, commit)
+            _until_consistent(s, sites, busy if stack_check else None, timeout, critical, commit)
+        except BaseException:
+            if record is None or record.state != ACTIVE:
+                _discard(s, record, [(pl.base, pl.plan.size) for pl in placements if pl.base], timeout)
+            raise
+    if not _still_alive(s.pid):  # killed while it was being patched: what was written went with it
+        raise ThreadGone(s.pid)
+    s.stats.late_signal = critical.late
+    s.stats.elapsed = time.perf_counter() - t0
+    return record, s.stats
+
+
+def _depends(patches: list[PatchRecord], funcs: list[PatchedFunc], reached: list[int]) -> list[str]:
+    """The earlier patches this one's code reaches: one it stacks on, or one whose code or replaced
+    functions it calls (a revert of that one would change what this one runs)."""
+    out = {f.prev for f in funcs if f.prev}
+    for r in patches:
+        spans = [(lo, hi) for lo, hi in r.code] + [(f.old_addr, f.old_addr + f.old_size) for f in r.funcs]
+        if any(lo <= a < hi for a in reached for lo, hi in spans):
+            out.add(r.module)
+    return sorted(out)
+
+
+def _switch(s: Session, record: PatchRecord, writes: list[tuple[PatchedFunc, bytes, bytes]], during: str,
+            done: str, undone: str, step: str) -> None:
+    """Write each (func, new bytes, old bytes) with every thread stopped, the record saying `during` while
+    the writes are under way (what a patch-ctl killed midway leaves for the next one to finish) and `done`
+    after them. Any failure midway puts every byte back and the record in state `undone`."""
+    written = []
+    try:
+        record.state = during
+        s.mem.write(record.start, record.encode())
+        faults.point(f"{step}-record", s.pid)
+        for f, new, old in writes:
+            s.mem.write(f.site, new)
+            written.append((f, old))
+            faults.point(f"{step}-write", s.pid)
+        record.state = done
+        s.mem.write(record.start, record.encode())
     except BaseException:
-        if record is None or _deregister_frames(s, record, timeout, quiet=True):
-            _unmap(s, [(pl.base, pl.plan.size) for pl in placements if pl.base])
-        raise  # frames still registered: the mapping stays (no jump to it), for a later revert to remove
-    stats.elapsed = time.perf_counter() - t0
-    return record, stats
+        for f, old in reversed(written):
+            s.mem.write(f.site, old)
+        record.state = undone
+        s.mem.write(record.start, record.encode())
+        raise
+    faults.point(f"{step}-done", s.pid)
+
+
+def _discard(s: Session, record: PatchRecord | None, mappings: list[tuple[int, int]], timeout: float) -> None:
+    """Undo an apply that did not commit: nothing jumps to the patch, so its frames are deregistered and
+    its mappings removed. Frames that cannot be deregistered (or whose registration is unknown) keep the
+    mapping: the record stays, for a later revert or recovery."""
+    try:
+        if record is not None and not _deregister_frames(s, record, timeout, quiet=True):
+            return
+        _unmap(s, mappings)
+    except (ThreadGone, TraceError, OSError):
+        pass  # the process is gone, or the failure itself is what is reported
 
 
 def _old_functions(s: Session, info: ModuleInfo, resolver: Resolver) -> list[tuple[Func, int, int]]:
@@ -317,8 +431,9 @@ def _placements(s: Session, info: ModuleInfo, obj, path: str, olds, targets: dic
 
 
 def _register_frames(s: Session, record: PatchRecord, placements: list[_Placement], resolver: Resolver,
-                     stats: Stats, timeout: float) -> None:
-    """Hand each mapping's .eh_frame to the target's unwinder, noting each in the header as it is done."""
+                     timeout: float) -> None:
+    """Hand each mapping's .eh_frame to the target's unwinder, noting each in the header before the call
+    and confirming it after."""
     frames = [(pl.base + pl.plan.unwind[0], pl.base + pl.plan.unwind[1]) for pl in placements if pl.plan.unwind]
     if not frames:
         return
@@ -330,9 +445,12 @@ def _register_frames(s: Session, record: PatchRecord, placements: list[_Placemen
 
     def register(caller: RemoteCaller) -> None:
         for eh_frame, obj in frames:
-            caller.call_function(registry.register, eh_frame, obj)
-            record.frames.append([eh_frame, obj, registry.deregister])
+            record.frames.append([eh_frame, obj, registry.deregister, 0])
             s.mem.write(record.start, record.encode())
+            caller.call_function(registry.register, eh_frame, obj)
+            record.frames[-1][3] = 1
+            s.mem.write(record.start, record.encode())
+            faults.point("registered", s.pid)
 
     _in_clear_thread(s, registry, register, timeout)
 
@@ -341,19 +459,28 @@ def _deregister_frames(s: Session, record: PatchRecord, timeout: float, quiet: b
                        then=None) -> bool:
     """Take the record's frames back from the target's unwinder (noting it in the header), then run
     then(caller) in the same stopped thread; with `quiet`, False instead of an error when that could not
-    be done."""
+    be done. A frame whose registration is unknown (patch-ctl killed during the call) cannot be taken
+    back safely (libgcc aborts on an unknown one): False, and the mapping must stay."""
+    if any(not confirmed for *_, confirmed in record.frames):
+        if not quiet:
+            raise Refused([(record.module, "its unwind information may still be registered (an earlier patch-ctl "
+                                           "was killed while registering it): its memory stays mapped")])
+        return False
     if not record.frames:
+        if then is not None:
+            _in_target(s, then)
         return True
     registry = registry_of(s.objects, Resolver(s.objects, {}, s.mem), record.frames[0][2])
 
     def deregister(caller: RemoteCaller) -> None:
         while record.frames:
-            eh_frame, obj, fn = record.frames[-1]
+            eh_frame, obj, fn, _ = record.frames[-1]
             got = caller.call_function(fn, eh_frame)
             if got != obj:  # libgcc aborts rather than return another; a different unwinder might not
                 raise RemoteError(0, f"the unwinder returned {got:#x} for frames {eh_frame:#x}, not {obj:#x}")
             record.frames.pop()
             s.mem.write(record.start, record.encode())
+            faults.point("deregistered", s.pid)
         if then is not None:
             then(caller)
 
@@ -374,7 +501,7 @@ def _in_clear_thread(s: Session, registry: FrameRegistry, calls, timeout: float)
         first = s.caller_tid
         for tid in [first] + [t for t in live_thread_ids(s.pid) if t != first]:
             try:
-                with Stopped(s.pid, only=tid) as one:
+                with s.stopped(only=tid) as one:
                     thread = one.threads[tid]
                     pcs, _ = s.unwinder().code_addresses(thread.regs.rip, thread.regs.rsp, thread.regs.rbp)
                     if not registry.clear(pcs):
@@ -398,7 +525,7 @@ def _in_clear_thread(s: Session, registry: FrameRegistry, calls, timeout: float)
 def _in_target(s: Session, calls):
     """calls(caller): system calls run by the target's main thread, the only one stopped meanwhile."""
     tid = s.caller_tid
-    with Stopped(s.pid, only=tid) as one:
+    with s.stopped(only=tid) as one:
         caller = RemoteCaller(one.threads[tid], s.mem, s.syscall_insn)
         try:
             return calls(caller)
@@ -433,24 +560,24 @@ def _unmap(s: Session, mappings: list[tuple[int, int]]) -> None:
         pass
 
 
-def _until_consistent(s: Session, sites: list[Range], busy: list[Range] | None, timeout: float, stats: Stats,
-                      action) -> None:
-    """Stop every thread, check, run action(stopped) when safe; else release and retry until timeout."""
+def _until_consistent(s: Session, sites: list[Range], busy: list[Range] | None, timeout: float,
+                      critical: Critical, action) -> None:
+    """Stop every thread, check, run action(stopped) when safe; else release and retry until timeout. Each
+    retry is a safe point: nothing has been written to code yet."""
     deadline = time.monotonic() + timeout
     s.unwinder().warm(s.pid, thread_ids(s.pid))
     while True:
-        stats.attempts += 1
-        t = time.perf_counter()
-        with Stopped(s.pid) as stopped:
+        critical.safe_point()
+        s.stats.attempts += 1
+        with s.stopped() as stopped:
             why = check(stopped, sites, busy, s.unwinder())
             if why is None:
                 action(stopped)
-        stats.pause = time.perf_counter() - t
         if why is None:
             return
         if time.monotonic() >= deadline:
             name, _, reason = why.partition(": ")
-            raise Refused([(name, f"{reason}; gave up after {timeout:g} s ({stats.attempts} attempts)")])
+            raise Refused([(name, f"{reason}; gave up after {timeout:g} s ({s.stats.attempts} attempts)")])
         time.sleep(RETRY_PAUSE)
 
 
@@ -458,63 +585,116 @@ def _until_consistent(s: Session, sites: list[Range], busy: list[Range] | None, 
 
 def revert_patches(pid: int, name: str | None, timeout: float = 10.0) -> tuple[list[PatchRecord], Stats]:
     """Revert patch `name`, or all patches (newest first) when name is None."""
-    return _run(pid, "revert", lambda s: _revert(s, name, timeout))
+    return _run(pid, "revert", lambda s: _revert(s, name, timeout), wait=timeout)
 
 
 def _revert(s: Session, name: str | None, timeout: float):
-    stats = Stats()
     t0 = time.perf_counter()
-    if name is None:
-        todo = list(reversed(s.patches))
-    else:
-        todo = [r for r in s.patches if r.module == name]
-        if not todo:
-            raise InputError(f"no patch {name} in process {s.pid}")
-        newer = [r.module for r in s.patches if r.seq > todo[0].seq
-                 and any(f.prev == name for f in r.funcs)]
-        if newer:
-            raise Refused([(name, f"patch {newer[-1]} is applied on top of it: revert {newer[-1]} first")])
     done = []
-    for record in todo:
-        _revert_one(s, record, timeout, stats)
-        done.append(record)
-    stats.elapsed = time.perf_counter() - t0
-    return done, stats
+    with Critical() as critical:
+        _recover(s, timeout, critical)
+        if name is None:
+            todo = list(reversed(s.patches))
+        else:
+            todo = [r for r in s.patches if r.module == name]
+            if not todo:
+                raise InputError(f"no patch {name} in process {s.pid}")
+            later = [r for r in s.patches if r.seq > todo[0].seq and name in r.depends + [f.prev for f in r.funcs]]
+            if later:
+                other = later[-1].module
+                raise Refused([(name, f"patch {other} is applied on top of it (it replaces or calls functions "
+                                      f"this one replaces): revert {other} first")])
+        for record in todo:
+            critical.safe_point()  # between two patches: each one is either reverted or untouched
+            _revert_one(s, record, timeout, critical)
+            done.append(record)
+    if not _still_alive(s.pid):
+        raise ThreadGone(s.pid)
+    s.stats.late_signal = critical.late
+    s.stats.elapsed = time.perf_counter() - t0
+    return done, s.stats
 
 
-def _revert_one(s: Session, record: PatchRecord, timeout: float, stats: Stats) -> None:
-    funcs = record.funcs if record.state == ACTIVE else []
+def _revert_one(s: Session, record: PatchRecord, timeout: float, critical: Critical) -> None:
+    """Put back the bytes every jump of `record` replaced, then deregister its frames and unmap it. Also
+    finishes a record a killed patch-ctl left in any state: only the sites that still jump to the patch
+    are restored."""
+    jump = {f.site: arch.jmp_rel32(f.site, f.new_addr) for f in record.funcs}
+    funcs = [] if record.state in (PENDING, REVERTED) else record.funcs
     sites = [Range(f.site, f.site + arch.JMP_REL32_SIZE, f.name) for f in funcs]
     busy = [Range(lo, hi, f"{record.module} (patch code)") for lo, hi in record.code]
+    unmap_now = not record.frames
 
     def restore(stopped: Stopped) -> None:
+        writes = []
         for f in funcs:
-            if s.mem.read(f.site, arch.JMP_REL32_SIZE) != arch.jmp_rel32(f.site, f.new_addr):
+            now = s.mem.read(f.site, arch.JMP_REL32_SIZE)
+            if now == jump[f.site]:
+                writes.append((f, bytes.fromhex(f.orig), now))
+            elif record.state == ACTIVE:
                 raise Refused([(f.name, f"its code no longer jumps to patch {record.module}")])
-        for f in funcs:
-            s.mem.write(f.site, bytes.fromhex(f.orig))
-        record.state = REVERTED  # what a later run sees should the unmap below fail
-        s.mem.write(record.start, record.encode())
-        if record.frames:
-            return  # deregistered first, below, with the other threads running
-        thread = stopped.threads.get(s.caller_tid) or next(iter(stopped.threads.values()))
-        caller = RemoteCaller(thread, s.mem, s.syscall_insn)
-        try:
-            unmap(caller)
-        finally:
-            caller.restore()
+        _switch(s, record, writes, REVERTING, REVERTED, record.state, "revert")
+        if unmap_now:
+            thread = stopped.threads.get(s.caller_tid) or next(iter(stopped.threads.values()))
+            caller = RemoteCaller(thread, s.mem, s.syscall_insn)
+            try:
+                unmap(caller)
+            finally:
+                caller.restore()
 
     def unmap(caller: RemoteCaller) -> None:
         for start, size in record.mappings:
             caller.munmap(start, size)
+            faults.point("unmapped", s.pid)
 
-    _until_consistent(s, sites, busy, timeout, stats, restore)
-    if record.frames:
+    if record.state != REVERTED or unmap_now:
+        _until_consistent(s, sites, busy if funcs else [], timeout, critical, restore)
+    if not unmap_now:
         # no thread has the patch's code on its stack nor can enter it: no unwind needs its frames
         _deregister_frames(s, record, timeout, then=unmap)
 
 
+# ---- recovery -------------------------------------------------------------------------------------------
+
+def _recover(s: Session, timeout: float, critical: Critical) -> None:
+    """Finish what a patch-ctl killed midway left in the target (holding the target's lock proves none is
+    running): a record not ACTIVE is reverted, whatever step it stopped at; s.patches then holds only
+    ACTIVE ones."""
+    stuck = set()
+    for record in [r for r in s.patches if r.state != ACTIVE]:
+        left = record.state
+        try:
+            _revert_one(s, record, timeout, critical)
+            s.stats.warnings.append(f"patch {record.module} was left {left} by an interrupted patch-ctl: "
+                                    "reverted it (its code is no longer used and its memory is unmapped)")
+        except Refused as e:
+            stuck.add(record.module)
+            s.stats.warnings.append(f"patch {record.module} was left {left} by an interrupted patch-ctl: {e}")
+    s.refresh()
+    leftovers, fds = orphans(s.maps, s.patches), open_memfds(s.pid)
+    if leftovers or fds:
+        def clean(caller: RemoteCaller) -> None:
+            for fd in fds:
+                caller.close(fd)
+            for start, size in leftovers:
+                caller.munmap(start, size)
+
+        _in_target(s, clean)
+        s.stats.warnings.append("removed patch memory an interrupted patch-ctl left unused")
+        s.refresh()
+    s.patches = [r for r in s.patches if r.state == ACTIVE or r.module in stuck]
+
+
 # ---- list -----------------------------------------------------------------------------------------------
 
-def list_patches(pid: int) -> list[PatchRecord]:
-    return _run(pid, "list", lambda s: s.patches)
+def list_patches(pid: int, timeout: float = 10.0) -> tuple[list[PatchRecord], Stats]:
+    """The patches applied in the process, oldest first, after finishing what an interrupted patch-ctl left
+    (when no other patch-ctl is at work on it: then its records are listed as they are)."""
+
+    def listing(s: Session):
+        if s.lock.acquired:
+            with Critical() as critical:
+                _recover(s, timeout, critical)
+        return s.patches, s.stats
+
+    return _run(pid, "list", listing, wait=None)

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 
+from loader import faults
 from loader.procfs import Mapping, Memory
 from loader.ptrace import NotStopping, Regs, Thread
 
@@ -50,6 +51,7 @@ class RemoteCaller:
     def __init__(self, thread: Thread, mem: Memory, syscall_addr: int):
         self.thread = thread
         self.mem = mem
+        self.pid = mem.pid
         self.syscall_addr = syscall_addr
         self.saved = thread.regs.copy()
         self.saved_fp: tuple[int, bytes] | None = None  # saved before the first function call
@@ -72,6 +74,10 @@ class RemoteCaller:
             self.thread.set_regs(regs)
         else:
             raise RemoteError(errno.EINTR, "the target did not complete a system call")
+        # Back to the thread's own registers after every call, not once at the end: should patch-ctl be
+        # killed between two calls, the thread resumes where it was stopped.
+        self.thread.set_regs(self.saved)
+        faults.point("remote-call", self.pid)
         result = done.rax if done.rax < (1 << 63) else done.rax - (1 << 64)
         if -4096 < result < 0:
             raise RemoteError(-result, os.strerror(-result))
@@ -108,6 +114,8 @@ class RemoteCaller:
                 done = self.thread.get_regs()
                 self.thread.pending_signal = pending  # our fault, never delivered
                 if done.rip == 0 and done.rsp == sp + 8:
+                    self.restore()  # as after a system call: the thread's own state between two calls
+                    faults.point("remote-call", self.pid)
                     return done.rax
                 raise RemoteError(errno.EFAULT, f"a function called in thread {self.thread.tid} faulted at "
                                                 f"{done.rip:#x}")
@@ -136,10 +144,13 @@ class RemoteCaller:
             self.call(SYS_FTRUNCATE, fd, size)
             return self.call(SYS_MMAP, addr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED_NOREPLACE, fd, 0)
         finally:
-            self.call(SYS_CLOSE, fd)
+            self.close(fd)
 
     def mprotect(self, addr: int, size: int, prot: int) -> None:
         self.call(SYS_MPROTECT, addr, size, prot)
+
+    def close(self, fd: int) -> None:
+        self.call(SYS_CLOSE, fd)
 
     def munmap(self, addr: int, size: int) -> None:
         self.call(SYS_MUNMAP, addr, size)

@@ -8,6 +8,7 @@ mappings, functions with the bytes each jump replaced, unwind information regist
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import asdict, dataclass, field
 
@@ -17,7 +18,11 @@ MAGIC = b"KPATCHLD"
 VERSION = 1
 _HEAD = struct.Struct("<8sII")
 MAPPING_PREFIX = "/memfd:kpatch:"
-ACTIVE, PENDING, REVERTED = "active", "pending", "reverted"
+# A record's states. PENDING: mapped, nothing jumps to it. APPLYING and REVERTING: jumps being written or
+# taken back, with every thread stopped; a patch-ctl killed there leaves them, and the next one finishes
+# the revert (loader.patcher's recovery). ACTIVE: every jump in place. REVERTED: none; unmapped next.
+PENDING, APPLYING, ACTIVE, REVERTING, REVERTED = "pending", "applying", "active", "reverting", "reverted"
+SETTLED = (ACTIVE, REVERTED)
 
 
 @dataclass
@@ -45,9 +50,11 @@ class PatchRecord:
     state: str = PENDING
     targets: list[dict] = field(default_factory=list)  # {"name", "build_id"}
     funcs: list[PatchedFunc] = field(default_factory=list)
-    # [eh_frame, frame object, __deregister_frame_info] of each .eh_frame registered with the target's
-    # unwinder, while it is: what a revert must deregister before it unmaps
+    # [eh_frame, frame object, __deregister_frame_info, registered] of each .eh_frame handed to the target's
+    # unwinder: what a revert must deregister before it unmaps. Noted before the call (registered 0) and
+    # confirmed after it (1): a patch-ctl killed in between leaves it unknown, and the mapping is then kept.
     frames: list[list[int]] = field(default_factory=list)
+    depends: list[str] = field(default_factory=list)  # earlier patches whose code this one's code reaches
 
     @property
     def start(self) -> int:
@@ -88,3 +95,28 @@ def find_patches(maps: list[Mapping], mem: Memory) -> list[PatchRecord]:
             if record is not None and record.mappings and record.start == m.start:
                 records.append(record)
     return sorted(records, key=lambda r: r.seq)
+
+
+def orphans(maps: list[Mapping], records: list[PatchRecord]) -> list[tuple[int, int]]:
+    """(start, size) of patch memory no record names: mapped by a patch-ctl killed before it wrote the
+    record (nothing jumps there: jumps come after the record)."""
+    owned = [(start, start + size) for r in records for start, size in r.mappings]
+    return [(m.start, m.end - m.start) for m in maps if m.path.startswith(MAPPING_PREFIX)
+            and not any(lo <= m.start < hi for lo, hi in owned)]
+
+
+def open_memfds(pid: int) -> list[int]:
+    """The target's file descriptors of patch memory: a patch-ctl killed between creating a memfd and
+    closing it leaves one open."""
+    fds = []
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    for name in names:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}").startswith(MAPPING_PREFIX):
+                fds.append(int(name))
+        except (OSError, ValueError):
+            continue
+    return sorted(fds)

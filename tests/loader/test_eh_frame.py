@@ -138,7 +138,8 @@ def test_exceptions_through_patched_code(thrower_build, thrower):
         thrower.assert_working()
         (patch,) = listed(thrower.pid)
         assert patch["state"] == "active" and len(patch["frames"]) == 1
-        (start, size), (eh_frame, obj, _) = patch["mappings"][0], patch["frames"][0]
+        (start, size), (eh_frame, obj, _, confirmed) = patch["mappings"][0], patch["frames"][0]
+        assert confirmed == 1
         assert start < eh_frame < obj < start + size
         text = patch_ctl("list", "-p", thrower.pid)
         assert text.returncode == 0 and f"unwind information registered at {eh_frame:#x}" in text.stdout
@@ -207,6 +208,18 @@ def test_unwind_section_per_mapping(thrower_build):
     assert unwind_section(obj, set(code)).data == whole.data
 
 
+def _blocked_pc(tid: int) -> int:
+    """The PC of a thread blocked in a system call (just released by a stop, it may take a moment to block
+    again: /proc says "running" meanwhile)."""
+    deadline = time.monotonic() + 5
+    while True:
+        with open(f"/proc/{tid}/syscall") as f:
+            fields = f.read().split()
+        if fields[0] != "running" or time.monotonic() > deadline:
+            return int(fields[-1], 16)
+        time.sleep(0.01)
+
+
 def test_registry_call_thread(thrower):
     """The unwinder's calls are made by a thread stopped outside libgcc_s and the allocator: the main thread
     unless it is inside code to avoid, then another; every thread released afterwards."""
@@ -225,8 +238,7 @@ def test_registry_call_thread(thrower):
         assert not registry.clear([malloc])
         assert registry.clear([s.objects[0].start + 1])
         assert _in_clear_thread(s, registry, lambda caller: caller.thread.tid, 1.0) == thrower.pid
-        with open(f"/proc/{thrower.pid}/syscall") as f:
-            main_pc = int(f.read().split()[-1], 16)  # blocked reading its stdin
+        main_pc = _blocked_pc(thrower.pid)  # blocked reading its stdin
         registry.avoid = sorted(registry.avoid + [(main_pc - 1, main_pc + 1)])
         tid = _in_clear_thread(s, registry, lambda caller: caller.thread.tid, 1.0)
         assert tid != thrower.pid and str(tid) in os.listdir(f"/proc/{thrower.pid}/task")
@@ -241,7 +253,8 @@ def test_registry_call_thread(thrower):
 
 def test_remote_function_call(thrower):
     """A function called in a stopped thread returns its value; every register, vector ones included, is
-    as it was afterwards, and the thread carries on."""
+    as it was right after the call (so a patch-ctl killed between two calls leaves the thread as it found
+    it), and the thread carries on."""
     from loader.patcher import Session
     from loader.ptrace import Stopped
     from loader.remote import RemoteCaller, RemoteError
@@ -256,7 +269,7 @@ def test_remote_function_call(thrower):
             caller = RemoteCaller(thread, s.mem, s.syscall_insn)
             try:
                 assert caller.call_function(strlen, caller.scratch_string("exceptions")) == 10
-                assert thread.get_fpstate() != fp
+                assert bytes(thread.get_regs()) == regs and thread.get_fpstate() == fp
                 with pytest.raises(RemoteError, match="faulted"):
                     caller.call_function(strlen, 8)  # reads address 8
             finally:
