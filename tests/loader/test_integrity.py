@@ -5,9 +5,6 @@ forger would, so the checks behind it are reached."""
 from __future__ import annotations
 
 import io
-import os
-import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from elftools.elf.elffile import ELFFile
 
 from linker import integrity
-from livetarget import FIXTURE, REPO, Server, assert_one_line_error, patch_ctl, patch_ctl_env
+from livetarget import FIXTURE, Server, assert_one_line_error, patch_ctl, patch_ctl_env
 
 FUNC_OLD_ADDR, FUNC_OLD_SIZE, FUNC_NEW_SIZE = 16, 24, 8  # fields of a .kpatch.funcs entry
 RELA_OFFSET, RELA_TYPE = 0, 8
