@@ -7,6 +7,7 @@ Layouts: docs/design.md (`.kpatch.funcs`, `.kpatch.targets`, `.kpatch.module`).
 """
 from __future__ import annotations
 
+import io
 import os
 import struct
 from dataclasses import dataclass, field
@@ -16,12 +17,14 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
 from diffobj.errors import InputError
+from diffobj.inputfile import MIB, read_input
 
 FUNCS, STRINGS, TARGETS, MODULE = ".kpatch.funcs", ".kpatch.strings", ".kpatch.targets", ".kpatch.module"
 FUNC_ENTRY = struct.Struct("<7Q")  # new_addr new_size old_addr old_size sympos name objname
 TARGET_ENTRY = struct.Struct("<2Q")  # name build_id
 MODULE_ENTRY = struct.Struct("<2Q")  # name version
 MODULE_VERSION = 1
+MAX_MODULE_SIZE = 256 * MIB
 R_X86_64_64 = 1
 EM_X86_64 = 62
 
@@ -160,11 +163,11 @@ def read_module(path: str | os.PathLike) -> ModuleInfo:
     `.kpatch.funcs` section; any other inconsistency is listed in `ModuleInfo.problems`."""
     path = os.fspath(path)
     base = os.path.basename(path)
+    blob = read_input(path, "patch module", MAX_MODULE_SIZE)
     try:
-        with open(path, "rb") as f:
-            if f.read(4) != b"\x7fELF":
+        with io.BytesIO(blob) as f:
+            if blob[:4] != b"\x7fELF":
                 raise InputError(f"{base}: not an ELF file")
-            f.seek(0)
             elf = ELFFile(f)
             if elf["e_type"] != "ET_REL" or elf["e_machine"] != "EM_X86_64" or elf.elfclass != 64:
                 raise InputError(f"{base}: not an x86-64 ELF relocatable object")
@@ -172,8 +175,6 @@ def read_module(path: str | os.PathLike) -> ModuleInfo:
             if mod.section(FUNCS)[1] is None:
                 raise InputError(f"{base}: not a patch module (no {FUNCS} section)")
             return _read(path, mod)
-    except OSError as e:
-        raise InputError(f"{base}: {e.strerror}") from None
     except (ELFError, struct.error, KeyError, IndexError) as e:
         raise InputError(f"{base}: malformed ELF file ({e})") from None
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from diffobj.errors import InputError, PatchBuildError, Refused
 from diffobj.read import check_header, read_object
-from linker.module import Func, ModuleInfo, read_module
+from diffobj.inputfile import read_input
+from linker.module import MAX_MODULE_SIZE, Func, ModuleInfo, read_module
 from loader import layout, x86_64 as arch
 from loader.consistency import Range, check
 from loader.frames import FrameRegistry, find_registry, registry_of
@@ -125,12 +126,7 @@ def _run(pid: int, what: str, fn):
 def module_info(path: str) -> ModuleInfo:
     """The module's metadata, its ELF headers validated first (by the differ's check) so that nothing
     trusts the offsets of a corrupt file."""
-    try:
-        with open(path, "rb") as f:
-            blob = f.read()
-    except OSError as e:
-        raise InputError(f"{os.path.basename(path)}: {e.strerror}") from None
-    check_header(path, blob)
+    check_header(path, read_input(path, "patch module", MAX_MODULE_SIZE))
     return read_module(path)
 
 
