@@ -56,7 +56,8 @@ def check_header(path: str, blob: bytes) -> list[tuple]:
         raise InputError(f"{name}: not an ELF file")
     if len(blob) < _ELF64_EHDR.size:
         raise InputError(f"{name}: truncated ELF header")
-    ident, e_type, e_machine, _, _, _, e_shoff, _, _, _, _, e_shentsize, e_shnum, e_shstrndx = _ELF64_EHDR.unpack_from(blob)
+    ident, e_type, e_machine, *_, e_shoff, _, _, _, _, e_shentsize, e_shnum, e_shstrndx = \
+        _ELF64_EHDR.unpack_from(blob)
     if ident[4] != 2 or ident[5] != 1:
         raise InputError(f"{name}: not a 64-bit little-endian ELF file")
     if arch.for_machine(e_machine) is None:
