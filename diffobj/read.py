@@ -135,7 +135,9 @@ def read_object(path: str) -> ObjectFile:
     if len(symtabs) > 1 or len(raw_symbols) != sum(h[5] // _ENTRY_SIZE for h in symtabs):
         raise InputError(f"{name}: malformed symbol table")
     for i, s in enumerate(raw_symbols):
-        stype, bind = int(s.type), int(s.binding)
+        # Type and binding from the raw st_info: LIEF warns on stderr about values outside its enums.
+        st_info = blob[symtabs[0][4] + i * _ENTRY_SIZE + 4]
+        stype, bind = st_info & 0xF, st_info >> 4
         shndx = int(s.shndx)
         sym = Symbol(index=i, name=_checked_name(name, s.name, f"symbol {i}"), type=stype, bind=bind,
                      other=int(s.other), shndx=shndx, value=int(s.value), size=int(s.size))
