@@ -1,37 +1,16 @@
 """patch-report on mutated reports (structure and bytes), and the bounded reading of every input file."""
 from __future__ import annotations
 
-import collections
 import json
 import os
-import subprocess
 
 import pytest
 
-from support.diffcases import OBJNAME, Fixtures
-from support.fuzzing import Runner, check_outcome, describe, json_mutations, mutations
+from support.fuzzcampaigns import REPORT_FORMATS, report_campaign, seed_report
+from support.fuzzing import Runner, check_outcome, describe
 
 SEED = 20261130
-FORMATS = ("md", "html", "json")
 CONTROL = "\x1b\x07\x9b\u202e\x7f"  # escape (ANSI colours), bell, C1 CSI, right-to-left override, DEL
-
-
-def seed_report(root) -> dict:
-    """A real report (patch-diff --report on a -g pair) with every optional part of the model filled in."""
-    fx = Fixtures(root)["static_local_counter"]
-    path = root / "seed.report.json"
-    subprocess.run(["patch-diff", fx.orig, fx.patched, "-o", root / "seed.o", "--report", path,
-                    "--objname", OBJNAME], check=True, capture_output=True)
-    doc = json.loads(path.read_text())
-    doc.update(targets=[{"name": "prog", "build_id": "ab" * 20, "kernel_release": None}],
-               patches=[{"name": "fix.patch", "sha256": "00" * 32}],
-               module={"path": "fix.kpatch", "sha256": "11" * 32, "size": 4096},
-               details={"build command": "gcc -c unit.c"}, source_date_epoch=1700000000, message="built")
-    obj = doc["objects"][0]
-    obj["rejected"] = [{"symbol": "other", "reason": "changes data"}]
-    obj["warnings"] = [{"kind": "differ", "symbol": "other", "message": "a warning"}]
-    assert obj["functions"] and obj["diffs"] and obj["included"], "the seed must exercise every table"
-    return doc
 
 
 @pytest.fixture(scope="module")
@@ -39,25 +18,9 @@ def report_seed(tmp_path_factory) -> dict:
     return seed_report(tmp_path_factory.mktemp("report-seed"))
 
 
-def run_report_fuzz(root, doc: dict, seed: int, structural: int, byte_level: int):
-    counts, failures = collections.Counter(), []
-    path = root / "mutant.report.json"
-    text = json.dumps(doc, indent=1).encode()
-    inputs = [*json_mutations(doc, seed, structural), *mutations(text, seed, byte_level)]
-    with Runner("report.cli", "patch-report") as run:
-        for i, (what, blob) in enumerate(inputs):
-            path.write_bytes(blob)
-            outcome = run([str(path), "--format", FORMATS[i % len(FORMATS)]])
-            counts[outcome.kind] += 1
-            problems = check_outcome(outcome, "patch-report")
-            if problems:
-                failures.append((what, outcome, problems))
-    return counts, failures
-
-
 @pytest.mark.slow
 def test_patch_report_survives_mutated_reports(report_seed, tmp_path):
-    counts, failures = run_report_fuzz(tmp_path, report_seed, SEED, structural=220, byte_level=80)
+    counts, failures = report_campaign(tmp_path, report_seed, SEED, structural=220, byte_level=80)
     assert not failures, f"{len(failures)} bad outcomes, first ones:\n" + "\n".join(
         describe(*f) for f in failures[:5])
     assert counts["exit 2"] > 50 and counts["exit 0"] > 30, counts
@@ -122,7 +85,7 @@ def test_names_with_control_characters_are_escaped_in_every_format(report_cli, r
     doc["message"] = "line one\nline two" + CONTROL
     path = tmp_path / "control.report.json"
     path.write_text(json.dumps(doc))
-    for fmt in FORMATS:
+    for fmt in REPORT_FORMATS:
         outcome = report_cli([str(path), "--format", fmt])
         assert outcome.code == 0 and not check_outcome(outcome, "patch-report"), outcome.stderr
         text = outcome.stdout.decode()
