@@ -3,7 +3,7 @@
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: deps demo test bench clean
+.PHONY: deps demo test bench soak clean
 
 deps:
 	@scripts/install-deps.sh
@@ -19,6 +19,10 @@ bench: deps
 	$(PYTHON) bench/apply_bench.py
 	$(PYTHON) bench/kernel_build_bench.py
 	$(PYTHON) bench/build_bench.py
+
+# Fuzzing soak by hand: INPUTS mutated objects and reports (default 20,000), SEED (default 1).
+soak: deps
+	$(PYTHON) bench/fuzz_soak.py $(INPUTS) $(SEED)
 
 clean:
 	rm -rf .cache build *.egg-info .pytest_cache

@@ -99,3 +99,5 @@ def _include_target(rel: Relocation, sec: Section, inclusion: Inclusion) -> None
         # A pointer to the personality routine, written once by the linker: copying it avoids
         # looking up a hidden symbol of the target.
         inclusion.add(target, rel.symbol.name, "object", "personality routine pointer for unwinding")
+    else:
+        inclusion.require_available(inclusion.resolver.resolve(sec, rel), sec.name)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from diffobj.model import ObjectFile, Section, Status, Symbol
 from diffobj.problems import Problems
-from diffobj.targets import TargetResolver
+from diffobj.targets import Target, TargetResolver
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,7 @@ class Inclusion:
         t = self.resolver.resolve(sec, rel)
         tsec = t.section
         if tsec is None:  # undefined or absolute: the running program has it by name
-            if t.symbol.is_defined and t.symbol.twin is None:
-                self._unavailable(owner, t.symbol.name)
+            self.require_available(t, owner)
             return
         if tsec.included:
             return
@@ -104,13 +103,16 @@ class Inclusion:
             self.problems.add(owner, f"references anonymous writable data in {tsec.name}, which cannot be "
                                      "found in the running program (build with -fdata-sections)")
             return
-        if not tsec.included and (t.symbol is None or t.symbol.twin is None):
-            self._unavailable(owner, t.symbol.name if t.symbol else tsec.name)
+        self.require_available(t, owner)
 
-    def _unavailable(self, owner: str, name: str) -> None:
-        # Only an inconsistent object gets here (e.g. a section whose kind differs between the builds).
-        self.problems.add(owner, f"references {name}, which is neither in the original object nor included in "
-                                 "the patch")
+    def require_available(self, t: Target, owner: str) -> None:
+        """Refuse a reference to something the patch does not carry and the running program does not have
+        (only an inconsistent object gets here, e.g. one whose sections changed kind between the builds)."""
+        if (t.section is not None and t.section.included) or \
+                (t.symbol is not None and (t.symbol.twin is not None or not t.symbol.is_defined)):
+            return
+        self.problems.add(owner, f"references {t.symbol.name if t.symbol else t.section.name}, which is neither "
+                                 "in the original object nor included in the patch")
 
 
 def include(patched: ObjectFile, resolver: TargetResolver, problems: Problems) -> Inclusion:

@@ -25,17 +25,19 @@ def read_input(path: str | os.PathLike, what: str, limit: int) -> bytes:
         fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise InputError(f"{name}: {e.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             kind = _KINDS.get(stat.S_IFMT(st.st_mode), "a special file")
             raise InputError(f"{name}: is {kind}, not a regular file ({what} expected)")
         if st.st_size > limit:
             raise InputError(f"{name}: {what} too large ({st.st_size:,} bytes; the limit is {limit:,})")
-        try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(limit + 1)
-        except OSError as e:
-            raise InputError(f"{name}: {e.strerror}") from None
+    except OSError as e:
+        raise InputError(f"{name}: {e.strerror}") from None
+    finally:
+        os.close(fd)
     if len(data) > limit:  # it grew while being read
         raise InputError(f"{name}: {what} too large (more than the limit of {limit:,} bytes)")
     return data

@@ -56,7 +56,8 @@ def check_header(path: str, blob: bytes) -> list[tuple]:
         raise InputError(f"{name}: not an ELF file")
     if len(blob) < _ELF64_EHDR.size:
         raise InputError(f"{name}: truncated ELF header")
-    ident, e_type, e_machine, _, _, _, e_shoff, _, _, _, _, e_shentsize, e_shnum, e_shstrndx = _ELF64_EHDR.unpack_from(blob)
+    ident, e_type, e_machine, *_, e_shoff, _, _, _, _, e_shentsize, e_shnum, e_shstrndx = \
+        _ELF64_EHDR.unpack_from(blob)
     if ident[4] != 2 or ident[5] != 1:
         raise InputError(f"{name}: not a 64-bit little-endian ELF file")
     if arch.for_machine(e_machine) is None:
@@ -136,7 +137,9 @@ def read_object(path: str, blob: bytes | None = None) -> ObjectFile:
     if len(symtabs) > 1 or len(raw_symbols) != sum(h[5] // _ENTRY_SIZE for h in symtabs):
         raise InputError(f"{name}: malformed symbol table")
     for i, s in enumerate(raw_symbols):
-        stype, bind = int(s.type), int(s.binding)
+        # Type and binding from the raw st_info: LIEF warns on stderr about values outside its enums.
+        st_info = blob[symtabs[0][4] + i * _ENTRY_SIZE + 4]
+        stype, bind = st_info & 0xF, st_info >> 4
         shndx = int(s.shndx)
         sym = Symbol(index=i, name=_checked_name(name, s.name, f"symbol {i}"), type=stype, bind=bind,
                      other=int(s.other), shndx=shndx, value=int(s.value), size=int(s.size))

@@ -432,12 +432,13 @@ def _worker(module: str, prog: str, memory_limit: int) -> None:
 # What every outcome must satisfy
 # ---------------------------------------------------------------------------------------------------------
 
+_PYTHON_WARNING = re.compile(rb"^\S+:\d+: \w*Warning: ", re.MULTILINE)
 _RAW_CONTROL = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2[\x80-\x9f]")
 
 
 def check_outcome(outcome: Outcome, prog: str) -> list[str]:
     """What is wrong with one run on bad input (empty when nothing): a hang or a crash, an exit code outside
-    0-3 (4 is an internal error), a traceback, more than one error line (but for a refusal, exit 1, which
+    0-3 (4 is an internal error), a traceback or Python warning, more than one error line (but for a refusal, exit 1, which
     gives one per reason), a failure without an error line, raw control characters."""
     problems = []
     if outcome.hang:
@@ -448,6 +449,8 @@ def check_outcome(outcome: Outcome, prog: str) -> list[str]:
         problems.append(f"exit {outcome.code}")
     if b"Traceback" in outcome.stderr:
         problems.append("traceback on stderr")
+    if _PYTHON_WARNING.search(outcome.stderr):
+        problems.append("a Python warning on stderr")
     errors = [ln for ln in outcome.stderr.splitlines() if ln.startswith(f"{prog}: error:".encode())]
     if len(errors) > 1 and outcome.code != 1:  # a refusal (exit 1) names each reason on a line of its own
         problems.append(f"{len(errors)} error lines")
