@@ -28,7 +28,7 @@ from livetarget import FIXTURE, Server  # noqa: E402
 from support.fuzzing import Runner, check_outcome, describe, mutations  # noqa: E402
 
 SEED = 9
-PLAIN, RESEALED = 300, 400
+PLAIN, RESEALED = 300, 100
 PROG = "patch-ctl"
 
 
