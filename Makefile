@@ -7,7 +7,7 @@ PYTHON := $(CURDIR)/$(VENV)/bin/python
 export VENV PYTHON
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: deps demo test test-fast bench clean
+.PHONY: deps demo test test-fast bench soak clean
 
 deps:
 	@scripts/install-deps.sh
@@ -27,6 +27,10 @@ bench: deps
 	$(PYTHON) bench/apply_bench.py
 	$(PYTHON) bench/kernel_build_bench.py
 	$(PYTHON) bench/build_bench.py
+
+# Fuzzing soak by hand: INPUTS mutated objects and reports (default 20,000), SEED (default 1).
+soak: deps
+	$(PYTHON) bench/fuzz_soak.py $(INPUTS) $(SEED)
 
 clean:
 	rm -rf .cache .venv build *.egg-info .pytest_cache

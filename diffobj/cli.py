@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from diffobj.console import entry_point, error, guarded, internal_error_reported
+from diffobj.console import entry_point, error, guarded, internal_error_reported, printable
 from diffobj.diff import DiffOptions, DiffResult, diff_objects
 
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
@@ -56,7 +56,7 @@ def main(
         if report is not None:
             write_report(result, report)
         for w in result.warnings:
-            print(f"{PROG}: warning: {w}", file=sys.stderr)
+            print(f"{PROG}: warning: {printable(w)}", file=sys.stderr)
         if result.errors:
             for e in result.errors:
                 error(PROG, f"{e.symbol}: {e.reason}")
@@ -66,8 +66,8 @@ def main(
             raise typer.Exit(3)
         result.write(str(output))
         for c in result.changed_functions:
-            print(f"changed: {c.name}  ({'; '.join(c.reasons)})")
+            print(printable(f"changed: {c.name}  ({'; '.join(c.reasons)})"))
         for name in result.new_functions:
-            print(f"new:     {name}")
+            print(printable(f"new:     {name}"))
 
 main_entry = entry_point(app, PROG)

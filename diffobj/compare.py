@@ -19,7 +19,7 @@ from diffobj.model import (
     Status,
     Symbol,
 )
-from diffobj.targets import TargetResolver, string_at
+from diffobj.targets import Target, TargetResolver, string_at
 
 
 
@@ -51,6 +51,10 @@ def short_text(s: bytes, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _referenced(t: Target) -> str:
+    return t.symbol.display if t.symbol is not None else f"data in {t.section.name}"
+
+
 class Comparer:
     def __init__(self, orig_resolver: TargetResolver, patched_resolver: TargetResolver):
         self.o_res, self.p_res = orig_resolver, patched_resolver
@@ -62,7 +66,7 @@ class Comparer:
             if tp.section is None and to.section is None and tp.symbol.name == to.symbol.name \
                     and tp.addend == to.addend:
                 return None
-            return f"now references {tp.symbol.display} instead of {to.symbol.display}"
+            return f"now references {_referenced(tp)} instead of {_referenced(to)}"
         if tp.symbol is not None:
             if to.symbol is None or tp.symbol.twin is not to.symbol or tp.offset != to.offset:
                 old = to.symbol.name if to.symbol is not None else to.section.name

@@ -57,7 +57,8 @@ def _pair_by(key, orig_syms, patched_syms, unique_only: bool) -> None:
         if unique_only and (len(ps) != 1 or len(os_) != 1):
             continue
         for p, o in zip(ps, os_):
-            if p.type == o.type or {p.type, o.type} <= _DATA_TYPES:
+            # An absolute symbol pairs only with an absolute one: there is no content to compare.
+            if (p.type == o.type or {p.type, o.type} <= _DATA_TYPES) and (p.section is None) == (o.section is None):
                 _link(o, p)
 
 

@@ -7,6 +7,7 @@ each FDE's CIE pointer recomputed. The loader registers the frames in the target
 """
 from __future__ import annotations
 
+import bisect
 import struct
 
 from diffobj.include import Included, Inclusion
@@ -17,17 +18,22 @@ _U32 = struct.Struct("<I")
 
 def _records(sec: Section) -> list[tuple[int, int, int]] | None:
     """(offset, size, cie_offset or -1 for a CIE) of each record; None when the section is not parseable."""
-    out, off, data = [], 0, sec.data
+    out, off, data, cies = [], 0, sec.data, set()
     while off + 4 <= len(data):
         (length,) = _U32.unpack_from(data, off)
         if length == 0:
             break  # terminator
-        if length == 0xFFFFFFFF or off + 8 > len(data) or off + 4 + length > len(data):
+        if length == 0xFFFFFFFF or length < 4 or off + 4 + length > len(data):
             return None  # 64-bit DWARF lengths are not produced by gcc for x86-64
         (cie_id,) = _U32.unpack_from(data, off + 4)
-        out.append((off, 4 + length, -1 if cie_id == 0 else off + 4 - cie_id))
+        cie = -1 if cie_id == 0 else off + 4 - cie_id
+        if cie == -1:
+            cies.add(off)
+        elif cie not in cies:
+            return None  # an FDE must point back at a CIE
+        out.append((off, 4 + length, cie))
         off += 4 + length
-    return out
+    return out or None
 
 
 def keep_unwind_info(patched: ObjectFile, inclusion: Inclusion) -> None:
@@ -38,21 +44,18 @@ def keep_unwind_info(patched: ObjectFile, inclusion: Inclusion) -> None:
 
 def _filter(sec: Section, inclusion: Inclusion) -> None:
     records = _records(sec)
+    starts = [off for off, _, _ in records or ()]
+    rels_in: dict[int, list[Relocation]] = {off: [] for off in starts}
+    for rel in sec.relocations:
+        # Relocations lie inside exactly one record: the nearest start at or before.
+        i = bisect.bisect_right(starts, rel.offset) - 1
+        if i < 0 or rel.offset >= starts[i] + records[i][1]:
+            records = None
+            break
+        rels_in[starts[i]].append(rel)
     if records is None:
         inclusion.problems.warn(f"{sec.name}: unparseable, unwind information for the new code is left out")
         return
-    rels_in: dict[int, list[Relocation]] = {off: [] for off, _, _ in records}
-    starts = [off for off, _, _ in records]
-    for rel in sec.relocations:
-        # Relocations lie inside exactly one record: find it by the nearest start at or before.
-        lo, hi = 0, len(starts) - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if starts[mid] <= rel.offset:
-                lo = mid
-            else:
-                hi = mid - 1
-        rels_in[starts[lo]].append(rel)
 
     def covers_included_code(off: int) -> bool:
         # An FDE's first relocation is its pc_begin: the function it describes.
@@ -96,3 +99,5 @@ def _include_target(rel: Relocation, sec: Section, inclusion: Inclusion) -> None
         # A pointer to the personality routine, written once by the linker: copying it avoids
         # looking up a hidden symbol of the target.
         inclusion.add(target, rel.symbol.name, "object", "personality routine pointer for unwinding")
+    else:
+        inclusion.require_available(inclusion.resolver.resolve(sec, rel), sec.name)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from diffobj.model import ObjectFile, Section, Status, Symbol
 from diffobj.problems import Problems
-from diffobj.targets import TargetResolver
+from diffobj.targets import Target, TargetResolver
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,10 @@ class Inclusion:
     def _follow_reference(self, sec: Section, rel, owner: str) -> None:
         t = self.resolver.resolve(sec, rel)
         tsec = t.section
-        if tsec is None or tsec.included:
+        if tsec is None:  # undefined or absolute: the running program has it by name
+            self.require_available(t, owner)
+            return
+        if tsec.included:
             return
         sym = t.symbol.alias_of or t.symbol if t.symbol is not None else None
         if sym is not None and (sym.is_function or tsec.is_text):
@@ -99,6 +102,17 @@ class Inclusion:
         else:
             self.problems.add(owner, f"references anonymous writable data in {tsec.name}, which cannot be "
                                      "found in the running program (build with -fdata-sections)")
+            return
+        self.require_available(t, owner)
+
+    def require_available(self, t: Target, owner: str) -> None:
+        """Refuse a reference to something the patch does not carry and the running program does not have
+        (only an inconsistent object gets here, e.g. one whose sections changed kind between the builds)."""
+        if (t.section is not None and t.section.included) or \
+                (t.symbol is not None and (t.symbol.twin is not None or not t.symbol.is_defined)):
+            return
+        self.problems.add(owner, f"references {t.symbol.name if t.symbol else t.section.name}, which is neither "
+                                 "in the original object nor included in the patch")
 
 
 def include(patched: ObjectFile, resolver: TargetResolver, problems: Problems) -> Inclusion:

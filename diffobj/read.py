@@ -7,17 +7,23 @@ sections (SHN_XINDEX numbering), truncated files, other machines.
 """
 from __future__ import annotations
 
+import io
 import os
 import struct
 
 from diffobj import arch
 from diffobj.errors import InputError
+from diffobj.inputfile import MIB, read_input
 from diffobj.model import (
+    SHN_ABS,
+    SHN_COMMON,
     SHN_UNDEF,
     SHT_GROUP,
     SHT_NOBITS,
     SHT_REL,
     SHT_RELA,
+    SHT_STRTAB,
+    SHT_SYMTAB,
     STT_FILE,
     STT_FUNC,
     STT_SECTION,
@@ -30,11 +36,17 @@ from diffobj.model import (
 ET_REL, ET_EXEC, ET_DYN, ET_CORE = 1, 2, 3, 4
 SHN_LORESERVE = 0xFF00
 MAX_SECTIONS = SHN_LORESERVE  # 65,280: from there on, ELF moves the count to section 0
+MAX_OBJECT_SIZE = 1024 * MIB
+MAX_NOBITS_SIZE = 256 * MIB  # a NOBITS section is read as zeros: its size is memory the differ allocates
+MAX_ALIGN = 2 * MIB  # the output pads to each section's alignment; x86-64 uses at most huge-page alignment
 
 _ET_NAMES = {ET_EXEC: "an executable", ET_DYN: "a shared object", ET_CORE: "a core dump"}
 _ELF64_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _ELF64_SHDR = struct.Struct("<IIQQQQIIQQ")
 _RELA = struct.Struct("<QQq")
+_ENTRY_SIZE = 24  # of an ELF64 symbol and of a RELA entry
+_SYMBOL_TYPES = {0, 1, 2, 3, 4, 5, 6, 10}  # NOTYPE..TLS, GNU_IFUNC
+_SYMBOL_BINDINGS = {0, 1, 2, 10}  # LOCAL, GLOBAL, WEAK, GNU_UNIQUE
 
 
 def check_header(path: str, blob: bytes) -> list[tuple]:
@@ -44,7 +56,8 @@ def check_header(path: str, blob: bytes) -> list[tuple]:
         raise InputError(f"{name}: not an ELF file")
     if len(blob) < _ELF64_EHDR.size:
         raise InputError(f"{name}: truncated ELF header")
-    ident, e_type, e_machine, _, _, _, e_shoff, _, _, _, _, e_shentsize, e_shnum, _ = _ELF64_EHDR.unpack_from(blob)
+    ident, e_type, e_machine, *_, e_shoff, _, _, _, _, e_shentsize, e_shnum, e_shstrndx = \
+        _ELF64_EHDR.unpack_from(blob)
     if ident[4] != 2 or ident[5] != 1:
         raise InputError(f"{name}: not a 64-bit little-endian ELF file")
     if arch.for_machine(e_machine) is None:
@@ -64,26 +77,48 @@ def check_header(path: str, blob: bytes) -> list[tuple]:
     if e_shentsize != _ELF64_SHDR.size or e_shoff + e_shnum * e_shentsize > len(blob):
         raise InputError(f"{name}: truncated or corrupt section header table")
     headers = list(_ELF64_SHDR.iter_unpack(blob[e_shoff:e_shoff + e_shnum * e_shentsize]))
-    for i, (_, sh_type, _, _, sh_offset, sh_size, *_rest) in enumerate(headers):
-        if sh_type != SHT_NOBITS and sh_offset + sh_size > len(blob):
+    for i, (_, sh_type, _, _, sh_offset, sh_size, sh_link, _, sh_addralign, sh_entsize) in enumerate(headers):
+        if sh_type == SHT_NOBITS:
+            if sh_size > MAX_NOBITS_SIZE:
+                raise InputError(f"{name}: section {i} is a NOBITS section of {sh_size:,} bytes "
+                                 f"(the limit is {MAX_NOBITS_SIZE:,})")
+        elif sh_offset + sh_size > len(blob):
             raise InputError(f"{name}: truncated (section {i} runs past the end of the file)")
+        if sh_addralign & (sh_addralign - 1) or sh_addralign > MAX_ALIGN:
+            raise InputError(f"{name}: section {i} has alignment {sh_addralign:#x} "
+                             f"(a power of two up to {MAX_ALIGN:#x} expected)")
+        if sh_type in (SHT_SYMTAB, SHT_RELA):
+            if sh_entsize != _ENTRY_SIZE or sh_size % _ENTRY_SIZE:
+                raise InputError(f"{name}: section {i} has entries of {sh_entsize} bytes in {sh_size} "
+                                 f"(whole entries of {_ENTRY_SIZE} expected)")
+            if not 0 < sh_link < e_shnum:
+                raise InputError(f"{name}: section {i} links to section {sh_link}, which does not exist")
+        if sh_type == SHT_SYMTAB and headers[sh_link][1] != SHT_STRTAB:
+            raise InputError(f"{name}: symbol table (section {i}) links to section {sh_link}, not a string table")
+    if not 0 < e_shstrndx < e_shnum or headers[e_shstrndx][1] != SHT_STRTAB:
+        raise InputError(f"{name}: the section name table index {e_shstrndx} is not a string table")
+    for i, h in enumerate(headers):
+        if h[1] == SHT_STRTAB and h[5] and blob[h[4] + h[5] - 1] != 0:
+            raise InputError(f"{name}: string table (section {i}) does not end with a NUL byte")
+        if h[0] >= headers[e_shstrndx][5]:
+            raise InputError(f"{name}: section {i}'s name lies outside the section name table")
     return headers
 
 
-def read_object(path: str) -> ObjectFile:
-    try:
-        with open(path, "rb") as f:
-            blob = f.read()
-    except OSError as e:
-        raise InputError(f"{path}: {e.strerror}") from None
+def read_object(path: str, blob: bytes | None = None) -> ObjectFile:
+    """Read the object at `path`, or its bytes `blob` when the caller has read (and checked) them."""
+    if blob is None:
+        blob = read_input(path, "ELF object", MAX_OBJECT_SIZE)
     headers = check_header(path, blob)
+    name = os.path.basename(path)
+    machine = arch.for_machine(_ELF64_EHDR.unpack_from(blob)[2])
 
     import lief
 
     lief.logging.disable()
-    binary = lief.ELF.parse(path)
+    binary = lief.ELF.parse(io.BytesIO(blob))  # the bytes checked above, not the path read again
     if binary is None or len(binary.sections) != len(headers):
-        raise InputError(f"{os.path.basename(path)}: could not be parsed as an ELF relocatable object")
+        raise InputError(f"{name}: could not be parsed as an ELF relocatable object")
 
     # Names come from LIEF; numeric fields and contents from the headers checked above: LIEF's
     # `content` costs time linear in the section count per call (quadratic over a large object) and
@@ -92,40 +127,61 @@ def read_object(path: str) -> ObjectFile:
     for i, (s, hdr) in enumerate(zip(list(binary.sections), headers)):
         _, stype, flags, _, offset, size, link, info, align, entsize = hdr
         data = bytes(size) if stype == SHT_NOBITS else blob[offset:offset + size]
-        sections.append(Section(index=i, name=s.name, type=stype, flags=flags, addralign=align,
-                                entsize=entsize, data=data, link=link, info=info))
+        sections.append(Section(index=i, name=_checked_name(name, s.name, f"section {i}"), type=stype,
+                                flags=flags, addralign=align, entsize=entsize, data=data, link=link, info=info))
 
     symbols = []
     source_file = ""
-    for i, s in enumerate(list(binary.symtab_symbols)):
-        stype, bind = int(s.type), int(s.binding)
+    raw_symbols = list(binary.symtab_symbols)
+    symtabs = [h for h in headers if h[1] == SHT_SYMTAB]
+    if len(symtabs) > 1 or len(raw_symbols) != sum(h[5] // _ENTRY_SIZE for h in symtabs):
+        raise InputError(f"{name}: malformed symbol table")
+    for i, s in enumerate(raw_symbols):
+        # Type and binding from the raw st_info: LIEF warns on stderr about values outside its enums.
+        st_info = blob[symtabs[0][4] + i * _ENTRY_SIZE + 4]
+        stype, bind = st_info & 0xF, st_info >> 4
         shndx = int(s.shndx)
-        sym = Symbol(index=i, name=s.name, type=stype, bind=bind, other=int(s.other), shndx=shndx,
-                     value=int(s.value), size=int(s.size))
+        sym = Symbol(index=i, name=_checked_name(name, s.name, f"symbol {i}"), type=stype, bind=bind,
+                     other=int(s.other), shndx=shndx, value=int(s.value), size=int(s.size))
+        if shndx >= SHN_LORESERVE and shndx not in (SHN_ABS, SHN_COMMON):
+            raise InputError(f"{name}: symbol {sym.name!r} has unsupported section index {shndx:#x}")
+        if stype not in _SYMBOL_TYPES or bind not in _SYMBOL_BINDINGS:
+            raise InputError(f"{name}: symbol {sym.name!r} has unsupported type {stype} or binding {bind}")
+        if stype in (STT_FUNC, STT_SECTION) and shndx >= SHN_LORESERVE:
+            raise InputError(f"{name}: symbol {sym.name!r} is a function or section outside any section")
         if shndx != SHN_UNDEF and shndx < SHN_LORESERVE:
             if shndx >= len(sections):
-                raise InputError(f"{os.path.basename(path)}: symbol {s.name!r} has bad section index {shndx}")
+                raise InputError(f"{name}: symbol {sym.name!r} has bad section index {shndx}")
             sym.section = sections[shndx]
+            if sym.value + sym.size > sym.section.size:
+                raise InputError(f"{name}: symbol {sym.name!r} ({sym.value:#x}, {sym.size} bytes) lies outside "
+                                 f"its section {sym.section.name} ({sym.section.size} bytes)")
             if stype == STT_SECTION:
                 sym.section.section_symbol = sym
             else:
                 sym.section.symbols.append(sym)
         if stype == STT_FILE and not source_file:
-            source_file = s.name
+            source_file = sym.name
         symbols.append(sym)
 
     for sec in sections:
         if sec.type == SHT_REL:
-            raise InputError(f"{os.path.basename(path)}: SHT_REL section {sec.name}: only RELA is used on x86-64")
+            raise InputError(f"{name}: SHT_REL section {sec.name}: only RELA is used on x86-64")
         if sec.type == SHT_RELA:
             if not 0 < sec.info < len(sections):
-                raise InputError(f"{os.path.basename(path)}: relocation section {sec.name} has bad target")
+                raise InputError(f"{name}: relocation section {sec.name} has bad target")
             target = sections[sec.info]
-            for r_offset, r_info, r_addend in _RELA.iter_unpack(sec.data[: len(sec.data) // 24 * 24]):
-                symidx = r_info >> 32
-                if symidx >= len(symbols):
-                    raise InputError(f"{os.path.basename(path)}: relocation in {sec.name} names bad symbol {symidx}")
-                target.relocations.append(Relocation(r_offset, r_info & 0xFFFFFFFF, symbols[symidx], r_addend))
+            for r_offset, r_info, r_addend in _RELA.iter_unpack(sec.data):
+                symidx, rtype = r_info >> 32, r_info & 0xFFFFFFFF
+                if not 0 < symidx < len(symbols) or symbols[symidx].type == STT_FILE:
+                    raise InputError(f"{name}: relocation at {r_offset:#x} in {sec.name} names bad symbol {symidx}")
+                kind = machine.RELOC_TYPES.get(rtype)
+                if kind is None:
+                    raise InputError(f"{name}: unsupported relocation type {rtype} in {sec.name}")
+                if r_offset + kind.size > target.size:
+                    raise InputError(f"{name}: relocation at {r_offset:#x} in {sec.name} lies outside "
+                                     f"{target.name} ({target.size} bytes)")
+                target.relocations.append(Relocation(r_offset, rtype, symbols[symidx], r_addend))
         elif sec.type == SHT_GROUP:
             for idx in struct.unpack_from(f"<{len(sec.data) // 4}I", sec.data)[1:]:
                 if 0 < idx < len(sections):
@@ -134,6 +190,13 @@ def read_object(path: str) -> ObjectFile:
         sec.relocations.sort(key=lambda r: r.offset)
         _mark_aliases(sec)
     return ObjectFile(path=path, sections=sections, symbols=symbols, source_file=source_file)
+
+
+def _checked_name(file: str, name, what: str) -> str:
+    """LIEF returns the bytes of a name that is not UTF-8; the differ needs text."""
+    if not isinstance(name, str):
+        raise InputError(f"{file}: the name of {what} is not valid UTF-8 ({bytes(name)[:40]!r})")
+    return name
 
 
 def _mark_aliases(sec: Section) -> None:

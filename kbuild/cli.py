@@ -120,7 +120,9 @@ def main(
     system_map: Optional[Path] = typer.Option(None, "--system-map", help="kernel: the running kernel's System.map"),
     headers: Optional[Path] = typer.Option(None, "--headers", help="kernel: the running kernel's headers tree"),
     non_replace: bool = typer.Option(False, "--non-replace", help="kernel: do not replace earlier livepatches"),
-    sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="private key to sign the module with"),
+    sign_key: Optional[Path] = typer.Option(None, "--sign-key", metavar="KEY.pem",
+                                            help="sign the module: user space, an Ed25519 private key; kernel, the "
+                                                 "key of --sign-cert (as scripts/sign-file)"),
     sign_cert: Optional[Path] = typer.Option(None, "--sign-cert", help="kernel: the X.509 certificate of --sign-key"),
     json_output: bool = typer.Option(False, "--json", help="print a one-line JSON summary on stdout"),
 ) -> None:

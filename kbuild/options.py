@@ -55,7 +55,9 @@ class BuildOptions:
     system_map: Path | None = None
     headers: Path | None = None
     non_replace: bool = False
-    sign_key: Path | None = None  # --sign-key (kernel: with --sign-cert, as scripts/sign-file)
+    # --sign-key: user space, an Ed25519 private key (PEM) that seals NAME.kpatch; kernel, with --sign-cert,
+    # the key scripts/sign-file signs NAME.ko with
+    sign_key: Path | None = None
     sign_cert: Path | None = None  # --sign-cert
     json_output: bool = False  # --json (issue 6): one summary line on stdout
     progress: Progress = field(default_factory=SilentProgress)

@@ -25,6 +25,7 @@ from kbuild.tree import apply_patch, build_files, check_patch, copy_tree, in_scr
 from kbuild.units import UnitDiff, UnitJob, diff_unit
 from kbuild.wrapper import CompiledObject, install_wrappers, read_log
 from linker.module import Target, read_module
+from linker.integrity import load_private_key
 from linker.user import link_user_module
 
 
@@ -58,6 +59,8 @@ def _validate(options: BuildOptions) -> None:
             raise InputError(f"--target-binary {binary}: no such file")
     if options.sign_cert is not None:
         raise InputError("--sign-cert is for kernel modules only (SRCDIR is not a Linux tree)")
+    if options.sign_key is not None:
+        load_private_key(options.sign_key)  # a bad key found before a long build
 
 
 def build_user_patch(options: BuildOptions) -> BuildResult:
@@ -250,7 +253,7 @@ class _Build:
         module = o.outdir / f"{self.name}.kpatch"
         link_user_module([u.output for u in linked], self.name,
                          [Target(b.name, b.build_id) for b in binaries if b.name in patched_targets],
-                         module, self.scratch)
+                         module, self.scratch, load_private_key(o.sign_key) if o.sign_key else None)
         info = read_module(module)
         if info.problems:
             raise PatchBuildError(f"{module.name} is malformed: {'; '.join(info.problems)}")

@@ -3,10 +3,11 @@
 The module is an ELF relocatable object; its pointers (`char *name`, `new_addr`, ...) are R_X86_64_64
 relocations, so reading it means resolving each relocation to (section, offset) and reading what lies there.
 `patch-ctl info` prints a `ModuleInfo`; the loader uses it to know what to patch and which target to expect.
-Layouts: docs/design.md (`.kpatch.funcs`, `.kpatch.targets`, `.kpatch.module`).
+Layouts: docs/design.md (`.kpatch.funcs`, `.kpatch.targets`, `.kpatch.module`, `.kpatch.integrity`).
 """
 from __future__ import annotations
 
+import io
 import os
 import struct
 from dataclasses import dataclass, field
@@ -14,8 +15,10 @@ from dataclasses import dataclass, field
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
+from elftools.elf.sections import SymbolTableSection
 
 from diffobj.errors import InputError
+from linker.integrity import Seal, examine, read_module_bytes
 
 FUNCS, STRINGS, TARGETS, MODULE = ".kpatch.funcs", ".kpatch.strings", ".kpatch.targets", ".kpatch.module"
 FUNC_ENTRY = struct.Struct("<7Q")  # new_addr new_size old_addr old_size sympos name objname
@@ -51,6 +54,7 @@ class ModuleInfo:
     targets: list[Target] = field(default_factory=list)
     funcs: list[Func] = field(default_factory=list)  # one per replaced function (identical duplicates merged)
     problems: list[str] = field(default_factory=list)  # why the module is not well-formed; empty when valid
+    seal: Seal | None = None  # its integrity record (linker.integrity)
 
     @property
     def valid(self) -> bool:
@@ -62,7 +66,7 @@ class _Module:
 
     def __init__(self, elf: ELFFile):
         self.elf = elf
-        self.symtab = elf.get_section_by_name(".symtab")
+        self.symtab = next((s for s in elf.iter_sections() if isinstance(s, SymbolTableSection)), None)
         self.symbols = list(self.symtab.iter_symbols()) if self.symtab is not None else []
         self.data: dict[int, bytes] = {}
         self.relocs: dict[int, dict[int, tuple[int, object, int]]] = {}  # shndx -> offset -> (type, sym, addend)
@@ -155,31 +159,29 @@ def _entries(mod: _Module, name: str, entry: struct.Struct, problems: list[str],
     return [(index, off, entry.unpack_from(data, off)) for off in range(0, len(data) - entry.size + 1, entry.size)]
 
 
-def read_module(path: str | os.PathLike) -> ModuleInfo:
-    """Read NAME.kpatch. Raises InputError when it is not a readable x86-64 ELF relocatable object with a
-    `.kpatch.funcs` section; any other inconsistency is listed in `ModuleInfo.problems`."""
+def read_module(path: str | os.PathLike, data: bytes | None = None) -> ModuleInfo:
+    """Read NAME.kpatch (its bytes `data`, when the caller has read them). Raises InputError when it is not
+    a readable x86-64 ELF relocatable object with `.kpatch.funcs` and `.kpatch.integrity` sections; any
+    other inconsistency is listed in `ModuleInfo.problems`, a failed integrity check first."""
     path = os.fspath(path)
     base = os.path.basename(path)
+    if data is None:
+        data = read_module_bytes(path)
+    seal = examine(path, data)  # validates the ELF and section headers first
     try:
-        with open(path, "rb") as f:
-            if f.read(4) != b"\x7fELF":
-                raise InputError(f"{base}: not an ELF file")
-            f.seek(0)
-            elf = ELFFile(f)
-            if elf["e_type"] != "ET_REL" or elf["e_machine"] != "EM_X86_64" or elf.elfclass != 64:
-                raise InputError(f"{base}: not an x86-64 ELF relocatable object")
-            mod = _Module(elf)
-            if mod.section(FUNCS)[1] is None:
-                raise InputError(f"{base}: not a patch module (no {FUNCS} section)")
-            return _read(path, mod)
-    except OSError as e:
-        raise InputError(f"{base}: {e.strerror}") from None
+        elf = ELFFile(io.BytesIO(data))
+        if elf["e_type"] != "ET_REL" or elf["e_machine"] != "EM_X86_64" or elf.elfclass != 64:
+            raise InputError(f"{base}: not an x86-64 ELF relocatable object")
+        mod = _Module(elf)
+        if mod.section(FUNCS)[1] is None:
+            raise InputError(f"{base}: not a patch module (no {FUNCS} section)")
+        return _read(path, mod, seal)
     except (ELFError, struct.error, KeyError, IndexError) as e:
         raise InputError(f"{base}: malformed ELF file ({e})") from None
 
 
-def _read(path: str, mod: _Module) -> ModuleInfo:
-    problems: list[str] = []
+def _read(path: str, mod: _Module, seal: Seal) -> ModuleInfo:
+    problems: list[str] = [seal.problem] if seal.problem else []
     name, version = "", 0
     module_entries = _entries(mod, MODULE, MODULE_ENTRY, problems)
     if len(module_entries) != 1 and module_entries:
@@ -226,4 +228,5 @@ def _read(path: str, mod: _Module) -> ModuleInfo:
             problems.append(f"function {func.name} ({func.objname}, sympos {func.sympos}) is replaced twice, "
                             "differently")
     funcs = list(unique.values())
-    return ModuleInfo(path=path, name=name, version=version, targets=targets, funcs=funcs, problems=problems)
+    return ModuleInfo(path=path, name=name, version=version, targets=targets, funcs=funcs, problems=problems,
+                      seal=seal)

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import jinja2
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from diffobj.errors import PatchBuildError
+from linker import integrity
 from linker.module import MODULE_VERSION, Target
 
 
@@ -23,9 +26,11 @@ def _environment() -> jinja2.Environment:
 
 
 def render_metadata(name: str, targets: list[Target]) -> str:
-    """The assembly source of the module's `.kpatch.module`, `.kpatch.targets` and their strings."""
+    """The assembly source of the module's `.kpatch.module`, `.kpatch.targets`, their strings and the
+    reserved `.kpatch.integrity` record."""
     return _environment().get_template("metadata.s.j2").render(name=name, targets=targets,
-                                                                  version=MODULE_VERSION)
+                                                                  version=MODULE_VERSION,
+                                                                  integrity_size=integrity.RECORD_SIZE)
 
 
 def _run(argv: list[str], what: str) -> None:
@@ -37,8 +42,10 @@ def _run(argv: list[str], what: str) -> None:
         raise PatchBuildError(f"{what} failed: {why}")
 
 
-def link_user_module(outputs: list[Path], name: str, targets: list[Target], module: Path, workdir: Path) -> Path:
-    """Write `module` (NAME.kpatch) from the differ outputs; `workdir` holds the intermediate metadata files."""
+def link_user_module(outputs: list[Path], name: str, targets: list[Target], module: Path, workdir: Path,
+                     sign_key: Ed25519PrivateKey | None = None) -> Path:
+    """Write `module` (NAME.kpatch) from the differ outputs, sealed with its digest (and signed with
+    `sign_key`); `workdir` holds the intermediate metadata files."""
     source = workdir / f"{name}.kpatch-meta.s"
     meta = workdir / f"{name}.kpatch-meta.o"
     source.write_text(render_metadata(name, targets))
@@ -46,5 +53,6 @@ def link_user_module(outputs: list[Path], name: str, targets: list[Target], modu
     module.parent.mkdir(parents=True, exist_ok=True)
     tmp = module.with_name(module.name + ".tmp")
     _run(["ld", "-r", "-o", os.fspath(tmp), *map(os.fspath, outputs), os.fspath(meta)], f"linking {module.name}")
+    integrity.seal(tmp, sign_key)
     os.replace(tmp, module)
     return module

@@ -34,6 +34,11 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 
 
+def _say(line: str) -> None:
+    """Print a line that holds names from a module or a target's memory: control characters escaped."""
+    typer.echo(printable(line))
+
+
 def _costs(stats) -> str:
     """What the target went through: every thread stopped (the longest such pause), all stops counted."""
     return (f"pause {_ms(stats.pause)} with every thread stopped, {stats.attempts} attempt(s); "
@@ -56,14 +61,18 @@ def _late(stats, outcome: str) -> None:
 def apply(module: Path = typer.Argument(..., help="NAME.kpatch"), pid: int = PidOption,
           timeout: float = TimeoutOption,
           no_stack_check: bool = typer.Option(False, "--no-stack-check",
-                                              help="Do not require replaced functions to be off every stack.")):
+                                              help="Do not require replaced functions to be off every stack."),
+          trusted_keys: Optional[Path] = typer.Option(None, "--trusted-keys", metavar="DIR",
+                                                      help="Only apply modules signed by a key of DIR/*.pem "
+                                                           "(Ed25519 public keys).")):
     """Patch a running process."""
+    from linker.integrity import load_trusted_keys
     from loader.patcher import apply_patch
 
-    record, stats = _guarded(lambda: apply_patch(pid, str(module), timeout, not no_stack_check))
+    trusted = _guarded(lambda: load_trusted_keys(trusted_keys)) if trusted_keys is not None else None
+    record, stats = _guarded(lambda: apply_patch(pid, str(module), timeout, not no_stack_check, trusted))
     _warn(stats)
-    typer.echo(f"applied {printable(record.module)} to process {pid}: {len(record.funcs)} function(s) redirected "
-               f"({_costs(stats)})")
+    _say(f"applied {record.module} to process {pid}: {len(record.funcs)} function(s) redirected ({_costs(stats)})")
     _late(stats, "the patch stays applied")
 
 
@@ -81,7 +90,7 @@ def revert(name: Optional[str] = typer.Argument(None, help="The patch (module na
     if not records:
         typer.echo(f"no patches in process {pid}")
     for r in records:
-        typer.echo(f"reverted {printable(r.module)} in process {pid}")
+        _say(f"reverted {r.module} in process {pid}")
     if records:
         typer.echo(_costs(stats))
     _late(stats, "the revert is complete")
@@ -101,10 +110,10 @@ def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json"
         typer.echo(f"no patches in process {pid}")
     for r in records:
         at = ", ".join(f"{start:#x} ({size} bytes)" for start, size in r.mappings)
-        typer.echo(f"{r.seq}. {r.module} [{r.state}] at {at} from {r.path}")
+        _say(f"{r.seq}. {r.module} [{r.state}] at {at} from {r.path}")
         for f in r.funcs:
             on = f" (over {f.prev})" if f.prev else ""
-            typer.echo(f"   {f.objname}:{f.name} {f.old_addr:#x} -> {f.new_addr:#x} ({f.new_size} bytes){on}")
+            _say(f"   {f.objname}:{f.name} {f.old_addr:#x} -> {f.new_addr:#x} ({f.new_size} bytes){on}")
         for eh_frame, _, _, confirmed in r.frames:
             typer.echo(f"   unwind information {'registered' if confirmed else 'perhaps registered'} at {eh_frame:#x}")
 
@@ -112,23 +121,32 @@ def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json"
 @app.command()
 def info(module: Path = typer.Argument(..., help="NAME.kpatch"),
          json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """What a patch module holds: targets, build-ids, functions and sizes."""
+    """What a patch module holds: targets, build-ids, functions and sizes, its digest and signer."""
     from loader.patcher import module_info
 
     mod = _guarded(lambda: module_info(str(module)))
     if json_output:
         typer.echo(json.dumps(dataclasses.asdict(mod), indent=2))
     else:
-        typer.echo(f"module {mod.name} (format {mod.version}) {mod.path}")
+        _say(f"module {mod.name} (format {mod.version}) {mod.path}")
+        seal = mod.seal
+        if seal.digest:
+            typer.echo(f"digest sha256:{seal.digest} ({'verified' if seal.intact else 'DOES NOT MATCH the contents'})")
+        if seal.signer:
+            typer.echo(f"signed by {seal.signer} "
+                       f"({'signature verified' if seal.signature_valid else 'signature DOES NOT VERIFY'})")
+        elif seal.digest:
+            typer.echo("unsigned")
         for t in mod.targets:
-            typer.echo(f"target {t.name} build-id {t.build_id}")
+            _say(f"target {t.name} build-id {t.build_id}")
         for f in mod.funcs:
             pos = f",{f.sympos}" if f.sympos else ""
-            typer.echo(f"function {f.objname}:{f.name}{pos} {f.old_size} -> {f.new_size} bytes ({f.new_symbol})")
+            _say(f"function {f.objname}:{f.name}{pos} {f.old_size} -> {f.new_size} bytes ({f.new_symbol})")
         for p in mod.problems:
-            typer.echo(f"problem: {p}")
+            _say(f"problem: {p}")
     if mod.problems:
-        raise typer.Exit(2)
+        more = f" (and {len(mod.problems) - 1} more)" if len(mod.problems) > 1 else ""
+        _fail(f"{module.name}: malformed patch module: {mod.problems[0]}{more}", 2)
 
 
 main_entry = entry_point(app, PROG)

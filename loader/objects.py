@@ -17,7 +17,7 @@ from elftools.elf.elffile import ELFFile
 from loader.procfs import Mapping, proc_dir
 
 _SYM = struct.Struct("<IBBHQQ")
-STT_FILE, STT_TLS, STT_GNU_IFUNC = 4, 6, 10
+STT_FUNC, STT_FILE, STT_TLS, STT_GNU_IFUNC = 2, 4, 6, 10
 STB_LOCAL, STB_GLOBAL, STB_WEAK, STB_GNU_UNIQUE = 0, 1, 2, 10
 SHN_UNDEF, SHN_ABS = 0, 0xFFF1
 VERSYM_HIDDEN = 0x8000

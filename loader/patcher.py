@@ -24,13 +24,15 @@ import time
 from dataclasses import dataclass, field
 
 from diffobj.errors import InputError, PatchBuildError, Refused
-from diffobj.read import check_header, read_object
+from diffobj.read import read_object
+from linker.integrity import check_trusted, read_module_bytes
 from linker.module import Func, ModuleInfo, read_module
 from loader import faults, layout, x86_64 as arch
 from loader.critical import Critical
 from loader.consistency import Range, check
 from loader.frames import FrameRegistry, find_registry, registry_of
 from loader.lock import TargetLock
+from loader.modulecheck import check_module
 from loader.objects import LoadedObject, loaded_objects
 from loader.procfs import Mapping, Memory, check_process, dying, process_alive, read_maps, tracer_of
 from loader.ptrace import NotStopping, Stopped, ThreadGone, TraceError, live_thread_ids, thread_ids
@@ -166,23 +168,24 @@ def _run(pid: int, what: str, fn, wait: float | None = 10.0):
 # ---- apply ----------------------------------------------------------------------------------------------
 
 def module_info(path: str) -> ModuleInfo:
-    """The module's metadata, its ELF headers validated first (by the differ's check) so that nothing
-    trusts the offsets of a corrupt file."""
-    try:
-        with open(path, "rb") as f:
-            blob = f.read()
-    except OSError as e:
-        raise InputError(f"{os.path.basename(path)}: {e.strerror}") from None
-    check_header(path, blob)
+    """The module's metadata; its ELF headers are validated and its digest checked first (a mismatch is
+    the first of its problems), so that nothing trusts the offsets of a corrupt file."""
     return read_module(path)
 
 
-def load_module(path: str) -> tuple[ModuleInfo, object]:
-    """The module's metadata and contents; InputError when it is not a well-formed patch module."""
-    info = module_info(path)
+def load_module(path: str, trusted: dict | None = None) -> tuple[ModuleInfo, object]:
+    """The module's metadata and contents, read from one read of the file: InputError when it is not a
+    well-formed patch module (digest included); Refused when `trusted` keys (linker.integrity) are given
+    and none of them signed it, or when the loader cannot apply its relocations."""
+    data = read_module_bytes(path)
+    info = read_module(path, data)
     if info.problems:
         raise InputError(f"{os.path.basename(path)}: malformed patch module: {info.problems[0]}")
-    return info, read_object(path)
+    if trusted is not None:
+        check_trusted(info.name, info.seal, trusted)
+    obj = read_object(path, data)
+    check_module(path, obj, info)
+    return info, obj
 
 
 def _candidates(maps: list[Mapping], size: int, anchors: list[int]) -> list[int]:
@@ -216,9 +219,12 @@ def _max_header(info: ModuleInfo, path: str) -> int:
     return len(record.encode()) + 256
 
 
-def apply_patch(pid: int, path: str, timeout: float = 10.0, stack_check: bool = True) -> tuple[PatchRecord, Stats]:
+def apply_patch(pid: int, path: str, timeout: float = 10.0, stack_check: bool = True,
+                trusted: dict | None = None) -> tuple[PatchRecord, Stats]:
+    """`trusted`: fingerprint -> public key (linker.integrity.load_trusted_keys); only modules one of them
+    signed are applied."""
     check_process(pid)  # before the (slower) module reading: a wrong PID fails at once
-    info, obj = load_module(path)
+    info, obj = load_module(path, trusted)
     return _run(pid, "apply", lambda s: _apply(s, info, obj, path, timeout, stack_check), wait=timeout)
 
 
@@ -386,14 +392,18 @@ def _discard(s: Session, record: PatchRecord | None, mappings: list[tuple[int, i
 
 
 def _old_functions(s: Session, info: ModuleInfo, resolver: Resolver) -> list[tuple[Func, int, int]]:
-    """(func, address, size) of each function the module replaces, checked against the process."""
+    """(func, address, size) of each function the module replaces, found by name in the target's own
+    symbol table (the module's address and size are claims, checked against it) and in its code."""
     olds = []
     for func in info.funcs:
         addr, size = resolver.old_function(func)
+        code = resolver.targets[func.objname].maps
+        if not any(m.executable and addr in m and addr + max(size, 1) <= m.end for m in code):
+            raise Refused([(func.name, f"its address {addr:#x} is not in the code of {func.objname}")])
         need = arch.min_redirect_size(s.mem.read(addr, 16))
         if size and size < need:
             raise Refused([(func.name, f"is {size} bytes, too short for a {need}-byte redirect")])
-        if func.old_size and size and func.old_size != size:
+        if func.old_size != size:
             raise Refused([(func.name, f"is {size} bytes in the process, {func.old_size} in the module's build")])
         olds.append((func, addr, size or need))
     return olds

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from diffobj.model import STB_WEAK, Symbol
 from linker.module import Func, Target
-from loader.objects import STT_GNU_IFUNC, STT_TLS, ElfSymbol, LoadedObject
+from loader.objects import STT_FUNC, STT_GNU_IFUNC, STT_TLS, ElfSymbol, LoadedObject
 from loader.procfs import Memory
 
 LOCAL_PREFIX = ".kpatch.sym."
@@ -44,19 +44,22 @@ class Resolver:
             return self._ifunc(sym.name, what), sym.size
         return obj.base + sym.value, sym.size
 
-    def local(self, objname: str, name: str, pos: int) -> tuple[int, int]:
+    def _local_symbol(self, objname: str, name: str, pos: int) -> ElfSymbol:
         obj = self.targets[objname]
         if not obj.symtab:
             raise ResolveError(f"{objname} has no symbol table (stripped): cannot find local symbol {name}")
         cands = obj.locals_named(name)
         if pos == 0 and len(cands) == 1:
-            return self._addr(obj, cands[0], name)
+            return cands[0]
         if pos == 0 and not cands and name in obj.globals:  # the static became global: same object
-            return self._addr(obj, obj.globals[name], name)
+            return obj.globals[name]
         if 0 < pos <= len(cands):
-            return self._addr(obj, cands[pos - 1], name)
+            return cands[pos - 1]
         raise ResolveError(f"{objname}: local symbol {name} position {pos} not found "
                            f"({len(cands)} local symbol(s) of that name)")
+
+    def local(self, objname: str, name: str, pos: int) -> tuple[int, int]:
+        return self._addr(self.targets[objname], self._local_symbol(objname, name, pos), name)
 
     def global_(self, name: str) -> tuple[int, int] | None:
         for obj in self.targets.values():
@@ -79,19 +82,23 @@ class Resolver:
         raise ResolveError(f"undefined symbol {sym.name} is not defined in the process")
 
     def old_function(self, func: Func) -> tuple[int, int]:
+        """Address and size of the function `func` replaces, from the target's own symbol table by name (and
+        sympos): the name is authoritative, a nonzero `old_addr` of the module only a claim that must agree."""
         obj = self.targets.get(func.objname)
         if obj is None:
             raise ResolveError(f"function {func.name}: object {func.objname} is not a target of the module")
-        if func.old_addr:
-            return obj.base + func.old_addr, func.old_size
-        cands = obj.locals_named(func.name)
-        if func.sympos or cands:
-            addr, size = self.local(func.objname, func.name, func.sympos)
+        if func.sympos or obj.locals_named(func.name):
+            sym = self._local_symbol(func.objname, func.name, func.sympos)
         elif func.name in obj.globals:
-            addr, size = self._addr(obj, obj.globals[func.name], func.name)
+            sym = obj.globals[func.name]
         else:
             raise ResolveError(f"function {func.name} not found in {func.objname}")
-        return addr, size
+        if sym.type != STT_FUNC:
+            raise ResolveError(f"{func.name}: not a function in {func.objname} (symbol type {sym.type})")
+        if func.old_addr and func.old_addr != sym.value:
+            raise ResolveError(f"{func.name}: the module gives its address as {func.old_addr:#x}, but it is at "
+                               f"{sym.value:#x} in {func.objname}")
+        return obj.base + sym.value, sym.size
 
     def _ifunc(self, name: str, what: str) -> int:
         """An IFUNC's implementation is what the process already bound it to: read a GOT slot of an

@@ -7,8 +7,14 @@ section (or defined) symbols, so they are applied here as `S + A` on the raw ima
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import struct
+
+from diffobj.errors import InputError
+from diffobj.inputfile import read_input
+from diffobj.read import MAX_OBJECT_SIZE
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
@@ -53,12 +59,27 @@ def _relocated_debug_image(blob: bytes) -> bytes | None:
     return bytes(image)
 
 
+@contextlib.contextmanager
+def dwarf_errors(path: str):
+    """Malformed debug info as one InputError naming the file. pyelftools parses lazily and fails deep in
+    its parsers with many exception types (its own, and KeyError, IndexError, TypeError... on values it
+    does not expect), so this wraps all the code that reads DWARF, not just the opening."""
+    from elftools.common.exceptions import DWARFError, ELFError
+
+    try:
+        yield
+    except (ELFError, DWARFError, struct.error, KeyError, IndexError, ValueError, TypeError, AttributeError,
+            AssertionError, RecursionError) as e:
+        detail = f"{type(e).__name__}: {e}"
+        raise InputError(f"{os.path.basename(path)}: malformed debug information ({detail[:120]})") from None
+
+
 def read_dwarf(path: str):
-    """pyelftools' DWARFInfo of the object at `path`, or None when it has no DWARF."""
+    """pyelftools' DWARFInfo of the object at `path`, or None when it has no DWARF (call it, and use what it
+    returns, inside `dwarf_errors`)."""
     from elftools.elf.elffile import ELFFile
 
-    with open(path, "rb") as f:
-        blob = f.read()
+    blob = read_input(path, "ELF object", MAX_OBJECT_SIZE)
     elf = ELFFile(io.BytesIO(blob))
     if elf.get_section_by_name(".debug_info") is None or not elf.has_dwarf_info():
         return None

@@ -10,7 +10,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from report.dwarf import read_dwarf
+from report.dwarf import dwarf_errors, read_dwarf
 from report.model import Artifact, Compiler, Target, Tool
 
 TOOL_NAME = "patch-build"
@@ -85,18 +85,18 @@ def _producer_flags(producer: str) -> list[str]:
 
 def compiler_of(path: str | os.PathLike) -> Compiler | None:
     """The compiler an object records in `.comment`, with its flags from DW_AT_producer (built with -g)."""
-    elf = _elf(path)
-    try:
-        comment = elf.get_section_by_name(".comment")
-        if comment is None:
-            return None
-        version = next((s for s in comment.data().decode("utf-8", "replace").split("\0") if s), "")
-    finally:
-        elf.stream.close()
-    flags: list[str] = []
-    dwarf = read_dwarf(str(path))
-    if dwarf is not None:
-        for cu in dwarf.iter_CUs():
+    with dwarf_errors(str(path)):
+        elf = _elf(path)
+        try:
+            comment = elf.get_section_by_name(".comment")
+            if comment is None:
+                return None
+            version = next((s for s in comment.data().decode("utf-8", "replace").split("\0") if s), "")
+        finally:
+            elf.stream.close()
+        flags: list[str] = []
+        dwarf = read_dwarf(str(path))
+        for cu in dwarf.iter_CUs() if dwarf is not None else ():
             producer = cu.get_top_DIE().attributes.get("DW_AT_producer")
             if producer is not None:
                 flags = _producer_flags(producer.value.decode("utf-8", "replace"))

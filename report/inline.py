@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from report.dwarf import read_dwarf
+from report.dwarf import dwarf_errors, read_dwarf
 from report.model import ReportWarning
 
 INLINED_INTO_MANY = 3  # warn when a changed callee is inlined into at least this many functions
@@ -124,11 +124,7 @@ def _walk_inlined(die, out: set[str]) -> None:
         _walk_inlined(child, out)
 
 
-def read_inline_info(path: str) -> InlineInfo | None:
-    """None when the object has no DWARF."""
-    dwarf = read_dwarf(path)
-    if dwarf is None:
-        return None
+def _subprograms(dwarf) -> list[_Subprogram]:
     subprograms: list[_Subprogram] = []
     for cu in dwarf.iter_CUs():
         files, version = _file_names(dwarf, cu)
@@ -142,6 +138,16 @@ def read_inline_info(path: str) -> InlineInfo | None:
             sub = _Subprogram(name, file, line)
             _walk_inlined(die, sub.inlined)
             subprograms.append(sub)
+    return subprograms
+
+
+def read_inline_info(path: str) -> InlineInfo | None:
+    """None when the object has no DWARF."""
+    with dwarf_errors(path):
+        dwarf = read_dwarf(path)
+        if dwarf is None:
+            return None
+        subprograms = _subprograms(dwarf)
     inlined: dict[str, set[str]] = {}
     by_file: dict[str, list[tuple[int, str]]] = {}
     for sub in subprograms:

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 
+from diffobj.errors import InputError
+from diffobj.inputfile import MIB, read_input
+
 SCHEMA_VERSION = 1
+MAX_REPORT_SIZE = 64 * MIB
 
 # Report.status values and the exit codes of docs/design.md they go with.
 STATUS_EXIT = {"built": 0, "refused": 1, "failed": 2, "no-change": 3, "error": 4}
@@ -164,6 +170,22 @@ class Report:
         if report.status not in STATUS_EXIT:
             raise ValueError(f"report: unknown status {report.status!r}")
         return report
+
+
+def read_report(path: str | os.PathLike) -> Report:
+    """A saved NAME.report.json; InputError with a one-line reason naming the file when it is not one."""
+    name = os.fspath(path)
+    try:
+        data = json.loads(read_input(path, "report", MAX_REPORT_SIZE).decode("utf-8"))
+        return Report.from_dict(data)
+    except UnicodeDecodeError:
+        raise InputError(f"{name}: not a text file (not UTF-8)") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{name}: not JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise InputError(f"{name}: not a patch-build report (JSON nested too deeply)") from None
+    except ValueError as e:  # the model's own checks, and numbers too long for Python to convert
+        raise InputError(f"{name}: {e}") from None
 
 
 @functools.lru_cache(maxsize=None)

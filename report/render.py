@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
+from diffobj.console import printable
 from report.model import Report
 
 FORMATS = ("json", "md", "html")
@@ -17,7 +18,13 @@ STATUS_TEXT = {"built": "patch built", "refused": "refused", "failed": "failed",
 
 
 def to_json(report: Report) -> str:
-    return json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n"
+    text = json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n"
+    if text.isascii() and "\x7f" not in text:
+        return text
+    # json.dumps escapes only C0 controls: escape the others too (DEL, C1, bidi overrides...), so that
+    # `patch-report --format json` is as safe on a terminal as the other formats. Outside strings there
+    # are only printable characters and newlines.
+    return "".join(c if c.isprintable() or c == "\n" else json.dumps(c)[1:-1] for c in text)
 
 
 def _md_cell(value) -> str:
@@ -47,6 +54,12 @@ def _unified(rows):
     return lines
 
 
+def _printable(value):
+    """Every value a template prints, with control characters (from names in untrusted objects) escaped;
+    HTML-safe markup stays markup."""
+    return type(value)(printable(value)) if isinstance(value, str) else value
+
+
 @lru_cache(maxsize=1)
 def _environment():
     import jinja2
@@ -58,6 +71,7 @@ def _environment():
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        finalize=_printable,
     )
     env.filters["md"] = _md_cell
     env.filters["hexoff"] = _hexoff

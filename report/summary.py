@@ -7,7 +7,8 @@ from pathlib import Path
 
 from report.build import report_path
 from report.identity import sha256_file
-from report.model import STATUS_EXIT, Report
+from diffobj.errors import InputError
+from report.model import STATUS_EXIT, Report, read_report
 from report.render import FORMATS, SUFFIXES
 
 _ZERO_COUNTS = {"changed": 0, "new": 0, "included": 0, "rejected": 0, "warnings": 0}
@@ -62,8 +63,8 @@ def build_summary(exit_code: int, *, outdir: str | os.PathLike, name: str | None
         json_path = report_path(outdir, name, "json")
         if json_path.is_file():
             try:
-                report = Report.from_dict(json.loads(json_path.read_text(encoding="utf-8")))
-            except ValueError:  # not the report model: the summary still names the files
+                report = read_report(json_path)
+            except InputError:  # not the report model: the summary still names the files
                 report = None
     return json_summary(status, name=name, module=module if status == "built" else None, reports=reports,
                         report=report, message=message)

@@ -4,8 +4,10 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
 from diffobj.errors import InputError
+from linker import integrity
 from linker.module import Target, read_module
 from linker.user import link_user_module
 
@@ -76,7 +78,7 @@ def test_conflicting_duplicates_are_a_problem(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     (b"not an elf file at all", "not an ELF file"),
-    (b"\x7fELF\x02\x01", "malformed ELF"),
+    (b"\x7fELF\x02\x01", "truncated ELF header"),
     (None, "not a patch module"),
 ])
 def test_not_a_module(tmp_path, content, message):
@@ -87,3 +89,25 @@ def test_not_a_module(tmp_path, content, message):
         path.write_bytes(content)
     with pytest.raises(InputError, match=message):
         read_module(path)
+
+
+def test_sealed_at_link(tmp_path):
+    module = link(tmp_path)
+    info = read_module(module)
+    assert info.seal.intact and not info.seal.signer and len(info.seal.digest) == 64
+    data = bytearray(module.read_bytes())
+    data[-1] ^= 1  # any byte outside the record: here the section header table's last
+    assert read_module(module, bytes(data)).problems[0].startswith("digest mismatch")
+
+
+def test_integrity_record_must_hold_its_bytes(tmp_path):
+    """A `.kpatch.integrity` that is NOBITS has no bytes in the file to read the record from."""
+    module = link(tmp_path)
+    data = bytearray(module.read_bytes())
+    with open(module, "rb") as f:
+        elf = ELFFile(f)
+        index = next(i for i, s in enumerate(elf.iter_sections()) if s.name == integrity.SECTION)
+        at = elf["e_shoff"] + index * elf["e_shentsize"] + 4  # sh_type
+    data[at:at + 4] = (8).to_bytes(4, "little")  # SHT_NOBITS
+    with pytest.raises(InputError, match="not a 136-byte PROGBITS section"):
+        read_module(module, bytes(data))

@@ -1,0 +1,59 @@
+"""What the loader needs of a patch module beyond a well-formed object, checked before anything is mapped or
+written into a target.
+
+The reader (`diffobj.read`) already holds every relocation to its section's bounds, its symbol index and a
+known type, and every symbol to its section's bounds. Here: relocations only patch sections with contents,
+their symbols lie in sections with code or data (or are absolute or undefined: resolved in the target), and
+each replacement function lies in an executable section with the size the module's metadata claims.
+Malformed modules are bad input (exit 2); common symbols are refused (exit 1): the loader cannot place them.
+"""
+from __future__ import annotations
+
+import os
+
+from diffobj.errors import InputError, Refused
+from diffobj.model import BOOKKEEPING_TYPES, SHN_ABS, SHN_UNDEF, SHT_NOBITS, ObjectFile, Symbol
+from linker.module import ModuleInfo
+
+
+def check_module(path: str, obj: ObjectFile, info: ModuleInfo) -> None:
+    """Raise InputError (malformed) or Refused (unsupported) unless the module's relocations and replacement
+    functions are what the loader can act on."""
+    problems, unsupported = [], []
+    for sec in obj.sections:
+        if sec.relocations and (sec.type in BOOKKEEPING_TYPES or sec.type == SHT_NOBITS):
+            problems.append(f"section {sec.name} (type {sec.type}) has relocations but no contents to relocate")
+            continue
+        for rel in sec.relocations:
+            sym = rel.symbol
+            if sym.shndx in (SHN_UNDEF, SHN_ABS):
+                continue
+            where = f"relocation at {sec.name}+{rel.offset:#x}"
+            if sym.section is None:
+                unsupported.append((sym.name, f"{where}: a common symbol (section index {sym.shndx:#x}) is not "
+                                              "supported in a patch; compile with -fno-common"))
+            elif sym.section.type in BOOKKEEPING_TYPES:
+                problems.append(f"{where}: symbol {sym.display!r} is defined in {sym.section.name}, which holds "
+                                "no code or data")
+    for func in info.funcs:
+        why = _function_problem(obj, func.new_symbol, func.new_size)
+        if why:
+            problems.append(f"replacement for {func.name}: {why}")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InputError(f"{os.path.basename(path)}: malformed patch module: {problems[0]}{more}")
+    if unsupported:
+        raise Refused(unsupported[:1])
+
+
+def _function_problem(obj: ObjectFile, name: str, size: int) -> str | None:
+    """Why the module's function `name` cannot be what a redirect jumps to, or None. It is the first defined
+    function of that name, as the loader's layout picks it."""
+    sym: Symbol | None = next((s for s in obj.symbols if s.name == name and s.is_function and s.is_defined), None)
+    if sym is None or sym.section is None:
+        return f"the module defines no function {name!r}"
+    if not sym.section.is_text:
+        return f"function {name!r} is in {sym.section.name}, which is not executable"
+    if sym.size != size or not size:
+        return f"function {name!r} is {sym.size} bytes, the module's metadata says {size}"
+    return None
