@@ -160,12 +160,12 @@ class _KernelBuild:
         self.progress = options.progress
         self.timings: dict[str, float] = {}
         self.klp_sections: list[str] = []
+        self.signer = read_signer(options.sign_key, options.sign_cert)  # the options first, the tree after
         self.release = kernel_release(options)
         self.headers = (options.headers or Path("/lib/modules") / self.release / "build").resolve()
         if not (self.headers / "Makefile").is_file():
             raise InputError(f"kernel headers {self.headers}: not a kernel build tree (install "
                              f"linux-headers-{self.release} or give --headers)")
-        self.signer = read_signer(options.sign_key, options.sign_cert)
         if self.signer is not None:
             sign_file_tool(self.headers)  # found now, not after the build
         self.sig_hash = signing_hash(self.headers)

@@ -274,16 +274,17 @@ def test_bad_key_files(builds, keys, server, tmp_path):
     assert not list(tmp_path.glob("*.kpatch"))
 
 
-def test_sign_key_is_for_user_space_modules(keys, tmp_path):
-    """Kernel modules are not `.kpatch` files: --sign-key on a Linux tree is refused, not ignored."""
+def test_kernel_sign_key_needs_its_certificate(keys, tmp_path):
+    """--sign-key on a Linux tree signs the `.ko` as scripts/sign-file does, which takes the key's X.509
+    certificate too (tests/kernel/test_build.py signs one): alone, it is refused, not ignored."""
     tree = tmp_path / "linux"
     (tree / "arch" / "x86").mkdir(parents=True)
     (tree / "Kbuild").write_text("")
     (tree / "Makefile").write_text("VERSION = 6\n")
     proc = patch_build("-s", tree, "--sign-key", keys / "signing.pem", FIXTURE / "incr-fix.patch")
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == ("patch-build: error: --sign-key signs user-space modules "
-                                                    "(NAME.kpatch), not kernel modules")
+    assert proc.stderr.strip().splitlines()[-1] == ("patch-build: error: a kernel module is signed with --sign-key "
+                                                    "KEY and --sign-cert CERT: give both")
 
 
 # ---- what patch-ctl prints -----------------------------------------------------------------------------
