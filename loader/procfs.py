@@ -49,38 +49,41 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-def dying(pid: int) -> bool:
-    """True when a thread of PID has SIGKILL pending: the process is on its way out."""
+def _thread_statuses(pid: int):
+    """{field: value} of /proc/PID/task/TID/status for each thread that can still be read."""
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return True
+        return
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/status") as f:
-                pending = [int(l.split()[1], 16) for l in f if l.startswith(("SigPnd:", "ShdPnd:"))]
-        except (OSError, ValueError, IndexError):
+                yield dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        except OSError:
             continue
-        if any(p & (1 << (signal.SIGKILL - 1)) for p in pending):
+
+
+def dying(pid: int) -> bool:
+    """True when a thread of PID has SIGKILL pending (the process is on its way out), or none is left."""
+    kill = 1 << (signal.SIGKILL - 1)
+    found = False
+    for status in _thread_statuses(pid):
+        found = True
+        if any(int(status.get(f, "0"), 16) & kill for f in ("SigPnd", "ShdPnd")):
             return True
-    return False
+    return not found
 
 
 def tracer_of(pid: int) -> str | None:
     """'PID (comm)' of a process already tracing one of PID's threads (a debugger, another patch-ctl)."""
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                tracer = next((int(l.split()[1]) for l in f if l.startswith("TracerPid:")), 0)
-            if tracer and tracer != os.getpid():
+    for status in _thread_statuses(pid):
+        tracer = int(status.get("TracerPid", "0"))
+        if tracer and tracer != os.getpid():
+            try:
                 with open(f"/proc/{tracer}/comm") as f:
                     return f"{tracer} ({f.read().strip()})"
-        except (OSError, ValueError):
-            continue
+            except OSError:
+                continue
     return None
 
 
