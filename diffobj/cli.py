@@ -12,7 +12,7 @@ import typer
 from diffobj.console import entry_point, error, guarded, internal_error_reported, printable
 from diffobj.diff import DiffOptions, DiffResult, diff_objects
 
-app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
+app = typer.Typer(add_completion=True, help=__doc__, pretty_exceptions_enable=False)
 PROG = "patch-diff"
 
 

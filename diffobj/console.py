@@ -80,8 +80,18 @@ def _click_exceptions():
     return exceptions
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("patch-build")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def entry_point(app: typer.Typer, prog: str):
-    """A console-script entry point for `app` whose usage errors are one line with exit code 2."""
+    """A console-script entry point for `app` whose usage errors are one line with exit code 2; `PROG
+    --version` prints the version (shell completion: `PROG --install-completion`, from Typer)."""
 
     def main() -> None:
         try:
@@ -94,6 +104,9 @@ def entry_point(app: typer.Typer, prog: str):
         sys.exit(code)
 
     def _dispatch() -> int:
+        if sys.argv[1:] == ["--version"]:
+            print(f"{prog} {_version()}")
+            return 0
         exc = _click_exceptions()
         command = typer.main.get_command(app)
         try:

@@ -36,11 +36,15 @@ def _importing(frame) -> bool:
     return False
 
 
+def _exit_interrupted(prog: str, signum: int) -> None:
+    os.write(2, f"{prog}: error: interrupted by {signal.Signals(signum).name}\n".encode())
+    os._exit(128 + signum)
+
+
 def _handler(prog: str):
     def on_signal(signum, frame):
         if _importing(frame):
-            os.write(2, f"{prog}: error: interrupted by {signal.Signals(signum).name}\n".encode())
-            os._exit(128 + signum)
+            _exit_interrupted(prog, signum)
         raise Interrupted(signum)
 
     return on_signal
@@ -51,7 +55,10 @@ def _run(prog: str, module: str) -> None:
     for signum in HANDLED:
         if signal.getsignal(signum) is not signal.SIG_IGN:  # `nohup`, a background job: stay ignored
             signal.signal(signum, handler)
-    importlib.import_module(module).main_entry()
+    try:
+        importlib.import_module(module).main_entry()
+    except Interrupted as e:  # between the import and the command's own handling
+        _exit_interrupted(prog, e.signum)
 
 
 def patch_build() -> None:

@@ -19,7 +19,7 @@ from kbuild.build import BuildFailed
 from kbuild.options import BuildOptions, BuildResult
 from report.summary import build_summary
 
-app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
+app = typer.Typer(add_completion=True, help=__doc__, pretty_exceptions_enable=False)
 PROG = "patch-build"
 
 

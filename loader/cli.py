@@ -12,7 +12,7 @@ import typer
 from diffobj.console import entry_point, error, guarded, printable
 
 PROG = "patch-ctl"
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Apply, revert and list live patches in running user-space processes.")
 
 PidOption = typer.Option(..., "-p", "--pid", help="The target process.")

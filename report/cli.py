@@ -11,7 +11,7 @@ from diffobj.errors import InputError
 from report.model import read_report
 from report.render import FORMATS, render
 
-app = typer.Typer(add_completion=False, help="Re-render a patch-build report (NAME.report.json).")
+app = typer.Typer(add_completion=True, help="Re-render a patch-build report (NAME.report.json).")
 PROG = "patch-report"
 
 
