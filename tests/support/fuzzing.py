@@ -297,9 +297,10 @@ class Outcome:
 
 
 class Runner:
-    """A worker process running `MODULE.main_entry()` (the console script PROG) once per call."""
+    """A worker process running `MODULE.main_entry()` (the console script PROG) once per call. The time
+    limit is generous: the first call pays for lazily imported modules, and a loaded CI host is slow."""
 
-    def __init__(self, module: str, prog: str, timeout: float = 10.0, cwd: Optional[str] = None,
+    def __init__(self, module: str, prog: str, timeout: float = 30.0, cwd: Optional[str] = None,
                  env: Optional[dict] = None, memory_limit: int = WORKER_MEMORY_LIMIT):
         self.module, self.prog, self.timeout, self.cwd = module, prog, timeout, cwd
         self.memory_limit = memory_limit
