@@ -1,7 +1,8 @@
 """Reading an input file with a bound: a regular file of at most a given size, or a one-line InputError.
 
-Every command reads its inputs through here, so that a FIFO cannot hang it, a character device such as
-/dev/zero cannot exhaust its memory, and a huge file is refused before it is read.
+patch-diff, patch-report and patch-ctl read their input files through here, so that a FIFO cannot hang
+them, a character device such as /dev/zero cannot exhaust their memory, and a huge file is refused before
+it is read.
 """
 from __future__ import annotations
 

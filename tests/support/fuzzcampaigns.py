@@ -8,7 +8,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from support.diffcases import OBJNAME, Fixtures, load_manifest
+from support.diffcases import OBJNAME, Fixtures, load_manifest, patch_diff_command
 from support.fuzzing import Runner, check_outcome, json_mutations, mutations
 
 # Pairs that between them hold most of what the reader and the passes handle: plain C, C++ with
@@ -56,7 +56,7 @@ def seed_report(root: Path) -> dict:
     """A real report (patch-diff --report on a -g pair) with every optional part of the model filled in."""
     fx = Fixtures(root)["static_local_counter"]
     path = root / "seed.report.json"
-    subprocess.run(["patch-diff", fx.orig, fx.patched, "-o", root / "seed.o", "--report", path,
+    subprocess.run([*patch_diff_command(), fx.orig, fx.patched, "-o", root / "seed.o", "--report", path,
                     "--objname", OBJNAME], check=True, capture_output=True)
     doc = json.loads(path.read_text())
     doc.update(targets=[{"name": "prog", "build_id": "ab" * 20, "kernel_release": None}],

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -296,9 +297,10 @@ class Outcome:
 
 
 class Runner:
-    """A worker process running `MODULE.main_entry()` (the console script PROG) once per call."""
+    """A worker process running `MODULE.main_entry()` (the console script PROG) once per call. The time
+    limit is generous: the first call pays for lazily imported modules, and a loaded CI host is slow."""
 
-    def __init__(self, module: str, prog: str, timeout: float = 10.0, cwd: Optional[str] = None,
+    def __init__(self, module: str, prog: str, timeout: float = 30.0, cwd: Optional[str] = None,
                  env: Optional[dict] = None, memory_limit: int = WORKER_MEMORY_LIMIT):
         self.module, self.prog, self.timeout, self.cwd = module, prog, timeout, cwd
         self.memory_limit = memory_limit
@@ -316,15 +318,12 @@ class Runner:
             raise RuntimeError(f"the fuzzing worker for {self.module} did not start")
 
     def _expect_line(self, timeout: float) -> Optional[bytes]:
-        """The worker's next line, or None when it died or did not answer within `timeout`."""
-        deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                return None
-            line = self.proc.stdout.readline()
-            return line or None
+        """The worker's next line; b"" when it died, None when it did not answer within `timeout`."""
+        # One request, one answer line: nothing is ever left in the reader's buffer, so select() on the
+        # pipe tells whether the next line has started to arrive.
+        if not select.select([self.proc.stdout.fileno()], [], [], timeout)[0]:
+            return None
+        return self.proc.stdout.readline()
 
     def _stop(self) -> Optional[int]:
         """Kill the worker; its exit status (negative: the signal that ended it)."""
@@ -351,12 +350,11 @@ class Runner:
             self.proc.stdin.flush()
             line = self._expect_line(timeout + 5.0)  # the worker's own SIGALRM fires first when it can
         except BrokenPipeError:
-            line = None
+            line = b""
         seconds = time.monotonic() - start
-        if line is None:  # stuck in C code, or died (a segfault, the OOM killer)
-            died = self.proc.poll() is not None
+        if not line:  # died (a segfault, the OOM killer): its status; or stuck in C code: a hang
             code = self._stop()
-            return Outcome(argv, code if died else None, b"", b"", seconds)
+            return Outcome(argv, code if line == b"" else None, b"", b"", seconds)
         answer = json.loads(line)
         return Outcome(argv, answer["code"], answer["stdout"].encode("latin-1"),
                        answer["stderr"].encode("latin-1"), seconds)
@@ -406,6 +404,9 @@ def _worker(module: str, prog: str, memory_limit: int) -> None:
                     code = 0
                 except SystemExit as e:
                     code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                except Exception:  # as the interpreter would: a traceback and exit 1
+                    traceback.print_exc()
+                    code = 1
                 finally:
                     signal.setitimer(signal.ITIMER_REAL, 0)
             except _Hang:
