@@ -6,7 +6,6 @@ references to the original"). `.kpatch.funcs` gets one entry per redirected func
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -38,10 +37,9 @@ from diffobj.model import (
     Symbol,
 )
 from diffobj.targets import TargetResolver
+from patchformat import sections as funcs_format
+from patchformat.names import reference_name
 
-FUNC_ENTRY = struct.Struct("<7Q")  # struct kpatch_patch_func: new_addr new_size old_addr old_size sympos name objname
-FUNC_FIELDS = {"new_addr": 0, "name": 40, "objname": 48}
-KLP_PREFIX, USER_PREFIX = ".klp.sym.", ".kpatch.sym."
 
 
 @dataclass
@@ -70,13 +68,12 @@ class ReferenceNamer:
         return self.sympos(orig) if self.sympos else 0
 
     def _klp(self, objname: str, name: str, pos: int) -> str:
-        return f"{KLP_PREFIX}{objname}.{name},{pos}"
+        return reference_name(True, objname, name, pos)
 
     def defined(self, orig: Symbol) -> str:
         """For a symbol the original object defines (orig: its symbol in the ORIGINAL object)."""
         if orig.is_local:
-            prefix = KLP_PREFIX if self.kernel else USER_PREFIX
-            return f"{prefix}{self.objname}.{orig.name},{self.position(orig)}"
+            return reference_name(self.kernel, self.objname, orig.name, self.position(orig))
         if self.kernel and self.exported is not None and orig.name not in self.exported:
             return self._klp(self.objname, orig.name, 0)
         return orig.name
@@ -225,21 +222,21 @@ def _add_funcs_table(sections, symbols, copy_of, patched: ObjectFile,
             strings.extend(s.encode() + b"\0")
         return offsets[s]
 
-    strtab = OutSection(".kpatch.strings", SHT_PROGBITS, SHF_ALLOC | SHF_MERGE | SHF_STRINGS, 1, 1, b"")
+    strtab = OutSection(funcs_format.STRINGS, SHT_PROGBITS, SHF_ALLOC | SHF_MERGE | SHF_STRINGS, 1, 1, b"")
     strtab.section_symbol = OutSymbol("", STT_SECTION, STB_LOCAL, section=strtab)
-    funcs = OutSection(".kpatch.funcs", SHT_PROGBITS, SHF_ALLOC, 8, FUNC_ENTRY.size, b"")
+    funcs = OutSection(funcs_format.FUNCS, SHT_PROGBITS, SHF_ALLOC, 8, funcs_format.RECORD.size, b"")
     funcs.section_symbol = OutSymbol("", STT_SECTION, STB_LOCAL, section=funcs)
     symbols += [strtab.section_symbol, funcs.section_symbol]
     by_name = {s.name: s for s in patched.functions()}
     table = bytearray()
     for i, ch in enumerate(changes):
-        base = i * FUNC_ENTRY.size
-        table += FUNC_ENTRY.pack(0, ch.new_size, 0, ch.old_size, ch.sympos, 0, 0)
+        base = i * funcs_format.RECORD.size
+        table += funcs_format.FuncRecord(0, ch.new_size, 0, ch.old_size, ch.sympos, 0, 0).pack()
         new_sym = copy_of[by_name[ch.name]]
         funcs.relocations += [
-            OutRelocation(base + FUNC_FIELDS["new_addr"], arch.R_64, new_sym, 0),
-            OutRelocation(base + FUNC_FIELDS["name"], arch.R_64, strtab.section_symbol, string(ch.old_name)),
-            OutRelocation(base + FUNC_FIELDS["objname"], arch.R_64, strtab.section_symbol, string(ch.objname)),
+            OutRelocation(base + funcs_format.OFFSET["new_addr"], arch.R_64, new_sym, 0),
+            OutRelocation(base + funcs_format.OFFSET["name"], arch.R_64, strtab.section_symbol, string(ch.old_name)),
+            OutRelocation(base + funcs_format.OFFSET["objname"], arch.R_64, strtab.section_symbol, string(ch.objname)),
         ]
     strtab.data = bytes(strings)
     funcs.data = bytes(table)
@@ -252,7 +249,7 @@ def _check_funcs_table(funcs: OutSection, strtab: OutSection, changes: list[Func
     by_offset = {r.offset: r for r in funcs.relocations}
 
     def entry_field(i: int, name: str) -> str | None:
-        r = by_offset.get(i * FUNC_ENTRY.size + FUNC_FIELDS[name])
+        r = by_offset.get(i * funcs_format.RECORD.size + funcs_format.OFFSET[name])
         if r is None:
             return None
         if name == "new_addr":

@@ -40,6 +40,7 @@ from kbuild.options import BuildOptions, BuildResult
 from kbuild.tree import apply_patch, in_scratch, is_build_file, touched_files
 from kbuild.userspace import module_name
 from linker.kernel import link_kernel_module
+from patchformat.names import parse_reference
 from report.build import write_reports
 from report.collect import build_report, object_report
 from report.model import Target
@@ -488,10 +489,10 @@ class _KernelBuild:
         refuses the module at load time: say so now, with the reason."""
         problems = []
         for sym in output.symbols:
-            m = re.fullmatch(r"\.klp\.sym\.([^.]+)\.(.+),(\d+)", sym.name)
-            if m is None:
+            ref = parse_reference(sym.name, kernel=True)
+            if ref is None:
                 continue
-            objname, name, pos = m.group(1), m.group(2), int(m.group(3))
+            objname, name, pos = ref.objname, ref.name, ref.pos
             table = tables["vmlinux"] if objname == "vmlinux" else self._module_table(tables, objname)
             if table is None:
                 continue
@@ -508,9 +509,9 @@ class _KernelBuild:
             if sec.name not in KEYED_SECTIONS:
                 continue
             for rel in sec.relocations:
-                m = re.fullmatch(r"\.klp\.sym\.([^.]+)\.(.+),\d+", rel.symbol.name)
-                if m and m.group(1) != "vmlinux":
-                    problems.append(Problem(m.group(2), f"a {KEYED_SECTIONS[sec.name]} key of module {m.group(1)}, "
+                ref = parse_reference(rel.symbol.name, kernel=True)
+                if ref and ref.objname != "vmlinux":
+                    problems.append(Problem(ref.name, f"a {KEYED_SECTIONS[sec.name]} key of module {ref.objname}, "
                                                         "which a livepatch cannot use (use static_key_enabled() or "
                                                         "a plain call instead)"))
         return problems

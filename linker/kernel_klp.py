@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffobj.errors import InputError
+from patchformat.names import is_reference, parse_reference
 
-KLP_SYM, KLP_RELA = ".klp.sym.", ".klp.rela."
+KLP_RELA = ".klp.rela."
 SHF_ALLOC, SHF_INFO_LINK, SHF_RELA_LIVEPATCH = 0x2, 0x40, 0x00100000
 SHN_LIVEPATCH = 0xFF20
 SHT_SYMTAB, SHT_RELA = 2, 4
@@ -87,8 +88,8 @@ class _Elf:
 
 
 def klp_objname(symbol: str) -> str:
-    """OBJ of `.klp.sym.OBJ.NAME,POS` (kernel object names hold no dots)."""
-    return symbol[len(KLP_SYM):].split(".", 1)[0]
+    """OBJ of `.klp.sym.OBJ.NAME,POS`."""
+    return parse_reference(symbol, kernel=True).objname
 
 
 def weaken_klp_symbols(path: Path) -> int:
@@ -96,7 +97,7 @@ def weaken_klp_symbols(path: Path) -> int:
     elf = _Elf(path)
     count = 0
     for _, name, off, (st_name, info, other, shndx, value, size) in elf.symbols():
-        if name.startswith(KLP_SYM) and shndx == 0:
+        if is_reference(name, kernel=True) and shndx == 0:
             elf.blob[off:off + _SYM.size] = _SYM.pack(st_name, (STB_WEAK << 4) | (info & 0xF), other, shndx, value,
                                                       size)
             count += 1
@@ -110,7 +111,7 @@ def write_klp_relocations(path: Path) -> list[str]:
     elf = _Elf(path)
     klp_syms: dict[int, str] = {}
     for i, name, off, (st_name, info, other, shndx, value, size) in elf.symbols():
-        if name.startswith(KLP_SYM):
+        if is_reference(name, kernel=True):
             klp_syms[i] = name
             elf.blob[off:off + _SYM.size] = _SYM.pack(st_name, (STB_GLOBAL << 4) | (info & 0xF), other,
                                                       SHN_LIVEPATCH, 0, size)

@@ -19,12 +19,9 @@ from elftools.elf.sections import SymbolTableSection
 
 from diffobj.errors import InputError
 from linker.integrity import Seal, examine, read_module_bytes
+from patchformat.sections import (FUNCS, MODULE, MODULE_ENTRY, MODULE_VERSION, OFFSET, RECORD, STRINGS, TARGET_ENTRY,
+                                  TARGETS)
 
-FUNCS, STRINGS, TARGETS, MODULE = ".kpatch.funcs", ".kpatch.strings", ".kpatch.targets", ".kpatch.module"
-FUNC_ENTRY = struct.Struct("<7Q")  # new_addr new_size old_addr old_size sympos name objname
-TARGET_ENTRY = struct.Struct("<2Q")  # name build_id
-MODULE_ENTRY = struct.Struct("<2Q")  # name version
-MODULE_VERSION = 1
 R_X86_64_64 = 1
 EM_X86_64 = 62
 
@@ -204,12 +201,13 @@ def _read(path: str, mod: _Module, seal: Seal) -> ModuleInfo:
             problems.append(f"target {t.name}: build-id {t.build_id!r} is not lowercase hex")
 
     funcs = []
-    for shndx, off, (_, new_size, old_addr, old_size, sympos, _, _) in _entries(mod, FUNCS, FUNC_ENTRY, problems):
+    for shndx, off, (_, new_size, old_addr, old_size, sympos, _, _) in _entries(mod, FUNCS, RECORD, problems):
         what = f"{FUNCS} entry {len(funcs)}"
-        func = Func(name=mod.string(shndx, off + 40, what + " name", problems),
-                    objname=mod.string(shndx, off + 48, what + " objname", problems),
+        func = Func(name=mod.string(shndx, off + OFFSET["name"], what + " name", problems),
+                    objname=mod.string(shndx, off + OFFSET["objname"], what + " objname", problems),
                     sympos=sympos, old_size=old_size, new_size=new_size,
-                    new_symbol=mod.function_symbol(shndx, off, what, problems), old_addr=old_addr)
+                    new_symbol=mod.function_symbol(shndx, off + OFFSET["new_addr"], what, problems),
+                    old_addr=old_addr)
         funcs.append(func)
     if not funcs:
         problems.append(f"{FUNCS} is empty")

@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from diffobj.errors import PatchBuildError
 from linker import integrity
-from linker.module import MODULE_VERSION, Target
+from linker.module import Target
+from patchformat.sections import MODULE_VERSION
 
 
 def _asm_string(text: str) -> str:

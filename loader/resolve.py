@@ -10,8 +10,8 @@ from diffobj.model import STB_WEAK, Symbol
 from linker.module import Func, Target
 from loader.objects import STT_FUNC, STT_GNU_IFUNC, STT_TLS, ElfSymbol, LoadedObject
 from loader.procfs import Memory
+from patchformat.names import is_reference, parse_reference
 
-LOCAL_PREFIX = ".kpatch.sym."
 R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT = 6, 7
 
 
@@ -20,15 +20,14 @@ class ResolveError(Exception):
 
 
 def split_local(name: str, objnames: list[str]) -> tuple[str, str, int]:
-    """`.kpatch.sym.OBJ.NAME,POS` -> (OBJ, NAME, POS); OBJ may contain dots, so it is matched against the
-    module's target names (the longest that fits)."""
-    rest, _, pos = name[len(LOCAL_PREFIX):].rpartition(",")
-    if not rest or not pos.isdigit():
-        raise ResolveError(f"malformed local symbol reference {name!r}")
-    for obj in sorted(objnames, key=len, reverse=True):
-        if rest.startswith(obj + "."):
-            return obj, rest[len(obj) + 1:], int(pos)
-    raise ResolveError(f"{name}: names no target of the module")
+    """`.kpatch.sym.OBJ.NAME,POS` -> (OBJ, NAME, POS), OBJ one of the module's target names."""
+    try:
+        ref = parse_reference(name, kernel=False, objnames=objnames)
+    except ValueError as e:
+        raise ResolveError(str(e)) from None
+    if ref is None:
+        raise ResolveError(f"{name!r} is not a reference to a local symbol")
+    return ref.objname, ref.name, ref.pos
 
 
 class Resolver:
@@ -72,7 +71,7 @@ class Resolver:
 
     def __call__(self, sym: Symbol) -> tuple[int, int]:
         """Address and size of an undefined symbol of the module."""
-        if sym.name.startswith(LOCAL_PREFIX):
+        if is_reference(sym.name, kernel=False):
             return self.local(*split_local(sym.name, list(self.targets)))
         found = self.global_(sym.name)
         if found is not None:

@@ -26,7 +26,7 @@ fi
 PY=$VENV/bin/python
 # The console scripts must run this checkout's code: reinstall when they point elsewhere.
 here=$(pwd -P)
-installed=$(cd / && $PY -c "import diffobj, lief, elftools, typer, capstone, jinja2, cryptography, pytest, os; \
+installed=$(cd / && $PY -c "import diffobj, patchformat, lief, elftools, typer, capstone, jinja2, cryptography, pytest, os; \
     print(os.path.dirname(os.path.dirname(os.path.realpath(diffobj.__file__))))" 2>/dev/null || true)
 if [ "$installed" != "$here" ] || [ ! -x "$VENV/bin/patch-diff" ]; then
     $PY -m pip install -q -e '.[test]'

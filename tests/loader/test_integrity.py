@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from elftools.elf.elffile import ELFFile
 
 from linker import integrity
+from patchformat.sections import FUNCS, OFFSET
 from livetarget import FIXTURE, Server, assert_one_line_error, patch_ctl, patch_ctl_env
 
-FUNC_OLD_ADDR, FUNC_OLD_SIZE, FUNC_NEW_SIZE = 16, 24, 8  # fields of a .kpatch.funcs entry
 RELA_OFFSET, RELA_TYPE = 0, 8
 SYM_VALUE = 8
 
@@ -96,7 +96,7 @@ def test_symbol_checked_against_its_section(builds, server, tmp_path):
 
 def test_new_size_claim_checked(builds, server, tmp_path):
     bad = edited(builds.modules["incr-fix"], tmp_path / "bad.kpatch",
-                 lambda data: put(data, section_offset(data, ".kpatch.funcs") + FUNC_NEW_SIZE, 4))
+                 lambda data: put(data, section_offset(data, FUNCS) + OFFSET["new_size"], 4))
     assert_one_line_error(patch_ctl("apply", "-p", server.pid, bad), 2, "cmd_incr", "metadata says 4")
     assert_untouched(server)
 
@@ -108,7 +108,7 @@ def test_edited_old_addr_is_refused_by_name(builds, server, tmp_path):
     `list` named the wrong one."""
     other, _ = server_function(builds, "cmd_set")
     bad = edited(builds.modules["incr-fix"], tmp_path / "bad.kpatch",
-                 lambda data: put(data, section_offset(data, ".kpatch.funcs") + FUNC_OLD_ADDR, other))
+                 lambda data: put(data, section_offset(data, FUNCS) + OFFSET["old_addr"], other))
     assert_one_line_error(patch_ctl("apply", "-p", server.pid, bad), 1, "cmd_incr",
                           f"gives its address as {other:#x}")
     assert_untouched(server)
@@ -118,7 +118,7 @@ def test_edited_old_addr_is_refused_by_name(builds, server, tmp_path):
 def test_agreeing_old_addr_applies(builds, server, tmp_path):
     addr, _ = server_function(builds, "cmd_incr")
     good = edited(builds.modules["incr-fix"], tmp_path / "good.kpatch",
-                  lambda data: put(data, section_offset(data, ".kpatch.funcs") + FUNC_OLD_ADDR, addr))
+                  lambda data: put(data, section_offset(data, FUNCS) + OFFSET["old_addr"], addr))
     run = patch_ctl("apply", "-p", server.pid, good)
     assert run.returncode == 0, run.stderr
     assert server.ask("SET n 1", "INCR n") == ["OK", "VALUE 2"]  # the fix: +1
@@ -132,7 +132,7 @@ def test_agreeing_old_addr_applies(builds, server, tmp_path):
 def test_old_size_must_match(builds, server, tmp_path, old_size):
     _, size = server_function(builds, "cmd_incr")
     bad = edited(builds.modules["incr-fix"], tmp_path / "bad.kpatch",
-                 lambda data: put(data, section_offset(data, ".kpatch.funcs") + FUNC_OLD_SIZE, old_size))
+                 lambda data: put(data, section_offset(data, FUNCS) + OFFSET["old_size"], old_size))
     assert_one_line_error(patch_ctl("apply", "-p", server.pid, bad), 1, "cmd_incr",
                           f"is {size} bytes in the process, {old_size} in the module's build")
     assert_untouched(server)

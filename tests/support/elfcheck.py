@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,8 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
-KPATCH_FUNC = struct.Struct("<7Q")
+from patchformat.sections import FUNCS, OFFSET, RECORD, records
+
 _SYMLINE = re.compile(r"^\s*\d+:\s+([0-9a-f]+)\s+(\d+|0x[0-9a-f]+)\s+(\w+)\s+(\w+)\s+(\w+)\s+(\w+)\s*(\S*)")
 
 
@@ -105,12 +105,11 @@ def kpatch_funcs(path: str | os.PathLike) -> list[FuncEntry]:
     """Decode `.kpatch.funcs` of a relocatable object: values from its bytes, pointers from its RELA."""
     with open(path, "rb") as f:
         elf = ELFFile(f)
-        funcs = elf.get_section_by_name(".kpatch.funcs")
+        funcs = elf.get_section_by_name(FUNCS)
         if funcs is None:
-            raise AssertionError(f"{path}: no .kpatch.funcs section")
-        blob = funcs.data()
-        assert len(blob) % KPATCH_FUNC.size == 0, f".kpatch.funcs size {len(blob)} is not a multiple of 56"
-        idx = [i for i, s in enumerate(elf.iter_sections()) if s.name == ".kpatch.funcs"][0]
+            raise AssertionError(f"{path}: no {FUNCS} section")
+        table = records(funcs.data())
+        idx = [i for i, s in enumerate(elf.iter_sections()) if s.name == FUNCS][0]
         symtab = elf.get_section_by_name(".symtab")
         sections = list(elf.iter_sections())
         relocs = {}
@@ -128,13 +127,13 @@ def kpatch_funcs(path: str | os.PathLike) -> list[FuncEntry]:
             return data[start:data.index(b"\0", start)].decode()
 
         entries = []
-        for i, fields in enumerate(KPATCH_FUNC.iter_unpack(blob)):
-            base = i * KPATCH_FUNC.size
-            typ, new_sym, addend = relocs[base]
+        for i, entry in enumerate(table):
+            base = i * RECORD.size
+            typ, new_sym, addend = relocs[base + OFFSET["new_addr"]]
             assert typ == 1 and addend == 0, f"new_addr of entry {i}: type {typ} addend {addend}"
             new_name = new_sym.name
             if new_sym["st_info"]["type"] == "STT_SECTION":
                 new_name = sections[new_sym["st_shndx"]].name
-            entries.append(FuncEntry(new_name, fields[1], fields[2], fields[3], fields[4],
-                                     string(base + 40), string(base + 48)))
+            entries.append(FuncEntry(new_name, entry.new_size, entry.old_addr, entry.old_size, entry.sympos,
+                                     string(base + OFFSET["name"]), string(base + OFFSET["objname"])))
         return entries

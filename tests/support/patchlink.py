@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +22,10 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
-KPATCH_SYM = ".kpatch.sym."
+from patchformat.names import is_reference, parse_reference
+from patchformat.sections import FUNCS, records
+
 PATCH_BASE = 0x10000000  # within rel32 range of a non-PIE program at 0x400000, and of 32-bit absolutes
-FUNC_ENTRY = struct.Struct("<7Q")
 R_X86_64_64 = 1
 SHIM_SOURCE = Path(__file__).with_name("patchshim.c")
 
@@ -119,15 +119,12 @@ class ProgramSymbols:
     def address(self, name: str) -> int | None:
         """Absolute address of an OUT.o undefined symbol in the program; None for a shared library's symbol
         the program neither defines nor has a PLT entry for (bound at run time if the patch allows)."""
-        if name.startswith(KPATCH_SYM):
-            rest = name[len(KPATCH_SYM):]
-            prefix = self.objname + "."
-            if not rest.startswith(prefix):
-                raise LinkError(f"{name}: not a reference into {self.objname}")
-            local_name, _, pos = rest[len(prefix):].rpartition(",")
-            if not local_name or not pos.isdigit():
-                raise LinkError(f"{name}: malformed local reference")
-            return self.local(local_name, int(pos)).value
+        if is_reference(name, kernel=False):
+            try:
+                ref = parse_reference(name, kernel=False, objnames=[self.objname])
+            except ValueError as e:
+                raise LinkError(str(e)) from None
+            return self.local(ref.name, ref.pos).value
         defined = [s for s in self.syms if s.name == name and s.bind != "STB_LOCAL" and s.shndx != "SHN_UNDEF"
                    and s.type != "STT_FILE"]
         if defined:
@@ -224,12 +221,13 @@ def patch_funcs(elf_path: str | os.PathLike) -> list[PatchFunc]:
     """The `.kpatch.funcs` entries of a linked patch.elf, with name pointers followed."""
     with open(elf_path, "rb") as f:
         elf = ELFFile(f)
-        funcs = elf.get_section_by_name(".kpatch.funcs")
+        funcs = elf.get_section_by_name(FUNCS)
         if funcs is None:
-            raise LinkError(f"{elf_path}: no .kpatch.funcs output section")
-        blob = funcs.data()
-        if len(blob) % FUNC_ENTRY.size:
-            raise LinkError(f".kpatch.funcs is {len(blob)} bytes, not a multiple of {FUNC_ENTRY.size}")
+            raise LinkError(f"{elf_path}: no {FUNCS} output section")
+        try:
+            entries = records(funcs.data())
+        except ValueError as e:
+            raise LinkError(str(e)) from None
         segments = [(s.header.sh_addr, s.data()) for s in elf.iter_sections()
                     if s.header.sh_flags & 0x2 and s.header.sh_type != "SHT_NOBITS"]
 
@@ -241,9 +239,8 @@ def patch_funcs(elf_path: str | os.PathLike) -> list[PatchFunc]:
         raise LinkError(f"string pointer {addr:#x} in .kpatch.funcs points nowhere in {elf_path}")
 
     out = []
-    for new_addr, new_size, old_addr, old_size, sympos, name, objname in FUNC_ENTRY.iter_unpack(blob):
-        out.append(PatchFunc(new_addr, new_size, old_addr, old_size, sympos, string_at(name), string_at(objname)))
-    return out
+    return [PatchFunc(e.new_addr, e.new_size, e.old_addr, e.old_size, e.sympos, string_at(e.name), string_at(e.objname))
+            for e in entries]
 
 
 def build_shim(workdir: str | os.PathLike) -> Path:
