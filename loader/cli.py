@@ -92,13 +92,20 @@ def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json"
     """The patches applied in a process, newest last."""
     from loader.patcher import list_patches
 
+    from loader.variables import recorded_sets
+
     records, stats = _guarded(lambda: list_patches(pid))
+    sets = _guarded(lambda: recorded_sets(pid))
     _warn(stats)
     if json_output:
-        typer.echo(json.dumps({"pid": pid, "patches": [dataclasses.asdict(r) for r in records]}, indent=2))
+        typer.echo(json.dumps({"pid": pid, "patches": [dataclasses.asdict(r) for r in records],
+                               "variables": [dataclasses.asdict(v) for v in sets]}, indent=2))
         return
     if not records:
         typer.echo(f"no patches in process {pid}")
+    for v in sets:
+        typer.echo(f"variable {printable(v.name)} ({printable(v.type)}) in {printable(v.object)} at {v.address:#x}: "
+                   f"{printable(v.old_text)} -> {printable(v.new_text)} [{v.state}]")
     for r in records:
         at = ", ".join(f"{start:#x} ({size} bytes)" for start, size in r.mappings)
         typer.echo(f"{r.seq}. {r.module} [{r.state}] at {at} from {r.path}")
@@ -129,6 +136,59 @@ def info(module: Path = typer.Argument(..., help="NAME.kpatch"),
             typer.echo(f"problem: {p}")
     if mod.problems:
         raise typer.Exit(2)
+
+
+var_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                      help="Read and set global and static variables of a running process.")
+app.add_typer(var_app, name="var")
+TypeOption = typer.Option(None, "--type", help="The type of a variable no DWARF describes: int, uint, i8..u64, "
+                                               "bool, float, double (int and uint take the symbol's size).")
+VarName = typer.Argument(..., help="NAME, file.c:NAME or function::NAME (statics), ns::NAME (C++).")
+
+
+@var_app.command("get")
+def var_get(name: str = VarName, pid: int = PidOption, type_name: Optional[str] = TypeOption):
+    """Print a variable's value."""
+    from loader.variables import get_values
+
+    _, value = _guarded(lambda: get_values(pid, name, type_name))
+    typer.echo(printable(value))
+
+
+@var_app.command("set")
+def var_set(name: str = VarName, value: str = typer.Argument(..., help="The new value."), pid: int = PidOption,
+            type_name: Optional[str] = TypeOption, timeout: float = TimeoutOption):
+    """Set a variable (every thread stopped meanwhile); recorded in the target for `var undo`."""
+    from loader.variables import set_value
+
+    entry, stats = _guarded(lambda: set_value(pid, name, value, type_name, timeout))
+    _warn(stats)
+    typer.echo(f"set {printable(entry.name)} in process {pid}: {printable(entry.old_text)} -> "
+               f"{printable(entry.new_text)} ({_costs(stats)})")
+    _late(stats, "the variable is set")
+
+
+@var_app.command("undo")
+def var_undo(name: str = VarName, pid: int = PidOption, type_name: Optional[str] = TypeOption,
+             timeout: float = TimeoutOption):
+    """Put back the value the newest `var set` of NAME replaced."""
+    from loader.variables import undo_set
+
+    entry, stats = _guarded(lambda: undo_set(pid, name, type_name, timeout))
+    _warn(stats)
+    typer.echo(f"undid {printable(entry.name)} in process {pid}: {printable(entry.new_text)} -> "
+               f"{printable(entry.old_text)} ({_costs(stats)})")
+    _late(stats, "the variable is restored")
+
+
+@var_app.command("list")
+def var_list(pid: int = PidOption, pattern: Optional[str] = typer.Argument(None, help="A glob on the names.")):
+    """Variables DWARF describes, with their types and current values."""
+    from loader.variables import list_values
+
+    for found, value in _guarded(lambda: list_values(pid, pattern)):
+        typer.echo(f"{printable(found.name)} ({printable(found.type.name)}) = {printable(value)}"
+                   f"  [{printable(found.object.name)} {found.address:#x}]")
 
 
 main_entry = entry_point(app, PROG)
