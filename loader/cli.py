@@ -155,7 +155,7 @@ def var_get(name: str = VarName, pid: int = PidOption, type_name: Optional[str] 
     typer.echo(printable(value))
 
 
-@var_app.command("set")
+@var_app.command("set", context_settings={"ignore_unknown_options": True})  # VALUE may be -1
 def var_set(name: str = VarName, value: str = typer.Argument(..., help="The new value."), pid: int = PidOption,
             type_name: Optional[str] = TypeOption, timeout: float = TimeoutOption):
     """Set a variable (every thread stopped meanwhile); recorded in the target for `var undo`."""

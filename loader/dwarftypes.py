@@ -45,6 +45,7 @@ class Variable:
     address: int  # link-time
     type: VarType
     static: bool  # internal linkage (no DW_AT_external)
+    symbol: str  # its symbol's name: the linkage name in C++, else the name
 
 
 def _name(die) -> str:
@@ -160,8 +161,9 @@ def _walk(die, parser: DWARFExprParser, unit: str, out: list[Variable]) -> None:
                 continue
             qualified = "::".join(_scope(decl) + [name])
             static = "DW_AT_external" not in decl.attributes
-            out.append(Variable(name, qualified, unit, address,
-                                describe(decl.get_DIE_from_attribute("DW_AT_type")), static))
+            linkage = decl.attributes.get("DW_AT_linkage_name") or decl.attributes.get("DW_AT_MIPS_linkage_name")
+            out.append(Variable(name, qualified, unit, address, describe(decl.get_DIE_from_attribute("DW_AT_type")),
+                                static, linkage.value.decode("utf-8", "replace") if linkage else name))
 
 
 def variables(elf) -> list[Variable]:

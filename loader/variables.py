@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from diffobj.errors import InputError, Refused
+from loader import faults
 from loader.critical import Critical
 from loader.dwarftypes import BOOL, CHARS, CSTRING, ENUM, FLOAT, INT, STDSTRING, Variable, VarType, variables
 from loader.frames import registry_of
@@ -179,6 +180,16 @@ def _symbol_type(spec: str, size: int, type_name: str | None) -> VarType:
     return VarType(kind, width, type_name, signed=signed)
 
 
+def _runtime_address(s: Session, obj: LoadedObject, v: Variable) -> int:
+    """Where the process keeps `v`. An exported variable of a library is the one the dynamic linker binds
+    every reference to: the executable's copy of it (a copy relocation) when the executable has one."""
+    if not v.static and obj is not s.objects[0] and v.symbol in obj.exports:
+        bound = Resolver(s.objects, {}, s.mem).global_(v.symbol)
+        if bound and bound[0]:
+            return bound[0]
+    return obj.base + v.address
+
+
 def find(s: Session, spec: str, type_name: str | None = None) -> Found:
     """The one variable `spec` names, from DWARF or, in objects without DWARF, from the symbol tables (typed
     by `type_name`); InputError when none or several do."""
@@ -198,11 +209,11 @@ def find(s: Session, spec: str, type_name: str | None = None) -> Found:
         raise InputError(f"{spec}: ambiguous, {len(names)} variables have that name: {', '.join(sorted(names))}")
     if hits:
         obj, v = hits[0]
-        return Found(_spelling(obj, v, all_), obj, obj.base + v.address, v.type)
+        return Found(_spelling(obj, v, all_), obj, _runtime_address(s, obj, v), v.type)
     if not syms:
         raise InputError(f"{spec}: no such variable in process {s.pid}")
     obj, file, sym = syms[0]
-    return Found(f"{file or obj.name}:{name}", obj, obj.base + sym.value, _symbol_type(spec, sym.size, type_name))
+    return Found(f"{file}:{name}" if file else name, obj, obj.base + sym.value, _symbol_type(spec, sym.size, type_name))
 
 
 # ---- values ---------------------------------------------------------------------------------------------
@@ -340,7 +351,7 @@ def list_values(pid: int, pattern: str | None) -> list[tuple[Found, str]]:
         for obj, v in all_:
             name = _spelling(obj, v, all_)
             if pattern is None or any(fnmatch.fnmatchcase(n, pattern) for n in (name, v.qualified, f"{v.file}:{v.qualified}")):
-                found.append(Found(name, obj, obj.base + v.address, v.type))
+                found.append(Found(name, obj, _runtime_address(s, obj, v), v.type))
         out = []
         with s.stopped():
             for f in found:
@@ -397,7 +408,9 @@ def set_value(pid: int, spec: str, text: str, type_name: str | None = None,
                                show_or_why(s.mem, f.type, old), text, SETTING, time.time(), alloc)
                 log.sets.append(entry)
                 _save(s, log)
+                faults.point("var-noted", s.pid)
                 s.mem.write(f.address, new)
+                faults.point("var-written", s.pid)
                 entry.state, entry.new_text = SET, show_or_why(s.mem, f.type, new)
                 _save(s, log)
         s.stats.late_signal = critical.late
