@@ -191,4 +191,53 @@ def var_list(pid: int = PidOption, pattern: Optional[str] = typer.Argument(None,
                    f"  [{printable(found.object.name)} {found.address:#x}]")
 
 
+flags_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                        help="List, read and set the gflags of a running process, through gflags itself.")
+app.add_typer(flags_app, name="flags")
+FlagName = typer.Argument(..., help="The flag: port, --port or FLAGS_port.")
+
+
+@flags_app.command("list")
+def flags_list(pid: int = PidOption):
+    """The process's flags, with their types and current values."""
+    from loader.gflags import list_flags
+
+    for flag, value in _guarded(lambda: list_flags(pid)):
+        typer.echo(f"--{flag.name} ({flag.type.name}) = {printable(value)}  [{printable(flag.object.name)}]")
+
+
+@flags_app.command("get")
+def flags_get(name: str = FlagName, pid: int = PidOption):
+    """Print a flag's value."""
+    from loader.gflags import get_flag
+
+    typer.echo(printable(_guarded(lambda: get_flag(pid, name))))
+
+
+@flags_app.command("set", context_settings={"ignore_unknown_options": True})  # VALUE may be -1
+def flags_set(name: str = FlagName, value: str = typer.Argument(..., help="The new value."), pid: int = PidOption,
+              timeout: float = TimeoutOption):
+    """Set a flag with gflags' SetCommandLineOption run in the target (validators apply); recorded for
+    `flags undo`."""
+    from loader.gflags import set_flag
+
+    entry, stats = _guarded(lambda: set_flag(pid, name, value, timeout))
+    _warn(stats)
+    typer.echo(f"set {printable(entry.name)} in process {pid}: {printable(entry.old_text)} -> "
+               f"{printable(entry.new_text)} ({_costs(stats)})")
+    _late(stats, "the flag is set")
+
+
+@flags_app.command("undo")
+def flags_undo(name: str = FlagName, pid: int = PidOption, timeout: float = TimeoutOption):
+    """Set a flag back (through gflags) to the value the newest `flags set` of it replaced."""
+    from loader.gflags import undo_flag
+
+    entry, stats = _guarded(lambda: undo_flag(pid, name, timeout))
+    _warn(stats)
+    typer.echo(f"undid {printable(entry.name)} in process {pid}: {printable(entry.new_text)} -> "
+               f"{printable(entry.old_text)} ({_costs(stats)})")
+    _late(stats, "the flag is restored")
+
+
 main_entry = entry_point(app, PROG)

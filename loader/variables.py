@@ -37,6 +37,7 @@ LOG_SIZE = 64 << 10
 SETTING, SET = "setting", "set"  # a set noted but perhaps not written yet (a patch-ctl killed there); done
 STRING_LIMIT = 4096  # bytes of a string shown; longer ones are cut with "..."
 STT_OBJECT = 1
+STD_STRING = VarType(STDSTRING, 32, "std::string")  # libstdc++'s (the C++11 ABI)
 # --type for a variable without DWARF: (kind, size or 0 for the symbol's, signed)
 TYPES = {"int": (INT, 0, True), "uint": (INT, 0, False), "bool": (BOOL, 1, False), "float": (FLOAT, 4, False),
          "double": (FLOAT, 8, False)} | {f"{s}{8 * n}": (INT, n, s == "i") for s in "iu" for n in (1, 2, 4, 8)}
@@ -57,6 +58,8 @@ class VarSet:
     state: str
     when: float
     alloc: int = 0  # the block a `char *` set allocated in the target (left there by an undo)
+    via: str = ""  # "gflags": set through gflags' SetCommandLineOption (`patch-ctl flags`); new is "" for
+    # a string flag, whose std::string (at `address`) changes in place: its text is compared instead
 
 
 @dataclass
@@ -105,26 +108,45 @@ def recorded_sets(pid: int) -> list[VarSet]:
         return read_log(read_maps(pid), mem).sets
 
 
-def _save(s: Session, log: SetLog) -> None:
+def ensure_log(s: Session, log: SetLog) -> None:
+    """Map the record in the target, if it is not there yet."""
+    if not log.start:
+        log.start = _in_target(s, lambda caller: caller.map_named(LOG_NAME, 0, LOG_SIZE))
+        save_log(s, log)
+
+
+def drop_log_if_empty(s: Session, log: SetLog) -> None:
+    """Nothing left to undo: the record goes too."""
+    if not log.sets and log.start:
+        _in_target(s, lambda caller: caller.munmap(log.start, LOG_SIZE))
+
+
+def save_log(s: Session, log: SetLog) -> None:
     s.mem.write(log.start, log.encode())
 
 
+def holds(mem: Memory, v: VarSet) -> bool:
+    """True when the variable holds what `v` wrote."""
+    if v.new:
+        return mem.read(v.address, len(v.new) // 2).hex() == v.new
+    return show_or_why(mem, STD_STRING, mem.read(v.address, STD_STRING.size)) == v.new_text
+
+
 def _settle(s: Session, log: SetLog) -> None:
-    """Finish what a killed patch-ctl left: a set noted but perhaps not written is kept if its new bytes
-    are in place, dropped otherwise."""
+    """Finish what a killed patch-ctl left: a set noted but perhaps not written is kept if its new value
+    is in place, dropped otherwise."""
     unsettled = [v for v in log.sets if v.state == SETTING]
     if not unsettled:
         return
     with s.stopped():
         for v in unsettled:
-            size = len(v.new) // 2
-            if s.mem.read(v.address, size).hex() == v.new:
+            if holds(s.mem, v):
                 v.state = SET
             else:
                 log.sets.remove(v)
             s.stats.warnings.append(f"variable {v.name} was being set by an interrupted patch-ctl: "
                                     f"{'kept' if v.state == SET else 'not set'}")
-        _save(s, log)
+        save_log(s, log)
 
 
 # ---- finding variables ----------------------------------------------------------------------------------
@@ -326,7 +348,7 @@ def _writable(s: Session, f: Found) -> None:
         raise Refused([(f.name, f"lies in read-only memory ({perms}) of {f.object.name}: not written")])
 
 
-def _prepare(s: Session, critical: Critical, timeout: float) -> SetLog:
+def prepare(s: Session, critical: Critical, timeout: float) -> SetLog:
     _recover(s, timeout, critical)  # what an interrupted patch-ctl left, patches first
     log = read_log(s.maps, s.mem)
     _settle(s, log)
@@ -389,14 +411,12 @@ def set_value(pid: int, spec: str, text: str, type_name: str | None = None,
     def set_(s: Session):
         t0 = time.perf_counter()
         with Critical() as critical:
-            log = _prepare(s, critical, timeout)
+            log = prepare(s, critical, timeout)
             f = find(s, spec, type_name)
             _writable(s, f)
             alloc, new = 0, None if f.type.kind == CSTRING else encode(f.name, f.type, text)
             critical.safe_point()
-            if not log.start:
-                log.start = _in_target(s, lambda caller: caller.map_named(LOG_NAME, 0, LOG_SIZE))
-                _save(s, log)
+            ensure_log(s, log)
             if new is None:
                 alloc = _allocate_string(s, text, timeout)
                 new = alloc.to_bytes(f.type.size, "little")
@@ -407,12 +427,12 @@ def set_value(pid: int, spec: str, text: str, type_name: str | None = None,
                 entry = VarSet(f.name, f.object.name, f.address, f.type.name, old.hex(), new.hex(),
                                show_or_why(s.mem, f.type, old), text, SETTING, time.time(), alloc)
                 log.sets.append(entry)
-                _save(s, log)
+                save_log(s, log)
                 faults.point("var-noted", s.pid)
                 s.mem.write(f.address, new)
                 faults.point("var-written", s.pid)
                 entry.state, entry.new_text = SET, show_or_why(s.mem, f.type, new)
-                _save(s, log)
+                save_log(s, log)
         s.stats.late_signal = critical.late
         s.stats.elapsed = time.perf_counter() - t0
         return entry, s.stats
@@ -426,11 +446,11 @@ def undo_set(pid: int, spec: str, type_name: str | None = None, timeout: float =
     def undo(s: Session):
         t0 = time.perf_counter()
         with Critical() as critical:
-            log = _prepare(s, critical, timeout)
-            mine = [v for v in log.sets if v.name == spec]
+            log = prepare(s, critical, timeout)
+            mine = [v for v in log.sets if v.name == spec and not v.via]
             if not mine:
                 f = find(s, spec, type_name)
-                mine = [v for v in log.sets if v.address == f.address]
+                mine = [v for v in log.sets if v.address == f.address and not v.via]
             if not mine:
                 raise InputError(f"{spec}: no set of it is recorded in process {s.pid}")
             entry = mine[-1]
@@ -443,9 +463,8 @@ def undo_set(pid: int, spec: str, type_name: str | None = None, timeout: float =
                                                 "not undone")])
                 s.mem.write(entry.address, bytes.fromhex(entry.old))
                 log.sets.remove(entry)
-                _save(s, log)
-            if not log.sets:  # nothing left to undo: the record goes too
-                _in_target(s, lambda caller: caller.munmap(log.start, LOG_SIZE))
+                save_log(s, log)
+            drop_log_if_empty(s, log)
         s.stats.late_signal = critical.late
         s.stats.elapsed = time.perf_counter() - t0
         return entry, s.stats
