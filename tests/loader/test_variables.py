@@ -257,3 +257,55 @@ def test_a_killed_set_is_finished_by_the_next_patch_ctl(c_target):
     assert t.values()["int"] == "42"
     assert t.var_mappings() == []
     t.assert_running_untraced()
+
+
+@pytest.fixture
+def flags_target(built):
+    t = Target(built / "vars-flags")
+    yield t
+    t.stop()
+
+
+def test_gflags_through_set_command_line_option(flags_target):
+    t = flags_target
+    before = t.values()
+    assert before["port_default"] == "1"
+    listing = ok("flags", "list", "-p", t.pid).stdout.splitlines()
+    assert "--port (int32) = 8080  [vars-flags]" in listing and "--limit (uint64) = 1000  [vars-flags]" in listing
+    assert "--mode (std::string) = fast  [vars-flags]" in listing
+    ok("flags", "set", "-p", t.pid, "port", "9090")
+    long_mode = "a-mode-longer-than-fifteen-bytes"  # not stored inline in the std::string
+    ok("flags", "set", "-p", t.pid, "--mode", long_mode)
+    ok("flags", "set", "-p", t.pid, "FLAGS_verbose", "true")
+    ok("flags", "set", "-p", t.pid, "ratio", "-0.75")
+    assert t.values() == dict(before, port="9090", mode=long_mode, verbose="1", ratio="-0.75", port_default="0")
+    assert ok("flags", "get", "-p", t.pid, "mode").stdout == long_mode + "\n"
+    assert ok("var", "get", "-p", t.pid, "fLI::FLAGS_port").stdout == "9090\n"  # FLAGS_ are globals too
+    text = ok("list", "-p", t.pid).stdout
+    assert "variable --port (int32) in vars-flags at 0x" in text and ": 8080 -> 9090 [set]" in text
+    for name in ("ratio", "verbose", "mode", "port"):
+        ok("flags", "undo", "-p", t.pid, name)
+    assert t.values() == dict(before, port_default="0")  # gflags keeps counting --port as modified
+    assert t.var_mappings() == []
+    t.assert_running_untraced()
+
+
+def test_gflags_refusals(flags_target, c_target):
+    t = flags_target
+    before = t.values()
+    cases = [(("flags", "set", "-p", t.pid, "port", "70000"), 1,
+              "--port: gflags refused the value '70000' (not a valid int32, or its validator said no)"),
+             (("flags", "set", "-p", t.pid, "ratio", "abc"), 1, "--ratio: gflags refused the value 'abc'"),
+             (("flags", "set", "-p", t.pid, "nosuch", "1"), 2, "nosuch: no such flag in process"),
+             (("flags", "undo", "-p", t.pid, "port"), 2, "--port: no flags set of it is recorded"),
+             (("flags", "list", "-p", c_target.pid), 2,
+              f"process {c_target.pid} does not use gflags (no object exports SetCommandLineOption)")]
+    for args, code, message in cases:
+        assert_one_line_error(patch_ctl(*args), code, message)
+    assert t.values() == before  # port still its default: a refused value changes nothing
+    assert t.var_mappings() == []
+    ok("flags", "set", "-p", t.pid, "port", "1234")
+    ok("var", "set", "-p", t.pid, "FLAGS_port", "4321")  # the program changed it behind gflags' back
+    assert_one_line_error(patch_ctl("flags", "undo", "-p", t.pid, "port"), 1,
+                          "--port: changed since it was set to 1234 (now 4321): not undone")
+    t.assert_running_untraced()
