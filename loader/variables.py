@@ -140,7 +140,15 @@ def _settle(s: Session, log: SetLog) -> None:
         return
     with s.stopped():
         for v in unsettled:
-            if holds(s.mem, v):
+            if v.new:
+                kept = holds(s.mem, v)
+            elif v.old:  # a flag set through gflags, which wrote what it parsed: any change is that set
+                now = s.mem.read(v.address, len(v.old) // 2).hex()
+                kept, v.new = now != v.old, now
+            else:  # a string flag
+                now = show_or_why(s.mem, STD_STRING, s.mem.read(v.address, STD_STRING.size))
+                kept, v.new_text = now != v.old_text, now
+            if kept:
                 v.state = SET
             else:
                 log.sets.remove(v)

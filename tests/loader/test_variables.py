@@ -309,3 +309,21 @@ def test_gflags_refusals(flags_target, c_target):
     assert_one_line_error(patch_ctl("flags", "undo", "-p", t.pid, "port"), 1,
                           "--port: changed since it was set to 1234 (now 4321): not undone")
     t.assert_running_untraced()
+
+
+def test_a_killed_flags_set_is_finished_by_the_next_patch_ctl(flags_target):
+    t = flags_target
+    assert _with_fault("flag-set:kill", "flags", "set", "-p", t.pid, "port", "7070").returncode == -9
+    t.assert_running_untraced()
+    assert t.values()["port"] == "7070"
+    run = ok("flags", "set", "-p", t.pid, "verbose", "true")  # settles it first: done, so kept
+    assert "variable --port was being set by an interrupted patch-ctl: kept" in run.stderr
+    assert _with_fault("flag-set:kill", "flags", "set", "-p", t.pid, "mode", "slow").returncode == -9
+    assert t.values()["mode"] == "slow"
+    run = ok("flags", "undo", "-p", t.pid, "verbose")
+    assert "variable --mode was being set by an interrupted patch-ctl: kept" in run.stderr
+    ok("flags", "undo", "-p", t.pid, "mode")
+    ok("flags", "undo", "-p", t.pid, "port")
+    got = t.values()
+    assert (got["port"], got["mode"], got["verbose"]) == ("8080", "fast", "0")
+    assert t.var_mappings() == []
