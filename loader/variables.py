@@ -6,7 +6,8 @@ stopped (as apply's jumps are), after noting in the target what it is about to d
 (name, address, old and new bytes) in a memfd mapping named `kpatch-var:sets` with a header like
 loader.state's, so `patch-ctl list` shows it and a later `var undo` puts the old bytes back. A patch-ctl
 killed between the note and the write is finished by the next one (the note is kept when the new bytes
-are in place, dropped when the old ones still are).
+are in place, dropped when the old ones still are). `patch-ctl flags` (loader.gflags) records its sets
+here too.
 """
 from __future__ import annotations
 
@@ -425,10 +426,14 @@ def set_value(pid: int, spec: str, text: str, type_name: str | None = None,
             alloc, new = 0, None if f.type.kind == CSTRING else encode(f.name, f.type, text)
             critical.safe_point()
             ensure_log(s, log)
-            if new is None:
-                alloc = _allocate_string(s, text, timeout)
-                new = alloc.to_bytes(f.type.size, "little")
-            critical.safe_point()  # from here the set completes
+            try:
+                if new is None:
+                    alloc = _allocate_string(s, text, timeout)
+                    new = alloc.to_bytes(f.type.size, "little")
+                critical.safe_point()  # from here the set completes
+            except BaseException:
+                drop_log_if_empty(s, log)
+                raise
             s.stats.attempts += 1  # no stack to check: a data write never leaves a thread in mixed code
             with s.stopped():
                 old = s.mem.read(f.address, f.type.size)

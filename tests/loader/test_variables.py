@@ -32,6 +32,7 @@ class Target:
                                      text=True, start_new_session=True)
         assert self.proc.stdout.readline() == "ready\n"
         self.pid = self.proc.pid
+        self.threads = threads
 
     def values(self) -> dict[str, str]:
         self.proc.stdin.write("p\n")
@@ -48,7 +49,7 @@ class Target:
         with open(f"/proc/{self.pid}/status") as f:
             status = dict(l.rstrip("\n").split(":\t", 1) for l in f if ":\t" in l)
         assert status["State"][0] in "SR" and status["TracerPid"] == "0", status
-        assert int(status["Threads"]) >= 5  # main and 4 workers: none lost
+        assert int(status["Threads"]) == self.threads + 1  # main and the workers: none lost
 
     def stop(self) -> None:
         self.proc.kill()
@@ -327,3 +328,19 @@ def test_a_killed_flags_set_is_finished_by_the_next_patch_ctl(flags_target):
     got = t.values()
     assert (got["port"], got["mode"], got["verbose"]) == ("8080", "fast", "0")
     assert t.var_mappings() == []
+
+
+def test_single_threaded_and_bad_processes(built, tmp_path):
+    t = Target(built / "vars", threads=0)
+    try:
+        ok("var", "set", "-p", t.pid, "g_ratio", "-1.5")
+        ok("var", "set", "-p", t.pid, "g_u64", "0")
+        assert (t.values()["ratio"], t.values()["u64"]) == ("-1.5", "0")
+        ok("var", "undo", "-p", t.pid, "g_u64")
+        ok("var", "undo", "-p", t.pid, "g_ratio")
+        assert (t.values()["ratio"], t.values()["u64"]) == ("0.25", "18000000000000000000")
+        t.assert_running_untraced()
+    finally:
+        t.stop()
+    assert_one_line_error(patch_ctl("var", "get", "-p", t.pid, "g_int"), 2, f"no such process: {t.pid}")
+    assert_one_line_error(patch_ctl("var", "set", "-p", "0", "g_int", "1"), 2, "no such process: 0")
