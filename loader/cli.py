@@ -36,6 +36,8 @@ def _ms(seconds: float) -> str:
 
 def _costs(stats) -> str:
     """What the target went through: every thread stopped (the longest such pause), all stops counted."""
+    if not stats.attempts:  # only one thread at a time was stopped (`flags set`: a call run in the target)
+        return f"{stats.stops} stop(s) of one thread, longest {_ms(stats.longest_stop)}; total {_ms(stats.elapsed)}"
     return (f"pause {_ms(stats.pause)} with every thread stopped, {stats.attempts} attempt(s); "
             f"{stats.stops} stop(s) in all, longest {_ms(stats.longest_stop)}; total {_ms(stats.elapsed)}")
 
@@ -186,7 +188,11 @@ def var_list(pid: int = PidOption, pattern: Optional[str] = typer.Argument(None,
     """Variables DWARF describes, with their types and current values."""
     from loader.variables import list_values
 
-    for found, value in _guarded(lambda: list_values(pid, pattern)):
+    found_values = _guarded(lambda: list_values(pid, pattern))
+    if not found_values:
+        typer.echo(f"no variables{' matching ' + printable(pattern) if pattern else ''} described by DWARF in "
+                   f"process {pid}")
+    for found, value in found_values:
         typer.echo(f"{printable(found.name)} ({printable(found.type.name)}) = {printable(value)}"
                    f"  [{printable(found.object.name)} {found.address:#x}]")
 

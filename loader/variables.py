@@ -23,7 +23,7 @@ from loader import faults
 from loader.critical import Critical
 from loader.dwarftypes import BOOL, CHARS, CSTRING, ENUM, FLOAT, INT, STDSTRING, Variable, VarType, variables
 from loader.frames import registry_of
-from loader.objects import SHN_UNDEF, STB_LOCAL, STT_FILE, ElfSymbol, LoadedObject
+from loader.objects import SHN_UNDEF, STB_LOCAL, STT_FILE, STT_TLS, ElfSymbol, LoadedObject
 from loader.patcher import Session, Stats, _in_clear_thread, _in_target, _recover, _run
 from loader.procfs import Mapping, Memory, read_maps
 from loader.remote import RemoteCaller
@@ -242,6 +242,8 @@ def find(s: Session, spec: str, type_name: str | None = None) -> Found:
         obj, v = hits[0]
         return Found(_spelling(obj, v, all_), obj, _runtime_address(s, obj, v), v.type)
     if not syms:
+        if any(sym.name == name and sym.type == STT_TLS for o in s.objects for sym in o.symtab or o.dynsym):
+            raise Refused([(spec, "is thread-local (one per thread): not supported")])
         raise InputError(f"{spec}: no such variable in process {s.pid}")
     obj, file, sym = syms[0]
     return Found(f"{file}:{name}" if file else name, obj, obj.base + sym.value, _symbol_type(spec, sym.size, type_name))
@@ -341,6 +343,7 @@ def encode(spec: str, t: VarType, text: str) -> bytes:
             raise Refused([(spec, f"{len(raw)} bytes and the terminating NUL do not fit {t.name}")])
         return raw + bytes(t.size - len(raw))
     if t.kind == STDSTRING:
+        # Its own methods would free the old buffer while the program's threads may be reading it.
         raise Refused([(spec, "setting a std::string needs the target's own methods: not supported (read it "
                               "with var get; set a char array or char * instead)")])
     raise Refused([(spec, f"its type, {t.name}, is not one patch-ctl can set")])

@@ -163,6 +163,7 @@ def test_refusals_leave_the_target_as_it_was(c_target):
              (("var", "set", "-p", t.pid, "g_name", "sixteen chars!!!"), 1,
               "g_name: 16 bytes and the terminating NUL do not fit char[16]"),
              (("var", "undo", "-p", t.pid, "g_int"), 2, "g_int: no set of it is recorded in process"),
+             (("var", "set", "-p", t.pid, "t_local", "2"), 1, "t_local: is thread-local (one per thread): not supported"),
              (("var", "get", "-p", t.pid, "g_int", "--type", "int"), None, None)]
     for args, code, message in cases:
         if code is None:
@@ -207,6 +208,9 @@ def test_cxx_qualified_names(cxx_target):
 
 def test_without_dwarf_a_type_is_named(nodebug_target):
     t = nodebug_target
+    assert ok("var", "list", "-p", t.pid, "g_*").stdout == \
+        f"no variables matching g_* described by DWARF in process {t.pid}\n"
+    assert ok("var", "list", "-p", t.pid).stdout.startswith("lib_level (int) = 3  [libvarsutil.so 0x")  # its own DWARF
     assert_one_line_error(patch_ctl("var", "get", "-p", t.pid, "g_int"), 2,
                           "g_int: no DWARF describes it: give its type with --type")
     assert_one_line_error(patch_ctl("var", "set", "-p", t.pid, "g_int", "1", "--type", "i64"), 1,
