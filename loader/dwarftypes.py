@@ -142,6 +142,9 @@ def describe(die) -> VarType:
         if target and target.kind == INT and target.size == 1 and pointee.split()[-1] == "char":
             return VarType(CSTRING, size or 8, f"{pointee} *{' const' if const else ''}", const=const)
         return VarType(OTHER, size or 8, f"{pointee} *", const=const)
+    if tag in ("DW_TAG_reference_type", "DW_TAG_rvalue_reference_type"):
+        target = describe(die.get_DIE_from_attribute("DW_AT_type")) if "DW_AT_type" in die.attributes else None
+        return VarType(OTHER, size or 8, f"{target.name if target else 'void'} &")
     if tag in ("DW_TAG_structure_type", "DW_TAG_class_type") and _is_std_string(die):
         return VarType(STDSTRING, size, prefix + "std::string", const=const)
     return VarType(OTHER, size, prefix + (spelled or name or tag.removeprefix("DW_TAG_")), const=const)
