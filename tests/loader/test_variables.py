@@ -348,3 +348,18 @@ def test_single_threaded_and_bad_processes(built, tmp_path):
         t.stop()
     assert_one_line_error(patch_ctl("var", "get", "-p", t.pid, "g_int"), 2, f"no such process: {t.pid}")
     assert_one_line_error(patch_ctl("var", "set", "-p", "0", "g_int", "1"), 2, "no such process: 0")
+
+
+def test_worker_threads_see_the_set(c_target):
+    """The workers add g_step to g_work all the time: with g_step set to 0 the sum stands still."""
+    t = c_target
+
+    def work() -> int:
+        return int(ok("var", "get", "-p", t.pid, "g_work").stdout)
+
+    ok("var", "set", "-p", t.pid, "g_step", "0")
+    still = work()
+    assert work() == still
+    ok("var", "undo", "-p", t.pid, "g_step")
+    assert work() > still
+    t.assert_running_untraced()
