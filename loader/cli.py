@@ -41,6 +41,8 @@ def _say(line: str) -> None:
 
 def _costs(stats) -> str:
     """What the target went through: every thread stopped (the longest such pause), all stops counted."""
+    if not stats.attempts:  # only one thread at a time was stopped (`flags set`: a call run in the target)
+        return f"{stats.stops} stop(s) of one thread, longest {_ms(stats.longest_stop)}; total {_ms(stats.elapsed)}"
     return (f"pause {_ms(stats.pause)} with every thread stopped, {stats.attempts} attempt(s); "
             f"{stats.stops} stop(s) in all, longest {_ms(stats.longest_stop)}; total {_ms(stats.elapsed)}")
 
@@ -101,13 +103,20 @@ def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json"
     """The patches applied in a process, newest last."""
     from loader.patcher import list_patches
 
+    from loader.variables import recorded_sets
+
     records, stats = _guarded(lambda: list_patches(pid))
+    sets = _guarded(lambda: recorded_sets(pid))
     _warn(stats)
     if json_output:
-        typer.echo(json.dumps({"pid": pid, "patches": [dataclasses.asdict(r) for r in records]}, indent=2))
+        typer.echo(json.dumps({"pid": pid, "patches": [dataclasses.asdict(r) for r in records],
+                               "variables": [dataclasses.asdict(v) for v in sets]}, indent=2))
         return
     if not records:
         typer.echo(f"no patches in process {pid}")
+    for v in sets:
+        typer.echo(f"variable {printable(v.name)} ({printable(v.type)}) in {printable(v.object)} at {v.address:#x}: "
+                   f"{printable(v.old_text)} -> {printable(v.new_text)} [{v.state}]")
     for r in records:
         at = ", ".join(f"{start:#x} ({size} bytes)" for start, size in r.mappings)
         _say(f"{r.seq}. {r.module} [{r.state}] at {at} from {r.path}")
@@ -147,6 +156,112 @@ def info(module: Path = typer.Argument(..., help="NAME.kpatch"),
     if mod.problems:
         more = f" (and {len(mod.problems) - 1} more)" if len(mod.problems) > 1 else ""
         _fail(f"{module.name}: malformed patch module: {mod.problems[0]}{more}", 2)
+
+
+var_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                      help="Read and set global and static variables of a running process.")
+app.add_typer(var_app, name="var")
+TypeOption = typer.Option(None, "--type", help="The type of a variable no DWARF describes: int, uint, i8..u64, "
+                                               "bool, float, double (int and uint take the symbol's size).")
+VarName = typer.Argument(..., help="NAME, file.c:NAME or function::NAME (statics), ns::NAME (C++).")
+
+
+@var_app.command("get")
+def var_get(name: str = VarName, pid: int = PidOption, type_name: Optional[str] = TypeOption):
+    """Print a variable's value."""
+    from loader.variables import get_values
+
+    _, value = _guarded(lambda: get_values(pid, name, type_name))
+    typer.echo(printable(value))
+
+
+@var_app.command("set", context_settings={"ignore_unknown_options": True})  # VALUE may be -1
+def var_set(name: str = VarName, value: str = typer.Argument(..., help="The new value."), pid: int = PidOption,
+            type_name: Optional[str] = TypeOption, timeout: float = TimeoutOption):
+    """Set a variable (every thread stopped meanwhile); recorded in the target for `var undo`."""
+    from loader.variables import set_value
+
+    entry, stats = _guarded(lambda: set_value(pid, name, value, type_name, timeout))
+    _warn(stats)
+    typer.echo(f"set {printable(entry.name)} in process {pid}: {printable(entry.old_text)} -> "
+               f"{printable(entry.new_text)} ({_costs(stats)})")
+    _late(stats, "the variable is set")
+
+
+@var_app.command("undo")
+def var_undo(name: str = VarName, pid: int = PidOption, type_name: Optional[str] = TypeOption,
+             timeout: float = TimeoutOption):
+    """Put back the value the newest `var set` of NAME replaced."""
+    from loader.variables import undo_set
+
+    entry, stats = _guarded(lambda: undo_set(pid, name, type_name, timeout))
+    _warn(stats)
+    typer.echo(f"undid {printable(entry.name)} in process {pid}: {printable(entry.new_text)} -> "
+               f"{printable(entry.old_text)} ({_costs(stats)})")
+    _late(stats, "the variable is restored")
+
+
+@var_app.command("list")
+def var_list(pid: int = PidOption, pattern: Optional[str] = typer.Argument(None, help="A glob on the names.")):
+    """Variables DWARF describes, with their types and current values."""
+    from loader.variables import list_values
+
+    found_values = _guarded(lambda: list_values(pid, pattern))
+    if not found_values:
+        typer.echo(f"no variables{' matching ' + printable(pattern) if pattern else ''} described by DWARF in "
+                   f"process {pid}")
+    for found, value in found_values:
+        typer.echo(f"{printable(found.name)} ({printable(found.type.name)}) = {printable(value)}"
+                   f"  [{printable(found.object.name)} {found.address:#x}]")
+
+
+flags_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                        help="List, read and set the gflags of a running process, through gflags itself.")
+app.add_typer(flags_app, name="flags")
+FlagName = typer.Argument(..., help="The flag: port, --port or FLAGS_port.")
+
+
+@flags_app.command("list")
+def flags_list(pid: int = PidOption):
+    """The process's flags, with their types and current values."""
+    from loader.gflags import list_flags
+
+    for flag, value in _guarded(lambda: list_flags(pid)):
+        typer.echo(f"--{flag.name} ({flag.type.name}) = {printable(value)}  [{printable(flag.object.name)}]")
+
+
+@flags_app.command("get")
+def flags_get(name: str = FlagName, pid: int = PidOption):
+    """Print a flag's value."""
+    from loader.gflags import get_flag
+
+    typer.echo(printable(_guarded(lambda: get_flag(pid, name))))
+
+
+@flags_app.command("set", context_settings={"ignore_unknown_options": True})  # VALUE may be -1
+def flags_set(name: str = FlagName, value: str = typer.Argument(..., help="The new value."), pid: int = PidOption,
+              timeout: float = TimeoutOption):
+    """Set a flag with gflags' SetCommandLineOption run in the target (validators apply); recorded for
+    `flags undo`."""
+    from loader.gflags import set_flag
+
+    entry, stats = _guarded(lambda: set_flag(pid, name, value, timeout))
+    _warn(stats)
+    typer.echo(f"set {printable(entry.name)} in process {pid}: {printable(entry.old_text)} -> "
+               f"{printable(entry.new_text)} ({_costs(stats)})")
+    _late(stats, "the flag is set")
+
+
+@flags_app.command("undo")
+def flags_undo(name: str = FlagName, pid: int = PidOption, timeout: float = TimeoutOption):
+    """Set a flag back (through gflags) to the value the newest `flags set` of it replaced."""
+    from loader.gflags import undo_flag
+
+    entry, stats = _guarded(lambda: undo_flag(pid, name, timeout))
+    _warn(stats)
+    typer.echo(f"undid {printable(entry.name)} in process {pid}: {printable(entry.new_text)} -> "
+               f"{printable(entry.old_text)} ({_costs(stats)})")
+    _late(stats, "the flag is restored")
 
 
 main_entry = entry_point(app, PROG)

@@ -137,12 +137,14 @@ class RemoteCaller:
 
     # the calls patch-ctl needs
     def map_named(self, name: str, addr: int, size: int) -> int:
-        """Map `size` bytes read+write at exactly `addr`, backed by a memfd called `name` (so the mapping
-        carries that name in /proc/PID/maps and never merges with its neighbours)."""
+        """Map `size` bytes read+write at exactly `addr` (where the kernel likes when 0), backed by a memfd
+        called `name` (so the mapping carries that name in /proc/PID/maps and never merges with its
+        neighbours)."""
         fd = self.call(SYS_MEMFD_CREATE, self.scratch_string(name), MFD_CLOEXEC)
         try:
             self.call(SYS_FTRUNCATE, fd, size)
-            return self.call(SYS_MMAP, addr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED_NOREPLACE, fd, 0)
+            fixed = MAP_FIXED_NOREPLACE if addr else 0
+            return self.call(SYS_MMAP, addr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | fixed, fd, 0)
         finally:
             self.close(fd)
 
