@@ -18,7 +18,7 @@ from loader.critical import Critical
 from loader.dwarftypes import BOOL, FLOAT, INT, VarType
 from loader.frames import registry_of
 from loader.objects import STB_LOCAL, SHN_UNDEF, LoadedObject
-from loader.patcher import Session, Stats, _in_clear_thread, _run
+from loader.session import Session, Stats, in_clear_thread, run
 from loader.remote import RemoteCaller
 from loader.resolve import Resolver
 from loader.variables import (SET, SETTING, STD_STRING, VarSet, drop_log_if_empty, ensure_log, holds, prepare,
@@ -101,7 +101,7 @@ def list_flags(pid: int) -> list[tuple[Flag, str]]:
         with s.stopped():
             return [(f, _value(s, f)) for f in _flags(s).values()]
 
-    return _run(pid, "flags list", listing)
+    return run(pid, "flags list", listing)
 
 
 def get_flag(pid: int, name: str) -> str:
@@ -111,7 +111,7 @@ def get_flag(pid: int, name: str) -> str:
         with s.stopped():
             return _value(s, flag)
 
-    return _run(pid, "flags get", get)
+    return run(pid, "flags get", get)
 
 
 def _call_setter(s: Session, setter: int, name: str, value: str, timeout: float) -> str:
@@ -136,7 +136,7 @@ def _call_setter(s: Session, setter: int, name: str, value: str, timeout: float)
             caller.call_function(delete[0], buffer)
         return message
 
-    return _in_clear_thread(s, clear, call, timeout)
+    return in_clear_thread(s, clear, call, timeout)
 
 
 def _through_gflags(s: Session, flag: Flag, setter: int, value: str, timeout: float) -> None:
@@ -178,7 +178,7 @@ def set_flag(pid: int, name: str, value: str, timeout: float = 10.0) -> tuple[Va
         s.stats.elapsed = time.perf_counter() - t0
         return entry, s.stats
 
-    return _run(pid, "flags set", set_, wait=timeout)
+    return run(pid, "flags set", set_, wait=timeout)
 
 
 def undo_flag(pid: int, name: str, timeout: float = 10.0) -> tuple[VarSet, Stats]:
@@ -206,4 +206,4 @@ def undo_flag(pid: int, name: str, timeout: float = 10.0) -> tuple[VarSet, Stats
         s.stats.elapsed = time.perf_counter() - t0
         return entry, s.stats
 
-    return _run(pid, "flags undo", undo, wait=timeout)
+    return run(pid, "flags undo", undo, wait=timeout)

@@ -18,151 +18,31 @@ that call or those writes half done until the next patch-ctl runs (microseconds)
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from diffobj.errors import InputError, PatchBuildError, Refused
+from diffobj.errors import InputError, Refused
 from diffobj.read import read_object
 from linker.integrity import check_trusted, read_module_bytes
 from linker.module import Func, ModuleInfo, read_module
 from loader import faults, layout, x86_64 as arch
-from loader.critical import Critical
 from loader.consistency import Range, check
-from loader.frames import FrameRegistry, find_registry, registry_of
-from loader.lock import TargetLock
+from loader.critical import Critical
+from loader.frames import find_registry, registry_of
 from loader.modulecheck import check_module
-from loader.objects import LoadedObject, loaded_objects
-from loader.procfs import Mapping, Memory, check_process, dying, process_alive, read_maps, tracer_of
-from loader.ptrace import NotStopping, Stopped, ThreadGone, TraceError, live_thread_ids, thread_ids
-from loader.remote import PROT_READ, PROT_WRITE, RemoteCaller, RemoteError, find_syscall_insn
-from loader.resolve import ResolveError, Resolver, match_targets
-from loader.state import ACTIVE, APPLYING, PENDING, REVERTED, REVERTING, PatchedFunc, PatchRecord, find_patches, open_memfds, orphans
-from loader.unwind import ObjectCfi, Unwinder
+from loader.objects import LoadedObject
+from loader.procfs import Mapping, check_process
+from loader.ptrace import NotStopping, Stopped, ThreadGone, TraceError, thread_ids
+from loader.remote import PROT_READ, PROT_WRITE, RemoteCaller, RemoteError
+from loader.resolve import Resolver, match_targets
+from loader.session import RETRY_PAUSE, Session, Stats, in_clear_thread, in_target, run, still_alive
+from loader.state import (ACTIVE, APPLYING, PENDING, REVERTED, REVERTING, PatchedFunc, PatchRecord, open_memfds,
+                          orphans)
 
 REL32 = 1 << 31
 USER_TOP = 0x7FFF_FFFF_F000
 MMAP_MIN = 0x10000
-RETRY_PAUSE = 0.02  # between consistency attempts: let the threads run
-
-
-class ProcessGone(InputError):
-    pass
-
-
-@dataclass
-class Stats:
-    """What an apply or revert cost the target. `pause` is the longest time every thread was stopped at
-    once (one consistency attempt); `stops` counts every stop the target saw, of one thread (for remote
-    calls) or of all, and `longest_stop` is the longest of them."""
-
-    attempts: int = 0
-    pause: float = 0.0
-    stops: int = 0
-    longest_stop: float = 0.0
-    elapsed: float = 0.0
-    warnings: list[str] = field(default_factory=list)  # what was done short of what was asked
-    late_signal: int = 0  # a signal that arrived once the work could no longer be stopped
-
-    def stopped(self, seconds: float, every_thread: bool) -> None:
-        self.stops += 1
-        self.longest_stop = max(self.longest_stop, seconds)
-        if every_thread:
-            self.pause = max(self.pause, seconds)
-
-
-class Session:
-    """One process: its memory, maps, loaded objects, recorded patches; errors turned into ours. Holds the
-    target's lock (loader.lock) while it is open, unless `wait` is None and another patch-ctl has it."""
-
-    def __init__(self, pid: int, wait: float | None = 10.0):
-        check_process(pid)
-        self.pid = pid
-        self.lock = TargetLock(pid, wait)
-        self.mem = Memory(pid)
-        self.stats = Stats()
-        self.refresh()
-        self.cfi_cache: dict[str, ObjectCfi] = {}
-        self._syscall = None
-
-    def refresh(self) -> None:
-        self.maps: list[Mapping] = read_maps(self.pid)
-        self.objects: list[LoadedObject] = loaded_objects(self.pid, self.maps)
-        self.patches = find_patches(self.maps, self.mem)
-
-    @property
-    def caller_tid(self) -> int:
-        """The thread that runs system calls for us: the main thread, unless it has exited."""
-        tids = live_thread_ids(self.pid)
-        if not tids:
-            raise ThreadGone(self.pid)
-        return self.pid if self.pid in tids else tids[0]
-
-    @property
-    def syscall_insn(self) -> int:
-        if self._syscall is None:
-            self._syscall = find_syscall_insn(self.mem, self.maps)
-        return self._syscall
-
-    def unwinder(self) -> Unwinder:
-        return Unwinder(self.objects, self.maps, self.mem, self.cfi_cache, self.pid)
-
-    @contextlib.contextmanager
-    def stopped(self, only: int | None = None):
-        """Stopped(...) timed into the stats."""
-        t = time.perf_counter()
-        try:
-            with Stopped(self.pid, only=only) as stopped:
-                yield stopped
-        finally:
-            self.stats.stopped(time.perf_counter() - t, every_thread=only is None)
-
-    def close(self) -> None:
-        for obj in self.objects:
-            obj.close()
-        self.mem.close()
-        self.lock.close()
-
-
-def _gone(pid: int, what: str) -> ProcessGone:
-    return ProcessGone(f"process {pid} exited during {what}")
-
-
-def _still_alive(pid: int) -> bool:
-    """False once the process is exiting: a killed process's threads go one by one, and until the last has
-    gone some still show in /proc, each with the SIGKILL it is dying of pending."""
-    return process_alive(pid) and not dying(pid)
-
-
-def _run(pid: int, what: str, fn, wait: float | None = 10.0):
-    """Run fn(session) translating process-level failures into one-line errors."""
-    session = None
-    try:
-        session = Session(pid, wait)
-        return fn(session)
-    except ThreadGone:
-        if _still_alive(pid):
-            raise InputError(f"a thread of process {pid} vanished during {what}; try again") from None
-        raise _gone(pid, what) from None
-    except TraceError as e:
-        if not _still_alive(pid):
-            raise _gone(pid, what) from None
-        tracer = tracer_of(pid)
-        if tracer:
-            raise InputError(f"cannot trace process {pid}: already traced by process {tracer}") from None
-        raise InputError(f"cannot trace process {pid}: {e.strerror}") from None
-    except (ResolveError, layout.LayoutError, arch.RelocationError, NotStopping) as e:
-        raise PatchBuildError(str(e)) from None  # exit 1: the module does not fit this process
-    except RemoteError as e:
-        raise PatchBuildError(f"a call run in process {pid} failed: {e.strerror}") from None
-    except OSError as e:
-        if not _still_alive(pid):
-            raise _gone(pid, what) from None
-        raise PatchBuildError(str(e)) from None
-    finally:
-        if session is not None:
-            session.close()
 
 
 # ---- apply ----------------------------------------------------------------------------------------------
@@ -225,7 +105,7 @@ def apply_patch(pid: int, path: str, timeout: float = 10.0, stack_check: bool = 
     signed are applied."""
     check_process(pid)  # before the (slower) module reading: a wrong PID fails at once
     info, obj = load_module(path, trusted)
-    return _run(pid, "apply", lambda s: _apply(s, info, obj, path, timeout, stack_check), wait=timeout)
+    return run(pid, "apply", lambda s: _apply(s, info, obj, path, timeout, stack_check), wait=timeout)
 
 
 @dataclass
@@ -256,7 +136,7 @@ def _apply(s: Session, info: ModuleInfo, obj, path: str, timeout: float, stack_c
     targets = match_targets(info.targets, s.objects)
     resolver = Resolver(s.objects, targets, s.mem)
     with Critical() as critical:
-        _recover(s, timeout, critical)
+        recover(s, timeout, critical)
         if any(r.module == info.name for r in s.patches):
             raise Refused([(info.name, f"already applied in process {s.pid} (revert it first)")])
         current = {}  # old function address -> (record, func) of the newest patch of it
@@ -277,7 +157,7 @@ def _apply(s: Session, info: ModuleInfo, obj, path: str, timeout: float, stack_c
                     if not pl.base:
                         raise Refused([(info.name, f"could not map memory near {pl.target}")])
 
-            _in_target(s, map_all)
+            in_target(s, map_all)
             faults.point("mapped", s.pid)
             critical.safe_point()
 
@@ -311,7 +191,7 @@ def _apply(s: Session, info: ModuleInfo, obj, path: str, timeout: float, stack_c
                         if prot != PROT_READ | PROT_WRITE:
                             caller.mprotect(pl.base + off, size, prot)
 
-            _in_target(s, protect_all)
+            in_target(s, protect_all)
             faults.point("protected", s.pid)
             critical.safe_point()
             _register_frames(s, record, placements, resolver, timeout)
@@ -336,7 +216,7 @@ def _apply(s: Session, info: ModuleInfo, obj, path: str, timeout: float, stack_c
             if record is None or record.state != ACTIVE:
                 _discard(s, record, [(pl.base, pl.plan.size) for pl in placements if pl.base], timeout)
             raise
-    if not _still_alive(s.pid):  # killed while it was being patched: what was written went with it
+    if not still_alive(s.pid):  # killed while it was being patched: what was written went with it
         raise ThreadGone(s.pid)
     s.stats.late_signal = critical.late
     s.stats.elapsed = time.perf_counter() - t0
@@ -448,7 +328,7 @@ def _register_frames(s: Session, record: PatchRecord, placements: list[_Placemen
             s.mem.write(record.start, record.encode())
             faults.point("registered", s.pid)
 
-    _in_clear_thread(s, registry, register, timeout)
+    in_clear_thread(s, registry, register, timeout)
 
 
 def _deregister_frames(s: Session, record: PatchRecord, timeout: float, quiet: bool = False,
@@ -464,7 +344,7 @@ def _deregister_frames(s: Session, record: PatchRecord, timeout: float, quiet: b
         return False
     if not record.frames:
         if then is not None:
-            _in_target(s, then)
+            in_target(s, then)
         return True
     registry = registry_of(s.objects, Resolver(s.objects, {}, s.mem), record.frames[0][2])
 
@@ -481,52 +361,12 @@ def _deregister_frames(s: Session, record: PatchRecord, timeout: float, quiet: b
             then(caller)
 
     try:
-        _in_clear_thread(s, registry, deregister, timeout)
+        in_clear_thread(s, registry, deregister, timeout)
     except (ThreadGone, RemoteError, TraceError, NotStopping, Refused):
         if not quiet:
             raise
         return False
     return True
-
-
-def _in_clear_thread(s: Session, registry: FrameRegistry, calls, timeout: float):
-    """calls(caller) run by a thread stopped outside the unwinder and the allocator (whose locks it might
-    hold), the only one stopped meanwhile; threads found inside are let go and others tried."""
-    deadline = time.monotonic() + timeout
-    while True:
-        first = s.caller_tid
-        for tid in [first] + [t for t in live_thread_ids(s.pid) if t != first]:
-            try:
-                with s.stopped(only=tid) as one:
-                    thread = one.threads[tid]
-                    pcs, _ = s.unwinder().code_addresses(thread.regs.rip, thread.regs.rsp, thread.regs.rbp)
-                    if not registry.clear(pcs):
-                        continue
-                    caller = RemoteCaller(thread, s.mem, s.syscall_insn)
-                    try:
-                        return calls(caller)
-                    finally:
-                        caller.restore()
-            except ThreadGone:
-                if tid == first or not process_alive(s.pid):
-                    raise
-            except NotStopping:
-                continue  # in uninterruptible sleep: another may do
-        if time.monotonic() >= deadline:
-            raise Refused([(f"process {s.pid}", "every thread stayed inside the unwinder or the allocator; "
-                                                f"gave up after {timeout:g} s")])
-        time.sleep(RETRY_PAUSE)
-
-
-def _in_target(s: Session, calls):
-    """calls(caller): system calls run by the target's main thread, the only one stopped meanwhile."""
-    tid = s.caller_tid
-    with s.stopped(only=tid) as one:
-        caller = RemoteCaller(one.threads[tid], s.mem, s.syscall_insn)
-        try:
-            return calls(caller)
-        finally:
-            caller.restore()
 
 
 def _map_near(caller: RemoteCaller, name: str, candidates: list[int], size: int) -> int:
@@ -551,7 +391,7 @@ def _unmap(s: Session, mappings: list[tuple[int, int]]) -> None:
             for base, size in mappings:
                 caller.munmap(base, size)
 
-        _in_target(s, unmap_all)
+        in_target(s, unmap_all)
     except (ThreadGone, RemoteError, TraceError, NotStopping):
         pass
 
@@ -581,14 +421,14 @@ def _until_consistent(s: Session, sites: list[Range], busy: list[Range] | None, 
 
 def revert_patches(pid: int, name: str | None, timeout: float = 10.0) -> tuple[list[PatchRecord], Stats]:
     """Revert patch `name`, or all patches (newest first) when name is None."""
-    return _run(pid, "revert", lambda s: _revert(s, name, timeout), wait=timeout)
+    return run(pid, "revert", lambda s: _revert(s, name, timeout), wait=timeout)
 
 
 def _revert(s: Session, name: str | None, timeout: float):
     t0 = time.perf_counter()
     done = []
     with Critical() as critical:
-        _recover(s, timeout, critical)
+        recover(s, timeout, critical)
         if name is None:
             todo = list(reversed(s.patches))
         else:
@@ -604,7 +444,7 @@ def _revert(s: Session, name: str | None, timeout: float):
             critical.safe_point()  # between two patches: each one is either reverted or untouched
             _revert_one(s, record, timeout, critical)
             done.append(record)
-    if not _still_alive(s.pid):
+    if not still_alive(s.pid):
         raise ThreadGone(s.pid)
     s.stats.late_signal = critical.late
     s.stats.elapsed = time.perf_counter() - t0
@@ -652,7 +492,7 @@ def _revert_one(s: Session, record: PatchRecord, timeout: float, critical: Criti
 
 # ---- recovery -------------------------------------------------------------------------------------------
 
-def _recover(s: Session, timeout: float, critical: Critical) -> None:
+def recover(s: Session, timeout: float, critical: Critical) -> None:
     """Finish what a patch-ctl killed midway left in the target (holding the target's lock proves none is
     running): a record not ACTIVE is reverted, whatever step it stopped at; s.patches then holds only
     ACTIVE ones."""
@@ -675,7 +515,7 @@ def _recover(s: Session, timeout: float, critical: Critical) -> None:
             for start, size in leftovers:
                 caller.munmap(start, size)
 
-        _in_target(s, clean)
+        in_target(s, clean)
         s.stats.warnings.append("removed patch memory an interrupted patch-ctl left unused")
         s.refresh()
     s.patches = [r for r in s.patches if r.state == ACTIVE or r.module in stuck]
@@ -690,7 +530,7 @@ def list_patches(pid: int, timeout: float = 10.0) -> tuple[list[PatchRecord], St
     def listing(s: Session):
         if s.lock.acquired:
             with Critical() as critical:
-                _recover(s, timeout, critical)
+                recover(s, timeout, critical)
         return s.patches, s.stats
 
-    return _run(pid, "list", listing, wait=None)
+    return run(pid, "list", listing, wait=None)

@@ -24,10 +24,11 @@ from loader.critical import Critical
 from loader.dwarftypes import BOOL, CHARS, CSTRING, ENUM, FLOAT, INT, STDSTRING, Variable, VarType, variables
 from loader.frames import registry_of
 from loader.objects import SHN_UNDEF, STB_LOCAL, STT_FILE, STT_TLS, ElfSymbol, LoadedObject
-from loader.patcher import Session, Stats, _in_clear_thread, _in_target, _recover, _run
+from loader.patcher import recover
 from loader.procfs import Mapping, Memory, read_maps
 from loader.remote import RemoteCaller
 from loader.resolve import Resolver
+from loader.session import Session, Stats, in_clear_thread, in_target, run
 
 MAGIC = b"KPATCHVR"
 VERSION = 1
@@ -112,14 +113,14 @@ def recorded_sets(pid: int) -> list[VarSet]:
 def ensure_log(s: Session, log: SetLog) -> None:
     """Map the record in the target, if it is not there yet."""
     if not log.start:
-        log.start = _in_target(s, lambda caller: caller.map_named(LOG_NAME, 0, LOG_SIZE))
+        log.start = in_target(s, lambda caller: caller.map_named(LOG_NAME, 0, LOG_SIZE))
         save_log(s, log)
 
 
 def drop_log_if_empty(s: Session, log: SetLog) -> None:
     """Nothing left to undo: the record goes too."""
     if not log.sets and log.start:
-        _in_target(s, lambda caller: caller.munmap(log.start, LOG_SIZE))
+        in_target(s, lambda caller: caller.munmap(log.start, LOG_SIZE))
 
 
 def save_log(s: Session, log: SetLog) -> None:
@@ -361,7 +362,7 @@ def _writable(s: Session, f: Found) -> None:
 
 
 def prepare(s: Session, critical: Critical, timeout: float) -> SetLog:
-    _recover(s, timeout, critical)  # what an interrupted patch-ctl left, patches first
+    recover(s, timeout, critical)  # what an interrupted patch-ctl left, patches first
     log = read_log(s.maps, s.mem)
     _settle(s, log)
     return log
@@ -373,7 +374,7 @@ def get_values(pid: int, spec: str, type_name: str | None = None) -> tuple[Found
         with s.stopped():  # a consistent snapshot of a value wider than one word
             return f, show_or_why(s.mem, f.type, s.mem.read(f.address, f.type.size))
 
-    return _run(pid, "var get", get)
+    return run(pid, "var get", get)
 
 
 def list_values(pid: int, pattern: str | None) -> list[tuple[Found, str]]:
@@ -395,7 +396,7 @@ def list_values(pid: int, pattern: str | None) -> list[tuple[Found, str]]:
                     out.append((f, "(unreadable)"))
         return out
 
-    return _run(pid, "var list", listing)
+    return run(pid, "var list", listing)
 
 
 def _allocate_string(s: Session, text: str, timeout: float) -> int:
@@ -411,7 +412,7 @@ def _allocate_string(s: Session, text: str, timeout: float) -> int:
     def allocate(caller: RemoteCaller) -> int:
         return caller.call_function(found[0], len(raw))
 
-    block = _in_clear_thread(s, clear, allocate, timeout)
+    block = in_clear_thread(s, clear, allocate, timeout)
     if not block:
         raise Refused([("malloc", f"could not allocate {len(raw)} bytes in the target")])
     s.mem.write(block, raw)
@@ -453,7 +454,7 @@ def set_value(pid: int, spec: str, text: str, type_name: str | None = None,
         s.stats.elapsed = time.perf_counter() - t0
         return entry, s.stats
 
-    return _run(pid, "var set", set_, wait=timeout)
+    return run(pid, "var set", set_, wait=timeout)
 
 
 def undo_set(pid: int, spec: str, type_name: str | None = None, timeout: float = 10.0) -> tuple[VarSet, Stats]:
@@ -485,4 +486,4 @@ def undo_set(pid: int, spec: str, type_name: str | None = None, timeout: float =
         s.stats.elapsed = time.perf_counter() - t0
         return entry, s.stats
 
-    return _run(pid, "var undo", undo, wait=timeout)
+    return run(pid, "var undo", undo, wait=timeout)

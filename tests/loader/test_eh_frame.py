@@ -224,7 +224,7 @@ def test_registry_call_thread(thrower):
     """The unwinder's calls are made by a thread stopped outside libgcc_s and the allocator: the main thread
     unless it is inside code to avoid, then another; every thread released afterwards."""
     from loader.frames import find_registry
-    from loader.patcher import Session, _in_clear_thread
+    from loader.session import Session, in_clear_thread
     from loader.resolve import Resolver
 
     thrower.answers()
@@ -237,14 +237,14 @@ def test_registry_call_thread(thrower):
         assert not registry.clear([s.objects[0].start, registry.register + 16])
         assert not registry.clear([malloc])
         assert registry.clear([s.objects[0].start + 1])
-        assert _in_clear_thread(s, registry, lambda caller: caller.thread.tid, 1.0) == thrower.pid
+        assert in_clear_thread(s, registry, lambda caller: caller.thread.tid, 1.0) == thrower.pid
         main_pc = _blocked_pc(thrower.pid)  # blocked reading its stdin
         registry.avoid = sorted(registry.avoid + [(main_pc - 1, main_pc + 1)])
-        tid = _in_clear_thread(s, registry, lambda caller: caller.thread.tid, 1.0)
+        tid = in_clear_thread(s, registry, lambda caller: caller.thread.tid, 1.0)
         assert tid != thrower.pid and str(tid) in os.listdir(f"/proc/{thrower.pid}/task")
         registry.avoid = [(0, 1 << 64)]
         with pytest.raises(Exception, match="every thread stayed inside the unwinder"):
-            _in_clear_thread(s, registry, lambda caller: caller.thread.tid, 0.2)
+            in_clear_thread(s, registry, lambda caller: caller.thread.tid, 0.2)
     finally:
         s.close()
     thrower.assert_working()
@@ -255,7 +255,7 @@ def test_remote_function_call(thrower):
     """A function called in a stopped thread returns its value; every register, vector ones included, is
     as it was right after the call (so a patch-ctl killed between two calls leaves the thread as it found
     it), and the thread carries on."""
-    from loader.patcher import Session
+    from loader.session import Session
     from loader.ptrace import Stopped
     from loader.remote import RemoteCaller, RemoteError
     from loader.resolve import Resolver
