@@ -72,10 +72,22 @@ class SourceFiles:
         self.tree = tree
         self._text: dict[str, list[str]] = {}
 
+    def _find(self, path: str) -> Path | None:
+        """The tree's file a DWARF path names. DWARF may name it by another directory (the build maps the
+        scratch tree back to SRCDIR, whose copy is unpatched): the longest tail of the path in the tree."""
+        if self.tree is None:
+            return Path(path) if os.path.isabs(path) else None
+        parts = Path(path).parts
+        for i in range(len(parts)):
+            candidate = self.tree.joinpath(*parts[i:]) if not os.path.isabs(parts[i]) else None
+            if candidate is not None and candidate.is_file():
+                return candidate
+        return None
+
     def lines(self, path: str) -> list[str]:
         if path not in self._text:
             self._text[path] = []
-            candidate = Path(path) if os.path.isabs(path) else (self.tree / path if self.tree else None)
+            candidate = self._find(path)
             if candidate is not None:
                 try:
                     with open(candidate, "rb") as f:
@@ -125,7 +137,10 @@ def explain(symbol: str, old_symbol: str | None, unit: UnitSources, orig: Source
         if not hows and patched is not None:
             names = defined_names(hunk)
             if names:
-                text = "\n".join(line for file, first, last in patched.own_span(symbol, _base(symbol))
+                # The tree holds the patched sources (user space) or the original ones again (kernel: the
+                # patches are reverted): each side's span read from it, one of them is the function.
+                text = "\n".join(line for smap, sym, _ in sides if smap is not None
+                                 for file, first, last in smap.own_span(sym, _base(sym))
                                  for line in sources.lines(file)[first - 1:last])
                 used = sorted(n for n in names if re.search(rf"\b{re.escape(n)}\b", text))
                 hows += [f"uses changed {n}" for n in used]
@@ -164,9 +179,12 @@ def explain_object(orig_path: str, patched_path: str, functions: list[tuple[str,
                    orig: SourceMap | None = None, patched: SourceMap | None = None,
                    diffs: dict[str, FunctionDiff] | None = None) -> dict[str, tuple[list[Explanation], str | None]]:
     """symbol -> (the hunks that explain it, else its likely cause) for each (symbol, original symbol or None
-    when new) of one compared unit. Source maps and disassembly diffs are read here unless given."""
-    orig = orig if orig is not None else read_source_map(orig_path)
+    when new) of one compared unit; empty when the patched object has no DWARF. Source maps and disassembly
+    diffs are read here unless given."""
     patched = patched if patched is not None else read_source_map(patched_path)
+    if patched is None:  # no DWARF: nothing can be told (the report's no-debug-info warning says so)
+        return {}
+    orig = orig if orig is not None else read_source_map(orig_path)
     sources = SourceFiles(unit.tree)
     diffs = dict(diffs or {})
     objects = None
@@ -190,7 +208,7 @@ def unexplained_changes(result, unit: UnitSources) -> tuple[list[dict], dict[str
     changes = result.report()["changed_functions"]
     explained = explain_object(result.orig_path, result.patched_path,
                                [(c["name"], c["old_name"]) for c in changes], unit)
-    left_out = [c for c in changes if not explained[c["name"]][0]]
+    left_out = [c for c in changes if c["name"] in explained and not explained[c["name"]][0]]
     return left_out, {c["name"]: explained[c["name"]][1] for c in left_out}
 
 

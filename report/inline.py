@@ -27,8 +27,8 @@ def analyse(info: SourceMap | None, changed: list[str], hunks: dict[str, set[int
         if not changed:
             return {}, []
         return {}, [ReportWarning("no-debug-info", None,
-                                  f"{objname}: no DWARF debug info; changes that come from inlined callees "
-                                  "cannot be attributed (compile with -g)")]
+                                  f"{objname}: no DWARF debug info; changed functions cannot be matched to the "
+                                  "patch's hunks nor to inlined callees (compile with -g)")]
     changed_base = {_base_name(n) for n in changed}
 
     def callee_changed(callee: str) -> str | None:

@@ -140,6 +140,9 @@ class ObjectReport:
         """Functions of `status` the module carries (left-out ones are not)."""
         return sum(1 for f in self.functions if f.status == status and not f.left_out)
 
+    def function(self, symbol: str) -> Function | None:
+        return next((f for f in self.functions if f.name == symbol), None)
+
     def display_name(self, symbol: str) -> str:
         """The readable (demangled) name of one of this object's functions, else the symbol itself."""
         return next((f.demangled for f in self.functions if f.name == symbol and f.demangled), symbol)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from report.inline import changed_lines
+from report.patches import lines_by_file, read_hunks
 from report.model import Report
 from report.render import to_json
 
@@ -33,13 +33,13 @@ def test_functions_reasons_and_identities(fix_report):
     assert funcs["compute"].new_size > funcs["compute"].old_size
     included = {i.symbol: i.reason for i in r.objects[0].included}
     assert "compute" in included["audit"]  # needed by the function that calls it
-    assert r.counts() == {"changed": 7, "new": 1, "included": len(r.objects[0].included), "rejected": 0,
-                          "warnings": 6}
+    assert r.counts() == {"changed": 7, "new": 1, "unexplained": 0, "left_out": 0,
+                          "included": len(r.objects[0].included), "rejected": 0, "warnings": 5}
     (compiler,) = r.compilers
     assert compiler.version.startswith("GCC: ") and "-ffunction-sections" in compiler.flags
     assert r.objects[0].compiler == compiler and r.objects[0].source == "server.c"
     assert [p.name for p in r.patches] == ["fix.patch"] and len(r.patches[0].sha256) == 64
-    assert (r.objects[0].original, r.objects[0].patched) == ("orig/server.o", "patched/server.o")
+    assert (r.objects[0].original, r.objects[0].patched) == ("server.o", "server.o")
 
 
 def test_inline_warnings_name_the_callee_and_its_callers(fix_report):
@@ -48,8 +48,22 @@ def test_inline_warnings_name_the_callee_and_its_callers(fix_report):
     assert only == ["alpha", "beta", "delta", "epsilon"]  # not greet or compute: their own source changed
     (many,) = [w for w in warnings if w.kind == "inlined-into-many"]
     assert many.symbol == "scale" and "4 functions" in many.message and "epsilon" in many.message
-    (macro,) = [w for w in warnings if w.kind == "untouched-source"]
-    assert macro.symbol == "ratio" and "macro" in macro.message  # RATIO changed, not ratio()
+    assert not [w for w in warnings if w.kind == "unexplained"]  # every change comes from a hunk
+
+
+def test_each_function_is_mapped_to_the_hunks_that_explain_it(fix_report):
+    explained = {f.name: [(e.hunk, e.how) for e in f.explained_by] for o in fix_report.objects for f in o.functions
+                 if f.status != "included"}
+    # hunk 1: #define RATIO; hunk 2: the inline helper scale(); hunk 3: greet, audit (new) and compute
+    assert explained["ratio"] == [(1, "uses changed RATIO")]  # ratio()'s own lines are untouched
+    assert all(explained[f] == [(2, "inlined callee scale")] for f in ("alpha", "beta", "delta", "epsilon"))
+    assert explained["greet"] == [(3, "added own line(s) 43; removed own line(s) 43")]
+    assert explained["compute"] == [(3, "added own line(s) 56; removed own line(s) 49")]
+    assert explained["audit"] == [(3, "added own line(s) 46, 47, 48, 49, 50")]
+    assert all(f.unexplained is None for o in fix_report.objects for f in o.functions)
+    hunks = {h.id: sorted(ref.symbol for ref in h.functions) for h in fix_report.hunks}
+    assert hunks == {1: ["ratio"], 2: ["alpha", "beta", "delta", "epsilon"], 3: ["audit", "compute", "greet"]}
+    assert fix_report.hunks[0].file == "server.c" and fix_report.hunks[0].lines[3] == "-#define RATIO 4"
 
 
 def test_disassembly_diff_names_relocation_targets(fix_report):
@@ -99,11 +113,15 @@ def test_without_dwarf_the_report_says_so(tmp_path):
     assert report.compilers[0].flags == []  # flags come from DW_AT_producer
 
 
-def test_changed_lines_of_a_unified_diff():
+def test_changed_lines_of_a_unified_diff(tmp_path):
     # the second hunk removes a line that reads "-- l": only the hunk's line counts tell it from a header
-    patch = ("--- a/src/x.c\n+++ b/src/x.c\n@@ -1,3 +1,3 @@\n a\n-b\n+B\n c\n"
-             "@@ -10,2 +10,1 @@\n k\n--- l\n--- a/old.h\n+++ /dev/null\n@@ -1 +0,0 @@\n-gone\n")
-    assert changed_lines(patch) == {"src/x.c": {2, 11}}
+    patch = tmp_path / "x.patch"
+    patch.write_text("--- a/src/x.c\n+++ b/src/x.c\n@@ -1,3 +1,3 @@\n a\n-b\n+B\n c\n"
+                     "@@ -10,2 +10,1 @@\n k\n--- l\n--- a/old.h\n+++ /dev/null\n@@ -1 +0,0 @@\n-gone\n")
+    hunks = read_hunks([patch])
+    assert lines_by_file(hunks) == {"src/x.c": {2, 11}, "old.h": {0}}
+    assert [(h.path, h.added, h.removed) for h in hunks] == [("src/x.c", {2}, {2}), ("src/x.c", set(), {11}),
+                                                             ("old.h", set(), {1})]
 
 
 def test_cplusplus_functions_are_shown_demangled(tmp_path):
