@@ -153,3 +153,35 @@ def test_user_target_is_named_by_basename_and_gnu_build_id(tmp_path):
     expected = re.search(r"Build ID: ([0-9a-f]+)", notes).group(1)
     target = user_target(tmp_path / "server")
     assert (target.name, target.build_id, target.kernel_release) == ("server", expected, None)
+
+
+def test_a_change_from_date_and_time_is_flagged_with_its_cause(tmp_path):
+    """gcc's __DATE__/__TIME__ follow SOURCE_DATE_EPOCH: two builds a day and a half apart differ in stamp(),
+    which no hunk touches; the patch changes level() only."""
+    import os
+    import subprocess
+
+    from diffobj.diff import diff_objects
+    from report.collect import build_report, object_report
+
+    source = ("const char *stamp(void)\n{\n\treturn __DATE__ \" \" __TIME__;\n}\n\n\n\n\n\n"
+              "int level(void)\n{\n\treturn %d;\n}\n")
+    patch = tmp_path / "level.patch"
+    patch.write_text("--- a/stamp.c\n+++ b/stamp.c\n@@ -10,4 +10,4 @@\n int level(void)\n {\n-\treturn 1;\n"
+                     "+\treturn 2;\n }\n")
+    for side, level, epoch in (("orig", 1, "1700000000"), ("patched", 2, "1700130000")):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "stamp.c").write_text(source % level)
+        subprocess.run(["gcc", *CFLAGS, f"-ffile-prefix-map={tmp_path / side}=.", "-c", "stamp.c"],
+                       cwd=tmp_path / side, check=True, env=dict(os.environ, SOURCE_DATE_EPOCH=epoch))
+    result = diff_objects(str(tmp_path / "orig" / "stamp.o"), str(tmp_path / "patched" / "stamp.o"))
+    obj = object_report(result, source="stamp.c", patches=[patch], relative_to=tmp_path / "patched")
+    funcs = {f.name: f for f in obj.functions}
+    assert [(e.hunk, e.how) for e in funcs["level"].explained_by] == [(1, "added own line(s) 12; removed own line(s) 12")]
+    assert funcs["stamp"].explained_by == []
+    assert "a date (`__DATE__`)" in funcs["stamp"].unexplained and "`__TIME__`" in funcs["stamp"].unexplained
+    (warning,) = [w for w in obj.warnings if w.kind == "unexplained"]
+    assert warning.symbol == "stamp" and "__DATE__" in warning.message
+    report = build_report("level", "user", [obj], patches=[patch], env={})
+    assert [[r.symbol for r in h.functions] for h in report.hunks] == [["level"]]
+    assert report.counts()["unexplained"] == 1
