@@ -22,7 +22,7 @@ from diffobj.read import read_object
 from report.disasm import function_diff
 from report.model import Explanation, FunctionDiff
 from report.patches import SourceHunk, same_file
-from report.sourcemap import SourceMap, read_source_map
+from report.sourcemap import SourceMap, base_name, read_source_map
 
 MAX_SOURCE_BYTES = 16 << 20  # a source file larger than this is not read for names
 _DEFINED = (
@@ -106,10 +106,6 @@ def _line_list(numbers: list[int]) -> str:
     return shown + (", ..." if len(numbers) > 6 else "")
 
 
-def _base(symbol: str) -> str:
-    return symbol.split(".", 1)[0] if not symbol.startswith(".") else symbol
-
-
 def explain(symbol: str, old_symbol: str | None, unit: UnitSources, orig: SourceMap | None,
             patched: SourceMap | None, sources: SourceFiles | None = None) -> list[Explanation]:
     """The hunks that explain the change of `symbol` (`old_symbol` in the original object; None: new)."""
@@ -122,7 +118,7 @@ def explain(symbol: str, old_symbol: str | None, unit: UnitSources, orig: Source
             if smap is None:
                 continue
             changed = getattr(hunk, which)
-            name = _base(sym)
+            name = base_name(sym)
             side: list[str] = []
             for file, first, last in smap.own_span(sym, name):
                 if same_file(file, hunk.path) and (hit := _hits(changed, first, last)):
@@ -140,7 +136,7 @@ def explain(symbol: str, old_symbol: str | None, unit: UnitSources, orig: Source
                 # The tree holds the patched sources (user space) or the original ones again (kernel: the
                 # patches are reverted): each side's span read from it, one of them is the function.
                 text = "\n".join(line for smap, sym, _ in sides if smap is not None
-                                 for file, first, last in smap.own_span(sym, _base(sym))
+                                 for file, first, last in smap.own_span(sym, base_name(sym))
                                  for line in sources.lines(file)[first - 1:last])
                 used = sorted(n for n in names if re.search(rf"\b{re.escape(n)}\b", text))
                 hows += [f"uses changed {n}" for n in used]

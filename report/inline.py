@@ -10,14 +10,9 @@ or, heuristically, when every function it is inlined into (at least two) changed
 from __future__ import annotations
 
 from report.model import ReportWarning
-from report.sourcemap import SourceMap
+from report.sourcemap import SourceMap, base_name
 
 INLINED_INTO_MANY = 3  # warn when a changed callee is inlined into at least this many functions
-
-
-def _base_name(symbol: str) -> str:
-    """`foo.isra.0`, `foo.constprop.0`, `foo.cold` -> `foo`: GCC's clones carry the DWARF name of foo."""
-    return symbol.split(".", 1)[0] if not symbol.startswith(".") else symbol
 
 
 def analyse(info: SourceMap | None, changed: list[str], hunks: dict[str, set[int]] | None,
@@ -29,7 +24,7 @@ def analyse(info: SourceMap | None, changed: list[str], hunks: dict[str, set[int
         return {}, [ReportWarning("no-debug-info", None,
                                   f"{objname}: no DWARF debug info; changed functions cannot be matched to the "
                                   "patch's hunks nor to inlined callees (compile with -g)")]
-    changed_base = {_base_name(n) for n in changed}
+    changed_base = {base_name(n) for n in changed}
 
     def callee_changed(callee: str) -> str | None:
         """'' when the callee surely changed, 'likely' for the heuristic, None when not."""
@@ -46,7 +41,7 @@ def analyse(info: SourceMap | None, changed: list[str], hunks: dict[str, set[int
     warnings: list[ReportWarning] = []
     changed_callees: dict[str, str] = {}
     for name in changed:
-        base = _base_name(name)
+        base = base_name(name)
         callees = {}
         for callee in sorted(info.inlined.get(base, ())):
             verdict = callee_changed(callee)

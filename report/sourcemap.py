@@ -18,6 +18,11 @@ from report.dwarf import read_dwarf, text_address
 from report.patches import same_file
 
 
+def base_name(symbol: str) -> str:
+    """`foo.isra.0`, `foo.constprop.0`, `foo.cold` -> `foo`: GCC's clones carry the DWARF name of foo."""
+    return symbol.split(".", 1)[0] if not symbol.startswith(".") else symbol
+
+
 @dataclass
 class SourceMap:
     inlined: dict[str, set[str]]  # DWARF name -> callees inlined into it

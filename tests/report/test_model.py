@@ -177,7 +177,8 @@ def test_a_change_from_date_and_time_is_flagged_with_its_cause(tmp_path):
     result = diff_objects(str(tmp_path / "orig" / "stamp.o"), str(tmp_path / "patched" / "stamp.o"))
     obj = object_report(result, source="stamp.c", patches=[patch], relative_to=tmp_path / "patched")
     funcs = {f.name: f for f in obj.functions}
-    assert [(e.hunk, e.how) for e in funcs["level"].explained_by] == [(1, "added own line(s) 12; removed own line(s) 12")]
+    assert [(e.hunk, e.how) for e in funcs["level"].explained_by] == \
+        [(1, "added own line(s) 12; removed own line(s) 12")]
     assert funcs["stamp"].explained_by == []
     assert "a date (`__DATE__`)" in funcs["stamp"].unexplained and "`__TIME__`" in funcs["stamp"].unexplained
     (warning,) = [w for w in obj.warnings if w.kind == "unexplained"]
