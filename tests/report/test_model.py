@@ -186,3 +186,20 @@ def test_a_change_from_date_and_time_is_flagged_with_its_cause(tmp_path):
     report = build_report("level", "user", [obj], patches=[patch], env={})
     assert [[r.symbol for r in h.functions] for h in report.hunks] == [["level"]]
     assert report.counts()["unexplained"] == 1
+
+
+def test_a_broken_patch_is_bad_input_naming_the_file(tmp_path):
+    import pytest
+
+    from diffobj.errors import InputError
+    from report.patches import touched_files
+
+    cut = tmp_path / "cut.patch"
+    cut.write_text("--- a/x.c\n+++ b/x.c\n@@ -1,3 +1,3 @@\n a\n")  # the hunk says 3 lines, has 1
+    prose = tmp_path / "notes.patch"
+    prose.write_text("just some words\n")
+    for patch, why in ((cut, "Hunk is shorter than expected"), (prose, "it names no file")):
+        with pytest.raises(InputError) as err:
+            touched_files(patch)
+        assert str(err.value) == f"{patch.name} is not a patch: {why}"
+        assert err.value.exit_code == 2
