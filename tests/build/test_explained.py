@@ -134,3 +134,16 @@ def test_only_explained_with_nothing_explained_is_no_functional_change(tmp_path,
     assert report["status"] == "no-change"
     assert all(f["left_out"] for o in report["objects"] for f in o["functions"] if f["status"] == "changed")
     assert [(h["file"], h["functions"]) for h in report["hunks"]] == [("main.c", [])]
+
+
+def test_only_explained_builds_against_a_binary_with_another_build_id(tmp_path, patch_build):
+    # The deployed prog was built before, with build number 1: the scratch builds' release.c code differs from
+    # it, so replacing build_id/build_number is refused; left out, they are not replaced, and compute() is.
+    tree = copy_fixture("relprog", tmp_path)
+    subprocess.run(["make", "-s"], cwd=tree, check=True, capture_output=True)
+    args = (FIXTURES / "relprog-fix.patch", "-s", tree, "-t", "prog", "-n", "fix")
+    refused = patch_build(*args, "-o", tmp_path / "all")
+    assert refused.returncode == 1 and "does not run the original code of: prog: build_id" in refused.last_line
+    built = patch_build(*args, "-o", tmp_path / "explained", "--only-explained")
+    assert built.returncode == 0, built.stderr
+    assert _module_functions(tmp_path / "explained" / "fix.kpatch") == ["prog:compute"]
