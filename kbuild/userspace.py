@@ -26,7 +26,7 @@ from kbuild.units import UnitDiff, UnitJob, diff_unit
 from kbuild.wrapper import CompiledObject, install_wrappers, read_log
 from linker.module import Target, read_module
 from linker.user import link_user_module
-from report.explain import UnitSources, all_left_out_message, left_out_note
+from report.explain import UnitSources, all_left_out_message, left_out_note, unexplained_changes
 from report.patches import read_hunks, touched_files
 
 
@@ -153,6 +153,18 @@ class _Build:
         return self._timed("report", write_build_report, self.o.outdir, self.name, status, message, units, binaries,
                            self.o.patches, module, self.tree, self.build_files, self.generated)
 
+    def _unexplained_mismatches(self, units: list[UnitDiff]) -> list[str]:
+        """The functions the deployed binary runs otherwise that no hunk explains (a generated build id...)."""
+        hunks = read_hunks(self.o.patches)
+        found = []
+        for u in units:
+            if not u.mismatched:
+                continue
+            left_out, _ = unexplained_changes(u.report, UnitSources(hunks, self.tree, u.source, tuple(self.generated)))
+            names = {c["old_name"] for c in left_out}
+            found += [f"{u.objname}:{m.split(' ', 1)[0]}" for m in u.mismatched if m.split(" ", 1)[0] in names]
+        return found
+
     def _generated(self, since_ns: int) -> list[str]:
         """Source files the patched build wrote (a version or build-id header, redis's release.h) that no patch
         touches: the likely cause of a change no hunk explains."""
@@ -260,6 +272,10 @@ class _Build:
         if mismatched:
             message = ("the deployed binary does not run the original code of: " + "; ".join(mismatched)
                        + " (built from other sources or flags?)")
+            unexplained = [] if o.only_explained else self._unexplained_mismatches(units)
+            if unexplained:
+                message += (f"; no hunk of the patches explains the change of {', '.join(unexplained)}: "
+                            "--only-explained leaves such functions out")
             self._report("refused", message, units, binaries)
             raise PatchBuildError(message)
         for u in units:

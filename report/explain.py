@@ -198,12 +198,12 @@ def explain_object(orig_path: str, patched_path: str, functions: list[tuple[str,
 
 
 def unexplained_changes(result, unit: UnitSources) -> tuple[list[dict], dict[str, str]]:
-    """What --only-explained leaves out of the module, from a diffobj DiffResult: (the differ's entries of
-    the changed functions no hunk explains, symbol -> likely cause). New functions stay: the patch's own
-    code calls them."""
-    changes = result.report()["changed_functions"]
-    explained = explain_object(result.orig_path, result.patched_path,
-                               [(c["name"], c["old_name"]) for c in changes], unit)
+    """What --only-explained leaves out of the module, from a diffobj DiffResult or its report() dict: (the
+    differ's entries of the changed functions no hunk explains, symbol -> likely cause). New functions
+    stay: the patch's own code calls them."""
+    d = result.report() if hasattr(result, "report") else result
+    changes = d["changed_functions"]
+    explained = explain_object(d["orig"], d["patched"], [(c["name"], c["old_name"]) for c in changes], unit)
     left_out = [c for c in changes if c["name"] in explained and not explained[c["name"]][0]]
     return left_out, {c["name"]: explained[c["name"]][1] for c in left_out}
 

@@ -144,6 +144,8 @@ def test_only_explained_builds_against_a_binary_with_another_build_id(tmp_path, 
     args = (FIXTURES / "relprog-fix.patch", "-s", tree, "-t", "prog", "-n", "fix")
     refused = patch_build(*args, "-o", tmp_path / "all")
     assert refused.returncode == 1 and "does not run the original code of: prog: build_id" in refused.last_line
+    assert refused.last_line.endswith("; no hunk of the patches explains the change of prog:build_id, "
+                                      "prog:build_number: --only-explained leaves such functions out")
     built = patch_build(*args, "-o", tmp_path / "explained", "--only-explained")
     assert built.returncode == 0, built.stderr
     assert _module_functions(tmp_path / "explained" / "fix.kpatch") == ["prog:compute"]
