@@ -30,7 +30,9 @@ _DEFINED = (
     re.compile(r"\b(?:struct|union|enum)\s+([A-Za-z_]\w*)\s*\{"),
     re.compile(r"^\s*typedef\b.*?\b([A-Za-z_]\w*)\s*(?:\[[^\]]*\])?\s*;"),
 )
-_AGGREGATE = re.compile(r"\b(struct|union|enum)\s+([A-Za-z_]\w*)[^;]*\{")
+_AGGREGATE = re.compile(r"\b(?:struct|union|enum)\s*([A-Za-z_]\w*)?[^;()]*\{")  # opens a body (tag optional)
+_CLOSING = re.compile(r"^\s*\}\s*([A-Za-z_]\w*)?")  # `} name;` closes a typedef'd body
+_SECTION = re.compile(r"\b(?:struct|union|enum)\s+([A-Za-z_]\w*)")  # diff -p's section: the enclosing type
 _DATE = re.compile(r'"[^"]*\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ \d]\d \d{4}\b')
 _TIME = re.compile(r'"[^"]*\b\d\d:\d\d:\d\d\b')
 _BUILD_ID = re.compile(r'"[^"]*\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{8,}\b')
@@ -48,19 +50,27 @@ class UnitSources:
 
 
 def defined_names(hunk: SourceHunk) -> set[str]:
-    """Macros, aggregates and typedefs a hunk's changed lines define or lie inside."""
+    """Macros, aggregates and typedefs a hunk's changed lines define or lie inside: the tag of the body a
+    changed line is in, the typedef name its closing line gives, or the type `diff -p` names in the header
+    when the hunk starts inside a body."""
     names: set[str] = set()
-    inside: str | None = None
+    section = _SECTION.search(hunk.header.split("@@", 2)[-1])
+    inside, changed_inside = (section.group(1) if section else None), False
     for line in hunk.text:
         body = line[1:]
-        m = _AGGREGATE.search(body)
-        if m:
-            inside = m.group(2)
         if line[:1] in "+-":
             names.update(m.group(1) for pattern in _DEFINED for m in [pattern.search(body)] if m)
+        opened = _AGGREGATE.search(body)
+        if opened:
+            inside, changed_inside = opened.group(1) or "", False
+        if line[:1] in "+-" and inside is not None:
+            changed_inside = True
             if inside:
                 names.add(inside)
-        if body.lstrip().startswith("}"):
+        closed = _CLOSING.match(body)
+        if closed and inside is not None:
+            if changed_inside and closed.group(1):
+                names.add(closed.group(1))
             inside = None
     return names
 

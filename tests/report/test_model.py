@@ -203,3 +203,33 @@ def test_a_broken_patch_is_bad_input_naming_the_file(tmp_path):
             touched_files(patch)
         assert str(err.value) == f"{patch.name} is not a patch: {why}"
         assert err.value.exit_code == 2
+
+
+def test_a_changed_type_explains_the_functions_that_use_it(tmp_path):
+    """A field added to a struct moves the next ones: get_b() and level() change though no hunk lands in them.
+    conf.h's first hunk starts inside `struct conf` (diff -p names it in the header), the second changes a
+    typedef'd struct whose name only its closing line gives."""
+    import subprocess
+
+    from diffobj.diff import diff_objects
+    from report.collect import object_report
+
+    header = ("struct conf {\n\tint a;\n\tint x1;\n\tint x2;\n\tint x3;\n\tint x4;\n%s\tint b;\n};\n\n\n\n\n\n\n"
+              "typedef struct {\n%s\tint level;\n} knob_t;\n")
+    unit = ('#include "conf.h"\n\nint get_b(const struct conf *c)\n{\n\treturn c->b;\n}\n\n'
+            "int level(const knob_t *k)\n{\n\treturn k->level;\n}\n\nint other(int v)\n{\n\treturn v + 1;\n}\n")
+    patch = tmp_path / "conf.patch"
+    patch.write_text("--- a/conf.h\n+++ b/conf.h\n@@ -4,4 +4,5 @@ struct conf {\n \tint x2;\n \tint x3;\n \tint x4;\n"
+                     "+\tint pad;\n \tint b;\n@@ -15,3 +16,4 @@\n typedef struct {\n+\tint gain;\n \tint level;\n } knob_t;\n")
+    for side, extra in (("orig", ("", "")), ("patched", ("\tint pad;\n", "\tint gain;\n"))):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "conf.h").write_text(header % extra)
+        (tmp_path / side / "use.c").write_text(unit)
+        subprocess.run(["gcc", *CFLAGS, f"-ffile-prefix-map={tmp_path / side}=.", "-c", "use.c"],
+                       cwd=tmp_path / side, check=True)
+    subprocess.run(["patch", "-s", "-p1", "--dry-run", "-i", str(patch)], cwd=tmp_path / "orig", check=True)
+    result = diff_objects(str(tmp_path / "orig" / "use.o"), str(tmp_path / "patched" / "use.o"))
+    obj = object_report(result, source="use.c", patches=[patch], relative_to=tmp_path / "patched")
+    explained = {f.name: [(e.hunk, e.how) for e in f.explained_by] for f in obj.functions}
+    assert explained == {"get_b": [(1, "uses changed conf")], "level": [(2, "uses changed knob_t")]}
+    assert not [w for w in obj.warnings if w.kind == "unexplained"]
