@@ -101,10 +101,10 @@ def object_report(diff, *, source: str | None = None, patches=(), rejected=(), r
             if f.name in explained:
                 f.explained_by, f.unexplained = explained[f.name]
                 if f.unexplained is not None:
-                    kept = "left out of the module (--only-explained)" if f.left_out else "replaced by the module"
+                    left = "; left out of the module (--only-explained)" if f.left_out else ""
                     warnings.append(ReportWarning(
-                        "unexplained", f.name, f"{f.name} changed but no hunk of the patches explains it; "
-                                               f"{kept}. Likely cause: {f.unexplained}"))
+                        "unexplained", f.name, f"{f.name} changed but no hunk of the patches explains it{left}. "
+                                               f"Likely cause: {f.unexplained}"))
     return ObjectReport(
         objname=d["objname"],
         source=source,

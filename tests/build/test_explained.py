@@ -116,6 +116,8 @@ def test_only_explained_leaves_unexplained_functions_out(tmp_path, patch_build):
     for name in ("build_id", "build_number"):
         func = funcs[name][1]
         assert func["left_out"] and func["status"] == "changed" and "release.h" in func["unexplained"]
+        assert any(w["kind"] == "unexplained" and w["symbol"] == name and "left out of the module" in w["message"]
+                   for w in funcs[name][0]["warnings"])
     assert [(r["name"], r["left_out"]) for r in [funcs[n][1] for n in ("build_id", "build_number")]] == \
         [("build_id", True), ("build_number", True)]
     assert "(left out)" in reports["md"] and "no: left out" in reports["md"]
