@@ -130,11 +130,12 @@ def explain(symbol: str, old_symbol: str | None, unit: UnitSources, orig: Source
             changed = getattr(hunk, which)
             name = base_name(sym)
             side: list[str] = []
-            for file, first, last in smap.own_span(sym, name):
+            for file, first, last in smap.span(name, sym):
                 if same_file(file, hunk.path) and (hit := _hits(changed, first, last)):
                     side.append(f"{which} own line(s) {_line_list(hit)}")
             side += [f"inlined callee {callee}" for callee in sorted(smap.inlined.get(name, ()))
-                     if smap.in_extent(callee, hunk.path, changed)]
+                     if any(same_file(file, hunk.path) and _hits(changed, first, last)
+                            for file, first, last in smap.span(callee, sym))]
             if not side:  # code from lines of no function known by name (a header's inline code)
                 side += [f"{which} line(s) {hunk.path}:{_line_list(hit)} its code comes from"
                          for file, lines in sorted(smap.lines.get(sym, {}).items())
@@ -146,7 +147,7 @@ def explain(symbol: str, old_symbol: str | None, unit: UnitSources, orig: Source
                 # The tree holds the patched sources (user space) or the original ones again (kernel: the
                 # patches are reverted): each side's span read from it, one of them is the function.
                 text = "\n".join(line for smap, sym, _ in sides if smap is not None
-                                 for file, first, last in smap.own_span(sym, base_name(sym))
+                                 for file, first, last in smap.span(base_name(sym), sym)
                                  for line in sources.lines(file)[first - 1:last])
                 used = sorted(n for n in names if re.search(rf"\b{re.escape(n)}\b", text))
                 hows += [f"uses changed {n}" for n in used]

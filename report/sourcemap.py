@@ -40,13 +40,13 @@ class SourceMap:
     def touched(self, name: str, hunks: dict[str, set[int]]) -> bool:
         return any(self.in_extent(name, path, lines) for path, lines in hunks.items())
 
-    def own_span(self, symbol: str, name: str) -> list[tuple[str, int, int]]:
-        """(file, first, last) of the function's own source: from its declaration to the last line of its
-        extent that has code in it (the extent alone runs on to the next function, comments and all)."""
+    def span(self, name: str, symbol: str) -> list[tuple[str, int, int]]:
+        """(file, first, last) of function `name`'s source as the code of `symbol` uses it (its own, or an
+        inlined callee's): from the declaration to the last line of the extent that code comes from (the
+        extent alone runs on to the next function, comments and all; a file's last one to its end)."""
         spans = []
         for file, first, last in self.extents.get(name, []):
-            rows = [n for f, lines in self.lines.get(symbol, {}).items() if f == file for n in lines
-                    if first <= n <= last]
+            rows = [n for n in self.lines.get(symbol, {}).get(file, ()) if first <= n <= last]
             spans.append((file, first, max(rows) if rows else first if last >= 1 << 30 else last))
         return spans
 

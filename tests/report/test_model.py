@@ -233,3 +233,32 @@ def test_a_changed_type_explains_the_functions_that_use_it(tmp_path):
     explained = {f.name: [(e.hunk, e.how) for e in f.explained_by] for f in obj.functions}
     assert explained == {"get_b": [(1, "uses changed conf")], "level": [(2, "uses changed knob_t")]}
     assert not [w for w in obj.warnings if w.kind == "unexplained"]
+
+
+def test_a_comment_after_an_inline_helper_explains_none_of_its_callers(tmp_path):
+    """The last function of a header has no next declaration to end its extent: a comment below it is not
+    the helper's code. stamp() inlines twice() and prints __TIME__ (SOURCE_DATE_EPOCH differs): it changed
+    for the time, not for the comment."""
+    import os
+    import subprocess
+
+    from diffobj.diff import diff_objects
+    from report.collect import build_report, object_report
+
+    header = "static inline int twice(int x)\n{\n\treturn x * 2;\n}\n\n\n\n\n/* %s */\n"
+    unit = ('#include <stdio.h>\n#include "twice.h"\n\nint stamp(int v)\n{\n\tputs(__TIME__);\n'
+            "\treturn twice(v);\n}\n")
+    patch = tmp_path / "comment.patch"
+    patch.write_text("--- a/twice.h\n+++ b/twice.h\n@@ -6,4 +6,4 @@\n \n \n \n-/* helpers */\n+/* small helpers */\n")
+    for side, words, epoch in (("orig", "helpers", "1700000000"), ("patched", "small helpers", "1700000100")):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "twice.h").write_text(header % words)
+        (tmp_path / side / "stamp.c").write_text(unit)
+        subprocess.run(["gcc", *CFLAGS, f"-ffile-prefix-map={tmp_path / side}=.", "-c", "stamp.c"],
+                       cwd=tmp_path / side, check=True, env=dict(os.environ, SOURCE_DATE_EPOCH=epoch))
+    result = diff_objects(str(tmp_path / "orig" / "stamp.o"), str(tmp_path / "patched" / "stamp.o"))
+    obj = object_report(result, source="stamp.c", patches=[patch], relative_to=tmp_path / "patched")
+    (stamp,) = obj.functions
+    assert stamp.explained_by == [] and "`__TIME__`" in stamp.unexplained
+    report = build_report("comment", "user", [obj], patches=[patch], env={})
+    assert [h.functions for h in report.hunks] == [[]]
