@@ -249,7 +249,8 @@ def test_a_comment_after_an_inline_helper_explains_none_of_its_callers(tmp_path)
     unit = ('#include <stdio.h>\n#include "twice.h"\n\nint stamp(int v)\n{\n\tputs(__TIME__);\n'
             "\treturn twice(v);\n}\n")
     patch = tmp_path / "comment.patch"
-    patch.write_text("--- a/twice.h\n+++ b/twice.h\n@@ -6,4 +6,4 @@\n \n \n \n-/* helpers */\n+/* small helpers */\n")
+    patch.write_text("--- a/twice.h\n+++ b/twice.h\n@@ -6,4 +6,4 @@\n \n \n \n"
+                     "-/* helpers */\n+/* small helpers */\n")
     for side, words, epoch in (("orig", "helpers", "1700000000"), ("patched", "small helpers", "1700000100")):
         (tmp_path / side).mkdir()
         (tmp_path / side / "twice.h").write_text(header % words)
