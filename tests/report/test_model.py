@@ -220,7 +220,8 @@ def test_a_changed_type_explains_the_functions_that_use_it(tmp_path):
             "int level(const knob_t *k)\n{\n\treturn k->level;\n}\n\nint other(int v)\n{\n\treturn v + 1;\n}\n")
     patch = tmp_path / "conf.patch"
     patch.write_text("--- a/conf.h\n+++ b/conf.h\n@@ -4,4 +4,5 @@ struct conf {\n \tint x2;\n \tint x3;\n \tint x4;\n"
-                     "+\tint pad;\n \tint b;\n@@ -15,3 +16,4 @@\n typedef struct {\n+\tint gain;\n \tint level;\n } knob_t;\n")
+                     "+\tint pad;\n \tint b;\n"
+                     "@@ -15,3 +16,4 @@\n typedef struct {\n+\tint gain;\n \tint level;\n } knob_t;\n")
     for side, extra in (("orig", ("", "")), ("patched", ("\tint pad;\n", "\tint gain;\n"))):
         (tmp_path / side).mkdir()
         (tmp_path / side / "conf.h").write_text(header % extra)
