@@ -68,4 +68,3 @@ def diff_unit(job: UnitJob) -> UnitDiff:
         result.write(os.fspath(job.output))
         out.output = job.output
     return out
-
