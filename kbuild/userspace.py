@@ -263,6 +263,9 @@ class _Build:
 
     def _finish(self, units: list[UnitDiff], binaries: list[DeployedBinary]) -> BuildResult:
         o = self.o
+        for u in units:
+            for name, cause in u.causes.items():
+                self.progress.note(left_out_note(u.source, name, cause))
         errors = [(f"{u.source}: {sym}", reason) for u in units for sym, reason in u.errors]
         if errors:
             err = Refused(errors)
@@ -278,9 +281,6 @@ class _Build:
                             "--only-explained leaves such functions out")
             self._report("refused", message, units, binaries)
             raise PatchBuildError(message)
-        for u in units:
-            for name, cause in u.causes.items():
-                self.progress.note(left_out_note(u.source, name, cause))
         # Units with only new functions come along: other units of the patch call them.
         written = [u for u in units if u.output is not None]
         patched_targets = {u.objname for u in written if u.changed}
