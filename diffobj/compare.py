@@ -138,8 +138,10 @@ def _data_sections(obj: ObjectFile) -> list[Section]:
     return [s for s in obj.sections if s.type not in BOOKKEEPING_TYPES and s.is_alloc and not s.is_text]
 
 
-def compare(orig: ObjectFile, patched: ObjectFile, comparer: Comparer) -> None:
-    """Set `status` (and `reasons`) on patched functions, data objects and allocated sections."""
+def compare(orig: ObjectFile, patched: ObjectFile, comparer: Comparer, leave_out: frozenset[str] = frozenset()) -> None:
+    """Set `status` (and `reasons`) on patched functions, data objects and allocated sections. Changed
+    functions named in `leave_out` (and their `.cold` pieces) count as unchanged: the patch keeps the
+    running ones."""
     data_syms = [s for s in patched.symbols if s.is_defined and s.section is not None and not s.is_section
                  and not s.is_function and not s.section.is_text
                  and not (s.type == STT_NOTYPE and s.name.startswith(".L"))]
@@ -158,6 +160,9 @@ def compare(orig: ObjectFile, patched: ObjectFile, comparer: Comparer) -> None:
             sec.status = Status.NEW if sec.twin is None else None
     for sym in patched.functions():
         comparer.compare_symbol(sym)
+        owner = sym.parent.name if sym.parent is not None and names.is_cold_piece(sym.name) else sym.name
+        if sym.status is Status.CHANGED and owner in leave_out:
+            sym.status, sym.reasons = Status.SAME, []
     # A split-off piece that changed changes its parent: the parent's copy must jump to the new piece.
     changed = True
     while changed:

@@ -32,6 +32,8 @@ class DiffOptions:
     extern_objname: Callable[[str], str] | None = None  # kernel: object defining an undefined symbol
     # Globals the patch's other units define anew: references to them stay plain names, resolved in the module.
     provided: set[str] = field(default_factory=set)
+    # Changed functions the patch must not replace (patch-build --only-explained): they count as unchanged.
+    leave_out: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -89,7 +91,7 @@ def diff_objects(orig_path: str, patched_path: str, options: DiffOptions | None 
 
     correlate(orig, patched, problems, o_res, p_res)
     _check_same_unit(orig, patched)
-    compare(orig, patched, Comparer(o_res, p_res))
+    compare(orig, patched, Comparer(o_res, p_res), opts.leave_out)
     checks.check(patched, opts.kernel, problems)
     inclusion = include(patched, p_res, problems)
     if opts.kernel:

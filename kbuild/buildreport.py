@@ -38,11 +38,13 @@ def build_file_warning(path: str) -> str:
 
 
 def write_build_report(outdir: Path, name: str, status: str, message: str, units: list, targets: list,
-                       patches: list[Path], module: Path | None, tree: Path, build_files: list[str]) -> list[Path]:
+                       patches: list[Path], module: Path | None, tree: Path, build_files: list[str],
+                       generated: list[str] = ()) -> list[Path]:
     """Write the reports; `units` are kbuild.units.UnitDiff (their objects must still exist), `targets` have
-    name and build_id, `build_files` are the build-system files the patches change (a warning each).
-    Returns the paths written, JSON first."""
+    name and build_id, `build_files` are the build-system files the patches change (a warning each),
+    `generated` the files the patched build wrote that no patch touches. Returns the paths written, JSON first."""
     objects = [object_report(u.report, source=u.source, patches=patches, relative_to=tree,
+                             object_name=u.object_name, generated=generated, left_out=u.left_out,
                              rejected=[(m.split(" ", 1)[0], f"the deployed {u.objname} runs other code: {m}")
                                        for m in u.mismatched])
                for u in units]

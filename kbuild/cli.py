@@ -125,6 +125,9 @@ def main(
                                                  "key of --sign-cert (as scripts/sign-file)"),
     sign_cert: Optional[Path] = typer.Option(None, "--sign-cert", help="kernel: the X.509 certificate of --sign-key"),
     json_output: bool = typer.Option(False, "--json", help="print a one-line JSON summary on stdout"),
+    only_explained: bool = typer.Option(False, "--only-explained",
+                                        help="leave out of the module the changed functions no patch hunk explains "
+                                             "(generated files, timestamps); the report lists them"),
 ) -> None:
     """Build a live patch module from PATCH files.
 
@@ -139,7 +142,7 @@ def main(
                            no_build_changes=no_build_changes,
                            config=config, vmlinux=vmlinux, system_map=system_map, headers=headers,
                            non_replace=non_replace, sign_key=sign_key, sign_cert=sign_cert, json_output=json_output,
-                           progress=progress)
+                           only_explained=only_explained, progress=progress)
     failure = None
     started = time.time()  # --json: reports written from now on are this build's
     try:

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffobj.console import internal_error_reported
@@ -37,13 +37,15 @@ from kbuild.kernel_symbols import (
 )
 from kbuild.modsign import read_signer, sign_file_tool, sign_module, signing_hash
 from kbuild.options import BuildOptions, BuildResult
-from kbuild.tree import apply_patch, in_scratch, is_build_file, touched_files
+from kbuild.tree import apply_patch, in_scratch, is_build_file
 from kbuild.userspace import module_name
 from linker.kernel import link_kernel_module
 from patchformat.names import parse_reference
 from report.build import write_reports
 from report.collect import build_report, object_report
+from report.explain import UnitSources, all_left_out_message, left_out_note, unexplained_changes
 from report.model import Target
+from report.patches import read_hunks, touched_files
 
 KCFLAGS = "-ffunction-sections -fdata-sections"
 SOURCE_SUFFIXES = (".c",)
@@ -65,6 +67,8 @@ class Unit:
     output: Path | None = None
     diff: DiffResult | None = None
     optional: bool = False  # found through an included file: may not be part of this configuration
+    left_out: list[dict] = field(default_factory=list)  # --only-explained: the differ's entries of those left out
+    causes: dict[str, str] = field(default_factory=dict)  # left-out function -> its likely cause
 
 
 def build_kernel_patch(options: BuildOptions) -> BuildResult:
@@ -456,6 +460,7 @@ class _KernelBuild:
         outdir.mkdir(exist_ok=True)
         originals = [read_object(os.fspath(u.orig)) for u in units]
         provided = new_globals(originals, [read_object(os.fspath(u.patched)) for u in units])
+        hunks = read_hunks(self.o.patches) if self.o.only_explained else []
         for i, u in enumerate(units):
             table = tables["vmlinux"] if u.target == "vmlinux" else self._module_table(tables, u.target)
             # A module's own exports are reached through klp relocations too: the patch must load without it.
@@ -468,10 +473,17 @@ class _KernelBuild:
                     return "vmlinux"
                 return target
 
-            u.diff = diff_objects(os.fspath(u.orig), os.fspath(u.patched),
-                                  DiffOptions(kernel=True, objname=u.target, exported=exported,
-                                              sympos=Sympos(table, originals[i]), extern_objname=extern_objname,
-                                              provided=provided))
+            options = DiffOptions(kernel=True, objname=u.target, exported=exported,
+                                  sympos=Sympos(table, originals[i]), extern_objname=extern_objname, provided=provided)
+            u.diff = diff_objects(os.fspath(u.orig), os.fspath(u.patched), options)
+            if hunks:
+                # The tree has its original sources back: macro and type names are read from those.
+                u.left_out, u.causes = unexplained_changes(u.diff, UnitSources(hunks, self.ksrc, u.source))
+                if u.left_out:
+                    options.leave_out = frozenset(u.causes)
+                    u.diff = diff_objects(os.fspath(u.orig), os.fspath(u.patched), options)
+                for name, cause in u.causes.items():
+                    self.progress.note(left_out_note(u.source, name, cause))
             if table is not None:
                 for ch in u.diff.changed_functions:
                     if not table.has_function(ch.old_name):
@@ -523,6 +535,9 @@ class _KernelBuild:
             raise Refused(errors)
         changed = [u for u in units if u.output is not None]
         if not changed:
+            left_out = [name for u in units for name in u.causes]
+            if left_out:
+                raise NoChange(all_left_out_message(left_out))
             raise NoChange(f"no functional change: {', '.join(u.source for u in units)} compiled to the same code")
         self.progress.step("linking the livepatch module")
         module, self.klp_sections = self._timed("link", link_kernel_module, [u.output for u in changed], self.name,
@@ -543,8 +558,8 @@ class _KernelBuild:
     def _report(self, units: list[Unit], status: str, message: str, module: Path | None = None) -> list[Path]:
         """NAME.report.json/.md/.html in OUTDIR (report/'s model), also when the build is refused."""
         o = self.o
-        objects = [object_report(u.diff, source=u.source, patches=o.patches, relative_to=self.ksrc)
-                   for u in units if u.diff is not None]
+        objects = [object_report(u.diff, source=u.source, patches=o.patches, relative_to=self.ksrc, object_name=u.obj,
+                                 left_out=u.left_out) for u in units if u.diff is not None]
         targets = sorted({u.target for u in units if u.target})
         details = {"kernel release": self.release, "atomic replace": "no" if o.non_replace else "yes"}
         if self.klp_sections:

@@ -60,6 +60,7 @@ class BuildOptions:
     sign_key: Path | None = None
     sign_cert: Path | None = None  # --sign-cert
     json_output: bool = False  # --json (issue 6): one summary line on stdout
+    only_explained: bool = False  # --only-explained: changed functions no hunk explains stay out of the module
     progress: Progress = field(default_factory=SilentProgress)
 
 

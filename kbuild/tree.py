@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from diffobj.errors import InputError
+from report.patches import touched_files
 
 # Build products a copied tree must not carry: the scratch build is configured and built by us from scratch,
 # with our compiler wrappers, never from a cache that names the real compilers or SRCDIR's paths.
@@ -58,22 +59,6 @@ _BUILD_FILE_NAMES = {"Makefile", "makefile", "GNUmakefile", "Kbuild", "Kconfig",
                      "meson.options", "SConstruct", "SConscript", "build.ninja"}
 _BUILD_FILE_PREFIXES = ("Makefile.", "Kbuild.", "Kconfig.")  # Makefile.am, Makefile.in, ...
 _BUILD_FILE_SUFFIXES = (".mk", ".cmake", ".m4", ".am", ".ninja")
-
-
-def touched_files(patch: Path) -> list[str]:
-    """Files a -p1 patch changes (new names; deleted files by their old name)."""
-    files, old = [], None
-    for line in patch.read_text(errors="replace").splitlines():
-        if line.startswith("--- "):
-            old = line[4:].split("\t")[0].strip()
-        elif line.startswith("+++ "):
-            new = line[4:].split("\t")[0].strip()
-            path = new if new != "/dev/null" else old
-            if path and path != "/dev/null":
-                files.append(path.split("/", 1)[1] if "/" in path else path)
-    if not files:
-        raise InputError(f"{patch.name} is not a patch: it names no file")
-    return files
 
 
 def is_build_file(path: str) -> bool:

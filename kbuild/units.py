@@ -12,20 +12,24 @@ from pathlib import Path
 from diffobj.diff import DiffOptions, diff_objects
 from diffobj.read import read_object
 from kbuild.deployed import DeployedBinary, UnitSymbols, load_binary, mismatches
+from report.explain import UnitSources, unexplained_changes
 
 
 @dataclass
 class UnitJob:
     source: str  # relative to the tree, for messages
+    object_name: str  # the unit's object, relative to the tree (reports name it so, not by its scratch copy)
     orig: Path  # snapshot of the original build's object
     patched: Path
     binary: Path  # deployed target binary
     output: Path  # where the differ's output goes
+    only_explained: UnitSources | None = None  # --only-explained: the patches' hunks, to leave unexplained changes out
 
 
 @dataclass
 class UnitDiff:
     source: str
+    object_name: str
     objname: str  # the target's basename
     report: dict  # DiffResult.report()
     errors: list[tuple[str, str]] = field(default_factory=list)  # (symbol, reason): unsupported changes
@@ -35,6 +39,8 @@ class UnitDiff:
     new: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)  # replaced functions the deployed binary runs otherwise
     output: Path | None = None  # written when it has changes, no errors and no mismatch
+    left_out: list[dict] = field(default_factory=list)  # --only-explained: the differ's entries of those left out
+    causes: dict[str, str] = field(default_factory=dict)  # left-out function -> its likely cause
 
 
 @lru_cache(maxsize=8)
@@ -45,12 +51,16 @@ def _binary(path: Path) -> DeployedBinary:
 def diff_unit(job: UnitJob) -> UnitDiff:
     binary = _binary(job.binary)
     unit = UnitSymbols(binary, read_object(os.fspath(job.orig)))
-    result = diff_objects(os.fspath(job.orig), os.fspath(job.patched),
-                          DiffOptions(kernel=False, objname=binary.name, sympos=unit))
-    out = UnitDiff(source=job.source, objname=binary.name, report=result.report(),
+    options = DiffOptions(kernel=False, objname=binary.name, sympos=unit)
+    result = diff_objects(os.fspath(job.orig), os.fspath(job.patched), options)
+    left_out, causes = unexplained_changes(result, job.only_explained) if job.only_explained else ([], {})
+    if left_out:
+        options.leave_out = frozenset(causes)
+        result = diff_objects(os.fspath(job.orig), os.fspath(job.patched), options)
+    out = UnitDiff(source=job.source, object_name=job.object_name, objname=binary.name, report=result.report(),
                    errors=[(e.symbol, e.reason) for e in result.errors], warnings=list(result.warnings),
                    has_changes=result.has_changes, changed=[c.old_name for c in result.changed_functions],
-                   new=list(result.new_functions))
+                   new=list(result.new_functions), left_out=left_out, causes=causes)
     if out.errors or not out.has_changes:
         return out
     out.mismatched = mismatches(result.orig, out.changed, unit)

@@ -27,6 +27,12 @@ from kbuild.wrapper import CompiledObject, install_wrappers, read_log
 from linker.module import Target, read_module
 from linker.integrity import load_private_key
 from linker.user import link_user_module
+from report.explain import UnitSources, all_left_out_message, left_out_note, unexplained_changes
+from report.patches import read_hunks, touched_files
+
+
+# Files whose regeneration by the build changes code: sources, headers and what they include.
+GENERATED_SUFFIXES = {".c", ".h", ".cc", ".cpp", ".cxx", ".hh", ".hpp", ".hxx", ".inc", ".def", ".S", ".s"}
 
 
 def module_name(options: BuildOptions) -> str:
@@ -81,6 +87,7 @@ class _Build:
         self.timings: dict[str, float] = {}
         self.progress = options.progress
         self.build_files: list[str] = []  # the build-system files the patches change
+        self.generated: list[str] = []  # source files the patched build wrote that no patch touches
 
     def _timed(self, key: str, fn, *args):
         start = time.monotonic()
@@ -119,9 +126,11 @@ class _Build:
             progress.advance(patch.name)
 
         progress.step("building patched")
+        patched_build_start = time.time_ns()
         self._timed("patched build", run_build, o.build_cmd, self.tree, env, self.scratch / "build-patched.log",
                     "patched build")
         rebuilt, _ = read_log(log, log_end)
+        self.generated = self._generated(patched_build_start)
 
         start = time.monotonic()
         jobs = self._jobs(originals, rebuilt, snapshots, binaries)
@@ -145,7 +154,34 @@ class _Build:
     def _report(self, status: str, message: str, units: list[UnitDiff] = (), binaries: list[DeployedBinary] = (),
                 module: Path | None = None) -> list[Path]:
         return self._timed("report", write_build_report, self.o.outdir, self.name, status, message, units, binaries,
-                           self.o.patches, module, self.tree, self.build_files)
+                           self.o.patches, module, self.tree, self.build_files, self.generated)
+
+    def _unexplained_mismatches(self, units: list[UnitDiff]) -> list[str]:
+        """The functions the deployed binary runs otherwise that no hunk explains (a generated build id...)."""
+        hunks = read_hunks(self.o.patches)
+        found = []
+        for u in units:
+            if not u.mismatched:
+                continue
+            left_out, _ = unexplained_changes(u.report, UnitSources(hunks, self.tree, u.source, tuple(self.generated)))
+            names = {c["old_name"] for c in left_out}
+            found += [f"{u.objname}:{m.split(' ', 1)[0]}" for m in u.mismatched if m.split(" ", 1)[0] in names]
+        return found
+
+    def _generated(self, since_ns: int) -> list[str]:
+        """Source files the patched build wrote (a version or build-id header, redis's release.h) that no patch
+        touches: the likely cause of a change no hunk explains."""
+        patched = {p for patch in self.o.patches for p in touched_files(patch)}
+        found = []
+        for root, dirs, files in os.walk(self.tree):
+            dirs[:] = sorted(d for d in dirs if d not in (".git", ".hg", ".svn"))
+            for name in sorted(files):
+                path = Path(root, name)
+                rel = self._rel(path)
+                if path.suffix in GENERATED_SUFFIXES and rel not in patched and not path.is_symlink() \
+                        and path.stat().st_mtime_ns >= since_ns:
+                    found.append(rel)
+        return found
 
     def _snapshot(self, originals: dict[Path, CompiledObject]) -> dict[Path, Path]:
         """Copy each recorded object aside before the patched build overwrites it."""
@@ -188,6 +224,7 @@ class _Build:
             raise NoChange("no functional change: the patched build produced the same objects")
         jobs, outputs = [], self.scratch / "out"
         outputs.mkdir()
+        hunks = read_hunks(self.o.patches) if self.o.only_explained else []
         for path in changed:
             obj = read_object(os.fspath(snapshots[path]))
             source = self._rel(originals[path].source)
@@ -196,8 +233,10 @@ class _Build:
                 self.progress.note(f"warning: {source} changed but is not linked into "
                                    f"{', '.join(b.name for b in binaries)}; skipped")
             for binary in linked:
-                jobs.append(UnitJob(source=source, orig=snapshots[path], patched=path, binary=binary.path,
-                                    output=outputs / f"{len(jobs):05d}-{binary.name}-{path.name}"))
+                jobs.append(UnitJob(source=source, object_name=self._rel(path), orig=snapshots[path], patched=path,
+                                    binary=binary.path, output=outputs / f"{len(jobs):05d}-{binary.name}-{path.name}",
+                                    only_explained=UnitSources(hunks, self.tree, source, tuple(self.generated))
+                                    if self.o.only_explained else None))
         if not jobs:
             raise NoChange("no functional change to the targets: the changed objects are not linked into "
                            + ", ".join(b.name for b in binaries))
@@ -227,6 +266,9 @@ class _Build:
 
     def _finish(self, units: list[UnitDiff], binaries: list[DeployedBinary]) -> BuildResult:
         o = self.o
+        for u in units:
+            for name, cause in u.causes.items():
+                self.progress.note(left_out_note(u.source, name, cause))
         errors = [(f"{u.source}: {sym}", reason) for u in units for sym, reason in u.errors]
         if errors:
             err = Refused(errors)
@@ -236,6 +278,10 @@ class _Build:
         if mismatched:
             message = ("the deployed binary does not run the original code of: " + "; ".join(mismatched)
                        + " (built from other sources or flags?)")
+            unexplained = [] if o.only_explained else self._unexplained_mismatches(units)
+            if unexplained:
+                message += (f"; no hunk of the patches explains the change of {', '.join(unexplained)}: "
+                            "--only-explained leaves such functions out")
             self._report("refused", message, units, binaries)
             raise PatchBuildError(message)
         # Units with only new functions come along: other units of the patch call them.
@@ -243,8 +289,12 @@ class _Build:
         patched_targets = {u.objname for u in written if u.changed}
         linked = [u for u in written if u.objname in patched_targets]
         if not linked:
-            message = (f"no functional change: {', '.join(sorted({u.source for u in units}))} recompiled "
-                       "differently, but no function or data changed")
+            left_out = [name for u in units for name in u.causes]
+            if left_out:
+                message = all_left_out_message(left_out)
+            else:
+                message = (f"no functional change: {', '.join(sorted({u.source for u in units}))} recompiled "
+                           "differently, but no function or data changed")
             self._report("no-change", message, units, binaries)
             raise NoChange(message)
 

@@ -15,18 +15,23 @@ from diffobj.read import read_object
 from report import identity
 from report.demangle import demangle
 from report.disasm import function_diff
-from report.inline import analyse, changed_lines, read_inline_info
+from report.explain import UnitSources, explain_object
+from report.inline import analyse
 from report.model import (
     Compiler,
     Function,
+    FunctionRef,
     Included,
     ObjectReport,
     PatchFile,
+    PatchHunk,
     Problem,
     Report,
     ReportWarning,
     Target,
 )
+from report.patches import lines_by_file, read_hunks
+from report.sourcemap import read_source_map
 
 
 def display_path(path: str | os.PathLike, relative_to: str | os.PathLike | None) -> str:
@@ -40,30 +45,31 @@ def display_path(path: str | os.PathLike, relative_to: str | os.PathLike | None)
     return path.name
 
 
-def hunks_of(patches) -> dict[str, set[int]]:
-    hunks: dict[str, set[int]] = {}
-    for patch in patches:
-        for path, lines in changed_lines(Path(patch).read_text(errors="replace")).items():
-            hunks.setdefault(path, set()).update(lines)
-    return hunks
-
-
 def object_report(diff, *, source: str | None = None, patches=(), rejected=(), relative_to=None,
-                  disasm: bool = True) -> ObjectReport:
-    """One compared unit. `patches` (the applied patch files) say which source lines changed, which makes
-    the inline analysis exact; `rejected` adds (symbol, reason) refusals the build found beyond the
-    differ's; paths are shown relative to `relative_to`."""
+                  disasm: bool = True, object_name: str | None = None, generated=(),
+                  left_out=()) -> ObjectReport:
+    """One compared unit. `patches` (the applied patch files) say which source lines changed: each changed
+    or new function is then explained by its hunks, or flagged with a likely cause (`generated`: files the
+    build wrote that no patch touches, relative to `relative_to`), and the inline analysis is exact;
+    `rejected` adds (symbol, reason) refusals the build found beyond the differ's; `left_out` are the
+    differ's change entries of the unexplained functions the build kept out of the module. Paths are shown
+    relative to `relative_to`; a build names the unit's object by `object_name`, never a scratch copy."""
     d = diff.report() if hasattr(diff, "report") else diff
     changes = d["changed_functions"]
     orig_obj = read_object(d["orig"])
     new_obj = read_object(d["patched"])
     sizes = {s.name: s.size for s in new_obj.functions()}
+    hunks = read_hunks(patches) if patches else []
+    patched_map = read_source_map(d["patched"])
 
-    extra_reasons, inline_warnings = analyse(read_inline_info(d["patched"]), [c["name"] for c in changes],
-                                             hunks_of(patches) if patches else None, d["objname"])
+    extra_reasons, warnings = analyse(patched_map, [c["name"] for c in changes],
+                                      lines_by_file(hunks) if patches else None, d["objname"])
     functions = [Function(name=c["name"], status="changed", reasons=[*c["reasons"], *extra_reasons.get(c["name"], [])],
                           old_name=c["old_name"], sympos=c["sympos"], old_size=c["old_size"],
                           new_size=c["new_size"]) for c in changes]
+    functions += [Function(name=c["name"], status="changed", reasons=list(c["reasons"]), old_name=c["old_name"],
+                           sympos=c["sympos"], old_size=c["old_size"], new_size=c["new_size"], left_out=True)
+                  for c in left_out]
     functions += [Function(name=n, status="new", reasons=["new"], new_size=sizes.get(n)) for n in d["new_functions"]]
     listed = {f.name for f in functions}
     included = [Included(symbol=i["symbol"], kind=i["kind"], reason=i["reason"]) for i in d["included"]]
@@ -85,17 +91,31 @@ def object_report(diff, *, source: str | None = None, patches=(), rejected=(), r
                 continue
             if fd is not None:
                 diffs.append(fd)
+    if patches:
+        unit = UnitSources(hunks, Path(relative_to) if relative_to is not None else None, source, tuple(generated))
+        explained = explain_object(d["orig"], d["patched"],
+                                   [(f.name, f.old_name if f.status == "changed" else None)
+                                    for f in functions if f.status != "included"],
+                                   unit, patched=patched_map, diffs={fd.name: fd for fd in diffs})
+        for f in functions:
+            if f.name in explained:
+                f.explained_by, f.unexplained = explained[f.name]
+                if f.unexplained is not None:
+                    left = "; left out of the module (--only-explained)" if f.left_out else ""
+                    warnings.append(ReportWarning(
+                        "unexplained", f.name, f"{f.name} changed but no hunk of the patches explains it{left}. "
+                                               f"Likely cause: {f.unexplained}"))
     return ObjectReport(
         objname=d["objname"],
         source=source,
-        original=display_path(d["orig"], relative_to),
-        patched=display_path(d["patched"], relative_to),
+        original=object_name or display_path(d["orig"], relative_to),
+        patched=object_name or display_path(d["patched"], relative_to),
         compiler=identity.compiler_of(d["patched"]),
         functions=functions,
         included=included,
         rejected=[Problem(symbol=e["symbol"], reason=e["reason"]) for e in d["errors"]]
         + [Problem(symbol=s, reason=r) for s, r in rejected],
-        warnings=[ReportWarning("differ", None, str(w)) for w in d["warnings"]] + inline_warnings,
+        warnings=[ReportWarning("differ", None, str(w)) for w in d["warnings"]] + warnings,
         diffs=diffs,
     )
 
@@ -117,6 +137,13 @@ def build_report(name: str, kind: str, objects: list[ObjectReport], *, status: s
     `details` other facts worth showing (e.g. {"replace": "yes"}); `warnings` those about the whole build;
     `env` supplies SOURCE_DATE_EPOCH
     (default: os.environ)."""
+    hunks = [PatchHunk(id=i, patch=h.patch, file=h.path, header=h.header, lines=h.text)
+             for i, h in enumerate(read_hunks(patches) if patches else [], 1)]
+    for oi, o in enumerate(objects, 1):
+        for f in o.functions:
+            for e in f.explained_by:
+                if 0 < e.hunk <= len(hunks):
+                    hunks[e.hunk - 1].functions.append(FunctionRef(object=oi, symbol=f.name))
     compilers: list[Compiler] = []
     for o in objects:
         if o.compiler is not None and o.compiler not in compilers:
@@ -134,6 +161,7 @@ def build_report(name: str, kind: str, objects: list[ObjectReport], *, status: s
         objects=list(objects),
         details=dict(details or {}),
         warnings=list(warnings),
+        hunks=hunks,
         source_date_epoch=identity.source_date_epoch(env),
     )
 

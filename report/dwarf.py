@@ -4,6 +4,10 @@ In a `.o` every reference from `.debug_info` into `.debug_str`, `.debug_line`, .
 the DWARF is unreadable until they are applied. pyelftools applies them one pyelftools-parsed entry at a
 time, which takes seconds on a kernel object; the debug sections only use absolute relocations against
 section (or defined) symbols, so they are applied here as `S + A` on the raw image first.
+
+A symbol in a code section is given the address `TEXT_BASE(section index) + value` there, so that with
+`-ffunction-sections` (every function at offset 0 of its own section) each function still has addresses of
+its own in the line table and DIEs: `text_address` gives the same for a symbol of the object.
 """
 from __future__ import annotations
 
@@ -20,9 +24,15 @@ _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 _SYM = struct.Struct("<IBBHQQ")
 _RELA = struct.Struct("<QQq")
-SHT_SYMTAB, SHT_RELA, SHF_COMPRESSED = 2, 4, 0x800
+SHT_SYMTAB, SHT_RELA, SHF_EXECINSTR, SHF_COMPRESSED = 2, 4, 0x4, 0x800
+SHN_LORESERVE = 0xFF00
 R_X86_64_64, R_X86_64_32, R_X86_64_32S = 1, 10, 11
 _FIELD = {R_X86_64_64: "<Q", R_X86_64_32: "<I", R_X86_64_32S: "<i"}
+
+
+def text_address(shndx: int, value: int) -> int:
+    """The address DWARF read by `read_dwarf` gives offset `value` of code section `shndx` of an object."""
+    return (shndx << 40) + value
 
 
 def _relocated_debug_image(blob: bytes) -> bytes | None:
@@ -38,7 +48,8 @@ def _relocated_debug_image(blob: bytes) -> bytes | None:
     symtab = next((h for h in headers if h[1] == SHT_SYMTAB), None)
     if symtab is None:
         return None
-    values = [s[4] for s in _SYM.iter_unpack(blob[symtab[4]:symtab[4] + symtab[5]])]
+    values = [text_address(s[3], s[4]) if s[3] < min(e_shnum, SHN_LORESERVE) and headers[s[3]][2] & SHF_EXECINSTR
+              else s[4] for s in _SYM.iter_unpack(blob[symtab[4]:symtab[4] + symtab[5]])]
     image = bytearray(blob)
     for h in headers:
         if h[1] != SHT_RELA or not 0 < h[7] < e_shnum:

@@ -57,6 +57,12 @@ class Artifact:
 
 
 @dataclass
+class Explanation:
+    hunk: int  # the PatchHunk.id that explains the change
+    how: str  # "own lines 9, 10" | "inlined callee scale" | "uses macro SCALE" | ...
+
+
+@dataclass
 class Function:
     name: str  # the symbol
     status: str  # "changed" | "new" | "included"
@@ -66,6 +72,9 @@ class Function:
     old_size: int | None = None
     new_size: int | None = None
     demangled: str | None = None  # C++: the name as written in the source
+    explained_by: list[Explanation] = field(default_factory=list)  # the hunks that explain a changed/new function
+    unexplained: str | None = None  # no hunk explains it: the likely cause
+    left_out: bool = False  # unexplained and kept out of the module (--only-explained)
 
 
 @dataclass
@@ -83,9 +92,25 @@ class Problem:
 
 @dataclass
 class ReportWarning:
-    kind: str  # inlined-callee-only | inlined-into-many | untouched-source | no-debug-info | differ | build-files
+    kind: str  # unexplained | left-out | inlined-callee-only | inlined-into-many | no-debug-info | differ | build-files
     symbol: str | None
     message: str
+
+
+@dataclass
+class FunctionRef:
+    object: int  # 1-based position in Report.objects
+    symbol: str
+
+
+@dataclass
+class PatchHunk:
+    id: int  # 1-based, in patch order
+    patch: str  # the patch file's name
+    file: str  # the source file it changes, relative to the tree
+    header: str  # "@@ -a,b +c,d @@ ..."
+    lines: list[str]  # the hunk's lines with their ' ', '+', '-' prefixes
+    functions: list[FunctionRef] = field(default_factory=list)  # the changed/new functions it explains
 
 
 @dataclass
@@ -107,7 +132,7 @@ class FunctionDiff:
 @dataclass
 class ObjectReport:
     objname: str  # the target object the functions live in (livepatch objname)
-    original: str  # the compared objects, relative to the build tree
+    original: str  # the compared objects: in a build, the unit's object relative to the tree (both sides)
     patched: str
     source: str | None = None  # the compilation unit's source file, relative to the source tree
     compiler: Compiler | None = None
@@ -118,7 +143,11 @@ class ObjectReport:
     diffs: list[FunctionDiff] = field(default_factory=list)
 
     def count(self, status: str) -> int:
-        return sum(1 for f in self.functions if f.status == status)
+        """Functions of `status` the module carries (left-out ones are not)."""
+        return sum(1 for f in self.functions if f.status == status and not f.left_out)
+
+    def function(self, symbol: str) -> Function | None:
+        return next((f for f in self.functions if f.name == symbol), None)
 
     def display_name(self, symbol: str) -> str:
         """The readable (demangled) name of one of this object's functions, else the symbol itself."""
@@ -139,6 +168,7 @@ class Report:
     objects: list[ObjectReport] = field(default_factory=list)
     details: dict[str, str] = field(default_factory=dict)  # other facts of the build, shown as they are
     warnings: list[ReportWarning] = field(default_factory=list)  # about the whole build (build-files, ...)
+    hunks: list[PatchHunk] = field(default_factory=list)  # the whole patch, hunk by hunk, linked to functions
     source_date_epoch: int | None = None  # the build's SOURCE_DATE_EPOCH, the only time a report carries
     schema: int = SCHEMA_VERSION
 
@@ -146,6 +176,8 @@ class Report:
         return {
             "changed": sum(o.count("changed") for o in self.objects),
             "new": sum(o.count("new") for o in self.objects),
+            "unexplained": sum(1 for o in self.objects for f in o.functions if f.unexplained is not None),
+            "left_out": sum(1 for o in self.objects for f in o.functions if f.left_out),
             "included": sum(len(o.included) for o in self.objects),
             "rejected": sum(len(o.rejected) for o in self.objects),
             "warnings": len(self.warnings) + sum(len(o.warnings) for o in self.objects),

@@ -11,7 +11,7 @@ from diffobj.errors import InputError
 from report.model import STATUS_EXIT, Report, read_report
 from report.render import FORMATS, SUFFIXES
 
-_ZERO_COUNTS = {"changed": 0, "new": 0, "included": 0, "rejected": 0, "warnings": 0}
+_ZERO_COUNTS = {"changed": 0, "new": 0, "unexplained": 0, "left_out": 0, "included": 0, "rejected": 0, "warnings": 0}
 
 
 def status_for_exit(code: int) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -85,3 +86,20 @@ def test_uncompressed_vmlinux_gives_the_release(kenv, patch_build, tmp_path):
     assert built.returncode == 2, built.stderr
     errors = [line for line in built.stderr.splitlines() if "error:" in line]
     assert errors == [f"patch-build: error: {vmlinux}: has no symbol table"], built.stderr
+
+
+def test_changed_function_is_mapped_to_its_hunk(patch_build, tmp_path):
+    # -ffunction-sections puts every function at offset 0 of its own section: the line table must still tell
+    # meminfo_proc_show's lines from its neighbours'. --only-explained keeps it (a hunk explains it).
+    built = patch_build("meminfo-string.patch", tmp_path, "--only-explained")
+    assert built.ok, built.stderr
+    assert "left out" not in built.stderr
+    report = json.loads(built.module.with_suffix(".report.json").read_text())
+    [obj] = report["objects"]
+    assert (obj["source"], obj["original"], obj["patched"]) == ("fs/proc/meminfo.c",) + ("fs/proc/meminfo.o",) * 2
+    [change] = [f for f in obj["functions"] if f["status"] == "changed"]
+    assert change["name"] == "meminfo_proc_show" and change["unexplained"] is None and not change["left_out"]
+    assert change["explained_by"] == [{"hunk": 1, "how": "added own line(s) 131; removed own line(s) 131"}]
+    assert report["hunks"][0]["functions"] == [{"object": 1, "symbol": "meminfo_proc_show"}]
+    for suffix in (".report.json", ".report.md", ".report.html"):
+        assert not re.search(r"\b\d{4}-meminfo\.o\b", built.module.with_suffix(suffix).read_text())

@@ -41,7 +41,8 @@ def build_pair(workdir: Path, patch: str, cflags=CFLAGS) -> Built:
 def diff_and_report(built: Built, *, patches=True, name="fix", env=None):
     result = diff_objects(str(built.orig), str(built.patched), DiffOptions(objname="server"))
     patch_files = [built.patch] if patches else []
-    obj = object_report(result, source="server.c", patches=patch_files, relative_to=built.tree)
+    # the patched tree: where the report reads the unit's source (macro and type names)
+    obj = object_report(result, source="server.c", patches=patch_files, relative_to=built.tree / "patched")
     report = build_report(name, "user", [obj], patches=patch_files, relative_to=built.tree,
                           details={"build command": "gcc -c server.c"}, env=env or {})
     return result, report

@@ -56,9 +56,11 @@ def test_two_builds_give_identical_module_and_json_report(cprog, tmp_path):
                                   "sha256": hashlib.sha256((FIXTURES / "cprog-fix.patch").read_bytes()).hexdigest()}]
     changed = {f["name"] for o in report["objects"] for f in o["functions"] if f["status"] == "changed"}
     assert {"compute", "greeting", "count_calls"} <= changed
-    # scaled() changed through util.h's SCALE macro, which no hunk of its own touches
-    warnings = {(w["kind"], w["symbol"]) for o in report["objects"] for w in o["warnings"]}
-    assert ("untouched-source", "scaled") in warnings
+    # scaled() changed through util.h's SCALE macro, which no hunk of its own touches: util.h's hunk explains it
+    explained = {f["name"]: f["explained_by"] for o in report["objects"] for f in o["functions"]}
+    (util_h,) = [h for h in report["hunks"] if h["file"] == "util.h"]
+    assert explained["scaled"] == [{"hunk": util_h["id"], "how": "uses changed SCALE"}]
+    assert not [w for o in report["objects"] for w in o["warnings"] if w["kind"] == "unexplained"]
 
 
 def test_refused_build_still_writes_its_reports(cprog, tmp_path):
