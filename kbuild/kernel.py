@@ -18,6 +18,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from diffobj.console import internal_error_reported
@@ -44,7 +45,9 @@ from report.build import write_reports
 from report.collect import build_report, object_report
 from report.model import Target
 
-KCFLAGS = "-ffunction-sections -fdata-sections"
+# kpatch's patch macros (kpatch-macros.h, kpatch-syscall.h), found as kpatch-build's patches expect.
+KPATCH_INCLUDE = Path(os.fspath(resources.files("templates").joinpath("kernel", "include")))
+KCFLAGS = f"-ffunction-sections -fdata-sections -I{KPATCH_INCLUDE}"
 SOURCE_SUFFIXES = (".c",)
 ASSEMBLY_SUFFIXES = (".S", ".s")
 HEADER_SUFFIXES = (".h",)
