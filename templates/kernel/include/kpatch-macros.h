@@ -41,8 +41,8 @@ typedef void (*kpatch_post_unpatch_call_t)(patch_object *obj);
 	static struct {									\
 		type callback;								\
 		const char *objname;							\
-	} __used __section(".kpatch.callbacks." #stage) __aligned(8)			\
-	__UNIQUE_ID(kpatch_##stage##_) = { (fn), KPATCH_OBJNAME };
+	} __UNIQUE_ID(kpatch_##stage##_)						\
+	__used __section(".kpatch.callbacks." #stage) __aligned(8) = { (fn), KPATCH_OBJNAME };
 
 /*
  * Callbacks of the livepatch core (Documentation/livepatch/callbacks.rst), for the object this unit
@@ -59,13 +59,13 @@ typedef void (*kpatch_post_unpatch_call_t)(patch_object *obj);
  * only changed as a side effect, e.g. a moved line number in a WARN).
  */
 #define KPATCH_IGNORE_FUNCTION(fn)							\
-	static void *__used __section(".kpatch.ignore.functions")			\
-	__UNIQUE_ID(kpatch_ignore_function_) = (fn);
+	static void *__UNIQUE_ID(kpatch_ignore_function_)				\
+	__used __section(".kpatch.ignore.functions") = (fn);
 
 /* Changes to the section of this name (a string) are not patched. */
 #define KPATCH_IGNORE_SECTION(name)							\
-	static const char *__used __section(".kpatch.ignore.sections")			\
-	__UNIQUE_ID(kpatch_ignore_section_) = (name);
+	static const char *__UNIQUE_ID(kpatch_ignore_section_)				\
+	__used __section(".kpatch.ignore.sections") = (name);
 
 /*
  * printk on a path of its own. printk is __cold, and gcc moves the code around a call to it into

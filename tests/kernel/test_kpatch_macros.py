@@ -1,0 +1,117 @@
+"""kpatch's patch macros (templates/kernel/include): kpatch patches that include kpatch-macros.h or
+kpatch-syscall.h build unchanged and work in Debian's 6.1 kernel, booted once in qemu:
+1. kpatch-callbacks: KPATCH_{PRE,POST}_{PATCH,UNPATCH}_CALLBACK print (KPATCH_PRINTK) their stage and
+   object; dmesg shows pre_patch, post_patch on load, pre_unpatch, post_unpatch on disable, nothing on unload;
+2. kpatch-shadow-newpid: a shadow variable (klp_shadow_get_or_alloc) gives every task_struct, existing
+   ones included, a `newpid` in /proc/PID/status, kept across reads, freed by a post_unpatch callback;
+3. kpatch-syscall-umask: KPATCH_SYSCALL_DEFINE1(umask) changes the system call, which is live-patched
+   through __x64_sys_umask (the body's own function has no fentry call).
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from qemu_vm import LIVEPATCH_SHELL, run_vm
+
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]
+
+MODULES = {  # fixture patch -> livepatch name
+    "kpatch-callbacks.patch": "kpatch_callbacks",
+    "kpatch-shadow-newpid.patch": "kpatch_newpid",
+    "kpatch-syscall-umask.patch": "kpatch_umask",
+}
+
+SCRIPT = LIVEPATCH_SHELL + r"""
+callbacks() { dmesg | grep -o 'livepatch_callbacks: [a-z_]* [a-z]*' | cut -d' ' -f2,3 | tr '\n' ','; }
+
+if [ -f /kpatch_callbacks.ko ]; then
+    echo "R cb.before=$(callbacks)"
+    insmod /kpatch_callbacks.ko; echo "R cb.insmod=$?"
+    echo "R cb.transition=$(wait_transition kpatch_callbacks)"
+    echo "R cb.loaded=$(callbacks)"
+    echo "R cb.patched=$(grep -c '^livepatch_callbacks$' /proc/version)"
+    echo 0 > /sys/kernel/livepatch/kpatch_callbacks/enabled
+    echo "R cb.disabled=$(wait_gone kpatch_callbacks)"
+    echo "R cb.after_disable=$(callbacks)"
+    echo "R cb.restored=$(grep -c '^livepatch_callbacks$' /proc/version)"
+    rmmod kpatch_callbacks; echo "R cb.rmmod=$?"
+    echo "R cb.after_unload=$(callbacks)"
+fi
+
+newpid() { grep '^newpid:' "$1" | cut -f2; }
+if [ -f /kpatch_newpid.ko ]; then
+    echo "R newpid.before=$(grep -c '^newpid:' /proc/1/status)"
+    insmod /kpatch_newpid.ko; echo "R newpid.insmod=$?"
+    echo "R newpid.transition=$(wait_transition kpatch_newpid)"
+    echo "R newpid.init=$(newpid /proc/1/status)"
+    echo "R newpid.init_again=$(newpid /proc/1/status)"
+    echo "R newpid.shell=$(newpid /proc/$$/status)"
+    echo "R newpid.self=$(newpid /proc/self/status)"
+    disable kpatch_newpid newpid
+    echo "R newpid.restored=$(grep -c '^newpid:' /proc/1/status)"
+fi
+
+if [ -f /kpatch_umask.ko ]; then
+    echo "R umask.before=$(umask 0123; umask)"
+    insmod /kpatch_umask.ko; echo "R umask.insmod=$?"
+    echo "R umask.transition=$(wait_transition kpatch_umask)"
+    echo "R umask.patched=$(umask 0123; umask)"
+    echo "R umask.other=$(umask 0027; umask)"
+    disable kpatch_umask umask
+    echo "R umask.restored=$(umask 0123; umask)"
+fi
+"""
+
+
+@pytest.fixture(scope="module")
+def modules(patch_build, tmp_path_factory):
+    out = tmp_path_factory.mktemp("kpatch-macros")
+    return {name: patch_build(patch, out, "-n", name) for patch, name in MODULES.items()}
+
+
+@pytest.fixture(scope="module")
+def vm(kenv, modules) -> dict[str, str]:
+    files = {f"/{name}.ko": b.module for name, b in modules.items() if b.ok}
+    console = run_vm(kenv.vmlinuz, SCRIPT, files)
+    results = dict(re.findall(r"^R ([\w.]+)=(.*)$", console, re.M))
+    results["console"] = console
+    return results
+
+
+def _built(modules, name):
+    b = modules[name]
+    assert b.ok, f"patch-build failed for {name} (exit {b.returncode}):\n{b.stderr}"
+    return b.module
+
+
+def _check(vm: dict[str, str], expected: dict[str, str]) -> None:
+    got = {k: vm.get(k) for k in expected}
+    assert got == expected, f"VM results differ; console:\n{vm['console'][-4000:]}"
+
+
+def test_callbacks_run_in_order_on_load_and_disable(modules, vm):
+    _built(modules, "kpatch_callbacks")
+    loaded = "pre_patch vmlinux,post_patch vmlinux,"
+    unpatched = loaded + "pre_unpatch vmlinux,post_unpatch vmlinux,"
+    _check(vm, {"cb.before": "", "cb.insmod": "0", "cb.transition": "0", "cb.loaded": loaded, "cb.patched": "1",
+                "cb.disabled": "gone", "cb.after_disable": unpatched, "cb.restored": "0", "cb.rmmod": "0",
+                "cb.after_unload": unpatched})
+
+
+def test_shadow_variable_gives_existing_tasks_a_new_field(modules, vm):
+    """Values come from a counter, in the order the tasks are first seen: pid 1 keeps its value across
+    reads by two processes, the shell and the reader get the next ones; gone once the patch is disabled."""
+    _built(modules, "kpatch_newpid")
+    _check(vm, {"newpid.before": "0", "newpid.insmod": "0", "newpid.transition": "0", "newpid.init": "1001",
+                "newpid.init_again": "1001", "newpid.shell": "1002", "newpid.self": "1003",
+                "newpid.disabled": "gone", "newpid.rmmod": "0", "newpid.restored": "0"})
+
+
+def test_kpatch_syscall_define_is_live_patched(modules, vm):
+    path = _built(modules, "kpatch_umask")
+    report = path.with_suffix(".report.json").read_text()
+    assert '"__x64_sys_umask"' in report
+    _check(vm, {"umask.before": "0123", "umask.insmod": "0", "umask.transition": "0", "umask.patched": "0321",
+                "umask.other": "0027", "umask.disabled": "gone", "umask.rmmod": "0", "umask.restored": "0123"})
