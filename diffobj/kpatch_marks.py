@@ -17,6 +17,7 @@ from diffobj.targets import TargetResolver, string_at
 IGNORE_FUNCTIONS = ".kpatch.ignore.functions"
 IGNORE_SECTIONS = ".kpatch.ignore.sections"
 CALLBACKS_PREFIX = ".kpatch.callbacks."
+CALLBACK_ENTRY_SIZE = 16  # {callback, object name}
 POINTER_SIZE = 8
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from diffobj.console import internal_error_reported
 from diffobj.diff import DiffOptions, DiffResult, diff_objects
 from diffobj.errors import InputError, NoChange, Refused
+from diffobj.kpatch_marks import CALLBACK_ENTRY_SIZE, CALLBACKS_PREFIX
 from diffobj.model import ObjectFile
 from diffobj.problems import Problem
 from diffobj.read import read_object
@@ -485,6 +486,23 @@ class _KernelBuild:
                 u.output = outdir / f"{i:04d}-{os.path.basename(u.obj)}"
                 u.diff.write(os.fspath(u.output))
             self.progress.advance(u.source)
+        self._check_callbacks(units)
+
+    @staticmethod
+    def _check_callbacks(units: list[Unit]) -> None:
+        """The livepatch core calls one callback per object and stage: refuse more now rather than at load."""
+        sources: dict[tuple[str, str], list[Unit]] = {}
+        for u in units:
+            for sec in u.diff.output.sections if u.diff.output is not None else ():
+                if sec.name.startswith(CALLBACKS_PREFIX):
+                    key = (u.target, sec.name[len(CALLBACKS_PREFIX):])
+                    sources.setdefault(key, []).extend([u] * (len(sec.data) // CALLBACK_ENTRY_SIZE))
+        for (target, stage), found in sorted(sources.items()):
+            if len(found) > 1:
+                names = ", ".join(sorted({u.source for u in found}))
+                found[-1].diff.errors.append(Problem(f"{CALLBACKS_PREFIX}{stage}", (
+                    f"{len(found)} {stage} callbacks for {target} ({names}): the livepatch core calls one per "
+                    "object and stage")))
 
     def _check_klp_symbols(self, output, target: str, tables: dict[str, SymbolTable]) -> list[Problem]:
         """Each `.klp.sym.OBJ.NAME,POS` must name exactly one symbol of the running OBJ, or the livepatch core
