@@ -1,4 +1,5 @@
-"""The differ's pipeline: read -> correlate -> compare -> check -> include -> special sections -> output.
+"""The differ's pipeline: read -> correlate -> compare -> kpatch marks -> check -> include -> special sections
+-> output.
 
 `diff_objects` is the library entry point (patch-diff and patch-build call it); it returns a
 `DiffResult` and raises `InputError` for inputs it cannot use. Refusals are data (`result.errors`): the

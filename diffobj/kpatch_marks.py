@@ -26,7 +26,7 @@ def _pointers(sec: Section, resolver: TargetResolver, problems: Problems):
     at = {r.offset: r for r in sec.relocations}
     for offset in range(0, sec.size, POINTER_SIZE):
         rel = at.get(offset)
-        if rel is None or not rel.symbol.is_defined:
+        if rel is None or rel.symbol.section is None:
             problems.add(sec.name, f"entry at offset {offset} points at nothing in this unit")
             continue
         yield resolver.resolve(sec, rel)
@@ -58,7 +58,8 @@ def apply_ignores(patched: ObjectFile, resolver: TargetResolver, problems: Probl
     marks = patched.section_named(IGNORE_SECTIONS)
     if marks is not None:
         for t in _pointers(marks, resolver, problems):
-            name = string_at(t.section, t.offset).decode(errors="replace") if t.symbol is None else ""
+            start = t.offset + (t.symbol.value if t.symbol is not None else 0)
+            name = string_at(t.section, start).decode(errors="replace")
             if not name:
                 problems.add(IGNORE_SECTIONS, f"an entry points into {t.section.name}, not at a section name")
                 continue

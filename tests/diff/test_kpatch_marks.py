@@ -57,3 +57,23 @@ def test_callbacks_are_refused_in_user_space(fixtures):
     run = fixtures["kpatch_callbacks_user"].diff
     assert run.returncode == 1
     assert "kernel livepatch module" in run.stderr
+
+
+MALFORMED_MARKS = r"""
+int kfunc(int x) { return x + VALUE; }
+asm(".pushsection .kpatch.ignore.functions,\"aw\"\n.quad elsewhere\n.quad 0\n.popsection");
+"""
+
+
+def test_malformed_ignore_marks_are_named_not_a_crash(tmp_path):
+    """Entries that point outside the unit or at nothing: refused with the section's name."""
+    objects = []
+    for stem, value in (("orig", 1), ("patched", 2)):
+        src = tmp_path / stem / "unit.c"
+        src.parent.mkdir()
+        src.write_text(MALFORMED_MARKS.replace("VALUE", str(value)))
+        objects.append(toolchain.compile_object("unit.c", tmp_path / f"{stem}.o", ["-O2"], src.parent))
+    result = diff_objects(*map(str, objects), DiffOptions(kernel=True, objname=OBJNAME))
+    reasons = sorted(e.reason for e in result.errors if e.symbol == ".kpatch.ignore.functions")
+    assert reasons == ["entry at offset 0 points at nothing in this unit",
+                       "entry at offset 8 points at nothing in this unit"], result.errors
