@@ -25,7 +25,7 @@ from diffobj.console import internal_error_reported
 from diffobj.diff import DiffOptions, DiffResult, diff_objects
 from diffobj.errors import InputError, NoChange, Refused
 from diffobj.kpatch_marks import CALLBACK_ENTRY_SIZE, CALLBACKS_PREFIX
-from diffobj.model import ObjectFile
+from diffobj.model import ObjectFile, OutputObject, OutSection
 from diffobj.problems import Problem
 from diffobj.read import read_object
 from kbuild.build import BuildFailed, build_environment, run_build
@@ -151,6 +151,11 @@ def new_globals(originals: list[ObjectFile], patched: list[ObjectFile]) -> set[s
         return {s.name for o in objects for s in o.symbols if s.is_defined and not s.is_local and not s.is_section}
 
     return defined(patched) - defined(originals)
+
+
+def _callback_tables(output: OutputObject | None) -> list[OutSection]:
+    """The livepatch callback tables (kpatch-macros.h) a diff output carries."""
+    return [s for s in output.sections if s.name.startswith(CALLBACKS_PREFIX)] if output is not None else []
 
 
 class _KernelBuild:
@@ -493,10 +498,9 @@ class _KernelBuild:
         """The livepatch core calls one callback per object and stage: refuse more now rather than at load."""
         sources: dict[tuple[str, str], list[Unit]] = {}
         for u in units:
-            for sec in u.diff.output.sections if u.diff.output is not None else ():
-                if sec.name.startswith(CALLBACKS_PREFIX):
-                    key = (u.target, sec.name[len(CALLBACKS_PREFIX):])
-                    sources.setdefault(key, []).extend([u] * (len(sec.data) // CALLBACK_ENTRY_SIZE))
+            for sec in _callback_tables(u.diff.output):
+                key = (u.target, sec.name[len(CALLBACKS_PREFIX):])
+                sources.setdefault(key, []).extend([u] * (len(sec.data) // CALLBACK_ENTRY_SIZE))
         for (target, stage), found in sorted(sources.items()):
             if len(found) > 1:
                 names = ", ".join(sorted({u.source for u in found}))
@@ -544,6 +548,9 @@ class _KernelBuild:
         changed = [u for u in units if u.output is not None]
         if not changed:
             raise NoChange(f"no functional change: {', '.join(u.source for u in units)} compiled to the same code")
+        if not any(u.diff.changed_functions or _callback_tables(u.diff.output) for u in changed):
+            raise NoChange("no function to replace and no livepatch callback: the patch only adds code nothing "
+                           "running calls")
         self.progress.step("linking the livepatch module")
         module, self.klp_sections = self._timed("link", link_kernel_module, [u.output for u in changed], self.name,
                                                 self.headers, self.scratch, not o.non_replace, self.jobs, self.env)

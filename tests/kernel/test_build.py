@@ -22,6 +22,14 @@ def test_header_change_rebuilds_the_units_including_it(patch_build, tmp_path):
     assert not list(tmp_path.glob("*.ko"))
 
 
+def test_new_code_nothing_calls_is_no_change(patch_build, tmp_path):
+    # A new global function and no changed one, no livepatch callback: the module would patch nothing.
+    built = patch_build("new-code-only.patch", tmp_path)
+    assert built.returncode == 3, built.stderr
+    assert "no function to replace and no livepatch callback" in built.stderr
+    assert not list(tmp_path.glob("*.ko"))
+
+
 def test_target_filter(patch_build, tmp_path):
     # -t names the objects to patch: a vmlinux fix is nothing for binfmt_misc.
     built = patch_build("cmdline-prefix.patch", tmp_path, "-t", "binfmt_misc")

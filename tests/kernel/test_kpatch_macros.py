@@ -2,6 +2,7 @@
 kpatch-syscall.h build unchanged and work in Debian's 6.1 kernel, booted once in qemu:
 1. kpatch-callbacks: KPATCH_{PRE,POST}_{PATCH,UNPATCH}_CALLBACK print (KPATCH_PRINTK) their stage and
    object; dmesg shows pre_patch, post_patch on load, pre_unpatch, post_unpatch on disable, nothing on unload;
+   kpatch-callback-only: callbacks and no changed function make a livepatch too;
 2. kpatch-shadow-newpid: a shadow variable (klp_shadow_get_or_alloc) gives every task_struct, existing
    ones included, a `newpid` in /proc/PID/status, kept across reads, freed by a post_unpatch callback;
 3. kpatch-syscall-umask: KPATCH_SYSCALL_DEFINE1(umask) changes the system call, which is live-patched
@@ -9,6 +10,7 @@ kpatch-syscall.h build unchanged and work in Debian's 6.1 kernel, booted once in
 """
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -19,6 +21,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
 MODULES = {  # fixture patch -> livepatch name
     "kpatch-callbacks.patch": "kpatch_callbacks",
+    "kpatch-callback-only.patch": "kpatch_callback_only",
     "kpatch-shadow-newpid.patch": "kpatch_newpid",
     "kpatch-syscall-umask.patch": "kpatch_umask",
 }
@@ -38,6 +41,15 @@ if [ -f /kpatch_callbacks.ko ]; then
     echo "R cb.restored=$(grep -c '^livepatch_callbacks$' /proc/version)"
     rmmod kpatch_callbacks; echo "R cb.rmmod=$?"
     echo "R cb.after_unload=$(callbacks)"
+fi
+
+only() { dmesg | grep -o 'livepatch_callback_only: [a-z_]* [a-z]*' | cut -d' ' -f2,3 | tr '\n' ','; }
+if [ -f /kpatch_callback_only.ko ]; then
+    insmod /kpatch_callback_only.ko; echo "R only.insmod=$?"
+    echo "R only.transition=$(wait_transition kpatch_callback_only)"
+    echo "R only.loaded=$(only)"
+    disable kpatch_callback_only only
+    echo "R only.unloaded=$(only)"
 fi
 
 newpid() { grep '^newpid:' "$1" | cut -f2; }
@@ -98,6 +110,17 @@ def test_callbacks_run_in_order_on_load_and_disable(modules, vm):
     _check(vm, {"cb.before": "", "cb.insmod": "0", "cb.transition": "0", "cb.loaded": loaded, "cb.patched": "1",
                 "cb.disabled": "gone", "cb.after_disable": unpatched, "cb.restored": "0", "cb.rmmod": "0",
                 "cb.after_unload": unpatched})
+
+
+def test_callbacks_without_a_changed_function(modules, vm):
+    path = _built(modules, "kpatch_callback_only")
+    report = json.loads(path.with_suffix(".report.json").read_text())
+    statuses = {f["name"]: f["status"] for o in report["objects"] for f in o["functions"]}
+    assert "changed" not in statuses.values(), statuses
+    assert {n for n, s in statuses.items() if s == "new"} == {"only_pre_patch", "only_post_unpatch"}, statuses
+    _check(vm, {"only.insmod": "0", "only.transition": "0", "only.loaded": "pre_patch vmlinux,",
+                "only.disabled": "gone", "only.rmmod": "0",
+                "only.unloaded": "pre_patch vmlinux,post_unpatch vmlinux,"})
 
 
 def test_shadow_variable_gives_existing_tasks_a_new_field(modules, vm):
