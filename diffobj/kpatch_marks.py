@@ -68,7 +68,8 @@ def apply_ignores(patched: ObjectFile, resolver: TargetResolver, problems: Probl
                     continue
                 if sec.status is Status.CHANGED or any(s.status is Status.CHANGED for s in sec.symbols):
                     ignored.append(f"section {name}")
-                sec.status = Status.SAME if sec.twin is not None else sec.status
+                if sec.twin is not None:
+                    sec.status = Status.SAME
                 for sym in sec.symbols:
                     _keep_running(sym)
     for sec in (patched.section_named(IGNORE_FUNCTIONS), patched.section_named(IGNORE_SECTIONS)):
