@@ -13,6 +13,7 @@ import hashlib
 import mmap
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -48,7 +49,7 @@ from report.model import Target
 
 # kpatch's patch macros (kpatch-macros.h, kpatch-syscall.h), found as kpatch-build's patches expect.
 KPATCH_INCLUDE = Path(os.fspath(resources.files("templates").joinpath("kernel", "include")))
-KCFLAGS = f"-ffunction-sections -fdata-sections -I{KPATCH_INCLUDE}"
+KCFLAGS = f"-ffunction-sections -fdata-sections -I{shlex.quote(os.fspath(KPATCH_INCLUDE))}"  # kbuild runs it by sh
 SOURCE_SUFFIXES = (".c",)
 ASSEMBLY_SUFFIXES = (".S", ".s")
 HEADER_SUFFIXES = (".h",)
