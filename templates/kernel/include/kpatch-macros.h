@@ -47,7 +47,8 @@ typedef void (*kpatch_post_unpatch_call_t)(patch_object *obj);
 /*
  * Callbacks of the livepatch core (Documentation/livepatch/callbacks.rst), for the object this unit
  * belongs to: pre_patch may refuse the patch by returning an error; post_patch runs once every task is
- * patched; pre_unpatch and post_unpatch around the way back. A unit may name one of each.
+ * patched; pre_unpatch and post_unpatch around the way back. One of each per object (vmlinux or a
+ * module) in the whole patch: patch-build refuses more.
  */
 #define KPATCH_PRE_PATCH_CALLBACK(fn) __KPATCH_CALLBACK(pre_patch, kpatch_pre_patch_call_t, fn)
 #define KPATCH_POST_PATCH_CALLBACK(fn) __KPATCH_CALLBACK(post_patch, kpatch_post_patch_call_t, fn)
