@@ -1,4 +1,5 @@
-"""The differ's pipeline: read -> correlate -> compare -> check -> include -> special sections -> output.
+"""The differ's pipeline: read -> correlate -> compare -> kpatch marks -> check -> include -> special sections
+-> output.
 
 `diff_objects` is the library entry point (patch-diff and patch-build call it); it returns a
 `DiffResult` and raises `InputError` for inputs it cannot use. Refusals are data (`result.errors`): the
@@ -10,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-from diffobj import checks, ehframe, names, special
+from diffobj import checks, ehframe, kpatch_marks, names, special
 from diffobj.compare import Comparer, compare
 from diffobj.correlate import correlate
 from diffobj.errors import InputError
@@ -92,8 +93,14 @@ def diff_objects(orig_path: str, patched_path: str, options: DiffOptions | None 
     correlate(orig, patched, problems, o_res, p_res)
     _check_same_unit(orig, patched)
     compare(orig, patched, Comparer(o_res, p_res), opts.leave_out)
+    for what in kpatch_marks.apply_ignores(patched, p_res, problems):
+        problems.warn(f"{what} changed but is not patched: the patch says to ignore it (KPATCH_IGNORE_*)")
     checks.check(patched, opts.kernel, problems)
-    inclusion = include(patched, p_res, problems)
+    callbacks = kpatch_marks.callback_sections(patched)
+    if not opts.kernel:
+        for sec in callbacks:
+            problems.add(sec.name, "livepatch callbacks need a kernel livepatch module to call them")
+    inclusion = include(patched, p_res, problems, roots=callbacks if opts.kernel else [])
     if opts.kernel:
         special.filter_special_sections(patched, problems)
     else:

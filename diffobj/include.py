@@ -7,6 +7,7 @@ uses the running state. Each inclusion records its reason for the report.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from diffobj.model import ObjectFile, Section, Status, Symbol
@@ -52,6 +53,12 @@ class Inclusion:
         for sym in self.patched.symbols:
             if sym.is_object and sym.status is Status.NEW and not sym.is_local and sym.section is not None:
                 self.add_data(sym, sym.section, "new global variable")
+
+    def add_table(self, sec: Section, reason: str) -> None:
+        """A section carried whole, whatever changed: each object in it is listed."""
+        objects = [s for s in sec.symbols if s.is_object]
+        self.add(sec, objects[0].name if objects else sec.name, "object" if objects else "section", reason)
+        self.included += [Included(s.name, "object", reason) for s in objects[1:]]
 
     def add_data(self, sym: Symbol, sec: Section, reason: str) -> None:
         existing = [s for s in sec.symbols if s.twin is not None and s.is_object]
@@ -115,8 +122,12 @@ class Inclusion:
                                  "in the original object nor included in the patch")
 
 
-def include(patched: ObjectFile, resolver: TargetResolver, problems: Problems) -> Inclusion:
+def include(patched: ObjectFile, resolver: TargetResolver, problems: Problems,
+            roots: Sequence[Section] = ()) -> Inclusion:
+    """`roots`: sections the patch carries whatever changed (the kernel's livepatch callback tables)."""
     inclusion = Inclusion(patched, resolver, problems)
     inclusion.add_roots()
+    for sec in roots:
+        inclusion.add_table(sec, "livepatch callbacks")
     inclusion.follow()
     return inclusion

@@ -13,17 +13,20 @@ import hashlib
 import mmap
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from diffobj.console import internal_error_reported
 from diffobj.diff import DiffOptions, DiffResult, diff_objects
 from diffobj.errors import InputError, NoChange, Refused
-from diffobj.model import ObjectFile
+from diffobj.kpatch_marks import CALLBACK_ENTRY_SIZE, CALLBACKS_PREFIX
+from diffobj.model import ObjectFile, OutputObject, OutSection
 from diffobj.problems import Problem
 from diffobj.read import read_object
 from kbuild.build import BuildFailed, build_environment, run_build
@@ -47,7 +50,9 @@ from report.explain import UnitSources, all_left_out_message, left_out_note, une
 from report.model import Target
 from report.patches import read_hunks, touched_files
 
-KCFLAGS = "-ffunction-sections -fdata-sections"
+# kpatch's patch macros (kpatch-macros.h, kpatch-syscall.h), found as kpatch-build's patches expect.
+KPATCH_INCLUDE = Path(os.fspath(resources.files("templates").joinpath("kernel", "include")))
+KCFLAGS = f"-ffunction-sections -fdata-sections -I{shlex.quote(os.fspath(KPATCH_INCLUDE))}"  # kbuild runs it by sh
 SOURCE_SUFFIXES = (".c",)
 ASSEMBLY_SUFFIXES = (".S", ".s")
 HEADER_SUFFIXES = (".h",)
@@ -152,6 +157,11 @@ def new_globals(originals: list[ObjectFile], patched: list[ObjectFile]) -> set[s
         return {s.name for o in objects for s in o.symbols if s.is_defined and not s.is_local and not s.is_section}
 
     return defined(patched) - defined(originals)
+
+
+def _callback_tables(output: OutputObject | None) -> list[OutSection]:
+    """The livepatch callback tables (kpatch-macros.h) a diff output carries."""
+    return [s for s in output.sections if s.name.startswith(CALLBACKS_PREFIX)] if output is not None else []
 
 
 class _KernelBuild:
@@ -495,6 +505,22 @@ class _KernelBuild:
                 u.output = outdir / f"{i:04d}-{os.path.basename(u.obj)}"
                 u.diff.write(os.fspath(u.output))
             self.progress.advance(u.source)
+        self._check_callbacks(units)
+
+    @staticmethod
+    def _check_callbacks(units: list[Unit]) -> None:
+        """The livepatch core calls one callback per object and stage: refuse more now rather than at load."""
+        sources: dict[tuple[str, str], list[Unit]] = {}
+        for u in units:
+            for sec in _callback_tables(u.diff.output):
+                key = (u.target, sec.name[len(CALLBACKS_PREFIX):])
+                sources.setdefault(key, []).extend([u] * (len(sec.data) // CALLBACK_ENTRY_SIZE))
+        for (target, stage), found in sorted(sources.items()):
+            if len(found) > 1:
+                names = ", ".join(sorted({u.source for u in found}))
+                found[-1].diff.errors.append(Problem(f"{CALLBACKS_PREFIX}{stage}", (
+                    f"{len(found)} {stage} callbacks for {target} ({names}): the livepatch core calls one per "
+                    "object and stage")))
 
     def _check_klp_symbols(self, output, target: str, tables: dict[str, SymbolTable]) -> list[Problem]:
         """Each `.klp.sym.OBJ.NAME,POS` must name exactly one symbol of the running OBJ, or the livepatch core
@@ -539,6 +565,9 @@ class _KernelBuild:
             if left_out:
                 raise NoChange(all_left_out_message(left_out))
             raise NoChange(f"no functional change: {', '.join(u.source for u in units)} compiled to the same code")
+        if not any(u.diff.changed_functions or _callback_tables(u.diff.output) for u in changed):
+            raise NoChange("no function to replace and no livepatch callback: the patch only adds code nothing "
+                           "running calls")
         self.progress.step("linking the livepatch module")
         module, self.klp_sections = self._timed("link", link_kernel_module, [u.output for u in changed], self.name,
                                                 self.headers, self.scratch, not o.non_replace, self.jobs, self.env)

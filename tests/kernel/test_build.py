@@ -23,6 +23,26 @@ def test_header_change_rebuilds_the_units_including_it(patch_build, tmp_path):
     assert not list(tmp_path.glob("*.ko"))
 
 
+def test_new_code_nothing_calls_is_no_change(patch_build, tmp_path):
+    # A new global function and no changed one, no livepatch callback: the module would patch nothing.
+    built = patch_build("new-code-only.patch", tmp_path)
+    assert built.returncode == 3, built.stderr
+    assert "no function to replace and no livepatch callback" in built.stderr
+    assert not list(tmp_path.glob("*.ko"))
+
+
+def test_kpatch_ignore_function_keeps_init_code_out(patch_build, tmp_path):
+    # init-function.patch's change to __init proc_cmdline_init (refused alone, test_rejections.py) with a
+    # change to cmdline_proc_show, and KPATCH_IGNORE_FUNCTION(proc_cmdline_init) from kpatch-macros.h.
+    built = patch_build("kpatch-ignore-init.patch", tmp_path)
+    assert built.ok, built.stderr
+    report = json.loads(built.module.with_suffix(".report.json").read_text())
+    [obj] = report["objects"]
+    assert {f["name"]: f["status"] for f in obj["functions"]} == {"cmdline_proc_show": "changed"}
+    assert [w["message"] for w in obj["warnings"]] == [
+        "function proc_cmdline_init changed but is not patched: the patch says to ignore it (KPATCH_IGNORE_*)"]
+
+
 def test_target_filter(patch_build, tmp_path):
     # -t names the objects to patch: a vmlinux fix is nothing for binfmt_misc.
     built = patch_build("cmdline-prefix.patch", tmp_path, "-t", "binfmt_misc")

@@ -17,6 +17,10 @@ CASES = [
     ("data-init.patch", "sysctl_overcommit_ratio: initial value of existing data changed"),
     ("asm-file.patch", "arch/x86/lib/memmove_64.S: assembly source"),
     ("notrace.patch", "trace_clock_x86_tsc: has no fentry call"),
+    # SYSCALL_DEFINE1's body, out of line and notrace (kpatch-syscall.h's KPATCH_SYSCALL_DEFINE1 builds it).
+    ("syscall-notrace-body.patch", "__do_sys_newuname: has no fentry call"),
+    ("kpatch-two-pre-patch.patch",
+     ".kpatch.callbacks.pre_patch: 2 pre_patch callbacks for vmlinux (fs/proc/meminfo.c, fs/proc/version.c)"),
 ]
 
 
