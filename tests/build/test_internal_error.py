@@ -60,7 +60,7 @@ def test_kernel_build(tmp_path, monkeypatch):
     monkeypatch.setattr(kernel, "read_system_map", broken)
     result = CliRunner().invoke(cli.app, ["-s", str(ksrc), "--headers", str(headers), "--system-map", str(system_map),
                                           "-o", str(tmp_path / "out"), "--json", str(tmp_path / "fix.patch")])
-    _assert_internal_error(result, tmp_path / "out" / "fix.report.json", "kernel", "KeyError")
+    _assert_internal_error(result, tmp_path / "out" / "livepatch_fix.report.json", "kernel", "KeyError")
     assert json.loads(result.stdout)["status"] == "error"
     assert (ksrc / "kernel" / "fix.c").read_text() == "int fixed(void) { return 1; }\n"
 
