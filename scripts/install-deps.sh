@@ -24,10 +24,10 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 PY=$VENV/bin/python
-# The console scripts must run this checkout's code: reinstall when they point elsewhere.
-here=$(pwd -P)
-installed=$(cd / && $PY -c "import diffobj, patchformat, lief, elftools, typer, capstone, jinja2, cryptography, pytest, os; \
-    print(os.path.dirname(os.path.dirname(os.path.realpath(diffobj.__file__))))" 2>/dev/null || true)
-if [ "$installed" != "$here" ] || [ ! -x "$VENV/bin/patch-diff" ]; then
+# Reinstall when the dependencies changed (pyproject.toml) or the console scripts run another checkout's code.
+stamp="$VENV/.patch-build-installed"
+want="$(pwd -P) $(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x "$VENV/bin/patch-diff" ]; then
     $PY -m pip install -q -e '.[test]'
+    echo "$want" > "$stamp"
 fi
