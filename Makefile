@@ -7,7 +7,7 @@ PYTHON := $(CURDIR)/$(VENV)/bin/python
 export VENV PYTHON
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: deps demo test test-fast bench soak clean
+.PHONY: deps demo test test-fast bench soak clean clean-cache
 
 deps:
 	@scripts/install-deps.sh
@@ -34,3 +34,7 @@ soak: deps
 
 clean:
 	rm -rf .cache .venv build *.egg-info .pytest_cache
+
+# the kernel packages and trees the tests download and prepare (several GB, shared by every checkout)
+clean-cache:
+	rm -rf "$${PATCH_BUILD_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/patch-build}"
