@@ -15,11 +15,12 @@ from diffobj.errors import PatchBuildError
 INTERNAL_ERROR = 4  # a bug of ours (docs/design.md, exit codes)
 
 
-def printable(text: str) -> str:
-    """`text` with control characters (from names in untrusted files) escaped, safe to print to a terminal."""
+def printable(text: str, keep: str = "") -> str:
+    """`text` with control characters (from names in untrusted files) escaped, safe to print to a terminal;
+    those in `keep` (a source line's tabs) stay."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
 
 
 def internal_error_message(e: Exception) -> str:

@@ -100,7 +100,8 @@ def diff_objects(orig_path: str, patched_path: str, options: DiffOptions | None 
     if not opts.kernel:
         for sec in callbacks:
             problems.add(sec.name, "livepatch callbacks need a kernel livepatch module to call them")
-    inclusion = include(patched, p_res, problems, roots=callbacks if opts.kernel else [])
+    inclusion = include(patched, p_res, problems, roots=callbacks if opts.kernel else [],
+                        carried=special.CARRIED if opts.kernel else frozenset())
     if opts.kernel:
         special.filter_special_sections(patched, problems)
     else:

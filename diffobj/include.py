@@ -30,8 +30,10 @@ def _owner(sec: Section) -> str:
 class Inclusion:
     """The set of included sections and the worklist that follows their relocations."""
 
-    def __init__(self, patched: ObjectFile, resolver: TargetResolver, problems: Problems):
+    def __init__(self, patched: ObjectFile, resolver: TargetResolver, problems: Problems,
+                 carried: frozenset[str] = frozenset()):
         self.patched, self.resolver, self.problems = patched, resolver, problems
+        self.carried = carried  # code sections that come whole once included code uses them
         self.included: list[Included] = []
         self._work: list[Section] = []
 
@@ -99,7 +101,7 @@ class Inclusion:
             elif sym.status is Status.CHANGED and tsec.is_readonly_data:
                 self.add(tsec, sym.name, "object", f"changed read-only data, used by {owner}")
         elif tsec.is_text:
-            if tsec.status is not Status.SAME:
+            if tsec.status is not Status.SAME or tsec.name in self.carried:
                 self.add(tsec, tsec.name, "section", f"code used by {owner}")
         elif tsec.is_readonly_data:
             what = "string literals" if tsec.is_strings else "read-only data"
@@ -123,9 +125,10 @@ class Inclusion:
 
 
 def include(patched: ObjectFile, resolver: TargetResolver, problems: Problems,
-            roots: Sequence[Section] = ()) -> Inclusion:
-    """`roots`: sections the patch carries whatever changed (the kernel's livepatch callback tables)."""
-    inclusion = Inclusion(patched, resolver, problems)
+            roots: Sequence[Section] = (), carried: frozenset[str] = frozenset()) -> Inclusion:
+    """`roots`: sections the patch carries whatever changed (the kernel's livepatch callback tables);
+    `carried`: code sections carried whole when included code uses them (the kernel's `.altinstr_aux`)."""
+    inclusion = Inclusion(patched, resolver, problems, carried)
     inclusion.add_roots()
     for sec in roots:
         inclusion.add_table(sec, "livepatch callbacks")

@@ -4,8 +4,8 @@ Called by `diffobj.diff.diff_objects` in kernel mode, after `include` has set `S
 included code: for each special section to keep, set `included` and replace `data` and `relocations`
 with the filtered entries (offsets rebased), so the output pass copies it like any other section.
 `.altinstr_replacement` is cut down to the replacements the kept `.altinstructions` entries use, and
-`.altinstr_aux` (static_cpu_has() slow paths, jumped into from the code) comes along when included code
-uses it. Also adds a Problem for every changed function without an fentry call: the livepatch core
+`.altinstr_aux` (static_cpu_has() slow paths, jumped into from the code) is in CARRIED: the include pass
+brings it whole when included code uses it, and follows its relocations. Also adds a Problem for every changed function without an fentry call: the livepatch core
 redirects a function through ftrace, which needs that call.
 """
 from __future__ import annotations
@@ -15,6 +15,8 @@ from collections import defaultdict
 from diffobj import names
 from diffobj.arch import x86_64_special as layout
 from diffobj.model import STT_NOTYPE, ObjectFile, Relocation, Section, Status, Symbol
+
+CARRIED = frozenset({layout.ALT_AUX})  # code sections the include pass carries whole once included code uses them
 from diffobj.problems import Problems
 
 
@@ -41,7 +43,6 @@ def filter_special_sections(patched: ObjectFile, problems: Problems) -> None:
         if spec.replacement is not None:
             _keep_replacements(sec, spec)
         _include_targets(sec)
-    _include_alt_aux(patched)
 
 
 def _keep_entries(sec: Section, size: int, keep: list[int]) -> None:
@@ -106,15 +107,6 @@ def _include_targets(sec: Section) -> None:
         if (sym is not None and sym.status is Status.NEW) or (sym is None and (not t.is_writable
                                                                                or t.status is Status.NEW)):
             t.included = True
-
-
-def _include_alt_aux(patched: ObjectFile) -> None:
-    for sec in patched.sections:
-        if sec.included and sec.is_text:
-            for r in sec.relocations:
-                t = r.symbol.section
-                if t is not None and t.name == layout.ALT_AUX and not t.included:
-                    t.included = True
 
 
 def _check_fentry(patched: ObjectFile, problems: Problems) -> None:

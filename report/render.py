@@ -55,9 +55,9 @@ def _unified(rows):
 
 
 def _printable(value):
-    """Every value a template prints, with control characters (from names in untrusted objects) escaped;
-    HTML-safe markup stays markup."""
-    return type(value)(printable(value)) if isinstance(value, str) else value
+    """Every value a template prints, with control characters (from names in untrusted objects) escaped but
+    for the tabs and line ends of source text; HTML-safe markup stays markup."""
+    return type(value)(printable(value, keep="\t\n")) if isinstance(value, str) else value
 
 
 @lru_cache(maxsize=1)
