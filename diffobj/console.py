@@ -60,7 +60,7 @@ def guarded(prog: str):
         error(prog, str(e))
         raise typer.Exit(e.exit_code) from None
     except Interrupted as e:
-        error(prog, f"interrupted by {e}")
+        _report(prog, e)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         error(prog, "interrupted")
@@ -81,6 +81,11 @@ def _click_exceptions():
     return exceptions
 
 
+def _report(prog: str, e: Interrupted) -> None:
+    error(prog, f"interrupted by {e}")
+    e.reported = True
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -98,7 +103,7 @@ def entry_point(app: typer.Typer, prog: str):
         try:
             code = _dispatch()
         except Interrupted as e:  # between the command's end and the line below
-            error(prog, f"interrupted by {e}")
+            _report(prog, e)
             code = e.exit_code
         # The command's outcome is settled and printed: a signal from here on changes nothing.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
@@ -115,13 +120,16 @@ def entry_point(app: typer.Typer, prog: str):
         except exc.UsageError as e:
             error(prog, f"{e.format_message()} (see {prog} --help)")
             return 2
-        except typer.Abort as e:  # click turns a KeyboardInterrupt outside `guarded` into Abort
-            cause = e.__context__
-            error(prog, f"interrupted by {cause}" if isinstance(cause, Interrupted) else "interrupted")
-            return cause.exit_code if isinstance(cause, Interrupted) else 130
+        except typer.Abort:
+            error(prog, "interrupted")
+            return 130
         except exc.ClickException as e:
             error(prog, e.format_message())
             return e.exit_code
+        late = Interrupted.last
+        if late is not None and not late.reported:  # outside `guarded`, Typer made it a silent exit 130
+            _report(prog, late)
+            return late.exit_code
         return code if isinstance(code, int) else 0
 
     return main

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import os
 import signal
-import sys
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -19,9 +18,13 @@ HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 class Interrupted(KeyboardInterrupt):
     """SIGINT, SIGTERM or SIGHUP, raised where the command can unwind."""
 
+    last: Interrupted | None = None  # the latest raised: Typer turns one into a silent exit 130
+
     def __init__(self, signum: int):
         self.signum = signum
+        self.reported = False
         super().__init__(signal.Signals(signum).name)
+        Interrupted.last = self
 
     @property
     def exit_code(self) -> int:
