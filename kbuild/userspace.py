@@ -20,6 +20,7 @@ from diffobj.read import read_object
 from kbuild.build import build_environment, run_build
 from kbuild.buildreport import build_file_warning, write_build_report
 from kbuild.deployed import DeployedBinary, load_binary
+from kbuild.lto import LtoUnit, describe, lto_unit, refusal
 from kbuild.options import BuildOptions, BuildResult
 from kbuild.tree import apply_patch, build_files, check_patch, copy_tree, in_scratch
 from kbuild.units import UnitDiff, UnitJob, diff_unit
@@ -110,6 +111,7 @@ class _Build:
         if not originals:
             raise InputError(f"`{o.build_cmd}` compiled nothing through the compiler wrapper (does the build call "
                              "the compiler by an absolute path?)")
+        lto = self._lto_units(originals)
         snapshots = self._snapshot(originals)
         binaries = self._deployed_binaries()
 
@@ -124,7 +126,7 @@ class _Build:
         rebuilt, _ = read_log(log, log_end)
 
         start = time.monotonic()
-        jobs = self._jobs(originals, rebuilt, snapshots, binaries)
+        jobs = self._jobs(originals, rebuilt, snapshots, binaries, lto)
         progress.step(f"diffing {len(jobs)} object{'s' if len(jobs) != 1 else ''}", total=len(jobs))
         units = self._diff(jobs)
         self.timings["diff"] = time.monotonic() - start
@@ -175,9 +177,18 @@ class _Build:
             binaries.append(load_binary(path))
         return binaries
 
-    def _jobs(self, originals, rebuilt, snapshots, binaries: list[DeployedBinary]) -> list[UnitJob]:
+    def _lto_units(self, originals: dict[Path, CompiledObject]) -> dict[Path, LtoUnit]:
+        """The original build's units compiled for link-time optimisation, said in the step log."""
+        units = {p: u for p in sorted(originals) if (u := lto_unit(originals[p], self._rel(originals[p].source)))}
+        if units:
+            self.progress.note(describe(list(units.values()), len(originals)))
+        return units
+
+    def _jobs(self, originals, rebuilt, snapshots, binaries: list[DeployedBinary],
+              lto: dict[Path, LtoUnit]) -> list[UnitJob]:
         """One job per (changed object, target that links it). Every recorded object is compared, not only
-        those the rebuild reported, so a unit rebuilt outside the wrapper is not missed."""
+        those the rebuild reported, so a unit rebuilt outside the wrapper is not missed. A changed LTO unit
+        (in either build) is refused: its object does not hold the code the program runs."""
         new_units = sorted(p for p in rebuilt if p not in originals)
         if new_units:
             raise Refused([(self._rel(rebuilt[p].source), "new compilation unit: a patch can only change units "
@@ -186,6 +197,13 @@ class _Build:
                    if p.is_file() and p.read_bytes() != snapshots[p].read_bytes()]
         if not changed:
             raise NoChange("no functional change: the patched build produced the same objects")
+        changed_lto = [unit for path in changed
+                       if (unit := lto.get(path) or lto_unit(rebuilt.get(path, originals[path]),
+                                                             self._rel(originals[path].source), path))]
+        if changed_lto:
+            err = refusal(changed_lto)
+            self._report("refused", str(err), binaries=binaries)
+            raise err
         jobs, outputs = [], self.scratch / "out"
         outputs.mkdir()
         for path in changed:
