@@ -81,9 +81,14 @@ def _check_same_unit(orig: ObjectFile, patched: ObjectFile) -> None:
 
 
 def diff_objects(orig_path: str, patched_path: str, options: DiffOptions | None = None) -> DiffResult:
+    return diff_models(read_object(orig_path), read_object(patched_path), options)
+
+
+def diff_models(orig: ObjectFile, patched: ObjectFile, options: DiffOptions | None = None) -> DiffResult:
+    """The pipeline on two models already read (objects, or linked programs read by `diffobj.linked`)."""
+    orig_path, patched_path = orig.path, patched.path
     opts = options or DiffOptions()
     objname = opts.objname or ("vmlinux" if opts.kernel else os.path.splitext(os.path.basename(patched_path))[0])
-    orig, patched = read_object(orig_path), read_object(patched_path)
     problems = Problems()
     o_res, p_res = TargetResolver(orig), TargetResolver(patched)
 

@@ -1,14 +1,19 @@
-"""Link-time optimisation (issue 13): which compiled units of a build were compiled for it.
+"""Link-time optimisation (issue 13): which compiled units of a build were compiled for it, and link-diff.
 
 With -flto an object holds the compiler's intermediate representation (gcc: `.gnu.lto_*` sections, and no
 machine code unless -ffat-lto-objects; clang: LLVM bitcode, not even ELF). The machine code the program runs
 is made at the link, where functions also move across units (inlining, cloning), so a per-object diff sees
-nothing of it, or code the program does not run: such a build is refused with the reason, never reported as
-"no functional change" (docs/design.md, exit codes).
+nothing of it, or code the program does not run.
+
+Link-diff diffs the linked programs instead: the wrapper links every program with -Wl,--emit-relocs, so
+`diffobj.linked` can read the original and the patched link as object-shaped models, which the differ's passes
+take unchanged; the result is checked against the deployed binary like a per-object diff's. An LTO build is
+always diffed so; --link-diff chooses it for any build (it also sees a change inlined across units).
 """
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,14 +21,18 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
+from diffobj.diff import DiffOptions, diff_models
 from diffobj.errors import InputError, PatchBuildError
 from diffobj.inputfile import read_input
+from diffobj.linked import read_linked
+from diffobj.model import ObjectFile, Symbol
 from diffobj.read import MAX_OBJECT_SIZE
+from kbuild.deployed import BinarySymbol, DeployedBinary
+from kbuild.units import UnitDiff, checked_diff
 from kbuild.wrapper import CompiledObject
 
 GCC_IR_PREFIX = ".gnu.lto_"
 LLVM_BITCODE_MAGICS = (b"BC\xc0\xde", b"\xde\xc0\x17\x0b")  # raw bitcode, bitcode wrapper
-MAX_NAMED = 5  # units named in a one-line message; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -79,14 +88,40 @@ def describe(units: list[LtoUnit], total: int) -> str:
             + f"; their objects hold {' / '.join(holds)}")
 
 
-def refusal(units: list[LtoUnit]) -> PatchBuildError:
-    """Exit 1, with the reason: the changed units are LTO units, which a per-object diff cannot look into."""
-    names = sorted(u.source for u in units)
-    shown = ", ".join(names[:MAX_NAMED]) + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
-    ir_only = any(u.contents == "IR only" for u in units)
-    why = ("their objects hold compiler IR only, the machine code exists only after the link" if ir_only
-           else "the machine code the program runs is made at the link, where code also moves across units")
-    return PatchBuildError(f"cannot diff an LTO build per object: the changed unit{'s' if len(names) != 1 else ''} "
-                           f"{shown} {'were' if len(names) != 1 else 'was'} compiled with link-time optimisation: "
-                           f"{why}; rebuild without -flto (the deployed binary must be built the same way)")
+class LinkedSymbols:
+    """Where the symbols of the original link are in the deployed binary, and their sympos (the differ's
+    `sympos` callable, `mismatches`' `where`). The deployed binary is the same link without --emit-relocs, so
+    same-named locals (LTO's `.lto_priv.N` clones, statics of several units) come in the same symtab order."""
 
+    def __init__(self, binary: DeployedBinary, linked: ObjectFile):
+        self.binary = binary
+        self._rank: dict[Symbol, int] = {}
+        seen: dict[str, int] = {}
+        for sym in linked.symbols:
+            if sym.is_local and sym.is_defined and sym.name and not sym.is_section:
+                self._rank[sym] = seen.get(sym.name, 0)
+                seen[sym.name] = self._rank[sym] + 1
+
+    def find(self, sym: Symbol) -> BinarySymbol | None:
+        if not sym.is_local:
+            return self.binary.global_named(sym.name)
+        same, rank = self.binary.locals_named(sym.name), self._rank.get(sym)
+        return same[rank] if rank is not None and rank < len(same) else None
+
+    def __call__(self, sym: Symbol) -> int:
+        same = self.binary.locals_named(sym.name)
+        mine = self.find(sym) if len(same) > 1 else None
+        return 0 if mine is None else 1 + same.index(mine)
+
+
+def diff_linked(target: str, orig: Path, patched: Path, binary: DeployedBinary, output: Path) -> UnitDiff:
+    """Link-diff of one TARGET: its original and patched links (both with --emit-relocs), the changed
+    functions checked against the deployed binary, the patch object written to `output` when it may be used.
+    A link without relocations (the build linked it without the wrapper) is refused with the reason."""
+    try:
+        orig_model, patched_model = read_linked(os.fspath(orig)), read_linked(os.fspath(patched))
+    except InputError as e:
+        raise PatchBuildError(f"cannot diff {target} at the link: {e}") from None
+    where = LinkedSymbols(binary, orig_model)
+    result = diff_models(orig_model, patched_model, DiffOptions(kernel=False, objname=binary.name, sympos=where))
+    return checked_diff(target, binary, result, where, output)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from diffobj.diff import DiffOptions, diff_objects
+from diffobj.diff import DiffOptions, DiffResult, diff_objects
 from diffobj.read import read_object
 from kbuild.deployed import DeployedBinary, UnitSymbols, load_binary, mismatches
 
@@ -47,14 +47,20 @@ def diff_unit(job: UnitJob) -> UnitDiff:
     unit = UnitSymbols(binary, read_object(os.fspath(job.orig)))
     result = diff_objects(os.fspath(job.orig), os.fspath(job.patched),
                           DiffOptions(kernel=False, objname=binary.name, sympos=unit))
-    out = UnitDiff(source=job.source, objname=binary.name, report=result.report(),
+    return checked_diff(job.source, binary, result, unit, job.output)
+
+
+def checked_diff(source: str, binary: DeployedBinary, result: DiffResult, where, output: Path) -> UnitDiff:
+    """The differ's `result` as a UnitDiff, its replaced functions checked against the deployed binary (`where`
+    finds the original's symbols in it); the patch object is written to `output` when it may be used."""
+    out = UnitDiff(source=source, objname=binary.name, report=result.report(),
                    errors=[(e.symbol, e.reason) for e in result.errors], warnings=list(result.warnings),
                    has_changes=result.has_changes, changed=[c.old_name for c in result.changed_functions],
                    new=list(result.new_functions))
     if out.errors or not out.has_changes:
         return out
-    out.mismatched = mismatches(result.orig, out.changed, unit)
+    out.mismatched = mismatches(result.orig, out.changed, where)
     if not out.mismatched:
-        result.write(os.fspath(job.output))
-        out.output = job.output
+        result.write(os.fspath(output))
+        out.output = output
     return out

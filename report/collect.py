@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from diffobj.read import read_object
+from diffobj.linked import read_model
 from report import identity
 from report.demangle import demangle
 from report.disasm import function_diff
@@ -55,8 +55,8 @@ def object_report(diff, *, source: str | None = None, patches=(), rejected=(), r
     differ's; paths are shown relative to `relative_to`."""
     d = diff.report() if hasattr(diff, "report") else diff
     changes = d["changed_functions"]
-    orig_obj = read_object(d["orig"])
-    new_obj = read_object(d["patched"])
+    orig_obj = read_model(d["orig"])
+    new_obj = read_model(d["patched"])
     sizes = {s.name: s.size for s in new_obj.functions()}
 
     extra_reasons, inline_warnings = analyse(read_inline_info(d["patched"]), [c["name"] for c in changes],
