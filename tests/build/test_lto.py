@@ -1,45 +1,92 @@
-"""Link-time optimised builds (issue 13): detected, said in the step log, refused with the reason (exit 1), never
-reported as "no functional change" (they used to be: exit 3, "the changed objects are not linked into prog")."""
+"""Link-time optimised builds (issue 13): detected and said in the step log, diffed at the link (the objects hold
+compiler IR, the code the program runs only exists after the link; they used to be reported as "no functional
+change", exit 3), fixed live; a link we cannot look into is refused with the reason (exit 1), never exit 3."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
+import sys
 
 import pytest
-from buildenv import FIXTURES, assert_one_line_error, copy_fixture, make
+from buildenv import FIXTURES, REPO, assert_one_line_error, copy_fixture, make
 
 from kbuild.lto import lto_flag, object_contents
 
 
+def _patch_ctl(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "loader", *map(str, args)], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+def _prices(prog, until) -> list[tuple[int, int]]:
+    """(price, served) lines of ltoprog, read until `until` holds for the last one (at most 15 lines)."""
+    lines = []
+    while len(lines) < 15 and not (lines and until(*lines[-1])):
+        m = re.search(r"price=(\d+) served=(\d+)", prog.stdout.readline())
+        lines.append((int(m.group(1)), int(m.group(2))))
+    return lines
+
+
 @pytest.mark.parametrize("flags, holds", [("-O2 -g -flto", "IR only"),
                                           ("-O2 -g -flto -ffat-lto-objects", "IR and machine code")])
-def test_lto_build_is_refused_with_the_reason(patch_build, tmp_path, flags, holds):
-    # ltoprog's fix is in rate() of tax.c, which LTO inlines into price() of main.c: no object holds that code.
+def test_lto_program_fixed_live_through_link_diff(patch_build, tmp_path, flags, holds):
+    # ltoprog's fix is in rate() of tax.c, which LTO inlines into price() of main.c: no object holds that
+    # code, the link-diff finds price() changed.
     src = copy_fixture("ltoprog", tmp_path)
-    make(src, f"CFLAGS={flags}")
+    make(src, f"CFLAGS={flags}")  # the deployed build: no wrapper, no --emit-relocs
     run = patch_build("-s", src, "-t", "prog", "--build-cmd", f"make CFLAGS='{flags}'", "-o", tmp_path / "out",
                       FIXTURES / "ltoprog-fix.patch")
-    assert_one_line_error(run, 1, "LTO build", "tax.c", "link-time optimisation")
-    assert "no functional change" not in run.stderr
-    assert f"LTO build: 2 of 2 compiled units use link-time optimisation (-flto); their objects hold {holds}" \
-        in run.stderr  # the step log says so as soon as the original build is done
-    assert run.stderr.index("LTO build: 2 of 2") < run.stderr.index("building patched")
+    assert run.returncode == 0, run.stderr
+    assert (f"LTO build: 2 of 2 compiled units use link-time optimisation (-flto); their objects hold {holds}: "
+            "diffing the linked programs (link-diff)") in run.stderr
+    assert "prog:price" in run.stderr
     report = json.loads((tmp_path / "out" / "ltoprog-fix.report.json").read_text())
-    assert report["status"] == "refused"
-    assert "tax.c" in report["message"]
+    assert report["status"] == "built"
+    module = tmp_path / "out" / "ltoprog-fix.kpatch"
+
+    prog = subprocess.Popen([src / "prog", "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert _prices(prog, lambda p, s: True) == [(110, 1)]  # price(100) = 100 + 100 / 10
+        apply = _patch_ctl("apply", "-p", prog.pid, module)
+        assert apply.returncode == 0, apply.stderr
+        patched = _prices(prog, lambda p, s: p == 100 + s - 1 + (100 + s - 1) // 5)
+        assert patched[-1][0] == 100 + patched[-1][1] - 1 + (100 + patched[-1][1] - 1) // 5, patched
+        # the same process, its state kept: served goes on counting
+        assert [s for _, s in patched] == list(range(2, 2 + len(patched)))
+        revert = _patch_ctl("revert", "-p", prog.pid, "ltoprog-fix")
+        assert revert.returncode == 0, revert.stderr
+        reverted = _prices(prog, lambda p, s: p == 100 + s - 1 + (100 + s - 1) // 10)
+        assert reverted[-1][1] == patched[-1][1] + len(reverted), reverted
+        assert prog.poll() is None
+    finally:
+        prog.kill()
+        prog.wait()
+
+
+def test_link_without_relocations_is_refused(patch_build, tmp_path):
+    # The build links by an absolute compiler path, past the wrapper: the link keeps no relocations, and a
+    # link-diff cannot look into it. Refused with the reason (exit 1), not "no functional change".
+    src = copy_fixture("ltoprog", tmp_path)
+    make(src)
+    run = patch_build("-s", src, "-t", "prog", "--build-cmd", "make LINK_CC=/usr/bin/gcc", "-o", tmp_path / "out",
+                      FIXTURES / "ltoprog-fix.patch")
+    assert_one_line_error(run, 1, "cannot diff prog at the link", "--emit-relocs")
+    assert "LTO build: 2 of 2" in run.stderr
+    assert json.loads((tmp_path / "out" / "ltoprog-fix.report.json").read_text())["status"] == "refused"
     assert not (tmp_path / "out" / "ltoprog-fix.kpatch").exists()
     assert run.scratch_trees() == []
 
 
-def test_same_program_without_lto_still_builds(patch_build, tmp_path):
-    # The detection is by flags and objects, not by program: the fixture built without -flto diffs per object.
+def test_same_program_without_lto_diffs_per_object(patch_build, tmp_path):
     src = copy_fixture("ltoprog", tmp_path)
     make(src, "CFLAGS=-O2 -g")
     run = patch_build("-s", src, "-t", "prog", "--build-cmd", "make CFLAGS='-O2 -g'", "-o", tmp_path / "out",
                       FIXTURES / "ltoprog-fix.patch")
     assert run.returncode == 0, run.stderr
-    assert "LTO" not in run.stderr
-    assert (tmp_path / "out" / "ltoprog-fix.kpatch").is_file()
+    assert "LTO" not in run.stderr and "diffing 1 object" in run.stderr
+    assert "prog:rate" in run.stderr  # per object: rate() is its own function without LTO
 
 
 @pytest.mark.parametrize("args, flag", [
