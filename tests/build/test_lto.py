@@ -13,6 +13,7 @@ import pytest
 from buildenv import FIXTURES, REPO, assert_one_line_error, copy_fixture, make
 
 from kbuild.lto import lto_flag, object_contents
+from linker.module import read_module
 
 
 def _patch_ctl(*args) -> subprocess.CompletedProcess:
@@ -108,3 +109,19 @@ def test_object_contents_of_real_gcc_objects(tmp_path, flags, holds):
     obj = tmp_path / "f.o"
     subprocess.run(["gcc", "-O2", *flags, "-c", "-o", obj, source], check=True)
     assert object_contents(obj) == holds
+
+
+def test_cxx_program_built_with_lto(patch_build, tmp_path):
+    # cxxapp (CMake, C++) with -flto: its fix changes a method, a template in a header and a string; LTO inlines
+    # geo::describe into main, so the link-diff replaces main too (a running cxxapp never leaves main, so
+    # patch-ctl could not apply this one live: ltoprog is the live test).
+    build = "cmake -S . -B build -DCMAKE_CXX_FLAGS='-O2 -g -flto' >/dev/null && cmake --build build"
+    src = copy_fixture("cxxapp", tmp_path)
+    subprocess.run(["sh", "-c", build], cwd=src, check=True, capture_output=True)
+    run = patch_build("-s", src, "-t", "build/cxxapp", "--build-cmd", build, "-o", tmp_path / "out",
+                      FIXTURES / "cxxapp-fix.patch")
+    assert run.returncode == 0, run.stderr
+    assert "LTO build: 3 of 3 compiled units" in run.stderr
+    info = read_module(tmp_path / "out" / "cxxapp-fix.kpatch")
+    assert info.valid, info.problems
+    assert sorted(f.name for f in info.funcs) == ["_ZN3geo7roundedIdEET_S1_", "_ZNK3geo6Circle4areaEv", "main"]
