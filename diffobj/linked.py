@@ -2,9 +2,9 @@
 
 With LTO the machine code only exists after the link. A program linked with `--emit-relocs` keeps, per output
 section, the relocations of the code it was linked from, so each function of the executable can be read as if
-it came from an object built with -ffunction-sections: one section per function (`.text.NAME`), one per
-writable data object (`.data.NAME`, `.bss.NAME`), read-only data as one `.rodata` section (anonymous strings
-and constants are compared by contents wherever they lie), relocations re-targeted from the linker's output
+it came from an object built with -ffunction-sections: one section per function (`.text.NAME`), one per data
+object (`.data.NAME`, `.bss.NAME`, `.rodata.NAME`), the anonymous read-only data between objects (strings,
+constants: compared by contents wherever they lie) in `.rodata.K` sections, relocations re-targeted from the linker's output
 section symbols to these pieces, and relocation sites zeroed as in an object. The differ's passes then run
 unchanged on two such models.
 
@@ -119,17 +119,22 @@ class _Model:
                 and s["st_size"] and sec["sh_addr"] <= s["st_value"] < sec["sh_addr"] + sec["sh_size"]]
 
     def _cut(self, index: int, sec) -> None:
-        """Functions and writable objects get a section each; read-only data stays whole."""
+        """Functions and data objects get a section each; in read-only data, what lies between objects (strings,
+        constants: anonymous) goes into sections `NAME.K`, K counting such runs."""
         data = sec.data() if sec["sh_type"] != "SHT_NOBITS" else bytes(sec["sh_size"])
-        base = sec["sh_addr"]
+        base, end = sec["sh_addr"], sec["sh_addr"] + sec["sh_size"]
         stype = SHT_NOBITS if sec["sh_type"] == "SHT_NOBITS" else SHT_PROGBITS
         flags = sec["sh_flags"] & (SHF_ALLOC | SHF_WRITE | SHF_EXECINSTR | 0x400)
+        extents = sorted({(s["st_value"], s["st_value"] + s["st_size"], f"{sec.name}.{s.name.split('@')[0]}")
+                          for s in self._defined_in(index, sec)})
+        extents = [e for i, e in enumerate(extents) if i == 0 or e[0] >= extents[i - 1][1]]  # aliases: one
         if not flags & (SHF_EXECINSTR | SHF_WRITE):
-            extents = [(base, base + sec["sh_size"], sec.name)]
-        else:
-            extents = sorted({(s["st_value"], s["st_value"] + s["st_size"], f"{sec.name}.{s.name.split('@')[0]}")
-                              for s in self._defined_in(index, sec)})
-            extents = [e for i, e in enumerate(extents) if i == 0 or e[0] >= extents[i - 1][1]]  # aliases: one
+            gaps, at = [], base
+            for start, stop, _ in extents + [(end, end, "")]:
+                if start > at:
+                    gaps.append((at, start, f"{sec.name}.{len(gaps)}"))
+                at = max(at, stop)
+            extents = sorted(extents + gaps)
         pieces = []
         for start, end, piece_name in extents:
             s = Section(len(self.sections), piece_name, stype, flags, 16 if flags & SHF_EXECINSTR else 8, 0,

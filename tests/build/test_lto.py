@@ -11,6 +11,7 @@ import sys
 
 import pytest
 from buildenv import FIXTURES, REPO, assert_one_line_error, copy_fixture, make
+from support import elfcheck
 
 from kbuild.lto import lto_flag, object_contents
 from linker.module import read_module
@@ -125,3 +126,34 @@ def test_cxx_program_built_with_lto(patch_build, tmp_path):
     info = read_module(tmp_path / "out" / "cxxapp-fix.kpatch")
     assert info.valid, info.problems
     assert sorted(f.name for f in info.funcs) == ["_ZN3geo7roundedIdEET_S1_", "_ZNK3geo6Circle4areaEv", "main"]
+
+
+def test_link_diff_forced_on_a_plain_build(patch_build, tmp_path):
+    # --link-diff on cprog (no LTO): the same functions and sympos as the per-object mode finds for
+    # cprog-fix.patch (test_cprog), and cprog-cross-unit.patch (a new function of msg.c that calc.c's compute
+    # calls) fixes the running program.
+    src = copy_fixture("cprog", tmp_path)
+    make(src)
+    run = patch_build("-s", src, "-t", "prog", "--link-diff", "-o", tmp_path / "fix", FIXTURES / "cprog-fix.patch")
+    assert run.returncode == 0, run.stderr
+    assert "diffing 1 linked program" in run.stderr and "LTO" not in run.stderr
+    info = read_module(tmp_path / "fix" / "cprog-fix.kpatch")
+    assert sorted((f.name, f.sympos) for f in info.funcs) == [
+        ("bump", 2), ("compute", 0), ("count_calls", 0), ("greeting", 0), ("scaled", 0)]
+    assert "_IO_stdin_used" not in elfcheck.defined_names(tmp_path / "fix" / "cprog-fix.kpatch")
+
+    run = patch_build("-s", src, "-t", "prog", "--link-diff", "-o", tmp_path / "out",
+                      FIXTURES / "cprog-cross-unit.patch")
+    assert run.returncode == 0, run.stderr
+    prog = subprocess.Popen([src / "prog", "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "compute=1 " in prog.stdout.readline()
+        apply = _patch_ctl("apply", "-p", prog.pid, tmp_path / "out" / "cprog-cross-unit.kpatch")
+        assert apply.returncode == 0, apply.stderr
+        computed = []
+        while len(computed) < 15 and (not computed or computed[-1] < 1000):
+            computed.append(int(re.search(r"compute=(\d+)", prog.stdout.readline()).group(1)))
+        assert computed[-1] == 2 * len(computed) + 1 + 1000, computed
+    finally:
+        prog.kill()
+        prog.wait()
