@@ -13,6 +13,7 @@ The linker's relaxations are undone where the patch code must not keep them: a G
 """
 from __future__ import annotations
 
+import bisect
 import io
 import os
 
@@ -25,6 +26,7 @@ from diffobj.inputfile import read_input
 from diffobj.model import (
     SHF_ALLOC,
     SHF_EXECINSTR,
+    SHF_TLS,
     SHF_WRITE,
     SHN_UNDEF,
     SHT_NOBITS,
@@ -59,6 +61,7 @@ class _Piece:
 
     def __init__(self, section: Section, start: int, end: int):
         self.section, self.start, self.end = section, start, end
+        self.insns: list[tuple[int, int]] | None = None  # instruction boundaries, decoded when first needed
 
 
 def read_linked(path: str, blob: bytes | None = None) -> ObjectFile:
@@ -89,6 +92,13 @@ class _Model:
         self.sections: list[Section] = [Section(0, "", 0, 0, 0, 0, b"")]
         self.symbols: list[Symbol] = [Symbol(0, "", STT_NOTYPE, STB_LOCAL, 0, SHN_UNDEF, 0, 0)]
         self.pieces: dict[int, list[_Piece]] = {}  # output section index -> its pieces, by address
+        self.starts: dict[int, list[int]] = {}  # output section index -> its pieces' start addresses
+        self.externals: dict[str, Symbol] = {}
+        self.defined: dict[int, list] = {}  # output section index -> the sized functions and objects in it
+        for raw in self.raw:
+            if isinstance(raw["st_shndx"], int) and raw["st_size"] \
+                    and raw["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT"):
+                self.defined.setdefault(raw["st_shndx"], []).append(raw)
         self.by_raw: dict[int, Symbol] = {}  # executable symbol index -> model symbol
 
     def build(self, path: str) -> ObjectFile:
@@ -100,9 +110,9 @@ class _Model:
             if self._wanted(sec):
                 self._cut(i, sec)
         self._place_symbols()
-        for i, pieces in self.pieces.items():
+        for i in self.pieces:
             if i in self.relas:
-                self._relocate(self.out_sections[i], self.relas[i], pieces)
+                self._relocate(i, self.relas[i])
         for sec in self.sections:
             sec.relocations.sort(key=lambda r: r.offset)
             mark_aliases(sec)
@@ -110,13 +120,9 @@ class _Model:
 
     @staticmethod
     def _wanted(sec) -> bool:
+        # TLS symbols hold offsets in the TLS block, not addresses: thread-local data is not modelled.
         return (sec["sh_type"] in ("SHT_PROGBITS", "SHT_NOBITS") and sec["sh_flags"] & SHF_ALLOC
-                and sec.name not in _SKIPPED and not sec.name.startswith(".note"))
-
-    def _defined_in(self, index: int, sec) -> list:
-        return [s for s in self.raw if s["st_shndx"] == index and s["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT",
-                                                                                         "STT_TLS")
-                and s["st_size"] and sec["sh_addr"] <= s["st_value"] < sec["sh_addr"] + sec["sh_size"]]
+                and not sec["sh_flags"] & SHF_TLS and sec.name not in _SKIPPED and not sec.name.startswith(".note"))
 
     def _cut(self, index: int, sec) -> None:
         """Functions and data objects get a section each; in read-only data, what lies between objects (strings,
@@ -124,9 +130,9 @@ class _Model:
         data = sec.data() if sec["sh_type"] != "SHT_NOBITS" else bytes(sec["sh_size"])
         base, end = sec["sh_addr"], sec["sh_addr"] + sec["sh_size"]
         stype = SHT_NOBITS if sec["sh_type"] == "SHT_NOBITS" else SHT_PROGBITS
-        flags = sec["sh_flags"] & (SHF_ALLOC | SHF_WRITE | SHF_EXECINSTR | 0x400)
+        flags = sec["sh_flags"] & (SHF_ALLOC | SHF_WRITE | SHF_EXECINSTR)
         extents = sorted({(s["st_value"], s["st_value"] + s["st_size"], f"{sec.name}.{s.name.split('@')[0]}")
-                          for s in self._defined_in(index, sec)})
+                          for s in self.defined.get(index, ()) if base <= s["st_value"] < end})
         extents = [e for i, e in enumerate(extents) if i == 0 or e[0] >= extents[i - 1][1]]  # aliases: one
         if not flags & (SHF_EXECINSTR | SHF_WRITE):
             gaps, at = [], base
@@ -145,9 +151,14 @@ class _Model:
             self.symbols.append(sym)
             pieces.append(_Piece(s, start, end))
         self.pieces[index] = pieces
+        self.starts[index] = [p.start for p in pieces]
 
-    def _piece_at(self, index: int, address: int) -> _Piece | None:
-        return next((p for p in self.pieces.get(index, ()) if p.start <= address < p.end), None)
+    def _piece_at(self, index, address: int) -> _Piece | None:
+        i = bisect.bisect_right(self.starts.get(index, ()), address) - 1
+        if i < 0:
+            return None
+        piece = self.pieces[index][i]
+        return piece if address < piece.end else None
 
     def _place_symbols(self) -> None:
         for i, raw in enumerate(self.raw):
@@ -168,35 +179,43 @@ class _Model:
                 piece.section.symbols.append(sym)
             self.symbols.append(sym)
             self.by_raw[i] = sym
+            if not sym.is_defined:
+                self.externals.setdefault(name, sym)
 
     def _external(self, name: str) -> Symbol:
         """A reference to something not modelled (a C runtime or linker symbol, a linker table): by name, as an
         object would; the loader resolves it, or refuses the patch naming it."""
-        sym = next((s for s in self.symbols if s.name == name and not s.is_defined), None)
+        sym = self.externals.get(name)
         if sym is None:
-            sym = Symbol(len(self.symbols), name, STT_NOTYPE, 1, 0, SHN_UNDEF, 0, 0)
+            sym = self.externals[name] = Symbol(len(self.symbols), name, STT_NOTYPE, 1, 0, SHN_UNDEF, 0, 0)
             self.symbols.append(sym)
         return sym
 
-    def _relocate(self, out_sec, rela, pieces: list[_Piece]) -> None:
+    def _relocate(self, index: int, rela) -> None:
+        zeroed: dict[Section, bytearray] = {}
         for rel in rela.iter_relocations():
             where = rel["r_offset"]
-            piece = next((p for p in pieces if p.start <= where < p.end), None)
+            piece = self._piece_at(index, where)
             if piece is None:
                 continue  # in padding, or in a piece not modelled
             sec, offset = piece.section, where - piece.start
-            rtype, addend = rel["r_info_type"], rel["r_addend"]
+            rtype, addend, symidx = rel["r_info_type"], rel["r_addend"], rel["r_info_sym"]
             kind = arch.RELOC_TYPES.get(rtype)
             if kind is None:
                 raise InputError(f"{self.name}: unsupported relocation type {rtype} at {where:#x}")
+            if where + kind.size > piece.end or not 0 < symidx < len(self.raw):
+                raise InputError(f"{self.name}: malformed relocation at {where:#x} in {rela.name}")
             if rtype in _GOT_LOADS and offset >= 2 and (sec.data[offset - 2] == _LEA
                                                         or sec.data[offset - 1] in (_CALL, _JMP)):
                 rtype = R_X86_64_PC32  # relaxed by the linker: a direct reference now
-            symbol, addend = self._target(sec, offset, kind, rel["r_info_sym"], addend)
+            symbol, addend = self._target(piece, offset, kind, symidx, addend)
             sec.relocations.append(Relocation(offset, rtype, symbol, addend))
-            sec.data = sec.data[:offset] + bytes(kind.size) + sec.data[offset + kind.size:]
+            zeroed.setdefault(sec, bytearray(sec.data))[offset:offset + kind.size] = bytes(kind.size)
+        for sec, data in zeroed.items():
+            sec.data = bytes(data)
 
-    def _target(self, sec: Section, offset: int, kind, index: int, addend: int) -> tuple[Symbol, int]:
+    def _target(self, piece: _Piece, offset: int, kind, index: int, addend: int) -> tuple[Symbol, int]:
+        sec = piece.section
         raw = self.raw[index]
         if raw["st_info"]["type"] != "STT_SECTION":
             return self.by_raw.get(index) or self._external(raw.name.split("@")[0]), addend
@@ -204,8 +223,11 @@ class _Model:
         # address is S + A + the distance to the end of the instruction), and point at that piece instead.
         target_index = raw["st_shndx"]
         section_address = self.out_sections[target_index]["sh_addr"]
-        bias = arch.pc_relative_bias(arch.instruction_ends(sec.data), offset, kind.size) \
-            if kind.pc_relative and sec.is_text else 0
+        bias = 0
+        if kind.pc_relative and sec.is_text:
+            if piece.insns is None:
+                piece.insns = arch.instruction_ends(sec.data)
+            bias = arch.pc_relative_bias(piece.insns, offset, kind.size)
         piece = self._piece_at(target_index, section_address + addend + bias)
         if piece is None:
             return self._external(self.out_sections[target_index].name), addend
