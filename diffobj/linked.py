@@ -16,9 +16,11 @@ from __future__ import annotations
 import bisect
 import io
 import os
+import struct
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 from diffobj.arch import x86_64 as arch
 from diffobj.errors import InputError
@@ -43,7 +45,7 @@ from diffobj.model import (
     Section,
     Symbol,
 )
-from diffobj.read import MAX_OBJECT_SIZE, mark_aliases, read_object
+from diffobj.read import MAX_NOBITS_SIZE, MAX_OBJECT_SIZE, mark_aliases, read_object
 
 R_X86_64_PC32 = 2
 _GOT_LOADS = (9, 41, 42)  # GOTPCREL, GOTPCRELX, REX_GOTPCRELX
@@ -74,17 +76,24 @@ def read_linked(path: str, blob: bytes | None = None) -> ObjectFile:
         elf = ELFFile(io.BytesIO(blob))
         if elf["e_type"] not in ("ET_EXEC", "ET_DYN") or elf["e_machine"] != "EM_X86_64":
             raise InputError(f"{name}: not an x86-64 executable or shared library")
-        return _Model(name, elf).build(path)
-    except ELFError as e:
+        return _Model(name, elf, len(blob)).build(path)
+    # pyelftools reports a corrupt file by whatever its reading of a field runs into
+    except (ELFError, ValueError, IndexError, OverflowError, struct.error) as e:
         raise InputError(f"{name}: not a readable ELF file ({e})") from None
 
 
 class _Model:
-    def __init__(self, name: str, elf: ELFFile):
+    def __init__(self, name: str, elf: ELFFile, size: int):
         self.name = name
         self.out_sections = list(elf.iter_sections())
+        for i, sec in enumerate(self.out_sections):
+            if sec["sh_type"] != "SHT_NOBITS" and sec["sh_offset"] + sec["sh_size"] > size:
+                raise InputError(f"{name}: truncated (section {i} runs past the end of the file)")
+            if sec["sh_type"] == "SHT_NOBITS" and sec["sh_size"] > MAX_NOBITS_SIZE:  # read as zeros: memory
+                raise InputError(f"{name}: section {i} is a NOBITS section of {sec['sh_size']:,} bytes "
+                                 f"(the limit is {MAX_NOBITS_SIZE:,})")
         symtab = elf.get_section_by_name(".symtab")
-        if symtab is None:
+        if not isinstance(symtab, SymbolTableSection):
             raise InputError(f"{name}: is stripped (no .symtab)")
         self.raw = list(symtab.iter_symbols())
         self.relas = {s["sh_info"]: s for s in self.out_sections
