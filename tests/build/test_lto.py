@@ -23,12 +23,34 @@ def _patch_ctl(*args) -> subprocess.CompletedProcess:
 
 
 def _prices(prog, until) -> list[tuple[int, int]]:
-    """(price, served) lines of ltoprog, read until `until` holds for the last one (at most 15 lines)."""
+    """(price, served) lines of ltoprog or cxxlto, read until `until` holds for the last one (at most 15)."""
     lines = []
     while len(lines) < 15 and not (lines and until(*lines[-1])):
-        m = re.search(r"price=(\d+) served=(\d+)", prog.stdout.readline())
+        m = re.search(r"price=(\d+)\D+served=(\d+)", prog.stdout.readline())
         lines.append((int(m.group(1)), int(m.group(2))))
     return lines
+
+
+def _fixed_live(program, module, name) -> None:
+    """Run `program` (it prints amount + rate(amount) for amounts 100, 101, ... once a second), apply `module`:
+    the rate goes from a tenth to a fifth in the same process, whose count goes on; revert: a tenth again."""
+    prog = subprocess.Popen([program, "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert _prices(prog, lambda p, s: True) == [(110, 1)]  # price(100) = 100 + 100 / 10
+        apply = _patch_ctl("apply", "-p", prog.pid, module)
+        assert apply.returncode == 0, apply.stderr
+        patched = _prices(prog, lambda p, s: p == 100 + s - 1 + (100 + s - 1) // 5)
+        assert patched[-1][0] == 100 + patched[-1][1] - 1 + (100 + patched[-1][1] - 1) // 5, patched
+        # the same process, its state kept: served goes on counting
+        assert [s for _, s in patched] == list(range(2, 2 + len(patched)))
+        revert = _patch_ctl("revert", "-p", prog.pid, name)
+        assert revert.returncode == 0, revert.stderr
+        reverted = _prices(prog, lambda p, s: p == 100 + s - 1 + (100 + s - 1) // 10)
+        assert reverted[-1][1] == patched[-1][1] + len(reverted), reverted
+        assert prog.poll() is None
+    finally:
+        prog.kill()
+        prog.wait()
 
 
 @pytest.mark.parametrize("flags, holds", [("-O2 -g -flto", "IR only"),
@@ -48,25 +70,19 @@ def test_lto_program_fixed_live_through_link_diff(patch_build, tmp_path, flags, 
     assert re.search(r"function\(s\): prog:price\.lto_priv\.\d[,)]", run.stderr), run.stderr
     report = json.loads((tmp_path / "out" / "ltoprog-fix.report.json").read_text())
     assert report["status"] == "built"
-    module = tmp_path / "out" / "ltoprog-fix.kpatch"
+    _fixed_live(src / "prog", tmp_path / "out" / "ltoprog-fix.kpatch", "ltoprog-fix")
 
-    prog = subprocess.Popen([src / "prog", "60"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert _prices(prog, lambda p, s: True) == [(110, 1)]  # price(100) = 100 + 100 / 10
-        apply = _patch_ctl("apply", "-p", prog.pid, module)
-        assert apply.returncode == 0, apply.stderr
-        patched = _prices(prog, lambda p, s: p == 100 + s - 1 + (100 + s - 1) // 5)
-        assert patched[-1][0] == 100 + patched[-1][1] - 1 + (100 + patched[-1][1] - 1) // 5, patched
-        # the same process, its state kept: served goes on counting
-        assert [s for _, s in patched] == list(range(2, 2 + len(patched)))
-        revert = _patch_ctl("revert", "-p", prog.pid, "ltoprog-fix")
-        assert revert.returncode == 0, revert.stderr
-        reverted = _prices(prog, lambda p, s: p == 100 + s - 1 + (100 + s - 1) // 10)
-        assert reverted[-1][1] == patched[-1][1] + len(reverted), reverted
-        assert prog.poll() is None
-    finally:
-        prog.kill()
-        prog.wait()
+
+def test_cxx_lto_program_fixed_live(patch_build, tmp_path):
+    # cxxlto: Pricer::rate() of pricer.cpp, inlined by LTO into serve() of main.cpp (a function of an anonymous
+    # namespace: a local symbol, by its mangled name).
+    src = copy_fixture("cxxlto", tmp_path)
+    make(src)
+    run = patch_build("-s", src, "-t", "prog", "-o", tmp_path / "out", FIXTURES / "cxxlto-fix.patch")
+    assert run.returncode == 0, run.stderr
+    assert "LTO build: 2 of 2 compiled units" in run.stderr
+    assert "(1 function(s): prog:_ZN12_GLOBAL__N_15serveERK6Priceri)" in run.stderr
+    _fixed_live(src / "prog", tmp_path / "out" / "cxxlto-fix.kpatch", "cxxlto-fix")
 
 
 def test_link_without_relocations_is_refused(patch_build, tmp_path):
