@@ -56,6 +56,8 @@ _SKIPPED = (".init", ".fini", ".plt", ".plt.got", ".plt.sec", ".got", ".got.plt"
 _ST_TYPES = {"STT_NOTYPE": STT_NOTYPE, "STT_OBJECT": STT_OBJECT, "STT_FUNC": STT_FUNC, "STT_SECTION": STT_SECTION,
              "STT_FILE": STT_FILE, "STT_TLS": STT_TLS}
 _ST_BINDS = {"STB_LOCAL": 0, "STB_GLOBAL": 1, "STB_WEAK": 2}
+# pyelftools reports a corrupt file by whatever its reading of a field runs into
+ELF_READ_ERRORS = (ELFError, ValueError, IndexError, OverflowError, struct.error)
 
 
 class _Piece:
@@ -77,8 +79,7 @@ def read_linked(path: str, blob: bytes | None = None) -> ObjectFile:
         if elf["e_type"] not in ("ET_EXEC", "ET_DYN") or elf["e_machine"] != "EM_X86_64":
             raise InputError(f"{name}: not an x86-64 executable or shared library")
         return _Model(name, elf, len(blob)).build(path)
-    # pyelftools reports a corrupt file by whatever its reading of a field runs into
-    except (ELFError, ValueError, IndexError, OverflowError, struct.error) as e:
+    except ELF_READ_ERRORS as e:
         raise InputError(f"{name}: not a readable ELF file ({e})") from None
 
 

@@ -17,14 +17,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
 from diffobj.diff import DiffOptions, diff_models
 from diffobj.errors import InputError, PatchBuildError
 from diffobj.inputfile import read_input
-from diffobj.linked import read_linked
+from diffobj.linked import ELF_READ_ERRORS, read_linked
 from diffobj.model import ObjectFile, Symbol
 from diffobj.read import MAX_OBJECT_SIZE
 from kbuild.deployed import BinarySymbol, DeployedBinary
@@ -62,7 +61,7 @@ def object_contents(path: Path) -> str:
         return "IR only"
     try:
         sections = list(ELFFile(io.BytesIO(blob)).iter_sections())
-    except ELFError as e:
+    except ELF_READ_ERRORS as e:
         raise InputError(f"{path}: not a readable ELF object ({e})") from None
     has_ir = any(s.name.startswith(GCC_IR_PREFIX) for s in sections)
     has_code = any(s["sh_flags"] & SH_FLAGS.SHF_EXECINSTR and s["sh_size"] for s in sections)
@@ -71,10 +70,10 @@ def object_contents(path: Path) -> str:
     return "machine code"
 
 
-def lto_unit(obj: CompiledObject, source: str, path: Path | None = None) -> LtoUnit | None:
-    """The unit as compiled for link-time optimisation (its recorded -flto, or IR in the object at `path`,
-    default the recorded object), or None when it was compiled to plain machine code."""
-    unit = LtoUnit(source, lto_flag(obj.args), object_contents(path or obj.object))
+def lto_unit(obj: CompiledObject, source: str) -> LtoUnit | None:
+    """The unit as compiled for link-time optimisation (its recorded -flto, or IR in its object), or None
+    when it was compiled to plain machine code."""
+    unit = LtoUnit(source, lto_flag(obj.args), object_contents(obj.object))
     return unit if unit.flag or unit.contents != "machine code" else None
 
 
