@@ -30,6 +30,7 @@ from diffobj.model import (
     SHF_EXECINSTR,
     SHF_TLS,
     SHF_WRITE,
+    SHN_ABS,
     SHN_UNDEF,
     SHT_NOBITS,
     SHT_PROGBITS,
@@ -115,7 +116,7 @@ class _Model:
         code = [i for i, s in enumerate(self.out_sections) if self._wanted(s) and s["sh_flags"] & SHF_EXECINSTR]
         if not any(i in self.relas for i in code):
             raise InputError(f"{self.name}: has no relocations for its code (link it with -Wl,--emit-relocs)")
-        self.symbols.append(Symbol(1, "", STT_FILE, STB_LOCAL, 0, 0xFFF1, 0, 0))
+        self.symbols.append(Symbol(1, "", STT_FILE, STB_LOCAL, 0, SHN_ABS, 0, 0))
         for i, sec in enumerate(self.out_sections):
             if self._wanted(sec):
                 self._cut(i, sec)
@@ -232,6 +233,8 @@ class _Model:
         # An output section symbol: find the piece the referenced address lies in (for a PC-relative field the
         # address is S + A + the distance to the end of the instruction), and point at that piece instead.
         target_index = raw["st_shndx"]
+        if not isinstance(target_index, int) or not 0 < target_index < len(self.out_sections):
+            raise InputError(f"{self.name}: section symbol {index} names no section")
         section_address = self.out_sections[target_index]["sh_addr"]
         bias = 0
         if kind.pc_relative and sec.is_text:
