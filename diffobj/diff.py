@@ -32,6 +32,9 @@ class DiffOptions:
     extern_objname: Callable[[str], str] | None = None  # kernel: object defining an undefined symbol
     # Globals the patch's other units define anew: references to them stay plain names, resolved in the module.
     provided: set[str] = field(default_factory=set)
+    # The size of an ORIGINAL function in the running target, when known (it may differ from the scratch
+    # build's: -ffunction-sections turns short jumps to other functions into long ones); the loader checks it.
+    deployed_size: Callable[[Symbol], int | None] | None = None
 
 
 @dataclass
@@ -102,7 +105,8 @@ def diff_models(orig: ObjectFile, patched: ObjectFile, options: DiffOptions | No
     else:
         ehframe.keep_unwind_info(patched, inclusion)
 
-    namer = ReferenceNamer(opts.kernel, objname, opts.sympos, opts.exported, opts.extern_objname, opts.provided)
+    namer = ReferenceNamer(opts.kernel, objname, opts.sympos, opts.exported, opts.extern_objname, opts.provided,
+                           opts.deployed_size)
     result = DiffResult(orig_path, patched_path, objname, opts.kernel, orig=orig, patched=patched)
     result.changed_functions = redirected_functions(patched, namer)
     result.new_functions = [f.name for f in patched.functions()

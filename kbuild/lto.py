@@ -26,7 +26,7 @@ from diffobj.inputfile import read_input
 from diffobj.linked import ELF_READ_ERRORS, read_linked
 from diffobj.model import ObjectFile, Symbol
 from diffobj.read import MAX_OBJECT_SIZE
-from kbuild.deployed import BinarySymbol, DeployedBinary
+from kbuild.deployed import BinarySymbol, DeployedBinary, UnitSymbols
 from kbuild.units import UnitDiff, checked_diff
 from kbuild.wrapper import CompiledObject
 
@@ -87,9 +87,9 @@ def describe(units: list[LtoUnit], total: int) -> str:
             + f"; their objects hold {' / '.join(holds)}")
 
 
-class LinkedSymbols:
+class LinkedSymbols(UnitSymbols):
     """Where the symbols of the original link are in the deployed binary, and their sympos (the differ's
-    `sympos` callable, `mismatches`' `where`). The deployed binary is the same link without --emit-relocs, so
+    `sympos` callable, `mismatches`' `where`): UnitSymbols, with a link's symbols for a unit's. The deployed binary is the same link without --emit-relocs, so
     same-named locals (LTO's `.lto_priv.N` clones, statics of several units) come in the same symtab order."""
 
     def __init__(self, binary: DeployedBinary, linked: ObjectFile):
@@ -122,5 +122,6 @@ def diff_linked(target: str, orig: Path, patched: Path, binary: DeployedBinary, 
     except InputError as e:
         raise PatchBuildError(f"cannot diff {target} at the link: {e}") from None
     where = LinkedSymbols(binary, orig_model)
-    result = diff_models(orig_model, patched_model, DiffOptions(kernel=False, objname=binary.name, sympos=where))
+    result = diff_models(orig_model, patched_model, DiffOptions(kernel=False, objname=binary.name, sympos=where,
+                                                                deployed_size=where.size))
     return checked_diff(target, binary, result, where, output)

@@ -46,7 +46,7 @@ def diff_unit(job: UnitJob) -> UnitDiff:
     binary = _binary(job.binary)
     unit = UnitSymbols(binary, read_object(os.fspath(job.orig)))
     result = diff_objects(os.fspath(job.orig), os.fspath(job.patched),
-                          DiffOptions(kernel=False, objname=binary.name, sympos=unit))
+                          DiffOptions(kernel=False, objname=binary.name, sympos=unit, deployed_size=unit.size))
     return checked_diff(job.source, binary, result, unit, job.output)
 
 
