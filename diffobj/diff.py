@@ -35,6 +35,9 @@ class DiffOptions:
     provided: set[str] = field(default_factory=set)
     # Changed functions the patch must not replace (patch-build --only-explained): they count as unchanged.
     leave_out: frozenset[str] = frozenset()
+    # The size of an ORIGINAL function in the running target, when known (it may differ from the scratch
+    # build's: -ffunction-sections turns short jumps to other functions into long ones); the loader checks it.
+    deployed_size: Callable[[Symbol], int | None] | None = None
 
 
 @dataclass
@@ -84,9 +87,14 @@ def _check_same_unit(orig: ObjectFile, patched: ObjectFile) -> None:
 
 
 def diff_objects(orig_path: str, patched_path: str, options: DiffOptions | None = None) -> DiffResult:
+    return diff_models(read_object(orig_path), read_object(patched_path), options)
+
+
+def diff_models(orig: ObjectFile, patched: ObjectFile, options: DiffOptions | None = None) -> DiffResult:
+    """The pipeline on two models already read (objects, or linked programs read by `diffobj.linked`)."""
+    orig_path, patched_path = orig.path, patched.path
     opts = options or DiffOptions()
     objname = opts.objname or ("vmlinux" if opts.kernel else os.path.splitext(os.path.basename(patched_path))[0])
-    orig, patched = read_object(orig_path), read_object(patched_path)
     problems = Problems()
     o_res, p_res = TargetResolver(orig), TargetResolver(patched)
 
@@ -107,7 +115,8 @@ def diff_objects(orig_path: str, patched_path: str, options: DiffOptions | None 
     else:
         ehframe.keep_unwind_info(patched, inclusion)
 
-    namer = ReferenceNamer(opts.kernel, objname, opts.sympos, opts.exported, opts.extern_objname, opts.provided)
+    namer = ReferenceNamer(opts.kernel, objname, opts.sympos, opts.exported, opts.extern_objname, opts.provided,
+                           opts.deployed_size)
     result = DiffResult(orig_path, patched_path, objname, opts.kernel, orig=orig, patched=patched)
     result.changed_functions = redirected_functions(patched, namer)
     result.new_functions = [f.name for f in patched.functions()

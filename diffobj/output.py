@@ -63,6 +63,7 @@ class ReferenceNamer:
     exported: set[str] | None = None  # kernel: names the running kernel exports
     extern_objname: Callable[[str], str] | None = None  # kernel: which object defines an extern
     provided: set[str] = field(default_factory=set)  # new globals of the patch's other units
+    deployed_size: Callable[[Symbol], int | None] | None = None  # an original function's size in the target
 
     def position(self, orig: Symbol) -> int:
         return self.sympos(orig) if self.sympos else 0
@@ -96,8 +97,9 @@ def redirected_functions(patched: ObjectFile, namer: ReferenceNamer) -> list[Fun
         o_lo, o_hi = extent(sym.twin)
         p_lo, p_hi = extent(sym)
         pos = namer.position(sym.twin) if sym.twin.is_local else 0
-        changes.append(FunctionChange(sym.name, sym.twin.name, namer.objname, pos, o_hi - o_lo, p_hi - p_lo,
-                                      list(sym.reasons)))
+        deployed = namer.deployed_size(sym.twin) if namer.deployed_size else None
+        changes.append(FunctionChange(sym.name, sym.twin.name, namer.objname, pos,
+                                      o_hi - o_lo if deployed is None else deployed, p_hi - p_lo, list(sym.reasons)))
     return changes
 
 

@@ -188,7 +188,7 @@ def read_object(path: str, blob: bytes | None = None) -> ObjectFile:
                     sections[idx].group = sec
     for sec in sections:
         sec.relocations.sort(key=lambda r: r.offset)
-        _mark_aliases(sec)
+        mark_aliases(sec)
     return ObjectFile(path=path, sections=sections, symbols=symbols, source_file=source_file)
 
 
@@ -199,7 +199,7 @@ def _checked_name(file: str, name, what: str) -> str:
     return name
 
 
-def _mark_aliases(sec: Section) -> None:
+def mark_aliases(sec: Section) -> None:
     """Several function symbols with one address and size are one function (gcc adds `NAME.localalias`
     for -fPIC code): the global, or else the undotted, name is the function; the others alias it."""
     by_extent: dict[tuple[int, int], list[Symbol]] = {}

@@ -109,6 +109,9 @@ def main(
     build_cmd: str = typer.Option("make", "--build-cmd", help="how the project builds (run with sh -c)"),
     no_build_changes: bool = typer.Option(False, "--no-build-changes",
                                           help="refuse patches that change the build system (Makefile, ...)"),
+    link_diff: bool = typer.Option(False, "--link-diff",
+                                   help="diff the linked programs, not the objects: sees code inlined across units "
+                                        "(the default for LTO builds)"),
     name: Optional[str] = typer.Option(None, "-n", "--name",
                                        help="module name (default: first patch's stem; kernel: livepatch_STEM)"),
     outdir: Path = typer.Option(Path("."), "-o", "--outdir", help="where NAME.kpatch / NAME.ko and the report go"),
@@ -139,7 +142,7 @@ def main(
     progress = RichProgress() if sys.stderr.isatty() else PlainProgress()
     options = BuildOptions(patches=patches, srcdir=srcdir, targets=target, name=name, outdir=outdir, jobs=jobs,
                            skip_cleanup=skip_cleanup, debug=debug, build_cmd=build_cmd, target_binaries=target_binary,
-                           no_build_changes=no_build_changes,
+                           no_build_changes=no_build_changes, link_diff=link_diff,
                            config=config, vmlinux=vmlinux, system_map=system_map, headers=headers,
                            non_replace=non_replace, sign_key=sign_key, sign_cert=sign_cert, json_output=json_output,
                            only_explained=only_explained, progress=progress)

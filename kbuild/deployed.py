@@ -158,6 +158,11 @@ class UnitSymbols:
         found = self._candidates(sym.name)
         return found[0] if found else None
 
+    def size(self, sym: Symbol) -> int | None:
+        """The size of the unit's symbol in the binary, when found."""
+        found = self.find(sym)
+        return found.size if found is not None else None
+
     def __call__(self, sym: Symbol) -> int:
         """livepatch's sympos: 0 when the name is unique among the binary's locals, else the 1-based position
         of this unit's symbol among them in symtab order."""

@@ -49,6 +49,7 @@ class BuildOptions:
     build_cmd: str = "make"
     target_binaries: list[Path] = field(default_factory=list)  # --target-binary, one per target
     no_build_changes: bool = False  # --no-build-changes: refuse patches that change build-system files
+    link_diff: bool = False  # --link-diff: diff the linked programs, not the objects (default for LTO builds)
     # kernel
     config: Path | None = None  # -c
     vmlinux: Path | None = None  # -v

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from diffobj.diff import DiffOptions, diff_objects
+from diffobj.diff import DiffOptions, DiffResult, diff_objects
 from diffobj.read import read_object
 from kbuild.deployed import DeployedBinary, UnitSymbols, load_binary, mismatches
 from report.explain import UnitSources, unexplained_changes
@@ -51,20 +51,28 @@ def _binary(path: Path) -> DeployedBinary:
 def diff_unit(job: UnitJob) -> UnitDiff:
     binary = _binary(job.binary)
     unit = UnitSymbols(binary, read_object(os.fspath(job.orig)))
-    options = DiffOptions(kernel=False, objname=binary.name, sympos=unit)
+    options = DiffOptions(kernel=False, objname=binary.name, sympos=unit, deployed_size=unit.size)
     result = diff_objects(os.fspath(job.orig), os.fspath(job.patched), options)
     left_out, causes = unexplained_changes(result, job.only_explained) if job.only_explained else ([], {})
     if left_out:
         options.leave_out = frozenset(causes)
         result = diff_objects(os.fspath(job.orig), os.fspath(job.patched), options)
-    out = UnitDiff(source=job.source, object_name=job.object_name, objname=binary.name, report=result.report(),
+    return checked_diff(job.source, job.object_name, binary, result, unit, job.output, left_out, causes)
+
+
+def checked_diff(source: str, object_name: str, binary: DeployedBinary, result: DiffResult, where, output: Path,
+                 left_out: list[dict] | None = None, causes: dict[str, str] | None = None) -> UnitDiff:
+    """The differ's `result` as a UnitDiff, its replaced functions checked against the deployed binary (`where`
+    finds the original's symbols in it); the patch object is written to `output` when it may be used.
+    `left_out`/`causes`: what --only-explained kept out of it."""
+    out = UnitDiff(source=source, object_name=object_name, objname=binary.name, report=result.report(),
                    errors=[(e.symbol, e.reason) for e in result.errors], warnings=list(result.warnings),
                    has_changes=result.has_changes, changed=[c.old_name for c in result.changed_functions],
-                   new=list(result.new_functions), left_out=left_out, causes=causes)
+                   new=list(result.new_functions), left_out=left_out or [], causes=causes or {})
     if out.errors or not out.has_changes:
         return out
-    out.mismatched = mismatches(result.orig, out.changed, unit)
+    out.mismatched = mismatches(result.orig, out.changed, where)
     if not out.mismatched:
-        result.write(os.fspath(job.output))
-        out.output = job.output
+        result.write(os.fspath(output))
+        out.output = output
     return out

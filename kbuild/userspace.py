@@ -20,6 +20,7 @@ from diffobj.read import read_object
 from kbuild.build import build_environment, run_build
 from kbuild.buildreport import build_file_warning, write_build_report
 from kbuild.deployed import DeployedBinary, load_binary
+from kbuild.lto import describe, diff_linked, lto_unit
 from kbuild.options import BuildOptions, BuildResult
 from kbuild.tree import apply_patch, build_files, check_patch, copy_tree, in_scratch
 from kbuild.units import UnitDiff, UnitJob, diff_unit
@@ -117,8 +118,10 @@ class _Build:
         if not originals:
             raise InputError(f"`{o.build_cmd}` compiled nothing through the compiler wrapper (does the build call "
                              "the compiler by an absolute path?)")
+        link_diff = self._detect_lto(originals) or o.link_diff
         snapshots = self._snapshot(originals)
         binaries = self._deployed_binaries()
+        links = self._snapshot_links() if link_diff else []
 
         progress.step("applying patches", total=len(o.patches))
         for patch in o.patches:
@@ -133,9 +136,13 @@ class _Build:
         self.generated = self._generated(patched_build_start)
 
         start = time.monotonic()
-        jobs = self._jobs(originals, rebuilt, snapshots, binaries)
-        progress.step(f"diffing {len(jobs)} object{'s' if len(jobs) != 1 else ''}", total=len(jobs))
-        units = self._diff(jobs)
+        changed = self._changed(originals, rebuilt, snapshots)
+        if link_diff:
+            units = self._diff_links(links, binaries)
+        else:
+            jobs = self._jobs(changed, originals, snapshots, binaries)
+            progress.step(f"diffing {len(jobs)} object{'s' if len(jobs) != 1 else ''}", total=len(jobs))
+            units = self._diff(jobs)
         self.timings["diff"] = time.monotonic() - start
         return self._finish(units, binaries)
 
@@ -211,9 +218,41 @@ class _Build:
             binaries.append(load_binary(path))
         return binaries
 
-    def _jobs(self, originals, rebuilt, snapshots, binaries: list[DeployedBinary]) -> list[UnitJob]:
-        """One job per (changed object, target that links it). Every recorded object is compared, not only
-        those the rebuild reported, so a unit rebuilt outside the wrapper is not missed."""
+    def _detect_lto(self, originals: dict[Path, CompiledObject]) -> bool:
+        """Whether the original build compiled units for link-time optimisation (said in the step log): then
+        only the link holds the code the program runs, and the build is diffed there."""
+        units = [u for p in sorted(originals) if (u := lto_unit(originals[p], self._rel(originals[p].source)))]
+        if units:
+            self.progress.note(describe(units, len(originals)) + ": diffing the linked programs (link-diff)")
+        return bool(units)
+
+    def _snapshot_links(self) -> list[Path]:
+        """Copy each TARGET of the original build aside (link-diff compares it with the patched link)."""
+        links = []
+        for i, target in enumerate(self.o.targets):
+            links.append(self.scratch / "orig" / "linked" / f"{i}" / Path(target).name)
+            links[-1].parent.mkdir(parents=True)
+            shutil.copy2((self.tree / target).resolve(), links[-1])
+        return links
+
+    def _diff_links(self, links: list[Path], binaries: list[DeployedBinary]) -> list[UnitDiff]:
+        self.progress.step(f"diffing {len(links)} linked program{'s' if len(links) != 1 else ''}", total=len(links))
+        outputs = self.scratch / "out"
+        outputs.mkdir()
+        units = []
+        for i, (target, orig, binary) in enumerate(zip(self.o.targets, links, binaries)):
+            try:
+                units.append(diff_linked(target, orig, self.tree / target, binary,
+                                         outputs / f"{i:05d}-{binary.name}.o"))
+            except PatchBuildError as err:  # a link we cannot look into: refused, with the reason
+                self._report("refused", str(err), units, binaries)
+                raise
+            self.progress.advance(target)
+        return units
+
+    def _changed(self, originals, rebuilt, snapshots) -> list[Path]:
+        """The recorded objects the patched build changed. Every recorded object is compared, not only those
+        the rebuild reported, so a unit rebuilt outside the wrapper is not missed."""
         new_units = sorted(p for p in rebuilt if p not in originals)
         if new_units:
             raise Refused([(self._rel(rebuilt[p].source), "new compilation unit: a patch can only change units "
@@ -222,6 +261,10 @@ class _Build:
                    if p.is_file() and p.read_bytes() != snapshots[p].read_bytes()]
         if not changed:
             raise NoChange("no functional change: the patched build produced the same objects")
+        return changed
+
+    def _jobs(self, changed: list[Path], originals, snapshots, binaries: list[DeployedBinary]) -> list[UnitJob]:
+        """One job per (changed object, target that links it)."""
         jobs, outputs = [], self.scratch / "out"
         outputs.mkdir()
         hunks = read_hunks(self.o.patches) if self.o.only_explained else []

@@ -4,7 +4,8 @@ needs and record every object they produce.
 Each wrapper is a small POSIX shell script (a compile must not pay for a Python start-up) that runs the real
 compiler with `-ffunction-sections -fdata-sections` appended (so they win over the project's flags), plus a
 -ffile-prefix-map that makes the scratch tree's objects name SRCDIR (reproducible, and as a build in SRCDIR), and,
-for a successful `-c`, appends one line per object to the log: cwd, object, source, compiler, arguments.
+for a successful `-c`, appends one line per object to the log: cwd, object, source, compiler, arguments. Any
+other run (a link) gets `-Wl,--emit-relocs`, for link-diff (kbuild.lto); gcc ignores it when it does not link.
 CC and CXX are exported pointing at the wrappers, so CMake caches the wrappers, not the real compilers.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from diffobj.errors import InputError
 
 EXTRA_FLAGS = ("-ffunction-sections", "-fdata-sections")
+LINK_FLAGS = ("-Wl,--emit-relocs",)  # the linked program keeps its code's relocations: link-diff reads it
 STANDARD_COMPILERS = ("cc", "gcc", "c++", "g++")
 ARG_SEP = "\x1f"  # separates a recorded command's arguments (they may hold spaces)
 
@@ -35,8 +37,10 @@ for a in "$@"; do
   esac
   prev=$a
 done
+if [ -z "$compile" ]; then
+  exec {real} "$@" {flags} {link_flags}
+fi
 {real} "$@" {flags} || exit $?
-[ -n "$compile" ] || exit 0
 args=$(printf '%s\\037' "$@")
 prev=
 for a in "$@"; do
@@ -90,7 +94,7 @@ def install_wrappers(wrap_dir: Path, log: Path, env: dict[str, str],
             continue
         script = wrap_dir / name
         script.write_text(_SCRIPT.format(real=shlex.quote(real), log=shlex.quote(os.fspath(log)),
-                                         flags=shlex.join(flags)))
+                                         flags=shlex.join(flags), link_flags=shlex.join(LINK_FLAGS)))
         script.chmod(0o755)
     out = dict(env)
     out["PATH"] = f"{wrap_dir}{os.pathsep}{search_path}"

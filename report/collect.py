@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from diffobj.read import read_object
+from diffobj.linked import read_model
 from report import identity
 from report.demangle import demangle
 from report.disasm import function_diff
@@ -56,8 +56,8 @@ def object_report(diff, *, source: str | None = None, patches=(), rejected=(), r
     relative to `relative_to`; a build names the unit's object by `object_name`, never a scratch copy."""
     d = diff.report() if hasattr(diff, "report") else diff
     changes = d["changed_functions"]
-    orig_obj = read_object(d["orig"])
-    new_obj = read_object(d["patched"])
+    orig_obj = read_model(d["orig"])
+    new_obj = read_model(d["patched"])
     sizes = {s.name: s.size for s in new_obj.functions()}
     hunks = read_hunks(patches) if patches else []
     patched_map = read_source_map(d["patched"])

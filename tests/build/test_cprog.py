@@ -97,3 +97,25 @@ def test_new_function_called_from_another_unit(patch_build, tmp_path):
     finally:
         prog.kill()
         prog.wait()
+
+
+def test_fix_applies_live_to_a_build_without_function_sections(patch_build, tmp_path):
+    # The deployed prog is a plain `make` (no -ffunction-sections): there count_calls() ends in a 2-byte jump to
+    # bump(), in the scratch build in a 5-byte one. The module records the running function's size (it recorded
+    # the scratch build's, and patch-ctl refused: "count_calls: is 14 bytes in the process, 17 in the module's").
+    src = copy_fixture("cprog", tmp_path)
+    make(src)
+    run = patch_build("-s", src, "-t", "prog", "-o", tmp_path / "out", FIXTURES / "cprog-fix.patch")
+    assert run.returncode == 0, run.stderr
+    prog = subprocess.Popen([src / "prog", "60"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "hello, world " in prog.stdout.readline()
+        apply = subprocess.run([sys.executable, "-m", "loader", "apply", "-p", str(prog.pid),
+                                tmp_path / "out" / "cprog-fix.kpatch"],
+                               capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert apply.returncode == 0, apply.stderr
+        lines = [prog.stdout.readline() for _ in range(3)]
+        assert "hello, patched world" in lines[-1], lines
+    finally:
+        prog.kill()
+        prog.wait()

@@ -2,16 +2,18 @@
 file the program loads), given along with the program, which the fix leaves alone."""
 from __future__ import annotations
 
+import pytest
 from buildenv import FIXTURES, build_id, copy_fixture, make
 from support import elfcheck
 
 from linker.module import read_module
 
 
-def test_module_of_shared_library(patch_build, tmp_path):
+@pytest.mark.parametrize("mode", [[], ["--link-diff"]])  # per object; the linked library (issue 13)
+def test_module_of_shared_library(patch_build, tmp_path, mode):
     src = copy_fixture("shlib", tmp_path)
     make(src)
-    run = patch_build("-s", src, "-t", "app", "-t", "libgreet.so", "-o", tmp_path / "out",
+    run = patch_build("-s", src, "-t", "app", "-t", "libgreet.so", *mode, "-o", tmp_path / "out",
                       FIXTURES / "shlib-fix.patch")
     assert run.returncode == 0, run.stderr
 

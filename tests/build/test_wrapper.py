@@ -28,4 +28,6 @@ def test_records_objects_and_adds_sections(tmp_path):
     assert os.path.basename(objects[tmp_path / "a.o"].compiler).startswith(("gcc", "x86_64-linux-gnu-gcc"))
     sections = subprocess.run(["readelf", "-SW", str(tmp_path / "a.o")], capture_output=True, text=True).stdout
     assert ".text.a" in sections  # -ffunction-sections was added
+    linked = subprocess.run(["readelf", "-SW", str(tmp_path / "prog")], capture_output=True, text=True).stdout
+    assert ".rela.text" in linked  # the link got -Wl,--emit-relocs (link-diff reads the program's relocations)
     assert end == log.stat().st_size and read_log(log, end)[0] == {}

@@ -1,0 +1,255 @@
+"""Read a linked executable (linked with -Wl,--emit-relocs) as an ET_REL-shaped model, for link-diff (issue 13).
+
+With LTO the machine code only exists after the link. A program linked with `--emit-relocs` keeps, per output
+section, the relocations of the code it was linked from, so each function of the executable can be read as if
+it came from an object built with -ffunction-sections: one section per function (`.text.NAME`), one per data
+object (`.data.NAME`, `.bss.NAME`, `.rodata.NAME`), the anonymous read-only data between objects (strings,
+constants: compared by contents wherever they lie) in `.rodata.K` sections, relocations re-targeted from the linker's output
+section symbols to these pieces, and relocation sites zeroed as in an object. The differ's passes then run
+unchanged on two such models.
+
+The linker's relaxations are undone where the patch code must not keep them: a GOT load it turned into
+`lea sym(%rip)` or a GOT call into `call sym` is a plain PC-relative reference again.
+"""
+from __future__ import annotations
+
+import bisect
+import io
+import os
+import struct
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+
+from diffobj.arch import x86_64 as arch
+from diffobj.errors import InputError
+from diffobj.inputfile import read_input
+from diffobj.model import (
+    SHF_ALLOC,
+    SHF_EXECINSTR,
+    SHF_TLS,
+    SHF_WRITE,
+    SHN_ABS,
+    SHN_UNDEF,
+    SHT_NOBITS,
+    SHT_PROGBITS,
+    STB_LOCAL,
+    STT_FILE,
+    STT_FUNC,
+    STT_NOTYPE,
+    STT_OBJECT,
+    STT_SECTION,
+    STT_TLS,
+    ObjectFile,
+    Relocation,
+    Section,
+    Symbol,
+)
+from diffobj.read import MAX_NOBITS_SIZE, MAX_OBJECT_SIZE, mark_aliases, read_object
+
+R_X86_64_PC32 = 2
+_GOT_LOADS = (9, 41, 42)  # GOTPCREL, GOTPCRELX, REX_GOTPCRELX
+_LEA, _CALL, _JMP = 0x8D, 0xE8, 0xE9
+# Output sections of the C runtime and the dynamic linker's tables: never patched, never compared.
+_SKIPPED = (".init", ".fini", ".plt", ".plt.got", ".plt.sec", ".got", ".got.plt", ".dynamic", ".init_array",
+            ".fini_array", ".eh_frame", ".eh_frame_hdr", ".gcc_except_table", ".interp", ".tm_clone_table")
+_ST_TYPES = {"STT_NOTYPE": STT_NOTYPE, "STT_OBJECT": STT_OBJECT, "STT_FUNC": STT_FUNC, "STT_SECTION": STT_SECTION,
+             "STT_FILE": STT_FILE, "STT_TLS": STT_TLS}
+_ST_BINDS = {"STB_LOCAL": 0, "STB_GLOBAL": 1, "STB_WEAK": 2}
+# pyelftools reports a corrupt file by whatever its reading of a field runs into
+ELF_READ_ERRORS = (ELFError, ValueError, IndexError, OverflowError, struct.error)
+
+
+class _Piece:
+    """One model section cut out of an output section: [start, end) in the executable's addresses."""
+
+    def __init__(self, section: Section, start: int, end: int):
+        self.section, self.start, self.end = section, start, end
+        self.insns: list[tuple[int, int]] | None = None  # instruction boundaries, decoded when first needed
+
+
+def read_linked(path: str, blob: bytes | None = None) -> ObjectFile:
+    """The model of the executable or shared library at `path` (its bytes `blob` when already read);
+    InputError when it was not linked with --emit-relocs or cannot be read."""
+    name = os.path.basename(path)
+    if blob is None:
+        blob = read_input(path, "linked program", MAX_OBJECT_SIZE)
+    try:
+        elf = ELFFile(io.BytesIO(blob))
+        if elf["e_type"] not in ("ET_EXEC", "ET_DYN") or elf["e_machine"] != "EM_X86_64":
+            raise InputError(f"{name}: not an x86-64 executable or shared library")
+        return _Model(name, elf, len(blob)).build(path)
+    except ELF_READ_ERRORS as e:
+        raise InputError(f"{name}: not a readable ELF file ({e})") from None
+
+
+class _Model:
+    def __init__(self, name: str, elf: ELFFile, size: int):
+        self.name = name
+        self.out_sections = list(elf.iter_sections())
+        for i, sec in enumerate(self.out_sections):
+            if sec["sh_type"] != "SHT_NOBITS" and sec["sh_offset"] + sec["sh_size"] > size:
+                raise InputError(f"{name}: truncated (section {i} runs past the end of the file)")
+            if sec["sh_type"] == "SHT_NOBITS" and sec["sh_size"] > MAX_NOBITS_SIZE:  # read as zeros: memory
+                raise InputError(f"{name}: section {i} is a NOBITS section of {sec['sh_size']:,} bytes "
+                                 f"(the limit is {MAX_NOBITS_SIZE:,})")
+        symtab = elf.get_section_by_name(".symtab")
+        if not isinstance(symtab, SymbolTableSection):
+            raise InputError(f"{name}: is stripped (no .symtab)")
+        self.raw = list(symtab.iter_symbols())
+        self.relas = {s["sh_info"]: s for s in self.out_sections
+                      if s["sh_type"] == "SHT_RELA" and not s["sh_flags"] & SHF_ALLOC}
+        self.sections: list[Section] = [Section(0, "", 0, 0, 0, 0, b"")]
+        self.symbols: list[Symbol] = [Symbol(0, "", STT_NOTYPE, STB_LOCAL, 0, SHN_UNDEF, 0, 0)]
+        self.pieces: dict[int, list[_Piece]] = {}  # output section index -> its pieces, by address
+        self.starts: dict[int, list[int]] = {}  # output section index -> its pieces' start addresses
+        self.externals: dict[str, Symbol] = {}
+        self.defined: dict[int, list] = {}  # output section index -> the sized functions and objects in it
+        for raw in self.raw:
+            if isinstance(raw["st_shndx"], int) and raw["st_size"] \
+                    and raw["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT"):
+                self.defined.setdefault(raw["st_shndx"], []).append(raw)
+        self.by_raw: dict[int, Symbol] = {}  # executable symbol index -> model symbol
+
+    def build(self, path: str) -> ObjectFile:
+        code = [i for i, s in enumerate(self.out_sections) if self._wanted(s) and s["sh_flags"] & SHF_EXECINSTR]
+        if not any(i in self.relas for i in code):
+            raise InputError(f"{self.name}: has no relocations for its code (link it with -Wl,--emit-relocs)")
+        self.symbols.append(Symbol(1, "", STT_FILE, STB_LOCAL, 0, SHN_ABS, 0, 0))
+        for i, sec in enumerate(self.out_sections):
+            if self._wanted(sec):
+                self._cut(i, sec)
+        self._place_symbols()
+        for i in self.pieces:
+            if i in self.relas:
+                self._relocate(i, self.relas[i])
+        for sec in self.sections:
+            sec.relocations.sort(key=lambda r: r.offset)
+            mark_aliases(sec)
+        return ObjectFile(path=path, sections=self.sections, symbols=self.symbols, source_file="")
+
+    @staticmethod
+    def _wanted(sec) -> bool:
+        # TLS symbols hold offsets in the TLS block, not addresses: thread-local data is not modelled.
+        return (sec["sh_type"] in ("SHT_PROGBITS", "SHT_NOBITS") and sec["sh_flags"] & SHF_ALLOC
+                and not sec["sh_flags"] & SHF_TLS and sec.name not in _SKIPPED and not sec.name.startswith(".note"))
+
+    def _cut(self, index: int, sec) -> None:
+        """Functions and data objects get a section each; in read-only data, what lies between objects (strings,
+        constants: anonymous) goes into sections `NAME.K`, K counting such runs."""
+        data = sec.data() if sec["sh_type"] != "SHT_NOBITS" else bytes(sec["sh_size"])
+        base, end = sec["sh_addr"], sec["sh_addr"] + sec["sh_size"]
+        stype = SHT_NOBITS if sec["sh_type"] == "SHT_NOBITS" else SHT_PROGBITS
+        flags = sec["sh_flags"] & (SHF_ALLOC | SHF_WRITE | SHF_EXECINSTR)
+        extents = sorted({(s["st_value"], s["st_value"] + s["st_size"], f"{sec.name}.{s.name.split('@')[0]}")
+                          for s in self.defined.get(index, ()) if base <= s["st_value"] < end})
+        extents = [e for i, e in enumerate(extents) if i == 0 or e[0] >= extents[i - 1][1]]  # aliases: one
+        if not flags & (SHF_EXECINSTR | SHF_WRITE):
+            gaps, at = [], base
+            for start, stop, _ in extents + [(end, end, "")]:
+                if start > at:
+                    gaps.append((at, start, f"{sec.name}.{len(gaps)}"))
+                at = max(at, stop)
+            extents = sorted(extents + gaps)
+        pieces = []
+        for start, end, piece_name in extents:
+            s = Section(len(self.sections), piece_name, stype, flags, 16 if flags & SHF_EXECINSTR else 8, 0,
+                        data[start - base:end - base])
+            sym = Symbol(len(self.symbols), "", STT_SECTION, STB_LOCAL, 0, s.index, 0, 0, section=s)
+            s.section_symbol = sym
+            self.sections.append(s)
+            self.symbols.append(sym)
+            pieces.append(_Piece(s, start, end))
+        self.pieces[index] = pieces
+        self.starts[index] = [p.start for p in pieces]
+
+    def _piece_at(self, index, address: int) -> _Piece | None:
+        i = bisect.bisect_right(self.starts.get(index, ()), address) - 1
+        if i < 0:
+            return None
+        piece = self.pieces[index][i]
+        return piece if address < piece.end else None
+
+    def _place_symbols(self) -> None:
+        for i, raw in enumerate(self.raw):
+            info = raw["st_info"]
+            stype, bind = _ST_TYPES.get(info["type"]), _ST_BINDS.get(info["bind"])
+            if stype in (None, STT_SECTION, STT_FILE) or bind is None or not raw.name:
+                continue
+            name = raw.name.split("@")[0]  # ld writes versioned names (printf@GLIBC_2.2.5) into .symtab
+            shndx = raw["st_shndx"]
+            piece = self._piece_at(shndx, raw["st_value"]) if isinstance(shndx, int) else None
+            if piece is None:
+                if shndx != "SHN_UNDEF" and not (stype == STT_NOTYPE and name.startswith(".L")):
+                    continue  # defined outside what is modelled (C runtime, linker tables): referenced by name
+                sym = Symbol(len(self.symbols), name, stype, bind, 0, SHN_UNDEF, 0, 0)
+            else:
+                sym = Symbol(len(self.symbols), name, stype, bind, 0, piece.section.index,
+                             raw["st_value"] - piece.start, raw["st_size"], section=piece.section)
+                piece.section.symbols.append(sym)
+            self.symbols.append(sym)
+            self.by_raw[i] = sym
+            if not sym.is_defined:
+                self.externals.setdefault(name, sym)
+
+    def _external(self, name: str) -> Symbol:
+        """A reference to something not modelled (a C runtime or linker symbol, a linker table): by name, as an
+        object would; the loader resolves it, or refuses the patch naming it."""
+        sym = self.externals.get(name)
+        if sym is None:
+            sym = self.externals[name] = Symbol(len(self.symbols), name, STT_NOTYPE, 1, 0, SHN_UNDEF, 0, 0)
+            self.symbols.append(sym)
+        return sym
+
+    def _relocate(self, index: int, rela) -> None:
+        zeroed: dict[Section, bytearray] = {}
+        for rel in rela.iter_relocations():
+            where = rel["r_offset"]
+            piece = self._piece_at(index, where)
+            if piece is None:
+                continue  # in padding, or in a piece not modelled
+            sec, offset = piece.section, where - piece.start
+            rtype, addend, symidx = rel["r_info_type"], rel["r_addend"], rel["r_info_sym"]
+            kind = arch.RELOC_TYPES.get(rtype)
+            if kind is None:
+                raise InputError(f"{self.name}: unsupported relocation type {rtype} at {where:#x}")
+            if where + kind.size > piece.end or not 0 < symidx < len(self.raw):
+                raise InputError(f"{self.name}: malformed relocation at {where:#x} in {rela.name}")
+            if rtype in _GOT_LOADS and offset >= 2 and (sec.data[offset - 2] == _LEA
+                                                        or sec.data[offset - 1] in (_CALL, _JMP)):
+                rtype = R_X86_64_PC32  # relaxed by the linker: a direct reference now
+            symbol, addend = self._target(piece, offset, kind, symidx, addend)
+            sec.relocations.append(Relocation(offset, rtype, symbol, addend))
+            zeroed.setdefault(sec, bytearray(sec.data))[offset:offset + kind.size] = bytes(kind.size)
+        for sec, data in zeroed.items():
+            sec.data = bytes(data)
+
+    def _target(self, piece: _Piece, offset: int, kind, index: int, addend: int) -> tuple[Symbol, int]:
+        sec = piece.section
+        raw = self.raw[index]
+        if raw["st_info"]["type"] != "STT_SECTION":
+            return self.by_raw.get(index) or self._external(raw.name.split("@")[0]), addend
+        # An output section symbol: find the piece the referenced address lies in (for a PC-relative field the
+        # address is S + A + the distance to the end of the instruction), and point at that piece instead.
+        target_index = raw["st_shndx"]
+        if not isinstance(target_index, int) or not 0 < target_index < len(self.out_sections):
+            raise InputError(f"{self.name}: section symbol {index} names no section")
+        section_address = self.out_sections[target_index]["sh_addr"]
+        bias = 0
+        if kind.pc_relative and sec.is_text:
+            if piece.insns is None:
+                piece.insns = arch.instruction_ends(sec.data)
+            bias = arch.pc_relative_bias(piece.insns, offset, kind.size)
+        piece = self._piece_at(target_index, section_address + addend + bias)
+        if piece is None:
+            return self._external(self.out_sections[target_index].name), addend
+        return piece.section.section_symbol, section_address + addend - piece.start
+
+
+def read_model(path: str) -> ObjectFile:
+    """An object file, or a linked program (link-diff): the model the differ diffed, for those reading it
+    again (reports)."""
+    blob = read_input(path, "object file", MAX_OBJECT_SIZE)
+    linked = len(blob) >= 18 and blob[:4] == b"\x7fELF" and int.from_bytes(blob[16:18], "little") in (2, 3)
+    return read_linked(path, blob) if linked else read_object(path, blob)
