@@ -46,8 +46,7 @@ def _error(caller: RemoteCaller, dlerror: int) -> str:
     text = caller.call_function(dlerror)
     if not text:
         return "unknown error"
-    raw = caller.mem.read(text, ERROR_LIMIT)
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return caller.mem.read_cstring(text, ERROR_LIMIT)[0].decode("utf-8", "replace")
 
 
 def dlopen(s: Session, path: str, timeout: float) -> int:

@@ -199,8 +199,7 @@ def _entries(s: Session, lib: LoadedObject, addr: int, count: int) -> list[tuple
     code = [m for m in lib.maps if m.executable]
     out = []
     for old, new in ENTRY.iter_unpack(s.mem.read(lib.base + addr, count * ENTRY.size)):
-        raw = s.mem.read(old, NAME_LIMIT).split(b"\0", 1)[0] if old else b""
-        name = raw.decode("utf-8", "replace")
+        name = s.mem.read_cstring(old, NAME_LIMIT)[0].decode("utf-8", "replace") if old else ""
         if not name:
             raise InputError(f"{lib.name}: a {TABLE} entry names no old function")
         if not any(new in m for m in code):
