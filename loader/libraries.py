@@ -235,6 +235,8 @@ def _old_function(s: Session, spec: str, exclude: LoadedObject | None) -> tuple[
         if sym is None or sym.type != STT_FUNC:
             continue
         addr = obj.base + sym.value
+        if not any(m.executable and addr in m and addr + max(sym.size, 1) <= m.end for m in obj.maps):
+            raise Refused([(name, f"its address {addr:#x} is not in the code of {obj.name}")])
         need = arch.min_redirect_size(s.mem.read(addr, 16))
         if sym.size and sym.size < need:
             raise Refused([(name, f"is {sym.size} bytes, too short for a {need}-byte redirect")])

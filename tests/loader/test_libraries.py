@@ -5,6 +5,7 @@ nothing of ours mapped. The libraries are built here with the real gcc and the h
 from __future__ import annotations
 
 import json
+import select
 import shutil
 import subprocess
 import time
@@ -26,6 +27,8 @@ ORIGINAL, SUM_V2, BOTH_V2 = "VALUE 195", "VALUE 195 v2", "VALUE 1294 v2"
 # cmd_hold_v2 one a worker can be made to sit in (HOLD): the stack check.
 FIX = r"""
 #include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 #include "patch-replace.h"
 unsigned long srv_checksum(const char *text);
 void cmd_sum_v2(char *arg, char *out, size_t size)
@@ -41,6 +44,7 @@ unsigned long srv_checksum_v2(const char *text)
 }
 void cmd_hold_v2(char *arg, char *out, size_t size)
 {
+	usleep(atoi(arg) * 1000);  /* HOLD MS: long enough to be found running here */
 	snprintf(out, size, "HELD v2");
 }
 PATCH_REPLACE(cmd_sum, cmd_sum_v2);
@@ -173,6 +177,26 @@ def test_redirect_waits_for_the_function_to_leave_every_stack(srv, libs):
     ok(patch_ctl("redirect", "-p", srv.pid, "cmd_hold", "cmd_hold_v2"))
     assert srv.ask("HOLD") == ["HELD v2"]
     ok(patch_ctl("revert", "-p", srv.pid, "--all"))  # redirect and library alike, newest first
+    srv.assert_running_untraced()
+    assert srv.patch_mappings() == [] and listed(srv) == [] and not mapped(srv, libs["fix"])
+
+
+def test_unload_waits_for_the_library_code_to_leave_every_stack(srv, libs):
+    """A restored redirect sends no new calls into the library, but a call made before may still run in it:
+    the library is dlclose'd only once no thread has its code on its stack."""
+    ok(patch_ctl("lib", "load", "-p", srv.pid, libs["fix"]))
+    ok(patch_ctl("redirect", "-p", srv.pid, "cmd_hold", "cmd_hold_v2"))
+    held = srv.connect()
+    held.send("HOLD 8000")  # a worker now sleeps 8 s inside cmd_hold_v2
+    time.sleep(0.3)
+    ok(patch_ctl("restore", "-p", srv.pid, "cmd_hold"))  # nothing runs the stub now: allowed
+    run = patch_ctl("lib", "unload", "-p", srv.pid, "fix.so", "--timeout", "0.3")
+    assert_one_line_error(run, 1, "lib:fix.so (library fix.so): thread", "gave up after 0.3 s")
+    assert select.select([held.sock], [], [], 0)[0] == [], "the held call ended before the unload was tried"
+    assert mapped(srv, libs["fix"]) and [r["module"] for r in listed(srv)] == ["lib:fix.so"]
+    assert held.file.readline().strip() == "HELD v2"  # the call made before the restore ends in the library
+    held.close()
+    ok(patch_ctl("lib", "unload", "-p", srv.pid, "fix.so"))
     srv.assert_running_untraced()
     assert srv.patch_mappings() == [] and listed(srv) == [] and not mapped(srv, libs["fix"])
 
