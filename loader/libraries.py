@@ -53,13 +53,13 @@ def is_shared_library(path: str) -> bool:
 def load_library(pid: int, path: str, timeout: float = 10.0) -> tuple[PatchRecord, Stats]:
     """dlopen(path) in the target, recorded as `lib:NAME`."""
     check_process(pid)
-    path = _library_file(path)
-    return run(pid, "lib load", lambda s: _load(s, path, timeout), wait=timeout)
-
-
-def _load(s: Session, path: str, timeout: float):
-    t0 = time.perf_counter()
     module = LIB_PREFIX + os.path.basename(path)
+    path = _library_file(path)
+    return run(pid, "lib load", lambda s: _load(s, module, path, timeout), wait=timeout)
+
+
+def _load(s: Session, module: str, path: str, timeout: float):
+    t0 = time.perf_counter()
     with Critical() as critical:
         recover(s, timeout, critical)
         _refuse_applied(s, module, "loaded")
@@ -144,14 +144,14 @@ def apply_library(pid: int, path: str, timeout: float = 10.0, stack_check: bool 
     """Load a patch library and redirect each function its PATCH_REPLACE table names to its replacement;
     recorded as the library's name without `.so` (reverted with `revert NAME`, which also dlcloses it)."""
     check_process(pid)
+    module = os.path.basename(path).removesuffix(".so")
     path = _library_file(path)
     table = _table(path)
-    return run(pid, "apply", lambda s: _apply(s, path, table, timeout, stack_check), wait=timeout)
+    return run(pid, "apply", lambda s: _apply(s, module, path, table, timeout, stack_check), wait=timeout)
 
 
-def _apply(s: Session, path: str, table: tuple[int, int], timeout: float, stack_check: bool):
+def _apply(s: Session, module: str, path: str, table: tuple[int, int], timeout: float, stack_check: bool):
     t0 = time.perf_counter()
-    module = os.path.basename(path).removesuffix(".so")
     with Critical() as critical:
         recover(s, timeout, critical)
         _refuse_applied(s, module, "applied")
@@ -211,10 +211,11 @@ def _entries(s: Session, lib: LoadedObject, addr: int, count: int) -> list[tuple
 # ---- shared steps ---------------------------------------------------------------------------------------
 
 def _library_file(path: str) -> str:
-    """The absolute path dlopen gets (a bare name would be searched for in the target's library path)."""
+    """The path dlopen gets: absolute (a bare name would be searched for in the target's library path) and
+    real (the name /proc/PID/maps shows it by, which records compare)."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file")
-    return os.path.abspath(path)
+    return os.path.realpath(path)
 
 
 def _refuse_applied(s: Session, module: str, what: str) -> None:

@@ -272,3 +272,17 @@ def test_killed_patch_ctl_is_finished_by_the_next(srv, libs, command, fault):
     run = ok(patch_ctl("list", "-p", srv.pid))
     assert "no patches" in run.stdout and "interrupted patch-ctl" in run.stderr
     unharmed(srv, fix)
+
+
+def test_library_loaded_through_a_symlink_is_tracked_by_its_real_file(srv, libs, tmp_path):
+    """Records name a library by the path /proc/PID/maps shows (its real file), so the in-use check holds
+    whichever name it was loaded by."""
+    link = tmp_path / "libfix-link.so"
+    link.symlink_to(libs["fix"])
+    ok(patch_ctl("lib", "load", "-p", srv.pid, link))
+    ok(patch_ctl("redirect", "-p", srv.pid, "cmd_sum", "cmd_sum_v2"))
+    assert srv.ask("SUM abc") == [SUM_V2]
+    assert_one_line_error(patch_ctl("lib", "unload", "-p", srv.pid, "libfix-link.so"), 1, "in use")
+    ok(patch_ctl("restore", "-p", srv.pid, "cmd_sum"))
+    ok(patch_ctl("lib", "unload", "-p", srv.pid, "libfix-link.so"))
+    unharmed(srv, libs["fix"])
