@@ -7,7 +7,9 @@ the redirecting jumps, retrying until the timeout. Only that last step stops the
 fails, the frames are deregistered, the mapping is removed and the code left as it was.
 revert: with every thread stopped and none inside the patch, put back the bytes each jump replaced (the
 original code, or the jump of the patch it was stacked on); then, the other threads running again,
-deregister the patch's frames and unmap it.
+deregister the patch's frames and unmap it. A record that owns a dlopen handle (loader.libraries: its new
+functions live in a shared library) also waits for that library's code to be off every stack, and
+dlcloses it before the unmap; such records are written by `commit`, the step apply ends with.
 
 Atomicity (docs/design.md): the record in the target says what is under way before each step (a
 write-ahead log); SIGINT/SIGTERM/SIGHUP are held and acted on only at safe points (loader.critical); one
