@@ -286,3 +286,20 @@ def test_library_loaded_through_a_symlink_is_tracked_by_its_real_file(srv, libs,
     ok(patch_ctl("restore", "-p", srv.pid, "cmd_sum"))
     ok(patch_ctl("lib", "unload", "-p", srv.pid, "libfix-link.so"))
     unharmed(srv, libs["fix"])
+
+
+@pytest.mark.parametrize("compiler, suffix", [("gcc", ".c"), ("g++", ".cpp")])
+def test_header_compiles_cleanly_in_c_and_cxx(tmp_path, compiler, suffix):
+    """The shipped header builds without a warning (ISO C forbids function pointers as void *), and its
+    table is the section apply reads: 16-byte entries."""
+    linkage = 'extern "C" ' if suffix == ".cpp" else ""
+    src = tmp_path / f"fix{suffix}"
+    src.write_text(f'#include "patch-replace.h"\n{linkage}int f_v2(int x) {{ return x + 1; }}\n'
+                   f'{linkage}int g_v2(int x) {{ return x; }}\nPATCH_REPLACE(f, f_v2);\nPATCH_REPLACE(g, g_v2);\n')
+    out = tmp_path / "fix.so"
+    run = subprocess.run([compiler, "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror", "-fPIC", "-shared",
+                          f"-I{INCLUDE}", "-o", str(out), str(src)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    section = subprocess.run(["readelf", "-SW", str(out)], capture_output=True, text=True, check=True).stdout
+    [line] = [l for l in section.splitlines() if " patch_replace " in l]
+    assert int(line.split()[-6], 16) == 32  # two entries of 16 bytes
