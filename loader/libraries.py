@@ -32,7 +32,7 @@ from loader.state import ACTIVE, PENDING, PatchedFunc, PatchRecord
 
 LIB_PREFIX, REDIRECT_PREFIX = "lib:", "redirect:"
 TABLE = "patch_replace"  # the section PATCH_REPLACE puts its entries in
-ENTRY = struct.Struct("<QQ")  # struct patch_replace { const char *old_function; void *new_function; }
+ENTRY = struct.Struct("<QQ")  # struct patch_replace { const char *old_function; void (*new_function)(void); }
 TABLE_LIMIT = 4096  # entries
 NAME_LIMIT = 256  # bytes of an old function's name read from the target
 ET_DYN = 3
