@@ -61,8 +61,7 @@ def _late(stats, outcome: str) -> None:
 
 @app.command()
 def apply(module: Path = typer.Argument(..., help="NAME.kpatch, or a hand-written patch library NAME.so"),
-          pid: int = PidOption,
-          timeout: float = TimeoutOption,
+          pid: int = PidOption, timeout: float = TimeoutOption,
           no_stack_check: bool = typer.Option(False, "--no-stack-check",
                                               help="Do not require replaced functions to be off every stack."),
           trusted_keys: Optional[Path] = typer.Option(None, "--trusted-keys", metavar="DIR",
