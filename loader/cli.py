@@ -60,19 +60,25 @@ def _late(stats, outcome: str) -> None:
 
 
 @app.command()
-def apply(module: Path = typer.Argument(..., help="NAME.kpatch"), pid: int = PidOption,
-          timeout: float = TimeoutOption,
+def apply(module: Path = typer.Argument(..., help="NAME.kpatch, or a hand-written patch library NAME.so"),
+          pid: int = PidOption, timeout: float = TimeoutOption,
           no_stack_check: bool = typer.Option(False, "--no-stack-check",
                                               help="Do not require replaced functions to be off every stack."),
           trusted_keys: Optional[Path] = typer.Option(None, "--trusted-keys", metavar="DIR",
                                                       help="Only apply modules signed by a key of DIR/*.pem "
                                                            "(Ed25519 public keys).")):
-    """Patch a running process."""
+    """Patch a running process (with a built NAME.kpatch, or a hand-written patch library NAME.so)."""
     from linker.integrity import load_trusted_keys
+    from loader.libraries import apply_library, is_shared_library
     from loader.patcher import apply_patch
 
     trusted = _guarded(lambda: load_trusted_keys(trusted_keys)) if trusted_keys is not None else None
-    record, stats = _guarded(lambda: apply_patch(pid, str(module), timeout, not no_stack_check, trusted))
+    if is_shared_library(str(module)):
+        if trusted is not None:
+            _fail(f"{module.name}: a hand-written patch library carries no signature (--trusted-keys given)", 1)
+        record, stats = _guarded(lambda: apply_library(pid, str(module), timeout, not no_stack_check))
+    else:
+        record, stats = _guarded(lambda: apply_patch(pid, str(module), timeout, not no_stack_check, trusted))
     _warn(stats)
     _say(f"applied {record.module} to process {pid}: {len(record.funcs)} function(s) redirected ({_costs(stats)})")
     _late(stats, "the patch stays applied")
@@ -120,6 +126,8 @@ def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json"
     for r in records:
         at = ", ".join(f"{start:#x} ({size} bytes)" for start, size in r.mappings)
         _say(f"{r.seq}. {r.module} [{r.state}] at {at} from {r.path}")
+        if r.library:
+            _say(f"   library {r.library}{' (loaded by it)' if r.handle else ''}")
         for f in r.funcs:
             on = f" (over {f.prev})" if f.prev else ""
             _say(f"   {f.objname}:{f.name} {f.old_addr:#x} -> {f.new_addr:#x} ({f.new_size} bytes){on}")
@@ -156,6 +164,65 @@ def info(module: Path = typer.Argument(..., help="NAME.kpatch"),
     if mod.problems:
         more = f" (and {len(mod.problems) - 1} more)" if len(mod.problems) > 1 else ""
         _fail(f"{module.name}: malformed patch module: {mod.problems[0]}{more}", 2)
+
+
+@app.command("redirect")
+def redirect_(old: str = typer.Argument(..., help="[OBJ:]FUNCTION of the program or of a library."),
+              new: str = typer.Argument(..., help="[LIB:]FUNCTION of a loaded library (without LIB: the newest "
+                                                  "library `lib load` loaded that has it)."),
+              pid: int = PidOption, timeout: float = TimeoutOption,
+              no_stack_check: bool = typer.Option(False, "--no-stack-check",
+                                                  help="Do not require OLD to be off every stack.")):
+    """Send calls of a function to a function of a loaded library (undo with `restore`)."""
+    from loader.libraries import redirect
+
+    record, stats = _guarded(lambda: redirect(pid, old, new, timeout, not no_stack_check))
+    _warn(stats)
+    f = record.funcs[0]
+    _say(f"redirected {f.objname}:{f.name} to {new} in process {pid} ({_costs(stats)})")
+    _late(stats, "the redirect stays")
+
+
+@app.command()
+def restore(old: str = typer.Argument(..., help="[OBJ:]FUNCTION redirected."), pid: int = PidOption,
+            timeout: float = TimeoutOption):
+    """Undo a redirect: calls of the function run its own code again."""
+    from loader.libraries import restore as restore_
+
+    record, stats = _guarded(lambda: restore_(pid, old, timeout))
+    _warn(stats)
+    f = record.funcs[0]
+    _say(f"restored {f.objname}:{f.name} in process {pid} ({_costs(stats)})")
+    _late(stats, "the function is restored")
+
+
+lib_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                      help="Load and unload shared libraries in a running process (its own dlopen/dlclose).")
+app.add_typer(lib_app, name="lib")
+
+
+@lib_app.command("load")
+def lib_load(library: Path = typer.Argument(..., help="LIB.so"), pid: int = PidOption,
+             timeout: float = TimeoutOption):
+    """dlopen a library in the process (one thread makes the call, the others run on)."""
+    from loader.libraries import load_library
+
+    record, stats = _guarded(lambda: load_library(pid, str(library), timeout))
+    _warn(stats)
+    _say(f"loaded {record.library} in process {pid} as {record.module} ({_costs(stats)})")
+    _late(stats, "the library stays loaded")
+
+
+@lib_app.command("unload")
+def lib_unload(library: str = typer.Argument(..., help="The library `lib load` loaded: its name or path."),
+               pid: int = PidOption, timeout: float = TimeoutOption):
+    """dlclose a library `lib load` loaded; refused while a redirect leads into it."""
+    from loader.libraries import unload_library
+
+    record, stats = _guarded(lambda: unload_library(pid, library, timeout))
+    _warn(stats)
+    _say(f"unloaded {record.library} from process {pid} ({_costs(stats)})")
+    _late(stats, "the library is unloaded")
 
 
 var_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

@@ -20,10 +20,11 @@ ALLOCATOR = ("malloc", "free", "calloc", "realloc", "memalign", "posix_memalign"
 
 
 @dataclass
-class FrameRegistry:
-    register: int  # __register_frame_info(begin, object)
-    deregister: int  # __deregister_frame_info(begin) -> object
-    avoid: list[tuple[int, int]]  # code a calling thread must not be stopped in: [lo, hi)
+class Avoid:
+    """Code a thread making a call in the target must not be stopped in (it may hold a lock the call takes)."""
+
+    avoid: list[tuple[int, int]]  # [lo, hi), sorted
+    what: str = "the unwinder or the allocator"  # what that code is, for messages
 
     def clear(self, pcs: list[int]) -> bool:
         """True when none of a thread's frame PCs (innermost first) lies in code to avoid."""
@@ -35,6 +36,26 @@ class FrameRegistry:
         return True
 
 
+@dataclass
+class FrameRegistry(Avoid):
+    register: int = 0  # __register_frame_info(begin, object)
+    deregister: int = 0  # __deregister_frame_info(begin) -> object
+
+
+def entry_ranges(resolver: Resolver, names) -> list[tuple[int, int]]:
+    """[lo, hi) of each named global function the process has (a thread inside its internals has the entry
+    point on its stack)."""
+    ranges = []
+    for name in names:
+        try:
+            found = resolver.global_(name)
+        except ResolveError:
+            continue  # an indirect function no object imports: no thread is inside it
+        if found and found[0]:
+            ranges.append((found[0], found[0] + max(found[1], 1)))
+    return ranges
+
+
 def _avoid(objects: list[LoadedObject], resolver: Resolver, unwinder: int) -> list[tuple[int, int]]:
     """The unwinder's library (the whole of its code, its internals have no exported names) and the
     allocator's entry points (a thread inside its internals has one of them on its stack)."""
@@ -42,14 +63,7 @@ def _avoid(objects: list[LoadedObject], resolver: Resolver, unwinder: int) -> li
     owner = next((o for o in objects if o.start <= unwinder < o.end), None)
     if owner is not None and owner is not objects[0]:  # not the executable (a static libgcc in it)
         ranges += [(m.start, m.end) for m in owner.maps if m.executable]
-    for name in ALLOCATOR:
-        try:
-            found = resolver.global_(name)
-        except ResolveError:
-            continue  # an indirect function no object imports: no thread is inside it
-        if found and found[0]:
-            ranges.append((found[0], found[0] + max(found[1], 1)))
-    return sorted(ranges)
+    return sorted(ranges + entry_ranges(resolver, ALLOCATOR))
 
 
 def find_registry(objects: list[LoadedObject], resolver: Resolver) -> FrameRegistry | None:
@@ -58,9 +72,9 @@ def find_registry(objects: list[LoadedObject], resolver: Resolver) -> FrameRegis
     register, deregister = resolver.global_(REGISTER), resolver.global_(DEREGISTER)
     if not register or not deregister or not register[0] or not deregister[0]:
         return None
-    return FrameRegistry(register[0], deregister[0], _avoid(objects, resolver, register[0]))
+    return FrameRegistry(_avoid(objects, resolver, register[0]), register=register[0], deregister=deregister[0])
 
 
 def registry_of(objects: list[LoadedObject], resolver: Resolver, deregister: int) -> FrameRegistry:
     """The registry a patch was registered with, from the deregistration address its record holds."""
-    return FrameRegistry(0, deregister, _avoid(objects, resolver, deregister))
+    return FrameRegistry(_avoid(objects, resolver, deregister), deregister=deregister)

@@ -28,7 +28,7 @@ class LayoutError(Exception):
     pass
 
 
-def _align(value: int, to: int) -> int:
+def align(value: int, to: int) -> int:
     return (value + to - 1) & ~(to - 1) if to > 1 else value
 
 
@@ -97,7 +97,7 @@ def partition(obj: ObjectFile, roots: dict[str, list[str]]) -> dict[str, list[Se
 
 
 def plan(obj: ObjectFile, sections: list[Section], header_bytes: int) -> Plan:
-    p = Plan(obj, sections, _align(header_bytes, PAGE))
+    p = Plan(obj, sections, align(header_bytes, PAGE))
     for s in sections:
         if s.flags & SHF_TLS:
             raise LayoutError(f"section {s.name}: thread-local storage in a patch is not supported")
@@ -116,24 +116,24 @@ def plan(obj: ObjectFile, sections: list[Section], header_bytes: int) -> Plan:
                              ("rw", lambda s: s.is_writable and not s.is_text, PROT_READ | PROT_WRITE)):
         start = at
         for sec in (s for s in sections if pick(s)):
-            at = _align(at, max(sec.addralign, 1))
+            at = align(at, max(sec.addralign, 1))
             p.placed[sec.index] = at
             at += sec.size
         if kind == "code":
-            at = _align(at, 16)
+            at = align(at, 16)
             p.stubs = {k: at + v for k, v in p.stubs.items()}
             at += len(p.stubs) * arch.STUB_SIZE
             p.code = (start, at)
         elif kind == "ro":
-            at = _align(at, 8)
+            at = align(at, 8)
             p.got_offset = at
             p.got = {k: at + v for k, v in p.got.items()}
             at += len(p.got) * arch.GOT_ENTRY_SIZE
         elif eh_frame is not None:  # rw: libgcc writes its struct object
-            at = _align(at, 8)
+            at = align(at, 8)
             p.unwind = (p.placed[eh_frame.index], at)
             at += FRAME_OBJECT_SIZE
-        end = _align(at, PAGE)
+        end = align(at, PAGE)
         if end > start:
             p.regions.append((start, end - start, prot))
         at = end

@@ -7,7 +7,9 @@ the redirecting jumps, retrying until the timeout. Only that last step stops the
 fails, the frames are deregistered, the mapping is removed and the code left as it was.
 revert: with every thread stopped and none inside the patch, put back the bytes each jump replaced (the
 original code, or the jump of the patch it was stacked on); then, the other threads running again,
-deregister the patch's frames and unmap it.
+deregister the patch's frames and unmap it. A record that owns a dlopen handle (loader.libraries: its new
+functions live in a shared library) also waits for that library's code to be off every stack, and
+dlcloses it before the unmap; such records are written by `commit`, the step apply ends with.
 
 Atomicity (docs/design.md): the record in the target says what is under way before each step (a
 write-ahead log); SIGINT/SIGTERM/SIGHUP are held and acted on only at safe points (loader.critical); one
@@ -26,7 +28,7 @@ from diffobj.errors import InputError, Refused
 from diffobj.read import read_object
 from linker.integrity import check_trusted, read_module_bytes
 from linker.module import Func, ModuleInfo, read_module
-from loader import faults, layout, x86_64 as arch
+from loader import dynlink, faults, layout, x86_64 as arch
 from loader.consistency import Range, check
 from loader.critical import Critical
 from loader.frames import find_registry, registry_of
@@ -68,7 +70,7 @@ def load_module(path: str, trusted: dict | None = None) -> tuple[ModuleInfo, obj
     return info, obj
 
 
-def _candidates(maps: list[Mapping], size: int, anchors: list[int]) -> list[int]:
+def free_addresses_near(maps: list[Mapping], size: int, anchors: list[int]) -> list[int]:
     """Page-aligned addresses for a mapping of `size` bytes in a free gap, every byte of it within rel32
     reach of every anchor; the top of each gap (away from the heap, which grows up), nearest first."""
     lo, hi = min(anchors), max(anchors)
@@ -139,11 +141,7 @@ def _apply(s: Session, info: ModuleInfo, obj, path: str, timeout: float, stack_c
         recover(s, timeout, critical)
         if any(r.module == info.name for r in s.patches):
             raise Refused([(info.name, f"already applied in process {s.pid} (revert it first)")])
-        current = {}  # old function address -> (record, func) of the newest patch of it
-        for record in s.patches:
-            if record.state == ACTIVE:
-                for f in record.funcs:
-                    current[f.old_addr] = (record, f)
+        current = current_patches(s.patches)
         olds = _old_functions(s, info, resolver)
         placements = _placements(s, info, obj, path, olds, targets)
         seq = max((r.seq for r in s.patches), default=0) + 1
@@ -153,7 +151,7 @@ def _apply(s: Session, info: ModuleInfo, obj, path: str, timeout: float, stack_c
 
             def map_all(caller: RemoteCaller) -> None:
                 for pl in placements:
-                    pl.base = _map_near(caller, f"kpatch:{info.name}", pl.candidates, pl.plan.size)
+                    pl.base = map_near(caller, f"kpatch:{info.name}", pl.candidates, pl.plan.size)
                     if not pl.base:
                         raise Refused([(info.name, f"could not map memory near {pl.target}")])
 
@@ -197,30 +195,47 @@ def _apply(s: Session, info: ModuleInfo, obj, path: str, timeout: float, stack_c
             _register_frames(s, record, placements, resolver, timeout)
             critical.safe_point()
 
-            busy = []
-            for f in funcs:
-                prev = current.get(f.old_addr)
-                lo, n = (prev[1].new_addr, prev[1].new_size) if prev else (f.old_addr, f.old_size)
-                busy.append(Range(lo, lo + n, f.name))
-            sites = [Range(f.site, f.site + arch.JMP_REL32_SIZE, f.name) for f in funcs]
-
-            def commit(stopped: Stopped) -> None:
-                for f in funcs:
-                    if s.mem.read(f.site, arch.JMP_REL32_SIZE).hex() != f.orig:
-                        raise Refused([(f.name, "its code changed while the patch was being prepared")])
-                _switch(s, record, [(f, arch.jmp_rel32(f.site, f.new_addr), bytes.fromhex(f.orig)) for f in funcs],
-                        APPLYING, ACTIVE, PENDING, "commit")
-
-            _until_consistent(s, sites, busy if stack_check else None, timeout, critical, commit)
+            commit(s, record, current, stack_check, timeout, critical)
         except BaseException:
             if record is None or record.state != ACTIVE:
-                _discard(s, record, [(pl.base, pl.plan.size) for pl in placements if pl.base], timeout)
+                discard(s, record, [(pl.base, pl.plan.size) for pl in placements if pl.base], timeout)
             raise
     if not still_alive(s.pid):  # killed while it was being patched: what was written went with it
         raise ThreadGone(s.pid)
     s.stats.late_signal = critical.late
     s.stats.elapsed = time.perf_counter() - t0
     return record, s.stats
+
+
+def current_patches(patches: list[PatchRecord]) -> dict[int, tuple[PatchRecord, PatchedFunc]]:
+    """Old function address -> (record, func) of the newest active patch of it."""
+    current = {}
+    for record in patches:
+        if record.state == ACTIVE:
+            for f in record.funcs:
+                current[f.old_addr] = (record, f)
+    return current
+
+
+def commit(s: Session, record: PatchRecord, current: dict, stack_check: bool, timeout: float,
+           critical: Critical) -> None:
+    """Write every jump of `record` (written to the target, PENDING) with every thread stopped, none of
+    them in a function being replaced (nor in the patch code now running for it): ACTIVE after."""
+    busy = []
+    for f in record.funcs:
+        prev = current.get(f.old_addr)
+        lo, n = (prev[1].new_addr, prev[1].new_size) if prev else (f.old_addr, f.old_size)
+        busy.append(Range(lo, lo + n, f.name))
+    sites = [Range(f.site, f.site + arch.JMP_REL32_SIZE, f.name) for f in record.funcs]
+
+    def write_jumps(stopped: Stopped) -> None:
+        for f in record.funcs:
+            if s.mem.read(f.site, arch.JMP_REL32_SIZE).hex() != f.orig:
+                raise Refused([(f.name, "its code changed while the patch was being prepared")])
+        _switch(s, record, [(f, arch.jmp_rel32(f.site, f.new_addr), bytes.fromhex(f.orig)) for f in record.funcs],
+                APPLYING, ACTIVE, PENDING, "commit")
+
+    _until_consistent(s, sites, busy if stack_check else None, timeout, critical, write_jumps)
 
 
 def _depends(patches: list[PatchRecord], funcs: list[PatchedFunc], reached: list[int]) -> list[str]:
@@ -259,7 +274,7 @@ def _switch(s: Session, record: PatchRecord, writes: list[tuple[PatchedFunc, byt
     faults.point(f"{step}-done", s.pid)
 
 
-def _discard(s: Session, record: PatchRecord | None, mappings: list[tuple[int, int]], timeout: float) -> None:
+def discard(s: Session, record: PatchRecord | None, mappings: list[tuple[int, int]], timeout: float) -> None:
     """Undo an apply that did not commit: nothing jumps to the patch, so its frames are deregistered and
     its mappings removed. Frames that cannot be deregistered (or whose registration is unknown) keep the
     mapping: the record stays, for a later revert or recovery."""
@@ -299,7 +314,7 @@ def _placements(s: Session, info: ModuleInfo, obj, path: str, olds, targets: dic
         plan = layout.plan(obj, sections, _max_header(info, path) if i == 0 else 0)
         anchors = [targets[target].start, targets[target].end]
         anchors += [a + d for f, a, n in olds if f.objname == target for d in (0, n)]
-        candidates = _candidates(s.maps, plan.size, anchors)
+        candidates = free_addresses_near(s.maps, plan.size, anchors)
         if not candidates:
             raise Refused([(info.name, f"no free address range within ±2 GB of {target}")])
         placements.append(_Placement(target, plan, candidates))
@@ -369,7 +384,7 @@ def _deregister_frames(s: Session, record: PatchRecord, timeout: float, quiet: b
     return True
 
 
-def _map_near(caller: RemoteCaller, name: str, candidates: list[int], size: int) -> int:
+def map_near(caller: RemoteCaller, name: str, candidates: list[int], size: int) -> int:
     """Map at the first free candidate address; 0 when none could be had."""
     for at in candidates[:8]:
         try:
@@ -421,10 +436,10 @@ def _until_consistent(s: Session, sites: list[Range], busy: list[Range] | None, 
 
 def revert_patches(pid: int, name: str | None, timeout: float = 10.0) -> tuple[list[PatchRecord], Stats]:
     """Revert patch `name`, or all patches (newest first) when name is None."""
-    return run(pid, "revert", lambda s: _revert(s, name, timeout), wait=timeout)
+    return run(pid, "revert", lambda s: revert_records(s, name, timeout), wait=timeout)
 
 
-def _revert(s: Session, name: str | None, timeout: float):
+def revert_records(s: Session, name: str | None, timeout: float):
     t0 = time.perf_counter()
     done = []
     with Critical() as critical:
@@ -459,7 +474,10 @@ def _revert_one(s: Session, record: PatchRecord, timeout: float, critical: Criti
     funcs = [] if record.state in (PENDING, REVERTED) else record.funcs
     sites = [Range(f.site, f.site + arch.JMP_REL32_SIZE, f.name) for f in funcs]
     busy = [Range(lo, hi, f"{record.module} (patch code)") for lo, hi in record.code]
-    unmap_now = not record.frames
+    if record.handle:  # the library it loaded goes too: its code must be off every stack first
+        busy += [Range(lo, hi, f"{record.module} (library {os.path.basename(record.library)})")
+                 for lo, hi in dynlink.library_code(s.objects, record.library)]
+    unmap_now = not record.frames and not record.handle
 
     def restore(stopped: Stopped) -> None:
         writes = []
@@ -483,8 +501,13 @@ def _revert_one(s: Session, record: PatchRecord, timeout: float, critical: Criti
             caller.munmap(start, size)
             faults.point("unmapped", s.pid)
 
-    if record.state != REVERTED or unmap_now:
-        _until_consistent(s, sites, busy if funcs else [], timeout, critical, restore)
+    if record.state != REVERTED or unmap_now or record.handle:
+        _until_consistent(s, sites, busy if funcs or record.handle else [], timeout, critical, restore)
+    if record.handle:
+        # forgotten first: a patch-ctl killed during the call leaves the library loaded, never closed twice
+        handle, record.handle = record.handle, 0
+        s.mem.write(record.start, record.encode())
+        dynlink.dlclose(s, handle, record.module, timeout)
     if not unmap_now:
         # no thread has the patch's code on its stack nor can enter it: no unwind needs its frames
         _deregister_frames(s, record, timeout, then=unmap)

@@ -136,6 +136,18 @@ class Memory:
             raise self._error(OSError(errno.EIO, "short read"), "read", addr)
         return data
 
+    def read_cstring(self, addr: int, limit: int) -> tuple[bytes, bool]:
+        """The bytes of the NUL-terminated string at addr, at most `limit` of them, read page by page (never
+        past the page where it ends: the next may be unmapped); and whether its end was found."""
+        out = b""
+        while len(out) < limit:
+            chunk = self.read(addr + len(out), min(4096 - (addr + len(out)) % 4096, limit - len(out)))
+            end = chunk.find(b"\0")
+            if end >= 0:
+                return out + chunk[:end], True
+            out += chunk
+        return out, False
+
     def read_u64(self, addr: int) -> int:
         return int.from_bytes(self.read(addr, 8), "little")
 

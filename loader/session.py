@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from diffobj.errors import InputError, PatchBuildError, Refused
 from loader import layout, x86_64 as arch
-from loader.frames import FrameRegistry
+from loader.frames import Avoid
 from loader.lock import TargetLock
 from loader.objects import LoadedObject, loaded_objects
 from loader.procfs import Mapping, Memory, check_process, dying, process_alive, read_maps, tracer_of
@@ -140,9 +140,10 @@ def run(pid: int, what: str, fn, wait: float | None = 10.0):
             session.close()
 
 
-def in_clear_thread(s: Session, registry: FrameRegistry, calls, timeout: float):
-    """calls(caller) run by a thread stopped outside the unwinder and the allocator (whose locks it might
-    hold), the only one stopped meanwhile; threads found inside are let go and others tried."""
+def in_clear_thread(s: Session, registry: Avoid, calls, timeout: float):
+    """calls(caller) run by a thread stopped outside `registry`'s code (the unwinder and the allocator, or
+    the dynamic linker: whose locks it might hold), the only one stopped meanwhile; threads found inside
+    are let go and others tried."""
     deadline = time.monotonic() + timeout
     while True:
         first = s.caller_tid
@@ -164,7 +165,7 @@ def in_clear_thread(s: Session, registry: FrameRegistry, calls, timeout: float):
             except NotStopping:
                 continue  # in uninterruptible sleep: another may do
         if time.monotonic() >= deadline:
-            raise Refused([(f"process {s.pid}", "every thread stayed inside the unwinder or the allocator; "
+            raise Refused([(f"process {s.pid}", f"every thread stayed inside {registry.what}; "
                                                 f"gave up after {timeout:g} s")])
         time.sleep(RETRY_PAUSE)
 

@@ -3,7 +3,8 @@
 Each applied patch lives in mappings (one per target object) of memfds named `kpatch:NAME`, which
 /proc/PID/maps shows as `/memfd:kpatch:NAME (deleted)`; a later patch-ctl finds them there and reads the
 header at the start of the first: magic, format version, length, then JSON (module, apply order, its
-mappings, functions with the bytes each jump replaced, unwind information registered in the target).
+mappings, functions with the bytes each jump replaced, unwind information registered in the target, the
+shared library it loaded with dlopen or redirects into).
 """
 from __future__ import annotations
 
@@ -55,6 +56,11 @@ class PatchRecord:
     # confirmed after it (1): a patch-ctl killed in between leaves it unknown, and the mapping is then kept.
     frames: list[list[int]] = field(default_factory=list)
     depends: list[str] = field(default_factory=list)  # earlier patches whose code this one's code reaches
+    # A record of loader.libraries: the shared library its jumps lead into (through far-jump stubs in its
+    # mappings, which then hold no other code), or that it loaded; `handle` is the target's dlopen handle
+    # this record owns (dlclose'd by its revert), 0 when it owns none.
+    library: str = ""
+    handle: int = 0
 
     @property
     def start(self) -> int:

@@ -255,14 +255,8 @@ def find(s: Session, spec: str, type_name: str | None = None) -> Found:
 def _read_cstring(mem: Memory, addr: int) -> str:
     if addr == 0:
         return "NULL"
-    out = b""
-    while len(out) < STRING_LIMIT:
-        chunk = mem.read(addr + len(out), min(4096 - (addr + len(out)) % 4096, STRING_LIMIT - len(out)))
-        end = chunk.find(b"\0")
-        if end >= 0:
-            return (out + chunk[:end]).decode("utf-8", "replace")
-        out += chunk
-    return out.decode("utf-8", "replace") + "..."
+    text, complete = mem.read_cstring(addr, STRING_LIMIT)
+    return text.decode("utf-8", "replace") + ("" if complete else "...")
 
 
 def show(mem: Memory, t: VarType, data: bytes) -> str:
