@@ -199,7 +199,7 @@ def uninstall(name: str = typer.Argument(..., help="The module name."), store: O
 def installed(store: Optional[Path] = StoreOption,
               json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
     """The patches in the store, each verified (exit 2 when one is not intact)."""
-    from diffobj.errors import InputError
+    from diffobj.errors import PatchBuildError
     from loader.store import Store
 
     target = Store(store)
@@ -208,7 +208,7 @@ def installed(store: Optional[Path] = StoreOption,
     for entry in entries:
         try:
             target.verify(entry)
-        except InputError as e:
+        except PatchBuildError as e:  # corrupt (InputError) or unsafe (Refused): shown, then exit 2
             problems[entry.name] = str(e)
     if json_output:
         typer.echo(json.dumps({"store": str(target.root),

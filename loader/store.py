@@ -15,6 +15,7 @@ import json
 import os
 import re
 import stat
+import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def _modinfo(base: str, data: bytes) -> dict[str, str]:
         if sec["sh_size"] > MAX_MODINFO_BYTES:
             raise InputError(f"{base}: .modinfo larger than {MAX_MODINFO_BYTES} bytes")
         raw = sec.data()
-    except (ELFError, ValueError) as e:  # pyelftools also raises ValueError on truncated data
+    except (ELFError, ValueError, struct.error) as e:  # what pyelftools raises on malformed or truncated data
         raise InputError(f"{base}: malformed ELF file ({e})") from None
     info = {}
     for item in raw.split(b"\0"):
@@ -222,9 +223,10 @@ class Store:
             entries = self.entries()
             old = next((e for e in entries if e.name == entry.name), None)
             if old is not None and old.sha256 == entry.sha256:
-                self.verify(old)
-                return old, False
-            if old is not None and not force:
+                with contextlib.suppress(InputError):  # a damaged store copy is repaired below
+                    self.verify(old)
+                    return old, False
+            if old is not None and old.sha256 != entry.sha256 and not force:
                 raise Refused([(entry.name, f"installed already with other contents (sha256:{old.sha256[:16]}..., "
                                             f"{old.kind}); --force replaces it")])
             # The new file first, then the index that names it, then the old file: whenever the process

@@ -116,6 +116,16 @@ def test_library_lookup_for_a_daemon(builds, store, tmp_path):
     assert "sum-fix" in listing.stderr and "not intact" in listing.stderr
     assert "sum-fix (user space" in listing.stdout and "NOT INTACT" in listing.stdout
 
+    # installing the same module again repairs the store's copy
+    run = patch_ctl("install", "--store", store, builds.modules["sum-fix"])
+    assert run.returncode == 0 and run.stdout.startswith("installed sum-fix"), run.stdout + run.stderr
+    assert lib.verify(entry).read_bytes() == builds.modules["sum-fix"].read_bytes()
+
+    # a module file others could have written is not used either
+    os.chmod(path, 0o666)
+    listing = patch_ctl("installed", "--store", store)
+    assert listing.returncode == 2 and "writable by group or others" in listing.stdout, listing.stdout
+
 
 def test_index_is_deterministic(builds, tmp_path):
     names = ["incr-fix", "hold-reply", "sum-fix"]
@@ -158,6 +168,10 @@ def test_bad_modules(builds, store, tmp_path):
     subprocess.run(["gcc", "-c", "-x", "c", "-", "-o", str(nomodinfo)], input="int f(void) { return 0; }\n",
                    text=True, check=True)
     assert_one_line_error(patch_ctl("install", "--store", store, nomodinfo), 2, "plain.ko", "no .modinfo")
+    truncated = tmp_path / "livepatch_t.ko"
+    truncated.write_bytes(kernel_module(tmp_path / "k" / "livepatch_t.ko", "livepatch_t", "6.1.0-1-amd64")
+                          .read_bytes()[:600])
+    assert_one_line_error(patch_ctl("install", "--store", store, truncated), 2, "livepatch_t.ko", "malformed ELF")
     assert not (store / "index.json").exists()
 
 
