@@ -238,6 +238,9 @@ class Store:
         return entry, True
 
     def uninstall(self, name: str) -> Installed:
+        with _store_errors(self.root):
+            if not self._exists():  # not created just to say so
+                raise InputError(f"{name}: not installed in {self.root} (no store there)")
         with self._locked():
             entries = self.entries()
             old = next((e for e in entries if e.name == name), None)

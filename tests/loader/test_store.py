@@ -61,6 +61,8 @@ def test_install_list_uninstall(builds, store, tmp_path):
     assert [p["name"] for p in installed_json(store)["patches"]] == ["both"]
     assert sorted(p.name for p in (store / "modules").iterdir()) == [f"both-{listing['patches'][0]['sha256'][:16]}.kpatch"]
     assert_one_line_error(patch_ctl("uninstall", "--store", store, "incr-fix"), 2, "incr-fix: not installed")
+    assert_one_line_error(patch_ctl("uninstall", "--store", tmp_path / "none", "incr-fix"), 2, "no store there")
+    assert not (tmp_path / "none").exists()
 
 
 def test_store_from_environment(builds, store):
