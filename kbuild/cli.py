@@ -16,7 +16,7 @@ import typer
 from diffobj.console import entry_point, guarded, internal_error_message
 from diffobj.errors import InputError, PatchBuildError
 from kbuild.build import BuildFailed
-from kbuild.package import build_deb, check_version, maintainer, package_epoch
+from kbuild.package import build_deb, check_version, maintainer, package_epoch, require_dpkg_deb
 from kbuild.options import BuildOptions, BuildResult
 from report.summary import build_summary
 
@@ -109,6 +109,7 @@ def _check_package(package: str | None, version: str | None, patches: list[Path]
             raise InputError(f"--package {package}: unknown package format (deb is the one supported)")
         if version is not None:
             check_version(version)
+        require_dpkg_deb()
         maintainer()
         return package_epoch([p for p in patches if p.is_file()])  # a missing one fails the build itself
 

@@ -92,6 +92,11 @@ def check_version(version: str) -> str:
     return version
 
 
+def require_dpkg_deb() -> None:
+    if shutil.which("dpkg-deb") is None:
+        raise InputError("--package deb needs dpkg-deb (Debian's dpkg package)")
+
+
 def maintainer() -> str:
     """`DEBFULLNAME <DEBEMAIL>`, as Debian's own tools take it: a package names who answers for it."""
     address = os.environ.get("DEBEMAIL", "").strip()
@@ -150,7 +155,8 @@ def build_deb(result: BuildResult, outdir: Path, epoch: int, version: str | None
         changelog = (f"{package} ({version}) unstable; urgency=medium\n\n{item}\n\n"
                      f" -- {contact}  {email.utils.formatdate(epoch)}\n")
         # A version with a Debian revision is that of a non-native package: its changelog has another name.
-        _write(docs / ("changelog.Debian.gz" if "-" in version else "changelog.gz"), gzip.compress(changelog.encode(), 9, mtime=epoch))
+        _write(docs / ("changelog.Debian.gz" if "-" in version else "changelog.gz"),
+               gzip.compress(changelog.encode(), 9, mtime=epoch))
         # The loader links the module by its symbol table: stripping it would break it.
         _write(root / "usr/share/lintian/overrides" / package,
                f"{package}: unstripped-binary-or-object [{module}]\n".encode())
@@ -176,8 +182,6 @@ def build_deb(result: BuildResult, outdir: Path, epoch: int, version: str | None
         outdir.mkdir(parents=True, exist_ok=True)
         deb = outdir / f"{package}_{version.split(':')[-1]}_{ARCH}.deb"
         env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch))
-        if shutil.which("dpkg-deb") is None:
-            raise InputError("--package deb needs dpkg-deb (Debian's dpkg package)")
         proc = subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(root), str(deb)],
                               capture_output=True, text=True, env=env)
         if proc.returncode:

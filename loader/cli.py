@@ -218,7 +218,8 @@ def installed(store: Optional[Path] = StoreOption,
         if not entries:
             typer.echo(f"no patches installed in {target.root}")
         for entry in entries:
-            _say(f"{_describe(entry)} {'NOT INTACT: ' + problems[entry.name] if entry.name in problems else 'verified'}")
+            problem = problems.get(entry.name)
+            _say(f"{_describe(entry)} {'NOT INTACT: ' + problem if problem else 'verified'}")
     if problems:
         _fail(f"{len(problems)} installed module(s) not intact: {', '.join(sorted(problems))}", 2)
 

@@ -59,7 +59,8 @@ def test_install_list_uninstall(builds, store, tmp_path):
     run = patch_ctl("uninstall", "--store", store, "incr-fix")
     assert run.returncode == 0 and run.stdout.startswith("uninstalled incr-fix"), run.stderr
     assert [p["name"] for p in installed_json(store)["patches"]] == ["both"]
-    assert sorted(p.name for p in (store / "modules").iterdir()) == [f"both-{listing['patches'][0]['sha256'][:16]}.kpatch"]
+    both_file = f"both-{listing['patches'][0]['sha256'][:16]}.kpatch"
+    assert sorted(p.name for p in (store / "modules").iterdir()) == [both_file]
     assert_one_line_error(patch_ctl("uninstall", "--store", store, "incr-fix"), 2, "incr-fix: not installed")
     assert_one_line_error(patch_ctl("uninstall", "--store", tmp_path / "none", "incr-fix"), 2, "no store there")
     assert not (tmp_path / "none").exists()
