@@ -196,7 +196,11 @@ class Store:
         if (not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT or doc.get("version") != INDEX_VERSION
                 or not isinstance(doc.get("patches"), list)):
             raise InputError(f"{self.index}: not a version {INDEX_VERSION} patch-build store index")
-        return [_entry(self.index, raw) for raw in doc["patches"]]
+        entries = [_entry(self.index, raw) for raw in doc["patches"]]
+        names = [e.name for e in entries]
+        if len(set(names)) != len(names):
+            raise InputError(f"{self.index}: malformed store index: a name recorded twice")
+        return entries
 
     def _write_index(self, entries: list[Installed]) -> None:
         """Replace the index atomically; same entries, same bytes."""

@@ -193,9 +193,13 @@ def test_corrupt_index(builds, store):
     assert patch_ctl("install", "--store", store, builds.modules["incr-fix"]).returncode == 0
     index = store / "index.json"
     doc = json.loads(index.read_text())
+    good = dict(doc["patches"][0])
     doc["patches"][0]["file"] = "../../etc/passwd"  # the index decides which file is read: checked
     index.write_text(json.dumps(doc))
     assert_one_line_error(patch_ctl("installed", "--store", store), 2, "index.json", "malformed store index entry")
+    doc["patches"] = [good, good]
+    index.write_text(json.dumps(doc))
+    assert_one_line_error(patch_ctl("installed", "--store", store), 2, "index.json", "a name recorded twice")
     index.write_text("{not json")
     assert_one_line_error(patch_ctl("installed", "--store", store), 2, "index.json", "not JSON")
     index.write_text(json.dumps({"format": "other", "version": 1, "patches": []}))
