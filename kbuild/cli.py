@@ -14,8 +14,9 @@ from typing import List, Optional
 import typer
 
 from diffobj.console import entry_point, guarded, internal_error_message
-from diffobj.errors import PatchBuildError
+from diffobj.errors import InputError, PatchBuildError
 from kbuild.build import BuildFailed
+from kbuild.package import build_deb, check_version, maintainer, package_epoch, require_dpkg_deb
 from kbuild.options import BuildOptions, BuildResult
 from report.summary import build_summary
 
@@ -97,6 +98,22 @@ class RichProgress:
         self._progress.stop()
 
 
+def _check_package(package: str | None, version: str | None, patches: list[Path]) -> int | None:
+    """Bad packaging options are refused before the build, not after it; the package's date when packaging."""
+    with guarded(PROG):
+        if package is None:
+            if version is not None:
+                raise InputError("--package-version needs --package deb")
+            return None
+        if package != "deb":
+            raise InputError(f"--package {package}: unknown package format (deb is the one supported)")
+        if version is not None:
+            check_version(version)
+        require_dpkg_deb()
+        maintainer()
+        return package_epoch([p for p in patches if p.is_file()])  # a missing one fails the build itself
+
+
 @app.command()
 def main(
     patches: List[Path] = typer.Argument(..., metavar="PATCH",
@@ -131,6 +148,12 @@ def main(
     only_explained: bool = typer.Option(False, "--only-explained",
                                         help="leave out of the module the changed functions no patch hunk explains "
                                              "(generated files, timestamps); the report lists them"),
+    package: Optional[str] = typer.Option(None, "--package", metavar="deb",
+                                          help="also wrap the module and its reports in a Debian package "
+                                               "(OUTDIR/patch-build-NAME_VERSION_amd64.deb)"),
+    package_version: Optional[str] = typer.Option(None, "--package-version",
+                                                  help="the package's version (default: 0+ the module's "
+                                                       "SHA-256 prefix)"),
 ) -> None:
     """Build a live patch module from PATCH files.
 
@@ -139,6 +162,7 @@ def main(
     """
     if debug:
         os.environ["PATCH_BUILD_DEBUG"] = "1"
+    epoch = _check_package(package, package_version, patches)
     progress = RichProgress() if sys.stderr.isatty() else PlainProgress()
     options = BuildOptions(patches=patches, srcdir=srcdir, targets=target, name=name, outdir=outdir, jobs=jobs,
                            skip_cleanup=skip_cleanup, debug=debug, build_cmd=build_cmd, target_binaries=target_binary,
@@ -152,6 +176,7 @@ def main(
         with guarded(PROG):
             try:
                 result = build(options)
+                deb = build_deb(result, outdir, epoch, package_version) if package else None
             except Exception as e:
                 failure = str(e) if isinstance(e, PatchBuildError) else internal_error_message(e)
                 progress.close(ok=False)
@@ -167,6 +192,8 @@ def main(
         raise
     print(f"{PROG}: wrote {result.module} ({len(result.functions)} function(s): "
           f"{', '.join(result.functions)}) and {result.report_json}", file=sys.stderr)
+    if deb:
+        print(f"{PROG}: wrote {deb}", file=sys.stderr)
     if json_output:
         print(build_summary(0, outdir=outdir, name=result.name, module=result.module))
 

@@ -225,6 +225,72 @@ def lib_unload(library: str = typer.Argument(..., help="The library `lib load` l
     _late(stats, "the library is unloaded")
 
 
+StoreOption = typer.Option(None, "--store", metavar="DIR", envvar="PATCH_BUILD_STORE",
+                           help="The patch store (default /var/lib/patch-build).")
+
+
+def _describe(entry) -> str:
+    on = (f"kernel {entry.kernel_release}" if entry.kind == "kernel" else
+          "user space: " + ", ".join(f"{t['name']} build-id {t['build_id']}" for t in entry.targets))
+    signed = f"signed ({entry.signer})" if entry.signer else "unsigned"
+    return f"{entry.name} ({on}; sha256:{entry.sha256[:16]}; {signed})"
+
+
+@app.command()
+def install(module: Path = typer.Argument(..., help="NAME.kpatch or NAME.ko"), store: Optional[Path] = StoreOption,
+            force: bool = typer.Option(False, "--force", help="Replace an installed module of that name."),
+            trusted_keys: Optional[Path] = typer.Option(None, "--trusted-keys", metavar="DIR",
+                                                        help="Only install user-space modules signed by a key of "
+                                                             "DIR/*.pem.")):
+    """Install a patch module into the store (verified), where it stays until `uninstall`."""
+    from linker.integrity import load_trusted_keys
+    from loader.store import Store
+
+    trusted = _guarded(lambda: load_trusted_keys(trusted_keys)) if trusted_keys is not None else None
+    target = Store(store)
+    entry, changed = _guarded(lambda: target.install(module, force, trusted))
+    _say(f"{'installed' if changed else 'already installed:'} {_describe(entry)} in {target.root}")
+
+
+@app.command()
+def uninstall(name: str = typer.Argument(..., help="The module name."), store: Optional[Path] = StoreOption):
+    """Remove a patch module from the store (a patch applied in a process or the kernel stays applied)."""
+    from loader.store import Store
+
+    target = Store(store)
+    entry = _guarded(lambda: target.uninstall(name))
+    _say(f"uninstalled {_describe(entry)} from {target.root}")
+
+
+@app.command()
+def installed(store: Optional[Path] = StoreOption,
+              json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """The patches in the store, each verified (exit 2 when one is not intact)."""
+    from diffobj.errors import PatchBuildError
+    from loader.store import Store
+
+    target = Store(store)
+    problems = {}
+    entries = _guarded(target.entries)
+    for entry in entries:
+        try:
+            target.verify(entry)
+        except PatchBuildError as e:  # corrupt (InputError) or unsafe (Refused): shown, then exit 2
+            problems[entry.name] = str(e)
+    if json_output:
+        typer.echo(json.dumps({"store": str(target.root),
+                               "patches": [dict(dataclasses.asdict(e), problem=problems.get(e.name))
+                                           for e in entries]}, indent=2, sort_keys=True))
+    else:
+        if not entries:
+            typer.echo(f"no patches installed in {target.root}")
+        for entry in entries:
+            problem = problems.get(entry.name)
+            _say(f"{_describe(entry)} {'NOT INTACT: ' + problem if problem else 'verified'}")
+    if problems:
+        _fail(f"{len(problems)} installed module(s) not intact: {', '.join(sorted(problems))}", 2)
+
+
 var_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                       help="Read and set global and static variables of a running process.")
 app.add_typer(var_app, name="var")
