@@ -16,6 +16,8 @@ from support import elfcheck
 from kbuild.lto import lto_flag, object_contents
 from linker.module import read_module
 
+pytestmark = pytest.mark.slow  # LTO builds of whole programs, fixed live: about a minute
+
 
 def _patch_ctl(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "loader", *map(str, args)], capture_output=True, text=True,

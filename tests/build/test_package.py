@@ -18,6 +18,8 @@ from kbuild.options import BuildResult
 from kbuild.package import build_deb
 from loader.store import Store
 
+pytestmark = pytest.mark.slow  # builds modules and Debian packages, runs lintian and dpkg
+
 EPOCH = "1700000000"
 
 

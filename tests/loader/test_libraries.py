@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from livetarget import FIXTURE, REPO, Load, Run, Server, assert_one_line_error, patch_ctl, patch_ctl_argv, \
     patch_ctl_env
 
+pytestmark = pytest.mark.slow  # its own server tree and libraries, built and patched live: about a minute
+
 INCLUDE = REPO / "templates" / "user" / "include"
 # SUM's replies: the fixture's srv_checksum leaves the last byte out; srv_checksum_v2 counts every byte
 # from 1000; cmd_sum_v2 tags its reply

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from livetarget import Load, assert_one_line_error, patch_ctl
 
 
@@ -39,6 +41,7 @@ def test_patch_whose_replaced_function_a_later_one_calls(builds, server):
     assert server.ask("SUM ab", "INCR k") == ["VALUE 97", "VALUE 1"]
 
 
+@pytest.mark.slow
 def test_hundred_apply_revert_cycles_under_load(builds):
     """The 16-thread server under client load, patched and reverted 100 times (in-process: the library
     calls patch-ctl makes): not one failed request, and the behaviour flips each time."""

@@ -19,6 +19,8 @@ from support.kmodule import kernel_module
 
 from linker.module import read_module
 
+pytestmark = pytest.mark.slow  # builds modules and installs them into stores
+
 
 @pytest.fixture
 def store(tmp_path):

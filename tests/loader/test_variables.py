@@ -13,6 +13,8 @@ import pytest
 
 from livetarget import REPO, Run, assert_one_line_error, patch_ctl, patch_ctl_argv, patch_ctl_env
 
+pytestmark = pytest.mark.slow  # live processes built with every variable type and gflags: about a minute
+
 VARS = REPO / "fixtures" / "vars"
 
 
