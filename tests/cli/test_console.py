@@ -41,6 +41,7 @@ def handled(pid: int) -> None:
         time.sleep(0.001)
 
 
+@pytest.mark.slow  # a dozen start-ups each: about 20 s
 @pytest.mark.parametrize("prog", sorted(COMMANDS))
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_during_start_up(prog, sig):

@@ -121,6 +121,7 @@ def test_interrupted_apply_releases_the_target(builds, server, sig):
     held.close()
 
 
+@pytest.mark.slow  # waits out patch-ctl's stop limit
 def test_thread_that_cannot_stop(builds, server):
     """A worker in vfork() waits where no ptrace interrupt reaches it: patch-ctl gives up after its limit,
     one line, exit 1, and the process runs on untraced once patch-ctl has exited."""
