@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -85,3 +86,22 @@ def run_vm(vmlinuz: Path, script: str, files: dict[str, Path] | None = None, tim
         if "VM-DONE" not in out:
             raise AssertionError(f"VM stopped before its checks finished; console:\n{out[-6000:]}")
         return out[out.index("VM-START"):]
+
+
+def vm_results(console: str) -> dict[str, str]:
+    """The `R key=value` lines a VM script printed, and the whole console under "console"."""
+    results = dict(re.findall(r"^R ([\w.]+)=(.*)$", console, re.M))
+    results["console"] = console
+    return results
+
+
+def check_results(vm: dict[str, str], expected: dict[str, str]) -> None:
+    got = {k: vm.get(k) for k in expected}
+    assert got == expected, f"VM results differ; console:\n{vm['console'][-4000:]}"
+
+
+def built_module(modules: dict, name: str):
+    """The module patch-build wrote for `name`, failing the test with its stderr when it wrote none."""
+    b = modules[name]
+    assert b.ok, f"patch-build failed for {name} (exit {b.returncode}):\n{b.stderr}"
+    return b.module

@@ -13,11 +13,10 @@ kpatch-syscall.h build unchanged and work in Debian's 6.1 kernel, booted once in
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
-from qemu_vm import LIVEPATCH_SHELL, run_vm
+from qemu_vm import LIVEPATCH_SHELL, built_module, check_results, run_vm, vm_results
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
@@ -89,38 +88,27 @@ def modules(patch_build, tmp_path_factory):
 def vm(kenv, modules) -> dict[str, str]:
     files = {f"/{name}.ko": b.module for name, b in modules.items() if b.ok}
     console = run_vm(kenv.vmlinuz, SCRIPT, files)
-    results = dict(re.findall(r"^R ([\w.]+)=(.*)$", console, re.M))
-    results["console"] = console
-    return results
+    return vm_results(console)
 
 
-def _built(modules, name):
-    b = modules[name]
-    assert b.ok, f"patch-build failed for {name} (exit {b.returncode}):\n{b.stderr}"
-    return b.module
-
-
-def _check(vm: dict[str, str], expected: dict[str, str]) -> None:
-    got = {k: vm.get(k) for k in expected}
-    assert got == expected, f"VM results differ; console:\n{vm['console'][-4000:]}"
 
 
 def test_callbacks_run_in_order_on_load_and_disable(modules, vm):
-    _built(modules, "kpatch_callbacks")
+    built_module(modules, "kpatch_callbacks")
     loaded = "pre_patch vmlinux,post_patch vmlinux,"
     unpatched = loaded + "pre_unpatch vmlinux,post_unpatch vmlinux,"
-    _check(vm, {"cb.before": "", "cb.insmod": "0", "cb.transition": "0", "cb.loaded": loaded, "cb.patched": "1",
+    check_results(vm, {"cb.before": "", "cb.insmod": "0", "cb.transition": "0", "cb.loaded": loaded, "cb.patched": "1",
                 "cb.disabled": "gone", "cb.after_disable": unpatched, "cb.restored": "0", "cb.rmmod": "0",
                 "cb.after_unload": unpatched})
 
 
 def test_callbacks_without_a_changed_function(modules, vm):
-    path = _built(modules, "kpatch_callback_only")
+    path = built_module(modules, "kpatch_callback_only")
     report = json.loads(path.with_suffix(".report.json").read_text())
     statuses = {f["name"]: f["status"] for o in report["objects"] for f in o["functions"]}
     assert "changed" not in statuses.values(), statuses
     assert {n for n, s in statuses.items() if s == "new"} == {"only_pre_patch", "only_post_unpatch"}, statuses
-    _check(vm, {"only.insmod": "0", "only.transition": "0", "only.loaded": "pre_patch vmlinux,",
+    check_results(vm, {"only.insmod": "0", "only.transition": "0", "only.loaded": "pre_patch vmlinux,",
                 "only.disabled": "gone", "only.rmmod": "0",
                 "only.unloaded": "pre_patch vmlinux,post_unpatch vmlinux,"})
 
@@ -128,22 +116,22 @@ def test_callbacks_without_a_changed_function(modules, vm):
 def test_shadow_variable_gives_existing_tasks_a_new_field(modules, vm):
     """Values come from a counter, in the order the tasks are first seen: pid 1 keeps its value across
     reads by two processes, the shell and the reader get the next ones; gone once the patch is disabled."""
-    _built(modules, "kpatch_newpid")
-    _check(vm, {"newpid.before": "0", "newpid.insmod": "0", "newpid.transition": "0", "newpid.init": "1001",
+    built_module(modules, "kpatch_newpid")
+    check_results(vm, {"newpid.before": "0", "newpid.insmod": "0", "newpid.transition": "0", "newpid.init": "1001",
                 "newpid.init_again": "1001", "newpid.shell": "1002", "newpid.self": "1003",
                 "newpid.disabled": "gone", "newpid.rmmod": "0", "newpid.restored": "0"})
 
 
 def test_kpatch_syscall_define_is_live_patched(kenv, modules, vm):
-    _built(modules, "kpatch_newuname")
-    _check(vm, {"uname.before": "x86_64", "uname.insmod": "0", "uname.transition": "0",
+    built_module(modules, "kpatch_newuname")
+    check_results(vm, {"uname.before": "x86_64", "uname.insmod": "0", "uname.transition": "0",
                 "uname.patched": "klp-x86_64", "uname.release": kenv.release, "uname.disabled": "gone",
                 "uname.rmmod": "0", "uname.restored": "x86_64"})
 
 
 def test_kpatch_syscall_leaves_the_tracing_metadata_to_the_running_kernel(modules):
     """SYSCALL_DEFINE's metadata is missing from the patched unit; kpatch-syscall.h says to ignore it."""
-    report = json.loads(_built(modules, "kpatch_newuname").with_suffix(".report.json").read_text())
+    report = json.loads(built_module(modules, "kpatch_newuname").with_suffix(".report.json").read_text())
     [obj] = report["objects"]
     assert {f["name"] for f in obj["functions"] if f["status"] == "changed"} == {"__x64_sys_newuname",
                                                                                   "__ia32_sys_newuname"}

@@ -20,7 +20,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
-from qemu_vm import LIVEPATCH_SHELL, run_vm
+from qemu_vm import LIVEPATCH_SHELL, built_module, check_results, run_vm, vm_results
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
@@ -133,31 +133,20 @@ def vm(kenv, modules) -> dict[str, str]:
     for target in ("binfmt_misc", "ttyprintk"):
         files[f"/lib/modules/{target}.ko"] = kenv.module(target)
     console = run_vm(kenv.vmlinuz, SCRIPT, files)
-    results = dict(re.findall(r"^R ([\w.]+)=(.*)$", console, re.M))
-    results["console"] = console
-    return results
+    return vm_results(console)
 
 
-def _built(modules, name):
-    b = modules[name]
-    assert b.ok, f"patch-build failed for {name} (exit {b.returncode}):\n{b.stderr}"
-    return b.module
-
-
-def _check(vm: dict[str, str], expected: dict[str, str]) -> None:
-    got = {k: vm.get(k) for k in expected}
-    assert got == expected, f"VM results differ; console:\n{vm['console'][-4000:]}"
 
 
 def test_meminfo_string(modules, vm):
-    _built(modules, "meminfo_string")
-    _check(vm, {"meminfo.before": "VmallocChunk", "meminfo.insmod": "0", "meminfo.transition": "0",
+    built_module(modules, "meminfo_string")
+    check_results(vm, {"meminfo.before": "VmallocChunk", "meminfo.insmod": "0", "meminfo.transition": "0",
                 "meminfo.enabled": "1", "meminfo.patched": "VMALLOCCHUNK", "meminfo.disabled": "gone",
                 "meminfo.rmmod": "0", "meminfo.restored": "VmallocChunk"})
 
 
 def test_module_is_a_livepatch_with_matching_vermagic(kenv, modules):
-    path = _built(modules, "meminfo_string")
+    path = built_module(modules, "meminfo_string")
     with open(path, "rb") as f:
         info = ELFFile(f).get_section_by_name(".modinfo").data().split(b"\0")
     assert b"livepatch=Y" in info
@@ -165,7 +154,7 @@ def test_module_is_a_livepatch_with_matching_vermagic(kenv, modules):
 
 
 def test_static_call_uses_klp_relocation(modules, vm):
-    path = _built(modules, "stat_static_call")
+    path = built_module(modules, "stat_static_call")
     with open(path, "rb") as f:
         elf = ELFFile(f)
         symtab = elf.get_section_by_name(".symtab")
@@ -186,39 +175,39 @@ def test_static_call_uses_klp_relocation(modules, vm):
                 assert sym["st_shndx"] == SHN_LIVEPATCH, sym.name
     assert ".klp.sym.vmlinux.get_iowait_time,0" in klp_targets
     assert re.fullmatch(r"klp_static_iowait \d+", vm.get("static.line", "")), vm["console"][-4000:]
-    _check(vm, {"static.before": "0", "static.insmod": "0", "static.transition": "0", "static.disabled": "gone",
+    check_results(vm, {"static.before": "0", "static.insmod": "0", "static.transition": "0", "static.disabled": "gone",
                 "static.rmmod": "0", "static.restored": "0"})
 
 
 def test_duplicate_local_name_sympos(modules, vm):
-    path = _built(modules, "fdinfo_sympos")
+    path = built_module(modules, "fdinfo_sympos")
     report = json.loads(path.with_suffix(".report.json").read_text())
     [change] = [f for f in report["objects"][0]["functions"] if f["status"] == "changed"]
     assert (change["old_name"], change["sympos"]) == ("seq_show", 1)
-    _check(vm, {"sympos.before": "0", "sympos.insmod": "0", "sympos.transition": "0",
+    check_results(vm, {"sympos.before": "0", "sympos.insmod": "0", "sympos.transition": "0",
                 "sympos.patched": "klp:\tseq_show of fs/proc/fd.c", "sympos.disabled": "gone", "sympos.rmmod": "0",
                 "sympos.restored": "0"})
 
 
 def test_hot_function_with_special_sections(modules, vm):
-    _built(modules, "vfs_read_special")
-    _check(vm, {"vfsread.before": "rc=0 ", "vfsread.insmod": "0", "vfsread.transition": "0",
+    built_module(modules, "vfs_read_special")
+    check_results(vm, {"vfsread.before": "rc=0 ", "vfsread.insmod": "0", "vfsread.transition": "0",
                 "vfsread.patched": "rc=1 ioctl for device", "vfsread.other": "Linux version",
                 "vfsread.disabled": "gone", "vfsread.rmmod": "0", "vfsread.restored": "rc=0 "})
 
 
 def test_module_function(modules, vm):
-    _built(modules, "binfmt_status")
-    _check(vm, {"module.target_insmod": "0", "module.before": "enabled", "module.insmod": "0",
+    built_module(modules, "binfmt_status")
+    check_results(vm, {"module.target_insmod": "0", "module.before": "enabled", "module.insmod": "0",
                 "module.transition": "0", "module.patched": "ENABLED (patched)"})
 
 
 def test_module_loaded_after_the_patch(modules, vm):
-    path = _built(modules, "ttyprintk_prefix")
+    path = built_module(modules, "ttyprintk_prefix")
     with open(path, "rb") as f:
         klp = [s.name for s in ELFFile(f).iter_sections() if s.name.startswith(".klp.rela.")]
     assert klp and all(n.startswith(".klp.rela.ttyprintk.") for n in klp), klp
-    _check(vm, {"late.insmod": "0", "late.transition": "0", "late.target_insmod": "0",
+    check_results(vm, {"late.insmod": "0", "late.transition": "0", "late.target_insmod": "0",
                 "late.patched": "[U-klp] first-line", "late.disabled": "gone", "late.rmmod": "0",
                 "late.restored": "[U] second-line"})
     if "module.patched" in vm:  # atomic replace: the binfmt_misc patch made way
@@ -226,13 +215,13 @@ def test_module_loaded_after_the_patch(modules, vm):
 
 
 def test_atomic_replace(modules, vm):
-    _built(modules, "meminfo_string")
-    _built(modules, "cmdline_prefix")
-    _check(vm, {"replace.first_insmod": "0", "replace.first_transition": "0", "replace.first_patched": "VMALLOCCHUNK",
+    built_module(modules, "meminfo_string")
+    built_module(modules, "cmdline_prefix")
+    check_results(vm, {"replace.first_insmod": "0", "replace.first_transition": "0", "replace.first_patched": "VMALLOCCHUNK",
                 "replace.second_insmod": "0", "replace.second_transition": "0", "replace.first_sysfs": "gone",
                 "replace.meminfo": "VmallocChunk", "replace.cmdline": "klp-cmdline ",
                 "replace.patches": "cmdline_prefix "})
-    _built(modules, "stat_nonreplace")
-    _check(vm, {"nonreplace.insmod": "0", "nonreplace.transition": "0",
+    built_module(modules, "stat_nonreplace")
+    check_results(vm, {"nonreplace.insmod": "0", "nonreplace.transition": "0",
                 "nonreplace.patches": "cmdline_prefix stat_nonreplace ", "nonreplace.cmdline": "klp-cmdline ",
                 "nonreplace.stat": "1"})

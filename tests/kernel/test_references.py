@@ -22,7 +22,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
-from qemu_vm import LIVEPATCH_SHELL, run_vm
+from qemu_vm import LIVEPATCH_SHELL, check_results, run_vm, vm_results
 from support.hashseeds import patch_diff_outputs
 
 pytestmark = [pytest.mark.kernel]
@@ -95,13 +95,8 @@ echo "R cross.restored=$(cut -c1-15 /proc/cmdline)"
 def vm(kenv, built) -> dict[str, str]:
     files = {f"/{b.module.name}": b.module for key, b in built.items() if key != "aio objects" and b.ok}
     console = run_vm(kenv.vmlinuz, SCRIPT, files)
-    results = dict(re.findall(r"^R ([\w.]+)=(.*)$", console, re.M))
-    results["console"] = console
-    return results
+    return vm_results(console)
 
-
-def _check(vm: dict[str, str], expected: dict[str, str]) -> None:
-    assert {k: vm.get(k) for k in expected} == expected, f"VM results differ; console:\n{vm['console'][-4000:]}"
 
 
 def test_output_is_deterministic_and_keys_name_data(kenv, built, tmp_path):
@@ -117,7 +112,7 @@ def test_output_is_deterministic_and_keys_name_data(kenv, built, tmp_path):
 def test_module_with_jump_labels_loads(built, vm):
     # A key naming a function made the loader write a static key's fields into kernel text.
     assert built["aio"].module.name == "livepatch_aio_pr_debug.ko"
-    _check(vm, {"aio.insmod": "0", "aio.transition": "0", "aio.disabled": "gone", "aio.rmmod": "0"})
+    check_results(vm, {"aio.insmod": "0", "aio.transition": "0", "aio.disabled": "gone", "aio.rmmod": "0"})
     assert not re.search(r"\b(BUG|WARNING|Oops)\b", vm["console"]), vm["console"][-4000:]
 
 
@@ -130,7 +125,7 @@ def test_new_function_called_from_another_unit(built, vm):
         [tag] = [s for s in symtab.iter_symbols() if "klp_cross_unit_tag" in s.name]
         assert tag.name == "klp_cross_unit_tag" and tag["st_info"]["type"] == "STT_FUNC"
         assert tag["st_shndx"] != "SHN_UNDEF"
-    _check(vm, {"cross.before": "console=ttyS0 p", "cross.insmod": "0", "cross.transition": "0",
+    check_results(vm, {"cross.before": "console=ttyS0 p", "cross.insmod": "0", "cross.transition": "0",
                 "cross.patched": "klp-cross-unit ", "cross.disabled": "gone", "cross.rmmod": "0",
                 "cross.restored": "console=ttyS0 p"})
 
