@@ -63,14 +63,16 @@ def _pair_by(key, orig_syms, patched_syms, unique_only: bool) -> None:
 
 
 def _ordered_local_refs(func: Symbol, resolver: TargetResolver) -> list[Symbol]:
-    """Numbered local data a function's code references, in order of first reference."""
+    """Numbered local data a function's code references, in order of first reference: its own, then its
+    `.cold`/`.part` pieces' (gcc may move a static local's only use into a piece in one build only)."""
     refs: dict[Symbol, None] = {}
-    sec = func.section
-    for rel in sec.relocations:
-        if func.value <= rel.offset < func.value + max(func.size, 1):
-            target = resolver.resolve(sec, rel).symbol
-            if target is not None and _is_numbered_local_data(target):
-                refs[target] = None
+    for piece in (func, *sorted(func.children, key=lambda c: c.name)):
+        sec = piece.section
+        for rel in sec.relocations:
+            if piece.value <= rel.offset < piece.value + max(piece.size, 1):
+                target = resolver.resolve(sec, rel).symbol
+                if target is not None and _is_numbered_local_data(target):
+                    refs[target] = None
     return list(refs)
 
 
@@ -201,6 +203,8 @@ def _correlate_sections(orig: ObjectFile, patched: ObjectFile) -> None:
 
 def correlate(orig: ObjectFile, patched: ObjectFile, problems: Problems,
               orig_resolver: TargetResolver, patched_resolver: TargetResolver) -> None:
+    for obj in (orig, patched):
+        link_children(obj)
     o_syms = [s for s in orig.symbols if _pairable(s)]
     p_syms = [s for s in patched.symbols if _pairable(s)]
     plain = lambda s: not _is_numbered_local_data(s)  # noqa: E731
@@ -214,8 +218,6 @@ def correlate(orig: ObjectFile, patched: ObjectFile, problems: Problems,
     _pair_by(lambda s: names.pattern(s.name), numbered(o_syms), numbered(p_syms), True)
 
     _correlate_sections(orig, patched)
-    for obj in (orig, patched):
-        link_children(obj)
 
 
 def link_children(obj: ObjectFile) -> None:
