@@ -83,7 +83,10 @@ class Comparer:
             n = tp.section.entsize
             same = to.section.data[to.offset:to.offset + n] == tp.section.data[tp.offset:tp.offset + n]
             return None if same else f"constant in {tp.section.name} changed"
-        if not tp.section.is_readonly_data:
+        # Anonymous code (the kernel's `.altinstr_aux`: static_cpu_has() slow paths, one block per use) is
+        # compared by contents too: a block added before this one moves it without changing it.
+        anonymous_code = tp.section.is_text and tp.section.twin is to.section
+        if not (tp.section.is_readonly_data or anonymous_code):
             if tp.section.twin is not to.section or tp.offset != to.offset:
                 return f"now references {tp.section.name} instead of {to.section.name}"
             return None
@@ -97,7 +100,7 @@ class Comparer:
             if item.endswith(b"\0") and item[:-1].isascii() and b"\0" not in item[:-1]:
                 old = to.section.data[to.offset:o_end].rstrip(b"\0")
                 return f'string literal changed: "{short_text(old)}" -> "{short_text(item[:-1])}"'
-            return f"data it uses in {tp.section.name} changed"
+            return f"{'code' if anonymous_code else 'data'} it uses in {tp.section.name} changed"
         return None
 
     def compare(self, o_sec: Section, o_lo: int, o_hi: int, p_sec: Section, p_lo: int, p_hi: int,
