@@ -11,11 +11,6 @@ from diffobj.problems import Problems
 INIT_SECTION_PREFIXES = (".init.", ".exit.", ".meminit.", ".head.text", ".ref.text")
 
 
-# Kernel sections of per-call-site metadata (dynamic debug descriptors): a patch that moves lines
-# changes their line fields without changing what the running kernel must keep.
-METADATA_SECTIONS = ("__dyndbg",)
-
-
 def _is_init(name: str) -> bool:
     return name.startswith(INIT_SECTION_PREFIXES)
 
@@ -42,8 +37,6 @@ def check(patched: ObjectFile, kernel: bool, problems: Problems) -> None:
                 if len(code) < need:
                     problems.add(sym.name, f"too small to redirect: {len(code)} bytes, a jump needs {need}")
         elif sym.is_object and sym.status is Status.CHANGED and sym.twin is not None:
-            if kernel and sec.name in METADATA_SECTIONS:
-                continue  # descriptors whose line numbers moved: the running ones stay in use
             if kernel and _is_init(sec.name):
                 problems.add(sym.name, f"changed initialisation-only data ({sec.name})")
             elif sym.size != sym.twin.size:

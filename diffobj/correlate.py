@@ -1,7 +1,7 @@
 """Correlate: link each symbol and section of the patched object to its twin in the original.
 
-Order matters, as in kpatch: exact names first; then compiler-numbered clones whose name pattern is
-unique on both sides; static locals (and other numbered local data) by the functions that use them,
+Order matters, as in kpatch: kernel dynamic debug descriptors by what they describe (`diffobj.dyndbg`); exact
+names; then compiler-numbered clones whose name pattern is unique on both sides; static locals (and other numbered local data) by the functions that use them,
 because their numbers shift when a unit gains or loses one; sections follow their symbols, and
 anonymous sections (strings, constants) pair by name.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from diffobj import names
+from diffobj import dyndbg, names
 from diffobj.model import (
     BOOKKEEPING_TYPES,
     STT_COMMON,
@@ -30,13 +30,13 @@ _DATA_TYPES = {STT_NOTYPE, STT_OBJECT, STT_COMMON, STT_TLS}
 
 
 def _pairable(sym: Symbol) -> bool:
-    if sym.is_section or sym.type == STT_FILE or not sym.name or not sym.is_defined:
+    if sym.is_section or sym.type == STT_FILE or not sym.name or not sym.is_defined or dyndbg.is_descriptor(sym):
         return False
     return not (sym.type == STT_NOTYPE and sym.name.startswith(".L"))
 
 
 def _is_numbered_local_data(sym: Symbol) -> bool:
-    return sym.is_local and not sym.is_function and names.is_numbered(sym.name)
+    return sym.is_local and not sym.is_function and names.is_numbered(sym.name) and not dyndbg.is_descriptor(sym)
 
 
 def _link(a: Symbol, b: Symbol) -> None:
@@ -205,6 +205,7 @@ def correlate(orig: ObjectFile, patched: ObjectFile, problems: Problems,
               orig_resolver: TargetResolver, patched_resolver: TargetResolver) -> None:
     for obj in (orig, patched):
         link_children(obj)
+    dyndbg.correlate(orig, patched, orig_resolver, patched_resolver)
     o_syms = [s for s in orig.symbols if _pairable(s)]
     p_syms = [s for s in patched.symbols if _pairable(s)]
     plain = lambda s: not _is_numbered_local_data(s)  # noqa: E731

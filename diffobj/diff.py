@@ -1,5 +1,5 @@
-"""The differ's pipeline: read -> correlate -> compare -> kpatch marks -> check -> include -> special sections
--> output.
+"""The differ's pipeline: read -> (kernel: split the dynamic debug table) -> correlate -> compare -> kpatch marks
+-> check -> include -> special sections -> output.
 
 `diff_objects` is the library entry point (patch-diff and patch-build call it); it returns a
 `DiffResult` and raises `InputError` for inputs it cannot use. Refusals are data (`result.errors`): the
@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-from diffobj import checks, ehframe, kpatch_marks, names, special
+from diffobj import checks, dyndbg, ehframe, kpatch_marks, names, special
 from diffobj.compare import Comparer, compare
 from diffobj.correlate import correlate
 from diffobj.errors import InputError
@@ -96,11 +96,15 @@ def diff_models(orig: ObjectFile, patched: ObjectFile, options: DiffOptions | No
     opts = options or DiffOptions()
     objname = opts.objname or ("vmlinux" if opts.kernel else os.path.splitext(os.path.basename(patched_path))[0])
     problems = Problems()
+    if opts.kernel:
+        for obj in (orig, patched):
+            dyndbg.split(obj)
     o_res, p_res = TargetResolver(orig), TargetResolver(patched)
 
     correlate(orig, patched, problems, o_res, p_res)
     _check_same_unit(orig, patched)
     compare(orig, patched, Comparer(o_res, p_res), opts.leave_out)
+    dyndbg.forget_moved_lines(patched)
     for what in kpatch_marks.apply_ignores(patched, p_res, problems):
         problems.warn(f"{what} changed but is not patched: the patch says to ignore it (KPATCH_IGNORE_*)")
     checks.check(patched, opts.kernel, problems)

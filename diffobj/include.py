@@ -22,6 +22,25 @@ class Included:
     reason: str
 
 
+# Where gcc puts data without -fdata-sections; any other section is named by the data's definition.
+_DEFAULT_DATA_SECTIONS = frozenset({".data", ".bss", ".rodata", ".data.rel", ".data.rel.local", ".data.rel.ro",
+                                    ".data.rel.ro.local", ".tdata", ".tbss"})
+
+
+def _uses_data_sections(obj: ObjectFile) -> bool:
+    """Whether the unit was built with -fdata-sections: some object lies in a section named after it."""
+    return any(s.is_object and s.section is not None and s.section.name.endswith("." + s.name)
+               and s.section.name != "." + s.name for s in obj.symbols)
+
+
+def _shared_section_advice(obj: ObjectFile, sec: Section) -> str:
+    """What to do about data sharing a section the running program keeps: -fdata-sections would give it a
+    section of its own, unless a section attribute put it there or the build has the flag already."""
+    if sec.name in _DEFAULT_DATA_SECTIONS and not _uses_data_sections(obj):
+        return "build with -fdata-sections"
+    return "its definition places it there (a section attribute), so it cannot be carried alone"
+
+
 def _owner(sec: Section) -> str:
     named = [s for s in sec.symbols if s.is_function or s.is_object]
     return named[0].name if named else sec.name
@@ -66,7 +85,7 @@ class Inclusion:
         existing = [s for s in sec.symbols if s.twin is not None and s.is_object]
         if sec.is_writable and existing:
             self.problems.add(sym.name, f"new data shares section {sec.name} with existing {existing[0].name}: "
-                                        "build with -fdata-sections")
+                                        f"{_shared_section_advice(self.patched, sec)}")
             return
         self.add(sec, sym.name, "object", reason)
 
@@ -110,7 +129,7 @@ class Inclusion:
             self.add(tsec, tsec.name, "section", f"new data, used by {owner}")
         else:
             self.problems.add(owner, f"references anonymous writable data in {tsec.name}, which cannot be "
-                                     "found in the running program (build with -fdata-sections)")
+                                     f"found in the running program ({_shared_section_advice(self.patched, tsec)})")
             return
         self.require_available(t, owner)
 
