@@ -70,7 +70,8 @@ class Comparer:
         if tp.symbol is not None:
             if to.symbol is None or tp.symbol.twin is not to.symbol or tp.offset != to.offset:
                 old = to.symbol.name if to.symbol is not None else to.section.name
-                return f"now references {tp.symbol.name} instead of {old}"
+                new = tp.symbol.name if tp.symbol.twin is not None or tp.symbol.name != old else f"a new {old}"
+                return f"now references {new} instead of {old}"
             if not tp.symbol.is_function and tp.symbol.status is Status.CHANGED and tp.section.is_readonly_data:
                 return f"uses changed read-only data {tp.symbol.name}"
             return None
