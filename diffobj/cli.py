@@ -43,6 +43,8 @@ def main(
     report: Optional[Path] = typer.Option(None, "--report", help="write a JSON report here"),
     kernel: bool = typer.Option(False, "--kernel", help="kernel mode: special sections, fentry, klp symbols"),
     objname: Optional[str] = typer.Option(None, "--objname", help="the target's name (vmlinux, a module, a file)"),
+    patches: list[Path] = typer.Option([], "--patch", metavar="PATCH", help="the patch the two builds differ by (repeatable, in "
+                                       "order): code that differs only in the __LINE__ values it moved is unchanged"),
 ) -> None:
     """Write OUTPUT: the changed and new functions of PATCHED and what they need, as a relocatable object.
 
@@ -52,7 +54,12 @@ def main(
     reported = (internal_error_reported(lambda message: write_error_report(report, patched.stem, message))
                 if report is not None else contextlib.nullcontext())
     with guarded(PROG), reported:
-        result = diff_objects(str(orig), str(patched), DiffOptions(kernel=kernel, objname=objname))
+        shifts = None
+        if patches:
+            from report.patches import line_shifts
+
+            shifts = line_shifts(patches)
+        result = diff_objects(str(orig), str(patched), DiffOptions(kernel=kernel, objname=objname, line_shifts=shifts))
         if report is not None:
             write_report(result, report)
         for w in result.warnings:

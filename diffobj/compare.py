@@ -7,7 +7,7 @@ Data is compared first so that a function using changed read-only data is itself
 """
 from __future__ import annotations
 
-from diffobj import names
+from diffobj import line_numbers, names
 from diffobj.arch import x86_64 as arch
 from diffobj.model import (
     BOOKKEEPING_TYPES,
@@ -56,8 +56,10 @@ def _referenced(t: Target) -> str:
 
 
 class Comparer:
-    def __init__(self, orig_resolver: TargetResolver, patched_resolver: TargetResolver):
+    def __init__(self, orig_resolver: TargetResolver, patched_resolver: TargetResolver,
+                 shifts: line_numbers.LineShifts | None = None):
         self.o_res, self.p_res = orig_resolver, patched_resolver
+        self.shifts = shifts  # the lines the patch moved, when known: moved __LINE__ values are no change
 
     def target_difference(self, o_sec: Section, ro: Relocation, p_sec: Section, rp: Relocation,
                           depth: int = 0) -> str | None:
@@ -79,7 +81,9 @@ class Comparer:
             return f"now references data in {tp.section.name} instead of {to.symbol.name}"
         if tp.section.is_strings:
             old, new = string_at(to.section, to.offset), string_at(tp.section, tp.offset)
-            return None if old == new else f'string literal changed: "{short_text(old)}" -> "{short_text(new)}"'
+            if old == new or line_numbers.only_line_in_text_differs(old, new, self.shifts):
+                return None
+            return f'string literal changed: "{short_text(old)}" -> "{short_text(new)}"'
         if tp.section.flags & SHF_MERGE and tp.section.entsize:
             n = tp.section.entsize
             same = to.section.data[to.offset:to.offset + n] == tp.section.data[tp.offset:tp.offset + n]
@@ -114,8 +118,8 @@ class Comparer:
         reasons = []
         o_code = _masked(o_sec.data[o_lo:o_hi], o_lo, o_rels)
         p_code = _masked(p_sec.data[p_lo:p_hi], p_lo, p_rels)
-        if o_code != p_code and not (p_sec.is_text and arch.only_line_numbers_differ(
-                o_code, p_code, _call_targets(o_rels, o_lo), _call_targets(p_rels, p_lo))):
+        if o_code != p_code and not (p_sec.is_text and line_numbers.only_lines_differ(
+                o_code, p_code, _call_targets(o_rels, o_lo), _call_targets(p_rels, p_lo), self.shifts)):
             reasons.append(f"{what} changed")
         if len(o_rels) != len(p_rels) or any(
                 ro.offset - o_lo != rp.offset - p_lo or ro.type != rp.type for ro, rp in zip(o_rels, p_rels)):

@@ -16,6 +16,7 @@ from diffobj.compare import Comparer, compare
 from diffobj.correlate import correlate
 from diffobj.errors import InputError
 from diffobj.include import Included, include
+from diffobj.line_numbers import LineShifts
 from diffobj.model import ObjectFile, OutputObject, Status, Symbol
 from diffobj.output import FunctionChange, ReferenceNamer, build_output, redirected_functions
 from diffobj.problems import Problem, Problems
@@ -38,6 +39,9 @@ class DiffOptions:
     # The size of an ORIGINAL function in the running target, when known (it may differ from the scratch
     # build's: -ffunction-sections turns short jumps to other functions into long ones); the loader checks it.
     deployed_size: Callable[[Symbol], int | None] | None = None
+    # The lines the patch moved (report.patches.line_shifts): code differing only in moved __LINE__ values is
+    # unchanged. Without it, only kpatch's known reporting functions and "file:line" strings are recognised.
+    line_shifts: LineShifts | None = None
 
 
 @dataclass
@@ -103,7 +107,7 @@ def diff_models(orig: ObjectFile, patched: ObjectFile, options: DiffOptions | No
 
     correlate(orig, patched, problems, o_res, p_res)
     _check_same_unit(orig, patched)
-    compare(orig, patched, Comparer(o_res, p_res), opts.leave_out)
+    compare(orig, patched, Comparer(o_res, p_res, opts.line_shifts), opts.leave_out)
     dyndbg.forget_moved_lines(patched)
     for what in kpatch_marks.apply_ignores(patched, p_res, problems):
         problems.warn(f"{what} changed but is not patched: the patch says to ignore it (KPATCH_IGNORE_*)")

@@ -48,7 +48,7 @@ from report.build import write_reports
 from report.collect import build_report, object_report
 from report.explain import UnitSources, all_left_out_message, left_out_note, unexplained_changes
 from report.model import Target
-from report.patches import read_hunks, touched_files
+from report.patches import line_shifts, read_hunks, touched_files
 
 # kpatch's patch macros (kpatch-macros.h, kpatch-syscall.h), found as kpatch-build's patches expect.
 KPATCH_INCLUDE = Path(os.fspath(resources.files("templates").joinpath("kernel", "include")))
@@ -471,6 +471,7 @@ class _KernelBuild:
         originals = [read_object(os.fspath(u.orig)) for u in units]
         provided = new_globals(originals, [read_object(os.fspath(u.patched)) for u in units])
         hunks = read_hunks(self.o.patches) if self.o.only_explained else []
+        shifts = line_shifts(self.o.patches)
         for i, u in enumerate(units):
             table = tables["vmlinux"] if u.target == "vmlinux" else self._module_table(tables, u.target)
             # A module's own exports are reached through klp relocations too: the patch must load without it.
@@ -484,7 +485,8 @@ class _KernelBuild:
                 return target
 
             options = DiffOptions(kernel=True, objname=u.target, exported=exported,
-                                  sympos=Sympos(table, originals[i]), extern_objname=extern_objname, provided=provided)
+                                  sympos=Sympos(table, originals[i]), extern_objname=extern_objname, provided=provided,
+                                  line_shifts=shifts)
             u.diff = diff_objects(os.fspath(u.orig), os.fspath(u.patched), options)
             if hunks:
                 # The tree has its original sources back: macro and type names are read from those.

@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from diffobj.diff import DiffOptions, DiffResult, diff_objects
+from diffobj.line_numbers import LineShifts
 from diffobj.read import read_object
 from kbuild.deployed import DeployedBinary, UnitSymbols, load_binary, mismatches
 from report.explain import UnitSources, unexplained_changes
@@ -24,6 +25,7 @@ class UnitJob:
     binary: Path  # deployed target binary
     output: Path  # where the differ's output goes
     only_explained: UnitSources | None = None  # --only-explained: the patches' hunks, to leave unexplained changes out
+    line_shifts: LineShifts | None = None  # the lines the patches moved: moved __LINE__ values are no change
 
 
 @dataclass
@@ -51,7 +53,8 @@ def _binary(path: Path) -> DeployedBinary:
 def diff_unit(job: UnitJob) -> UnitDiff:
     binary = _binary(job.binary)
     unit = UnitSymbols(binary, read_object(os.fspath(job.orig)))
-    options = DiffOptions(kernel=False, objname=binary.name, sympos=unit, deployed_size=unit.size)
+    options = DiffOptions(kernel=False, objname=binary.name, sympos=unit, deployed_size=unit.size,
+                          line_shifts=job.line_shifts)
     result = diff_objects(os.fspath(job.orig), os.fspath(job.patched), options)
     left_out, causes = unexplained_changes(result, job.only_explained) if job.only_explained else ([], {})
     if left_out:

@@ -29,7 +29,7 @@ from linker.module import Target, read_module
 from linker.integrity import load_private_key
 from linker.user import link_user_module
 from report.explain import UnitSources, all_left_out_message, left_out_note, unexplained_changes
-from report.patches import read_hunks, touched_files
+from report.patches import line_shifts, read_hunks, touched_files
 
 
 # Files whose regeneration by the build changes code: sources, headers and what they include.
@@ -268,6 +268,7 @@ class _Build:
         jobs, outputs = [], self.scratch / "out"
         outputs.mkdir()
         hunks = read_hunks(self.o.patches) if self.o.only_explained else []
+        shifts = line_shifts(self.o.patches)
         for path in changed:
             obj = read_object(os.fspath(snapshots[path]))
             source = self._rel(originals[path].source)
@@ -279,7 +280,7 @@ class _Build:
                 jobs.append(UnitJob(source=source, object_name=self._rel(path), orig=snapshots[path], patched=path,
                                     binary=binary.path, output=outputs / f"{len(jobs):05d}-{binary.name}-{path.name}",
                                     only_explained=UnitSources(hunks, self.tree, source, tuple(self.generated))
-                                    if self.o.only_explained else None))
+                                    if self.o.only_explained else None, line_shifts=shifts))
         if not jobs:
             raise NoChange("no functional change to the targets: the changed objects are not linked into "
                            + ", ".join(b.name for b in binaries))

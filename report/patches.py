@@ -14,6 +14,7 @@ from pathlib import Path
 import unidiff
 
 from diffobj.errors import InputError
+from diffobj.line_numbers import Hunk, LineShifts
 
 MAX_PATCH_BYTES = 64 << 20  # a patch larger than this is not a live patch
 
@@ -89,6 +90,19 @@ def read_hunks(patches) -> list[SourceHunk]:
                         next_new = line.target_line_no + 1
                 hunks.append(entry)
     return hunks
+
+
+def line_shifts(patches) -> LineShifts:
+    """Where the patches move each line they leave unchanged, file by file (for the differ: a moved `__LINE__`
+    is no change), the patches applied in order."""
+    files: dict[str, list[tuple[Hunk, ...]]] = {}
+    for patch in patches:
+        for patched_file in read_patch(patch):
+            files.setdefault(file_path(patched_file), []).append(tuple(
+                Hunk(h.source_start, h.source_length, h.target_start, h.target_length,
+                     {line.source_line_no: line.target_line_no for line in h if line.is_context})
+                for h in patched_file))
+    return LineShifts({path: tuple(per_patch) for path, per_patch in files.items()})
 
 
 def lines_by_file(hunks: list[SourceHunk]) -> dict[str, set[int]]:

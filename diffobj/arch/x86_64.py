@@ -1,6 +1,7 @@
 """x86-64: relocation types, instruction facts and the jump used to redirect a function."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -106,43 +107,53 @@ def pc_relative_bias(code_insns: list[tuple[int, int]], reloc_offset: int, size:
     return size
 
 
-# Functions with a line-number parameter, and the register that carries it (System V ABI): a patch
-# that adds lines above a caller shifts the immediate it passes without changing what it does.
-LINE_PARAMETER_REGISTER = {
-    "__might_sleep": "esi", "___might_sleep": "esi", "__might_resched": "esi", "__might_fault": "esi",
-    "lockdep_rcu_suspicious": "esi", "__assert_fail": "edx", "__assert_perror_fail": "edx",
-}
-_LINE_CALL_WINDOW = 8  # instructions between loading the line number and the call
+# Integer arguments in registers (System V ABI), by position, as a 32-bit value (a line number) loads them.
+ARGUMENT_REGISTERS = ("edi", "esi", "edx", "ecx", "r8d", "r9d")
+_CALL_WINDOW = 8  # instructions between loading an argument and the call
+_NUMBER = re.compile(r"^-?(0x[0-9a-f]+|\d+)$")
 
 
-def only_line_numbers_differ(old: bytes, new: bytes, call_targets_old: dict[int, str],
-                             call_targets_new: dict[int, str]) -> bool:
-    """True when two same-size function bodies differ only in `mov $imm, %reg` that load the line
-    argument of a following call to a function with a line parameter. `call_targets_*`: relocation
-    offset -> symbol name."""
+@dataclass(frozen=True)
+class ImmediateChange:
+    """An instruction that differs between two builds only in an immediate operand."""
+    old: int
+    new: int
+    register: str | None  # the register a `mov $imm, %reg` loads, else None
+    next_call: str | None  # the function called within a few instructions after it (the same in both builds)
+
+
+def immediate_changes(old: bytes, new: bytes, calls_old: dict[int, str],
+                      calls_new: dict[int, str]) -> list[ImmediateChange] | None:
+    """Where two same-size code bodies differ, when every differing instruction differs only in immediate
+    operands (the same operation on the same registers and memory); None otherwise. `calls_*`: relocation
+    offset -> the symbol named there."""
     md = _disassembler()
     a, b = list(md.disasm_lite(old, 0)), list(md.disasm_lite(new, 0))
     if len(a) != len(b):
-        return False
-    differing = 0
+        return None
+    changes = []
     for i, ((addr, size, mnem, ops), (addr2, size2, mnem2, ops2)) in enumerate(zip(a, b)):
         if old[addr:addr + size] == new[addr2:addr2 + size2]:
             continue
-        if (addr, size, mnem) != (addr2, size2, "mov") or mnem != "mov":
-            return False
-        reg, src = ops.split(", ")[0], ops.split(", ")[-1]
-        reg2, src2 = ops2.split(", ")[0], ops2.split(", ")[-1]
-        if reg != reg2 or not (src.startswith("0x") or src.isdigit()) or not (src2.startswith("0x") or src2.isdigit()):
-            return False
-        if _line_register_of_next_call(a[i + 1:i + 1 + _LINE_CALL_WINDOW], call_targets_old) != reg or \
-                _line_register_of_next_call(b[i + 1:i + 1 + _LINE_CALL_WINDOW], call_targets_new) != reg:
-            return False
-        differing += 1
-    return differing > 0
+        operands, operands2 = ops.split(", "), ops2.split(", ")
+        if (addr, size, mnem) != (addr2, size2, mnem2) or len(operands) != len(operands2):
+            return None
+        call = _next_call(a[i + 1:i + 1 + _CALL_WINDOW], calls_old)
+        if call != _next_call(b[i + 1:i + 1 + _CALL_WINDOW], calls_new):
+            return None
+        for x, y in zip(operands, operands2):
+            if x == y:
+                continue
+            if not (_NUMBER.match(x) and _NUMBER.match(y)):
+                return None
+            register = operands[0] if mnem == "mov" and len(operands) == 2 and not _NUMBER.match(operands[0]) \
+                and "[" not in operands[0] else None
+            changes.append(ImmediateChange(int(x, 0), int(y, 0), register, call))
+    return changes
 
 
-def _line_register_of_next_call(insns, call_targets: dict[int, str]) -> str | None:
+def _next_call(insns, calls: dict[int, str]) -> str | None:
     for addr, _, mnem, _ in insns:
         if mnem in ("call", "jmp"):
-            return LINE_PARAMETER_REGISTER.get(call_targets.get(addr + 1, ""))
+            return calls.get(addr + 1)
     return None

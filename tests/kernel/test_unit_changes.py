@@ -8,13 +8,18 @@ what changed is still found.
   site beside existing ones.
 - new data in a section a section attribute names: refused, without advising -fdata-sections to a build that
   has it.
+- moved lines: WARN_ON() (line in `__bug_table`), fortify's "field ... at FILE:LINE" string, and `__LINE__`
+  given to pr_err() (unchanged given the patch's line shifts).
 """
 from __future__ import annotations
+
+import subprocess
 
 import pytest
 
 from diffobj.diff import DiffOptions, diff_objects
 from diffobj.model import OutputObject
+from report.patches import line_shifts
 from kernel_unit import compile_pair
 
 pytestmark = [pytest.mark.kernel]
@@ -145,3 +150,55 @@ def test_new_data_in_an_attribute_section_is_refused_without_flag_advice(kenv, t
     reasons = {e.symbol: e.reason for e in result.errors}
     assert "section attribute" in reasons.get("new_limit", ""), result.report()
     assert not any("-fdata-sections" in r for r in reasons.values()), reasons
+
+
+LINES = """#include <linux/module.h>
+#include <linux/printk.h>
+#include <linux/bug.h>
+#include <linux/string.h>
+{top}
+struct holder {{
+	int a;
+	char buf[8];
+	int b;
+}};
+
+int warned(int a)
+{{
+	WARN_ON(a == 3);
+	return a + 1;
+}}
+
+int reported(int a)
+{{
+	if (a > 9)
+		pr_err("%s:%d: %d\\n", __func__, __LINE__, a);
+	return a;
+}}
+
+void copy(struct holder *h, const void *src, size_t n)
+{{
+	memcpy(h->buf, src, n);
+}}
+"""
+
+
+def _patch(tmp_path, orig: str, patched: str):
+    for side, text in (("a", orig), ("b", patched)):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "unit.c").write_text(text)
+    proc = subprocess.run(["diff", "-u", "a/unit.c", "b/unit.c"], cwd=tmp_path, capture_output=True, text=True)
+    (tmp_path / "fix.patch").write_text(proc.stdout)
+    return tmp_path / "fix.patch"
+
+
+def test_moved_lines_in_kernel_code(kenv, tmp_path):
+    orig, patched = LINES.format(top=""), LINES.format(top="/* two lines\n * added */")
+    o, p = compile_pair(kenv.source, tmp_path, orig, patched)
+    assert b'"h->buf" at ' in o.read_bytes()  # fortify's "field ... at FILE:LINE" string
+    without = diff_objects(str(o), str(p), DiffOptions(kernel=True, objname="vmlinux"))
+    # pr_err()'s arguments are any integers: only the patch tells its __LINE__ (in reported.cold) moved.
+    assert _changed(without) == ["reported"] and not without.errors, without.report()
+    shifts = line_shifts([_patch(tmp_path, orig, patched)])
+    given = diff_objects(str(o), str(p), DiffOptions(kernel=True, objname="vmlinux", line_shifts=shifts))
+    assert not given.has_changes, given.report()
