@@ -3,7 +3,9 @@
 - fs/aio.c with dynamic-debug jump labels (aio-pr-debug): the special-section pass replaces relocations, and a
   cache of targets keyed by id() once gave the new ones stale targets (jump-label keys naming functions,
   varying with PYTHONHASHSEED). The output must be byte-identical under several seeds, each key naming data,
-  and the module must load in qemu (a key in kernel text makes the loader write into code).
+  and the module must load in qemu (a key in kernel text makes the loader write into code). Its two changed
+  pr_debug() formats are new descriptors the module carries: listed under its name in dynamic_debug/control,
+  and enabled there.
 - a new function of fs/proc/version.c called from fs/proc/cmdline.c (cross-unit-function) resolves inside the
   module, not as a klp reference to the running kernel: built with the default name (livepatch_ prefix),
   loaded in qemu, /proc/cmdline shows its effect.
@@ -80,6 +82,11 @@ def built(patch_build, tmp_path_factory):
 SCRIPT = LIVEPATCH_SHELL + r"""
 insmod /livepatch_aio_pr_debug.ko; echo "R aio.insmod=$?"
 echo "R aio.transition=$(wait_transition livepatch_aio_pr_debug)"
+mount -t debugfs debugfs /sys/kernel/debug
+control=/sys/kernel/debug/dynamic_debug/control
+echo "R aio.descriptors=$(grep '(klp)' $control | grep -c '\[livepatch_aio_pr_debug\]')"
+echo 'module livepatch_aio_pr_debug +p' > $control; echo "R aio.enable=$?"
+echo "R aio.enabled=$(grep '(klp)' $control | grep -c '=p ')"
 disable livepatch_aio_pr_debug aio
 
 echo "R cross.before=$(cut -c1-15 /proc/cmdline)"
@@ -113,6 +120,9 @@ def test_module_with_jump_labels_loads(built, vm):
     # A key naming a function made the loader write a static key's fields into kernel text.
     assert built["aio"].module.name == "livepatch_aio_pr_debug.ko"
     check_results(vm, {"aio.insmod": "0", "aio.transition": "0", "aio.disabled": "gone", "aio.rmmod": "0"})
+    # The two changed pr_debug() formats are new descriptors the module carries: dynamic debug lists them under
+    # the module's name, and enabling them flips jump labels whose keys lie in the module.
+    check_results(vm, {"aio.descriptors": "2", "aio.enable": "0", "aio.enabled": "2"})
     assert not re.search(r"\b(BUG|WARNING|Oops)\b", vm["console"]), vm["console"][-4000:]
 
 
