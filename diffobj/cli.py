@@ -43,8 +43,9 @@ def main(
     report: Optional[Path] = typer.Option(None, "--report", help="write a JSON report here"),
     kernel: bool = typer.Option(False, "--kernel", help="kernel mode: special sections, fentry, klp symbols"),
     objname: Optional[str] = typer.Option(None, "--objname", help="the target's name (vmlinux, a module, a file)"),
-    patches: list[Path] = typer.Option([], "--patch", metavar="PATCH", help="the patch the two builds differ by (repeatable, in "
-                                       "order): code that differs only in the __LINE__ values it moved is unchanged"),
+    patches: list[Path] = typer.Option([], "--patch", metavar="PATCH",
+                                       help="the patch the two builds differ by (repeatable, in order): code that "
+                                            "differs only in the __LINE__ values it moved is unchanged"),
 ) -> None:
     """Write OUTPUT: the changed and new functions of PATCHED and what they need, as a relocatable object.
 

@@ -1,9 +1,10 @@
 """Correlate: link each symbol and section of the patched object to its twin in the original.
 
 Order matters, as in kpatch: kernel dynamic debug descriptors by what they describe (`diffobj.dyndbg`); exact
-names; then compiler-numbered clones whose name pattern is unique on both sides; static locals (and other numbered local data) by the functions that use them,
-because their numbers shift when a unit gains or loses one; sections follow their symbols, and
-anonymous sections (strings, constants) pair by name.
+names; then compiler-numbered clones whose name pattern is unique on both sides; static locals (and other
+numbered local data) by the functions that use them (with their `.cold`/`.part` pieces), because their numbers
+shift when a unit gains or loses one; sections follow their symbols, and anonymous sections (strings,
+constants) pair by name.
 """
 from __future__ import annotations
 

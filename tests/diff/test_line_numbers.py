@@ -127,3 +127,15 @@ def test_patch_diff_takes_the_patch(moved, tmp_path):
                            "--patch", str(patch)], capture_output=True, text=True)
     assert proc.returncode == 3, proc.stderr
     assert "no functional change" in proc.stderr
+
+
+def test_patch_diff_names_a_bad_patch(moved, tmp_path):
+    orig, patched, _ = moved
+    from support.diffcases import assert_one_line_error, patch_diff_command
+
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a diff\n")
+    proc = subprocess.run([*patch_diff_command(), str(orig), str(patched), "-o", str(tmp_path / "out.o"),
+                           "--patch", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "notes.txt is not a patch" in assert_one_line_error(proc)
