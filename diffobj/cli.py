@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from diffobj.console import entry_point, error, guarded, internal_error_reported, printable
 from diffobj.diff import DiffOptions, DiffResult, diff_objects
+from diffobj.struct_sizes import from_settings
 
 app = typer.Typer(add_completion=True, help=__doc__, pretty_exceptions_enable=False)
 PROG = "patch-diff"
@@ -43,6 +45,10 @@ def main(
     report: Optional[Path] = typer.Option(None, "--report", help="write a JSON report here"),
     kernel: bool = typer.Option(False, "--kernel", help="kernel mode: special sections, fentry, klp symbols"),
     objname: Optional[str] = typer.Option(None, "--objname", help="the target's name (vmlinux, a module, a file)"),
+    struct_size: List[str] = typer.Option([], "--struct-size", metavar="STRUCT=BYTES", help=(
+        "kernel: sizeof a special-section struct of the target kernel (alt_instr, bug_entry, exception_table_entry, "
+        "jump_entry, paravirt_patch_site, orc_entry, static_call_site, pi_entry); repeatable. kpatch's environment "
+        "variables (ALT_STRUCT_SIZE, JUMP_STRUCT_SIZE, ...) are read too; these options win")),
 ) -> None:
     """Write OUTPUT: the changed and new functions of PATCHED and what they need, as a relocatable object.
 
@@ -52,7 +58,8 @@ def main(
     reported = (internal_error_reported(lambda message: write_error_report(report, patched.stem, message))
                 if report is not None else contextlib.nullcontext())
     with guarded(PROG), reported:
-        result = diff_objects(str(orig), str(patched), DiffOptions(kernel=kernel, objname=objname))
+        sizes = from_settings(struct_size, os.environ)
+        result = diff_objects(str(orig), str(patched), DiffOptions(kernel=kernel, objname=objname, struct_sizes=sizes))
         if report is not None:
             write_report(result, report)
         for w in result.warnings:

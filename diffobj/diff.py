@@ -20,6 +20,7 @@ from diffobj.model import ObjectFile, OutputObject, Status, Symbol
 from diffobj.output import FunctionChange, ReferenceNamer, build_output, redirected_functions
 from diffobj.problems import Problem, Problems
 from diffobj.read import read_object
+from diffobj.struct_sizes import StructSizes
 from diffobj.targets import TargetResolver
 from diffobj.writer import write_object
 
@@ -38,6 +39,8 @@ class DiffOptions:
     # The size of an ORIGINAL function in the running target, when known (it may differ from the scratch
     # build's: -ffunction-sections turns short jumps to other functions into long ones); the loader checks it.
     deployed_size: Callable[[Symbol], int | None] | None = None
+    # Kernel: the sizes of the structs the special-section tables are made of, for the kernel diffed.
+    struct_sizes: StructSizes = field(default_factory=StructSizes)
 
 
 @dataclass
@@ -111,7 +114,7 @@ def diff_models(orig: ObjectFile, patched: ObjectFile, options: DiffOptions | No
     inclusion = include(patched, p_res, problems, roots=callbacks if opts.kernel else [],
                         carried=special.CARRIED if opts.kernel else frozenset())
     if opts.kernel:
-        special.filter_special_sections(patched, problems)
+        special.filter_special_sections(patched, problems, opts.struct_sizes)
     else:
         ehframe.keep_unwind_info(patched, inclusion)
 

@@ -22,12 +22,11 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
+from conftest import fixture_patch
 from qemu_vm import LIVEPATCH_SHELL, check_results, run_vm, vm_results
 from support.hashseeds import patch_diff_outputs
 
 pytestmark = [pytest.mark.kernel]
-
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "kernel"
 
 KEY_FIELDS = {"__jump_table": (16, 8), ".static_call_sites": (8, 4)}  # section: (entry size, key offset)
 
@@ -99,8 +98,9 @@ def vm(kenv, built) -> dict[str, str]:
 
 
 
-def test_output_is_deterministic_and_keys_name_data(kenv, built, tmp_path):
-    outputs = patch_diff_outputs(*built["aio objects"], tmp_path, "--kernel")
+def test_output_is_deterministic_and_keys_name_data(kenv, built, kernel_struct_sizes, tmp_path):
+    sizes = [f"--struct-size={name}={size}" for name, size in sorted(kernel_struct_sizes.sizes.items())]
+    outputs = patch_diff_outputs(*built["aio objects"], tmp_path, "--kernel", *sizes)
     assert len(set(outputs.values())) == 1, "the output depends on PYTHONHASHSEED"
     keys = _key_names(next(iter(outputs.values())), tmp_path)
     assert len(keys) >= 10, keys  # pr_debug sites of the two changed functions, and their static calls
@@ -140,7 +140,7 @@ def test_module_name_of_the_kernel_is_refused(kenv, tmp_path, name):
     (tmp_path / "lib" / "modules" / kenv.release).symlink_to(kenv.modules)
     proc = subprocess.run([sys.executable, "-m", "kbuild", "-s", os.fspath(kenv.source), "--system-map",
                            os.fspath(symbols), "--headers", os.fspath(kenv.headers), "-o", os.fspath(tmp_path),
-                           "-n", name, os.fspath(FIXTURES / "cmdline-prefix.patch")],
+                           "-n", name, os.fspath(fixture_patch(kenv, "cmdline-prefix.patch"))],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]

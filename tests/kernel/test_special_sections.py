@@ -58,9 +58,10 @@ def read_write_objects(patch_build, tmp_path_factory):
     return _objects(patch_build, tmp_path_factory.mktemp("special"), "vfs-read-special.patch", "read_write.o")
 
 
-def test_only_entries_of_the_included_function(meminfo_objects, tmp_path):
+def test_only_entries_of_the_included_function(meminfo_objects, kernel_struct_sizes, tmp_path):
     orig, patched = meminfo_objects
-    result = diff_objects(str(orig), str(patched), DiffOptions(kernel=True, objname="vmlinux"))
+    result = diff_objects(str(orig), str(patched), DiffOptions(kernel=True, objname="vmlinux",
+                                                               struct_sizes=kernel_struct_sizes))
     assert [c.name for c in result.changed_functions] == ["meminfo_proc_show"] and not result.errors
     result.write(str(tmp_path / "out.o"))
     before, after = _sections(patched), _sections(tmp_path / "out.o")
@@ -105,9 +106,10 @@ def test_only_entries_of_the_included_function(meminfo_objects, tmp_path):
     assert struct.unpack("<Q", after["__mcount_loc"][0])[0] == 0
 
 
-def test_bug_table_and_retpoline_sites(read_write_objects, tmp_path):
+def test_bug_table_and_retpoline_sites(read_write_objects, kernel_struct_sizes, tmp_path):
     orig, patched = read_write_objects
-    result = diff_objects(str(orig), str(patched), DiffOptions(kernel=True, objname="vmlinux"))
+    result = diff_objects(str(orig), str(patched), DiffOptions(kernel=True, objname="vmlinux",
+                                                               struct_sizes=kernel_struct_sizes))
     assert [c.name for c in result.changed_functions] == ["vfs_read"] and not result.errors
     result.write(str(tmp_path / "out.o"))
     before, after = _sections(patched), _sections(tmp_path / "out.o")
