@@ -1,5 +1,5 @@
 """The differ's pipeline: read -> correlate -> compare -> kpatch marks -> check -> include -> special sections
--> output.
+(and runtime constants) -> output.
 
 `diff_objects` is the library entry point (patch-diff and patch-build call it); it returns a
 `DiffResult` and raises `InputError` for inputs it cannot use. Refusals are data (`result.errors`): the
@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-from diffobj import checks, ehframe, kpatch_marks, names, special
+from diffobj import checks, ehframe, kpatch_marks, names, runtime_const, special
 from diffobj.compare import Comparer, compare
 from diffobj.correlate import correlate
 from diffobj.errors import InputError
@@ -115,6 +115,7 @@ def diff_models(orig: ObjectFile, patched: ObjectFile, options: DiffOptions | No
                         carried=special.CARRIED if opts.kernel else frozenset())
     if opts.kernel:
         special.filter_special_sections(patched, problems, opts.struct_sizes)
+        runtime_const.rewrite_runtime_constants(patched, problems)
     else:
         ehframe.keep_unwind_info(patched, inclusion)
 
