@@ -161,7 +161,8 @@ class ObjectFile:
 
     def functions(self) -> list[Symbol]:
         """Defined functions, one symbol each: aliases and padding prefixes are left out."""
-        return [s for s in self.symbols if s.is_function and s.is_defined and s.alias_of is None and s.prefix_of is None]
+        return [s for s in self.symbols
+                if s.is_function and s.is_defined and s.alias_of is None and s.prefix_of is None]
 
     def section_named(self, name: str) -> Section | None:
         return next((s for s in self.sections if s.name == name), None)

@@ -5,8 +5,9 @@ included code: for each special section to keep, set `included` and replace `dat
 with the filtered entries (offsets rebased), so the output pass copies it like any other section.
 `.altinstr_replacement` is cut down to the replacements the kept `.altinstructions` entries use, and
 `.altinstr_aux` (static_cpu_has() slow paths, jumped into from the code) is in CARRIED: the include pass
-brings it whole when included code uses it, and follows its relocations. Also adds a Problem for every changed function without an fentry call: the livepatch core
-redirects a function through ftrace, which needs that call.
+brings it whole when included code uses it, and follows its relocations. Entry sizes of struct tables come
+from the `StructSizes` given (the kernel's own). Also adds a Problem for every changed function without an
+fentry call: the livepatch core redirects a function through ftrace, which needs that call.
 """
 from __future__ import annotations
 

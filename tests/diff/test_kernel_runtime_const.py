@@ -57,7 +57,8 @@ def _objects(tmp_path, **values):
 
 def test_pointer_constant_is_loaded_from_its_variable(tmp_path):
     orig, patched = _objects(tmp_path, RESULT=1)
-    result = diff_objects(str(orig), str(patched), DiffOptions(kernel=True, objname="vmlinux", exported={"USER_PTR_MAX"}))
+    options = DiffOptions(kernel=True, objname="vmlinux", exported={"USER_PTR_MAX"})
+    result = diff_objects(str(orig), str(patched), options)
     assert [c.name for c in result.changed_functions] == ["in_range"] and not result.errors, result.errors
     result.write(str(tmp_path / "out.o"))
     with open(tmp_path / "out.o", "rb") as f:

@@ -28,7 +28,7 @@ from support.hashseeds import patch_diff_outputs
 
 pytestmark = [pytest.mark.kernel]
 
-KEY_FIELDS = {"__jump_table": (16, 8), ".static_call_sites": (8, 4)}  # section: (entry size, key offset)
+KEY_FIELDS = {"__jump_table": ("jump_entry", 8), ".static_call_sites": ("static_call_site", 4)}  # (struct, key offset)
 
 
 def _kallsyms_types(path: Path) -> dict[str, set[str]]:
@@ -41,7 +41,7 @@ def _kallsyms_types(path: Path) -> dict[str, set[str]]:
     return types
 
 
-def _key_names(obj: bytes, tmp: Path) -> list[str]:
+def _key_names(obj: bytes, tmp: Path, sizes: dict[str, int]) -> list[str]:
     """The symbol each jump-label and static-call key relocation names (`.klp.sym.OBJ.NAME,POS` -> NAME)."""
     path = tmp / "keys.o"
     path.write_bytes(obj)
@@ -52,7 +52,8 @@ def _key_names(obj: bytes, tmp: Path) -> list[str]:
         for sec in elf.iter_sections():
             if not isinstance(sec, RelocationSection) or sec.name.removeprefix(".rela") not in KEY_FIELDS:
                 continue
-            size, key = KEY_FIELDS[sec.name.removeprefix(".rela")]
+            struct, key = KEY_FIELDS[sec.name.removeprefix(".rela")]
+            size = sizes[struct]
             for r in sec.iter_relocations():
                 if r["r_offset"] % size == key:
                     name = symtab.get_symbol(r["r_info_sym"]).name
@@ -102,7 +103,7 @@ def test_output_is_deterministic_and_keys_name_data(kenv, built, kernel_struct_s
     sizes = [f"--struct-size={name}={size}" for name, size in sorted(kernel_struct_sizes.sizes.items())]
     outputs = patch_diff_outputs(*built["aio objects"], tmp_path, "--kernel", *sizes)
     assert len(set(outputs.values())) == 1, "the output depends on PYTHONHASHSEED"
-    keys = _key_names(next(iter(outputs.values())), tmp_path)
+    keys = _key_names(next(iter(outputs.values())), tmp_path, kernel_struct_sizes.sizes)
     assert len(keys) >= 10, keys  # pr_debug sites of the two changed functions, and their static calls
     types = _kallsyms_types(kenv.kallsyms)
     not_data = [k for k in keys if not types.get(k) or types[k] & set("tT")]
