@@ -32,8 +32,9 @@ def filter_special_sections(patched: ObjectFile, problems: Problems, struct_size
         size = spec.fixed_size or struct_sizes.size(spec.struct, sec.name, patched.path)
         count = -(-sec.size // size)  # the last entry may be short (spec.short_last)
         if sec.size % size not in (0, spec.short_last):
-            problems.add(sec.name, f"size {sec.size} is not a multiple of its {size}-byte entries "
-                                   f"(struct {spec.struct}): wrong entry size for this kernel")
+            what = f" (struct {spec.struct})" if spec.struct else ""
+            problems.add(sec.name, f"size {sec.size} is not a multiple of its {size}-byte entries{what}: "
+                                   "wrong entry size for this kernel")
             continue
         at = {r.offset: r for r in sec.relocations}
         keep = [i for i in range(count)
