@@ -1,5 +1,6 @@
 """Kernel build timing (issue 5 targets): from a freshly unpacked Debian source tree to a loadable .ko for a
-one-file fix (< 3 min), and again on the prepared tree (< 30 s). Run by hand: python3 bench/kernel_build_bench.py
+one-file fix (< 3 min), and again on the prepared tree (< 30 s), for each Debian kernel line (or those named).
+Run by hand: python3 bench/kernel_build_bench.py [6.1 6.12]
 
 Uses the cached packages of the kernel tests (~/.cache/patch-build/kernel, made by tests/kernel/debian_kernel.py) and
 unpacks a scratch copy of the source, so the test cache is left alone.
@@ -17,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, os.fspath(ROOT / "tests" / "kernel"))
 
-from debian_kernel import CACHE, kernel_env  # noqa: E402
+from debian_kernel import CACHE, LINES, kernel_env  # noqa: E402
 
 PATCH = ROOT / "fixtures" / "kernel" / "meminfo-string.patch"
 
@@ -31,7 +32,12 @@ def _patch_build(env, tree: Path, out: Path) -> float:
 
 
 def main() -> None:
-    env = kernel_env()
+    for line in sys.argv[1:] or LINES:
+        bench(line)
+
+
+def bench(line: str) -> None:
+    env = kernel_env(line)
     deb = sorted((CACHE / "debs").glob(f"linux-source-*_{env.version}_all.deb"))[-1]
     with tempfile.TemporaryDirectory(prefix="kbench-") as tmp:
         tree, out = Path(tmp, "linux"), Path(tmp, "out")

@@ -25,7 +25,8 @@ def check(patched: ObjectFile, kernel: bool, problems: Problems) -> None:
                 problems.add(sym.name, f"changed initialisation-only code ({sec.name}): it ran at boot or "
                                        "load time and cannot be patched")
                 continue
-            others = [s for s in sec.symbols if s.is_function and s is not sym and s.alias_of is None]
+            others = [s for s in sec.symbols
+                      if s.is_function and s is not sym and s.alias_of is None and s.prefix_of is None]
             if others:
                 problems.add(sym.name, f"shares section {sec.name} with {others[0].name}: not compiled with "
                                        "-ffunction-sections (or assembly), cannot be replaced alone")

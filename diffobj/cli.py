@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from diffobj.console import entry_point, error, guarded, internal_error_reported, printable
 from diffobj.diff import DiffOptions, DiffResult, diff_objects
+from diffobj.struct_sizes import from_settings
 
 app = typer.Typer(add_completion=True, help=__doc__, pretty_exceptions_enable=False)
 PROG = "patch-diff"
@@ -46,6 +48,10 @@ def main(
     patches: list[Path] = typer.Option([], "--patch", metavar="PATCH",
                                        help="the patch the two builds differ by (repeatable, in order): code that "
                                             "differs only in the __LINE__ values it moved is unchanged"),
+    struct_size: List[str] = typer.Option([], "--struct-size", metavar="STRUCT=BYTES", help=(
+        "kernel: sizeof a special-section struct of the target kernel (alt_instr, bug_entry, exception_table_entry, "
+        "jump_entry, paravirt_patch_site, orc_entry, static_call_site, pi_entry); repeatable. kpatch's environment "
+        "variables (ALT_STRUCT_SIZE, JUMP_STRUCT_SIZE, ...) are read too; these options win")),
 ) -> None:
     """Write OUTPUT: the changed and new functions of PATCHED and what they need, as a relocatable object.
 
@@ -60,7 +66,9 @@ def main(
             from report.patches import line_shifts
 
             shifts = line_shifts(patches)
-        result = diff_objects(str(orig), str(patched), DiffOptions(kernel=kernel, objname=objname, line_shifts=shifts))
+        sizes = from_settings(struct_size, os.environ)
+        result = diff_objects(str(orig), str(patched), DiffOptions(kernel=kernel, objname=objname, line_shifts=shifts,
+                                                                   struct_sizes=sizes))
         if report is not None:
             write_report(result, report)
         for w in result.warnings:

@@ -1,5 +1,5 @@
 """The differ's pipeline: read -> (kernel: split the dynamic debug table) -> correlate -> compare -> kpatch marks
--> check -> include -> special sections -> output.
+-> check -> include -> special sections (and runtime constants) -> output.
 
 `diff_objects` is the library entry point (patch-diff and patch-build call it); it returns a
 `DiffResult` and raises `InputError` for inputs it cannot use. Refusals are data (`result.errors`): the
@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-from diffobj import checks, dyndbg, ehframe, kpatch_marks, names, special
+from diffobj import checks, dyndbg, ehframe, kpatch_marks, names, runtime_const, special
 from diffobj.compare import Comparer, compare
 from diffobj.correlate import correlate
 from diffobj.errors import InputError
@@ -21,6 +21,7 @@ from diffobj.model import ObjectFile, OutputObject, Status, Symbol
 from diffobj.output import FunctionChange, ReferenceNamer, build_output, redirected_functions
 from diffobj.problems import Problem, Problems
 from diffobj.read import read_object
+from diffobj.struct_sizes import StructSizes
 from diffobj.targets import TargetResolver
 from diffobj.writer import write_object
 
@@ -42,6 +43,8 @@ class DiffOptions:
     # The lines the patch moved (report.patches.line_shifts): code differing only in moved __LINE__ values is
     # unchanged. Without it, only kpatch's known reporting functions and "file:line" strings are recognised.
     line_shifts: LineShifts | None = None
+    # Kernel: the sizes of the structs the special-section tables are made of, for the kernel diffed.
+    struct_sizes: StructSizes = field(default_factory=StructSizes)
 
 
 @dataclass
@@ -119,7 +122,8 @@ def diff_models(orig: ObjectFile, patched: ObjectFile, options: DiffOptions | No
     inclusion = include(patched, p_res, problems, roots=callbacks if opts.kernel else [],
                         carried=special.CARRIED if opts.kernel else frozenset())
     if opts.kernel:
-        special.filter_special_sections(patched, problems)
+        special.filter_special_sections(patched, problems, opts.struct_sizes)
+        runtime_const.rewrite_runtime_constants(patched, problems)
     else:
         ehframe.keep_unwind_info(patched, inclusion)
 

@@ -116,6 +116,7 @@ class Symbol:
     twin: Symbol | None = None
     status: Status | None = None
     alias_of: Symbol | None = None  # another name for the same function (gcc's NAME.localalias)
+    prefix_of: Symbol | None = None  # the kernel's `__pfx_NAME` (CALL_PADDING): the padding before NAME, its part
     parent: Symbol | None = None  # a .cold/.part piece's parent function
     children: list[Symbol] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)  # why CHANGED (compare)
@@ -159,8 +160,9 @@ class ObjectFile:
     source_file: str = ""  # the STT_FILE symbol's name
 
     def functions(self) -> list[Symbol]:
-        """Defined functions, one symbol each: aliases are left out."""
-        return [s for s in self.symbols if s.is_function and s.is_defined and s.alias_of is None]
+        """Defined functions, one symbol each: aliases and padding prefixes are left out."""
+        return [s for s in self.symbols
+                if s.is_function and s.is_defined and s.alias_of is None and s.prefix_of is None]
 
     def section_named(self, name: str) -> Section | None:
         return next((s for s in self.sections if s.name == name), None)

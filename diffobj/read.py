@@ -44,6 +44,7 @@ _ET_NAMES = {ET_EXEC: "an executable", ET_DYN: "a shared object", ET_CORE: "a co
 _ELF64_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _ELF64_SHDR = struct.Struct("<IIQQQQIIQQ")
 _RELA = struct.Struct("<QQq")
+PADDING_PREFIXES = ("__pfx_", "__cfi_")  # kernel symbols naming the padding before a function (mark_prefixes)
 _ENTRY_SIZE = 24  # of an ELF64 symbol and of a RELA entry
 _SYMBOL_TYPES = {0, 1, 2, 3, 4, 5, 6, 10}  # NOTYPE..TLS, GNU_IFUNC
 _SYMBOL_BINDINGS = {0, 1, 2, 10}  # LOCAL, GLOBAL, WEAK, GNU_UNIQUE
@@ -189,6 +190,7 @@ def read_object(path: str, blob: bytes | None = None) -> ObjectFile:
     for sec in sections:
         sec.relocations.sort(key=lambda r: r.offset)
         mark_aliases(sec)
+        mark_prefixes(sec)
     return ObjectFile(path=path, sections=sections, symbols=symbols, source_file=source_file)
 
 
@@ -212,3 +214,15 @@ def mark_aliases(sec: Section) -> None:
             for sym in syms:
                 if sym is not primary:
                     sym.alias_of = primary
+
+
+def mark_prefixes(sec: Section) -> None:
+    """The kernel's CALL_PADDING (6.2+) puts NOPs before each function, and objtool names them `__pfx_NAME`
+    (`__cfi_NAME` with clang's CFI): a symbol of its own in NAME's section, ending where NAME starts."""
+    starts = {(s.name, s.value): s for s in sec.symbols if s.type == STT_FUNC}
+    for sym in sec.symbols:
+        prefix = next((p for p in PADDING_PREFIXES if sym.name.startswith(p)), None)
+        if sym.type == STT_FUNC and prefix is not None:
+            owner = starts.get((sym.name[len(prefix):], sym.value + sym.size))
+            if owner is not None:
+                sym.prefix_of = owner

@@ -5,8 +5,9 @@ included code: for each special section to keep, set `included` and replace `dat
 with the filtered entries (offsets rebased), so the output pass copies it like any other section.
 `.altinstr_replacement` is cut down to the replacements the kept `.altinstructions` entries use, and
 `.altinstr_aux` (static_cpu_has() slow paths, jumped into from the code) is in CARRIED: the include pass
-brings it whole when included code uses it, and follows its relocations. Also adds a Problem for every changed function without an fentry call: the livepatch core
-redirects a function through ftrace, which needs that call.
+brings it whole when included code uses it, and follows its relocations. Entry sizes of struct tables come
+from the `StructSizes` given (the kernel's own). Also adds a Problem for every changed function without an
+fentry call: the livepatch core redirects a function through ftrace, which needs that call.
 """
 from __future__ import annotations
 
@@ -15,69 +16,79 @@ from collections import defaultdict
 from diffobj import names
 from diffobj.arch import x86_64_special as layout
 from diffobj.model import STT_NOTYPE, ObjectFile, Relocation, Section, Status, Symbol
+from diffobj.problems import Problems
+from diffobj.struct_sizes import StructSizes
 
 CARRIED = frozenset({layout.ALT_AUX})  # code sections the include pass carries whole once included code uses them
-from diffobj.problems import Problems
 
 
-def filter_special_sections(patched: ObjectFile, problems: Problems) -> None:
+def filter_special_sections(patched: ObjectFile, problems: Problems, struct_sizes: StructSizes) -> None:
     _check_fentry(patched, problems)
     code = {s for s in patched.sections if s.included and s.is_text}
     for sec in list(patched.sections):
         spec = layout.SPECIAL_SECTIONS.get(sec.name)
         if spec is None or sec.included:
             continue
-        if sec.size % spec.entry_size:
-            problems.add(sec.name, f"size {sec.size} is not a multiple of its {spec.entry_size}-byte entries: "
-                                   "unknown layout for this kernel")
+        size = spec.fixed_size or struct_sizes.size(spec.struct, sec.name, patched.path)
+        count = -(-sec.size // size)  # the last entry may be short (spec.short_last)
+        if sec.size % size not in (0, spec.short_last):
+            what = f" (struct {spec.struct})" if spec.struct else ""
+            problems.add(sec.name, f"size {sec.size} is not a multiple of its {size}-byte entries{what}: "
+                                   "wrong entry size for this kernel")
             continue
         at = {r.offset: r for r in sec.relocations}
-        keep = [i for i in range(sec.size // spec.entry_size)
-                if (r := at.get(i * spec.entry_size + spec.anchor)) is not None
+        keep = [i for i in range(count)
+                if (r := at.get(i * size + spec.anchor)) is not None
                 and r.symbol.section in code]
         if not keep:
             continue
-        _keep_entries(sec, spec.entry_size, keep)
+        _keep_entries(sec, size, keep)
         if spec.paired:
-            _keep_paired(patched, spec.paired, keep, problems)
+            _keep_paired(patched, spec, struct_sizes, keep, problems)
         if spec.replacement is not None:
-            _keep_replacements(sec, spec)
+            _keep_replacements(sec, spec, size)
         _include_targets(sec)
 
 
 def _keep_entries(sec: Section, size: int, keep: list[int]) -> None:
+    """Keep the entries numbered `keep`, each padded to its full size (a short last one included)."""
     by_entry: dict[int, list[Relocation]] = defaultdict(list)
     for r in sec.relocations:
         by_entry[r.offset // size].append(r)
     data, rels = bytearray(), []
     for new, old in enumerate(keep):
         lo = old * size
-        data += sec.data[lo:lo + size]
+        data += sec.data[lo:lo + size].ljust(size, b"\0")
         rels += [Relocation(r.offset - lo + new * size, r.type, r.symbol, r.addend) for r in by_entry[old]]
     sec.data, sec.relocations, sec.included = bytes(data), rels, True
 
 
-def _keep_paired(patched: ObjectFile, name: str, keep: list[int], problems: Problems) -> None:
-    table = patched.section_named(name)
-    n = layout.ORC_ENTRY_SIZE
-    if table is None or table.size % n or max(keep) >= table.size // n:
-        problems.add(name, "does not match its index table entry for entry: unknown layout")
+def _keep_paired(patched: ObjectFile, spec: layout.SpecialSection, struct_sizes: StructSizes, keep: list[int],
+                 problems: Problems) -> None:
+    table = patched.section_named(spec.paired)
+    if table is None:
+        problems.add(spec.paired, f"missing: {spec.name} indexes it")
+        return
+    n = struct_sizes.size(spec.paired_struct, table.name, patched.path)
+    if table.size % n or max(keep) >= table.size // n:
+        problems.add(spec.paired, f"does not match its index table {spec.name} entry for entry with "
+                                  f"{n}-byte entries (struct {spec.paired_struct}): wrong entry size for this kernel")
         return
     _keep_entries(table, n, keep)
 
 
-def _keep_replacements(alt: Section, spec: layout.SpecialSection) -> None:
+def _keep_replacements(alt: Section, spec: layout.SpecialSection, size: int) -> None:
     """Cut `.altinstr_replacement` down to the byte ranges the kept entries name, and repoint them."""
     at = {r.offset: r for r in alt.relocations}
     repl: Section | None = None
     ranges: dict[int, int] = {}  # start -> length
-    for lo in range(0, alt.size, spec.entry_size):
+    for lo in range(0, alt.size, size):
         r = at.get(lo + spec.replacement)
         if r is None or r.symbol.section is None:
             continue
         repl = r.symbol.section
         start = r.symbol.value + r.addend
-        ranges[start] = max(ranges.get(start, 0), alt.data[lo + spec.replacement_len])
+        ranges[start] = max(ranges.get(start, 0), alt.data[lo + size - 1])  # u8 replacementlen, last
     if repl is None:
         return
     moved: dict[int, int] = {}  # old start -> new start
@@ -90,7 +101,7 @@ def _keep_replacements(alt: Section, spec: layout.SpecialSection) -> None:
         data += repl.data[start:end]
     # New relocations rather than changed addends: a relocation once resolved must not change.
     alt.relocations = [Relocation(r.offset, r.type, r.symbol, moved[r.symbol.value + r.addend] - r.symbol.value)
-                       if r.symbol.section is repl and r.offset % spec.entry_size == spec.replacement else r
+                       if r.symbol.section is repl and r.offset % size == spec.replacement else r
                        for r in alt.relocations]
     repl.data, repl.relocations, repl.included = bytes(data), rels, True
 

@@ -9,7 +9,9 @@ reverted whatever happens, so KSRC keeps its sources (it does keep the objects k
 from __future__ import annotations
 
 import fcntl
+import gzip
 import hashlib
+import lzma
 import mmap
 import os
 import re
@@ -29,6 +31,7 @@ from diffobj.kpatch_marks import CALLBACK_ENTRY_SIZE, CALLBACKS_PREFIX
 from diffobj.model import ObjectFile, OutputObject, OutSection
 from diffobj.problems import Problem
 from diffobj.read import read_object
+from diffobj.struct_sizes import StructSizes
 from kbuild.build import BuildFailed, build_environment, run_build
 from kbuild.kernel_symbols import (
     STUB_MARK,
@@ -40,6 +43,7 @@ from kbuild.kernel_symbols import (
 )
 from kbuild.modsign import read_signer, sign_file_tool, sign_module, signing_hash
 from kbuild.options import BuildOptions, BuildResult
+from kbuild.struct_sizes import struct_sizes
 from kbuild.tree import apply_patch, in_scratch, is_build_file
 from kbuild.userspace import module_name
 from linker.kernel import link_kernel_module
@@ -60,6 +64,8 @@ MODULE_NAME_MAX = 55  # MODULE_NAME_LEN - 1
 LIVEPATCH_PREFIX = "livepatch_"
 MODULE_LIST_MAX = 64 << 20  # bytes read of each modules.* list (Debian's are under 1 MiB)
 KEYED_SECTIONS = {"__jump_table": "jump label", ".static_call_sites": "static call"}
+MODULE_COMPRESSIONS = {".xz": lzma.open, ".gz": gzip.open}  # of a distribution's NAME.ko.EXT
+MODULE_SIZE_MAX = 256 << 20  # bytes read of a decompressed module (Debian's largest are under 20 MiB)
 
 
 @dataclass
@@ -219,6 +225,7 @@ class _KernelBuild:
         exports = self._exports()
         self.progress.step("preparing the kernel tree")
         self._timed("prepare", self._prepare)
+        sizes = self._timed("struct sizes", struct_sizes, self.ksrc, self.env, self.jobs, self.scratch)
 
         self.progress.step(f"building {len(units)} original unit(s)")
         self._timed("original build", self._compile, units, "original")
@@ -238,7 +245,7 @@ class _KernelBuild:
         self._targets(units)
 
         self.progress.step(f"diffing {len(units)} object(s)", total=len(units))
-        self._timed("diff", self._diff, units, tables, exports)
+        self._timed("diff", self._diff, units, tables, exports, sizes)
         return self._finish(units)
 
     def _units(self) -> list[Unit]:
@@ -450,12 +457,29 @@ class _KernelBuild:
         if module in tables:
             return tables[module]
         for root in self._module_dirs():
-            for ko in sorted(root.rglob("*.ko")):
-                if ko.stem.replace("-", "_") == module:
-                    tables[module] = read_elf_symbols(ko, module, by_address=False)
+            for ko in sorted(root.rglob("*.ko*")):
+                if _ko_name(ko.name).replace("-", "_") == module:
+                    tables[module] = read_elf_symbols(self._uncompressed(ko), module, by_address=False)
                     return tables[module]
         self.progress.note(f"warning: no symbol table for module {module}: its functions are not checked")
         return None
+
+    def _uncompressed(self, ko: Path) -> Path:
+        """The module itself: Debian's 6.12 modules are xz-compressed (NAME.ko.xz)."""
+        opener = MODULE_COMPRESSIONS.get(ko.suffix)
+        if opener is None:
+            return ko
+        out = self.scratch / "modules" / ko.stem
+        out.parent.mkdir(exist_ok=True)
+        try:
+            with opener(ko) as f:
+                data = f.read(MODULE_SIZE_MAX + 1)
+        except (OSError, EOFError, lzma.LZMAError) as e:
+            raise InputError(f"{ko}: cannot decompress it ({e})") from None
+        if len(data) > MODULE_SIZE_MAX:
+            raise InputError(f"{ko}: decompresses to more than {MODULE_SIZE_MAX >> 20} MiB: not a kernel module")
+        out.write_bytes(data)
+        return out
 
     def _exports(self) -> dict[str, str]:
         for path in (self.headers / "Module.symvers", self.ksrc / "Module.symvers"):
@@ -465,7 +489,8 @@ class _KernelBuild:
 
     # ---- diff, link, report ---------------------------------------------------------------------------
 
-    def _diff(self, units: list[Unit], tables: dict[str, SymbolTable], exports: dict[str, str]) -> None:
+    def _diff(self, units: list[Unit], tables: dict[str, SymbolTable], exports: dict[str, str],
+              sizes: StructSizes) -> None:
         outdir = self.scratch / "out"
         outdir.mkdir(exist_ok=True)
         originals = [read_object(os.fspath(u.orig)) for u in units]
@@ -486,7 +511,7 @@ class _KernelBuild:
 
             options = DiffOptions(kernel=True, objname=u.target, exported=exported,
                                   sympos=Sympos(table, originals[i]), extern_objname=extern_objname, provided=provided,
-                                  line_shifts=shifts)
+                                  line_shifts=shifts, struct_sizes=sizes)
             u.diff = diff_objects(os.fspath(u.orig), os.fspath(u.patched), options)
             if hunks:
                 # The tree has its original sources back: macro and type names are read from those.

@@ -1,19 +1,23 @@
-"""Debian's 6.1 kernel for the tests: download, unpack and prepare once, cached outside the checkout in
-$PATCH_BUILD_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/patch-build)/kernel, so fresh clones and CI reuse it.
+"""Debian 12's two kernel lines for the tests (6.1, and 6.12 from bookworm-security): download, unpack and
+prepare once, cached outside the checkout in $PATCH_BUILD_CACHE (default
+${XDG_CACHE_HOME:-~/.cache}/patch-build)/kernel, so fresh clones and CI reuse it.
 
-`kernel_env()` makes sure that, for the release `linux-image-amd64` currently depends on:
-- the headers package is installed (`/lib/modules/RELEASE/build`, what patch modules are built against);
+`kernel_env(line)` makes sure that, for the release the line's meta package currently depends on:
+- the headers packages (linux-headers-RELEASE, its -common and linux-kbuild dependencies: what patch modules
+  are built against) are unpacked in CACHE/headers-RELEASE; not installed, since 6.12's headers depend on
+  its image package, which would install a kernel (and build an initramfs) on the test machine;
 - the image package is unpacked (vmlinuz, System.map, config, the modules) in CACHE/image-RELEASE;
 - the source package of the same version is unpacked and prepared (`make olddefconfig prepare` with the
   image's config) in CACHE/linux-source-VERSION.
 Everything is idempotent: a stamp file records each finished step, so later runs cost nothing; the
-release chosen first is kept (CACHE/release.json) so that a new Debian kernel upload does not
+release chosen first is kept (CACHE/release-LINE.json) so that a new Debian kernel upload does not
 invalidate the cache mid-way. Delete CACHE to move to the current one.
 """
 from __future__ import annotations
 
 import fcntl
 import json
+import lzma
 import os
 import re
 import shutil
@@ -27,12 +31,27 @@ KALLSYMS_MODULES = ("binfmt_misc", "ttyprintk")  # the modules whose functions t
 
 
 @dataclass(frozen=True)
+class KernelLine:
+    name: str  # 6.1, 6.12
+    meta: str  # the meta package that depends on the line's current image package
+    release: str  # pattern of its release names
+    image: str  # the image package, {release} filled in
+
+
+LINES = {line.name: line for line in [
+    KernelLine("6.1", "linux-image-amd64", r"6\.1\.0-\d+-amd64", "linux-image-{release}"),
+    KernelLine("6.12", "linux-image-6.12-amd64", r"6\.12\.\d+\+deb12-amd64", "linux-image-{release}-unsigned"),
+]}
+
+
+@dataclass(frozen=True)
 class KernelEnv:
-    release: str  # 6.1.0-N-amd64
+    line: str  # 6.1, 6.12
+    release: str  # 6.1.0-N-amd64, 6.12.N+deb12-amd64
     version: str  # Debian package version, 6.1.X-Y
     image: Path  # unpacked linux-image package
     source: Path  # prepared source tree
-    headers: Path  # /lib/modules/RELEASE/build
+    headers: Path  # unpacked linux-headers package: its usr/src/linux-headers-RELEASE
 
     @property
     def vmlinuz(self) -> Path:
@@ -56,9 +75,17 @@ class KernelEnv:
         return CACHE / f"symbols-with-{'-'.join(KALLSYMS_MODULES)}" / f"kallsyms-{self.release}"
 
     def module(self, name: str) -> Path:
-        found = sorted(self.modules.rglob(f"{name}.ko"))
+        """The module NAME.ko, decompressed next to the image's NAME.ko.xz (6.12's) on first use."""
+        found = sorted(self.modules.rglob(f"{name}.ko")) or sorted(self.modules.rglob(f"{name}.ko.xz"))
         if not found:
             raise FileNotFoundError(f"module {name} not in {self.modules}")
+        if found[0].suffix == ".xz":
+            ko = found[0].with_suffix("")
+            if not ko.exists():
+                tmp = ko.with_name(ko.name + ".tmp")
+                tmp.write_bytes(lzma.decompress(found[0].read_bytes()))
+                tmp.rename(ko)
+            return ko
         return found[0]
 
 
@@ -73,26 +100,17 @@ def _apt_env() -> dict:
     return dict(os.environ, DEBIAN_FRONTEND="noninteractive")
 
 
-def _release() -> str:
-    deps = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True).stdout
-    m = re.search(r"linux-image-(6\.1\.0-\d+-amd64)", deps)
+def _release(line: KernelLine) -> str:
+    deps = _run("apt-cache", "depends", line.meta)
+    m = re.search(rf"linux-image-({line.release})$", deps, re.M)
     if m is None:
-        _run("apt-get", "update", "-qq", env=_apt_env())
-        deps = _run("apt-cache", "depends", "linux-image-amd64")
-        m = re.search(r"linux-image-(6\.1\.0-\d+-amd64)", deps)
-    if m is None:
-        raise RuntimeError("cannot find the 6.1 kernel linux-image-amd64 depends on")
+        raise RuntimeError(f"cannot find the {line.name} kernel {line.meta} depends on")
     return m.group(1)
 
 
 def _package_version(package: str) -> str:
     show = _run("apt-cache", "show", package)
     return re.search(r"^Version: (\S+)", show, re.M).group(1)
-
-
-def _installed(package: str) -> bool:
-    q = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
-    return "ok installed" in q.stdout
 
 
 def _download(package: str, dest: Path) -> Path:
@@ -126,50 +144,60 @@ def _prepare_source(deb: Path, tree: Path, config: Path) -> None:
     tmp.rename(tree)
 
 
-def _apt_install(package: str) -> None:
-    try:
-        _run("apt-get", "install", "-y", "-qq", "--no-install-recommends", package, env=_apt_env())
-    except RuntimeError:
-        _run("apt-get", "update", "-qq", env=_apt_env())
-        _run("apt-get", "install", "-y", "-qq", "--no-install-recommends", package, env=_apt_env())
+def _unpack_headers(release: str, version: str, debs: Path, root: Path) -> None:
+    """linux-headers-RELEASE and the header and kbuild packages it depends on, unpacked into root. Its
+    Makefile includes the -common one by absolute path (/usr/src/...): pointed into root instead."""
+    package = f"linux-headers-{release}"
+    depends = re.search(r"^Depends: (.*)$", _run("apt-cache", "show", f"{package}={version}"), re.M).group(1)
+    deps = re.findall(r"\b(linux-(?:headers|kbuild)-[^\s,]+)", depends)
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name in [package, *deps]:
+        _run("dpkg-deb", "-x", str(_download(f"{name}={version}", debs)), str(tmp))
+    makefile = tmp / "usr" / "src" / package / "Makefile"
+    makefile.write_text(makefile.read_text().replace(" /usr/src/", f" {root}/usr/src/"))
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
 
 
-def _pick_release() -> tuple[str, str]:
+def _pick_release(line: KernelLine) -> tuple[str, str]:
     """The release and package version to use: the cached choice, else the current one (after apt-get update,
     so a stale package list does not name a kernel the mirror no longer has)."""
-    record = CACHE / "release.json"
+    record = CACHE / f"release-{line.name}.json"
     if record.exists():
         data = json.loads(record.read_text())
         return data["release"], data["version"]
     _run("apt-get", "update", "-qq", env=_apt_env())
-    release = _release()
-    version = _package_version(f"linux-image-{release}")
+    release = _release(line)
+    version = _package_version(line.image.format(release=release))
     record.write_text(json.dumps({"release": release, "version": version}) + "\n")
     return release, version
 
 
-def kernel_env() -> KernelEnv:
+def kernel_env(name: str) -> KernelEnv:
+    line = LINES[name]
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        release, version = _pick_release()
-        headers = Path("/lib/modules") / release / "build"
-        if not _installed(f"linux-headers-{release}") or not headers.exists():
-            _apt_install(f"linux-headers-{release}")
+        release, version = _pick_release(line)
         debs = CACHE / "debs"
+        headers = CACHE / f"headers-{release}"
+        if not (headers / ".done").exists():
+            _unpack_headers(release, version, debs, headers)
+            (headers / ".done").touch()
         image = CACHE / f"image-{release}"
         if not (image / ".done").exists():
-            deb = _download(f"linux-image-{release}={version}", debs)
+            deb = _download(f"{line.image.format(release=release)}={version}", debs)
             shutil.rmtree(image, ignore_errors=True)
             _run("dpkg-deb", "-x", str(deb), str(image))
             (image / ".done").touch()
         source = CACHE / f"linux-source-{version}"
         if not (source / ".prepared").exists():
-            upstream = version.split("-")[0].rsplit(".", 1)[0]  # 6.1.192-2 -> 6.1
-            deb = _download(f"linux-source-{upstream}={version}", debs)
+            deb = _download(f"linux-source-{line.name}={version}", debs)
             _prepare_source(deb, source, image / "boot" / f"config-{release}")
             (source / ".prepared").touch()
-        env = KernelEnv(release, version, image, source, headers)
+        env = KernelEnv(line.name, release, version, image, source,
+                        headers / "usr" / "src" / f"linux-headers-{release}")
         if not env.kallsyms.exists():
             _dump_kallsyms(env)
         return env
@@ -198,4 +226,7 @@ def _dump_kallsyms(env: KernelEnv) -> None:
 
 
 if __name__ == "__main__":
-    print(kernel_env())
+    import sys
+
+    for name in sys.argv[1:] or LINES:
+        print(kernel_env(name))

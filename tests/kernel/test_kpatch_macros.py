@@ -1,5 +1,5 @@
 """kpatch's patch macros (templates/kernel/include): kpatch patches that include kpatch-macros.h or
-kpatch-syscall.h build unchanged and work in Debian's 6.1 kernel, booted once in qemu:
+kpatch-syscall.h build unchanged and work in each Debian kernel line, booted once per line in qemu:
 1. kpatch-callbacks: KPATCH_{PRE,POST}_{PATCH,UNPATCH}_CALLBACK print (KPATCH_PRINTK) their stage and
    object; dmesg shows pre_patch, post_patch on load, pre_unpatch, post_unpatch on disable, nothing on unload;
    kpatch-callback-only: callbacks and no changed function make a livepatch too;

@@ -1,4 +1,4 @@
-"""Livepatch modules built by patch-build, loaded into Debian's 6.1 kernel booted in qemu.
+"""Livepatch modules built by patch-build, loaded into each Debian kernel line (6.1, 6.12) booted in qemu.
 
 One VM boot runs every check in sequence (its init script prints `R key=value` lines):
 1. meminfo-string: /proc/meminfo shows VMALLOCCHUNK, the transition reaches 0, disabling restores it;
