@@ -25,9 +25,9 @@ from kernel_unit import compile_pair
 pytestmark = [pytest.mark.kernel]
 
 
-def _diff(kenv, tmp_path, orig: str, patched: str, **options):
+def _diff(kenv, sizes, tmp_path, orig: str, patched: str, **options):
     o, p = compile_pair(kenv.source, tmp_path, orig, patched)
-    return diff_objects(str(o), str(p), DiffOptions(kernel=True, objname="vmlinux", **options))
+    return diff_objects(str(o), str(p), DiffOptions(kernel=True, objname="vmlinux", struct_sizes=sizes, **options))
 
 
 def _changed(result) -> list[str]:
@@ -52,13 +52,13 @@ int second(int a)
 PCID_PATH = "\tif (static_cpu_has(X86_FEATURE_PCID))\n\t\treturn a * 5;\n"
 
 
-def test_altinstr_aux_block_moved_is_no_change(kenv, tmp_path):
-    result = _diff(kenv, tmp_path, AUX % ("", "X86_FEATURE_AVX"), AUX % (PCID_PATH, "X86_FEATURE_AVX"))
+def test_altinstr_aux_block_moved_is_no_change(kenv, kernel_struct_sizes, tmp_path):
+    result = _diff(kenv, kernel_struct_sizes, tmp_path, AUX % ("", "X86_FEATURE_AVX"), AUX % (PCID_PATH, "X86_FEATURE_AVX"))
     assert _changed(result) == ["first"] and not result.errors, result.report()
 
 
-def test_altinstr_aux_block_changed_is_a_change(kenv, tmp_path):
-    result = _diff(kenv, tmp_path, AUX % ("", "X86_FEATURE_AVX"), AUX % ("", "X86_FEATURE_AVX2"))
+def test_altinstr_aux_block_changed_is_a_change(kenv, kernel_struct_sizes, tmp_path):
+    result = _diff(kenv, kernel_struct_sizes, tmp_path, AUX % ("", "X86_FEATURE_AVX"), AUX % ("", "X86_FEATURE_AVX2"))
     assert _changed(result) == ["second"] and not result.errors, result.report()
     assert "code it uses in .altinstr_aux changed" in result.changed_functions[0].reasons
 
@@ -104,15 +104,15 @@ def _undefined(out: OutputObject) -> set[str]:
     return {s.name for s in out.symbols if s.section is None and s.shndx is None}
 
 
-def test_dyndbg_lines_moved_is_no_change(kenv, tmp_path):
-    result = _diff(kenv, tmp_path, _dyndbg(), _dyndbg(top="/* two lines\n   above every call site */"))
+def test_dyndbg_lines_moved_is_no_change(kenv, kernel_struct_sizes, tmp_path):
+    result = _diff(kenv, kernel_struct_sizes, tmp_path, _dyndbg(), _dyndbg(top="/* two lines\n   above every call site */"))
     assert not result.has_changes, result.report()
 
 
-def test_dyndbg_renumbered_by_counter_is_correlated(kenv, tmp_path):
+def test_dyndbg_renumbered_by_counter_is_correlated(kenv, kernel_struct_sizes, tmp_path):
     """An `#include` that uses `__COUNTER__` renumbers every descriptor: f2 is unchanged, and f1 keeps using the
     running descriptor of its call site."""
-    result = _diff(kenv, tmp_path, _dyndbg(), _dyndbg(top="#if __COUNTER__ + __COUNTER__ >= 0\n#endif", f1_add=7))
+    result = _diff(kenv, kernel_struct_sizes, tmp_path, _dyndbg(), _dyndbg(top="#if __COUNTER__ + __COUNTER__ >= 0\n#endif", f1_add=7))
     assert _changed(result) == ["f1"] and not result.errors, result.report()
     assert _descriptors(result.output) == []
     orig_descriptors = {s.name for s in result.orig.symbols if s.name.startswith("__UNIQUE_ID_ddebug")}
@@ -122,11 +122,11 @@ def test_dyndbg_renumbered_by_counter_is_correlated(kenv, tmp_path):
     assert len(used) == 1 and used[0].split(".klp.sym.vmlinux.")[1].split(",")[0] in orig_descriptors, used
 
 
-def test_dyndbg_new_call_site_is_carried(kenv, tmp_path):
+def test_dyndbg_new_call_site_is_carried(kenv, kernel_struct_sizes, tmp_path):
     """A pr_debug() added to f1 (before its existing one): its descriptor is new data the patch carries, beside
     the existing ones it shares the table with; f2, whose descriptor it renumbers, is unchanged and its
     descriptor neither carried nor refused."""
-    result = _diff(kenv, tmp_path, _dyndbg(), _dyndbg(f1_extra='\tpr_debug("new %d\\n", a);\n', f1_add=7))
+    result = _diff(kenv, kernel_struct_sizes, tmp_path, _dyndbg(), _dyndbg(f1_extra='\tpr_debug("new %d\\n", a);\n', f1_add=7))
     assert _changed(result) == ["f1"] and not result.errors, result.report()
     assert _descriptors(result.output) == [(56, "new %d\n")]
     assert len([n for n in _undefined(result.output) if "__UNIQUE_ID_ddebug" in n]) == 1
@@ -144,8 +144,8 @@ int limit(int a)
 """
 
 
-def test_new_data_in_an_attribute_section_is_refused_without_flag_advice(kenv, tmp_path):
-    result = _diff(kenv, tmp_path, READ_MOSTLY.format(new="", use=""),
+def test_new_data_in_an_attribute_section_is_refused_without_flag_advice(kenv, kernel_struct_sizes, tmp_path):
+    result = _diff(kenv, kernel_struct_sizes, tmp_path, READ_MOSTLY.format(new="", use=""),
                    READ_MOSTLY.format(new="static int new_limit __read_mostly = 5;", use=" + new_limit"))
     reasons = {e.symbol: e.reason for e in result.errors}
     assert "section attribute" in reasons.get("new_limit", ""), result.report()
@@ -192,13 +192,14 @@ def _patch(tmp_path, orig: str, patched: str):
     return tmp_path / "fix.patch"
 
 
-def test_moved_lines_in_kernel_code(kenv, tmp_path):
+def test_moved_lines_in_kernel_code(kenv, kernel_struct_sizes, tmp_path):
     orig, patched = LINES.format(top=""), LINES.format(top="/* two lines\n * added */")
     o, p = compile_pair(kenv.source, tmp_path, orig, patched)
     assert b'"h->buf" at ' in o.read_bytes()  # fortify's "field ... at FILE:LINE" string
-    without = diff_objects(str(o), str(p), DiffOptions(kernel=True, objname="vmlinux"))
+    without = diff_objects(str(o), str(p), DiffOptions(kernel=True, objname="vmlinux", struct_sizes=kernel_struct_sizes))
     # pr_err()'s arguments are any integers: only the patch tells its __LINE__ (in reported.cold) moved.
     assert _changed(without) == ["reported"] and not without.errors, without.report()
     shifts = line_shifts([_patch(tmp_path, orig, patched)])
-    given = diff_objects(str(o), str(p), DiffOptions(kernel=True, objname="vmlinux", line_shifts=shifts))
+    given = diff_objects(str(o), str(p), DiffOptions(kernel=True, objname="vmlinux", line_shifts=shifts,
+                                                       struct_sizes=kernel_struct_sizes))
     assert not given.has_changes, given.report()
