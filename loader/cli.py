@@ -70,7 +70,7 @@ def apply(module: Path = typer.Argument(..., help="NAME.kpatch, or a hand-writte
     """Patch a running process (with a built NAME.kpatch, or a hand-written patch library NAME.so)."""
     from linker.integrity import load_trusted_keys
     from loader.libraries import apply_library, is_shared_library
-    from loader.patcher import apply_patch
+    from loader.apply import apply_patch
 
     trusted = _guarded(lambda: load_trusted_keys(trusted_keys)) if trusted_keys is not None else None
     if is_shared_library(str(module)):
@@ -89,7 +89,7 @@ def revert(name: Optional[str] = typer.Argument(None, help="The patch (module na
            pid: int = PidOption, all_: bool = typer.Option(False, "--all", help="Revert every patch, newest first."),
            timeout: float = TimeoutOption):
     """Undo a patch (or all of them, newest first)."""
-    from loader.patcher import revert_patches
+    from loader.revert import revert_patches
 
     if (name is None) == (not all_):
         _fail("give a patch NAME or --all", 2)
@@ -107,7 +107,7 @@ def revert(name: Optional[str] = typer.Argument(None, help="The patch (module na
 @app.command("list")
 def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
     """The patches applied in a process, newest last."""
-    from loader.patcher import list_patches
+    from loader.revert import list_patches
 
     from loader.variables import recorded_sets
 
@@ -139,7 +139,7 @@ def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json"
 def info(module: Path = typer.Argument(..., help="NAME.kpatch"),
          json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
     """What a patch module holds: targets, build-ids, functions and sizes, its digest and signer."""
-    from loader.patcher import module_info
+    from loader.patchmodule import module_info
 
     mod = _guarded(lambda: module_info(str(module)))
     if json_output:
