@@ -15,8 +15,8 @@ from diffobj.errors import InputError
 from diffobj.model import ObjectFile, Relocation, Section
 from diffobj.read import read_object
 from linker.integrity import Seal, examine, read_module_bytes
-from patchformat.sections import (FUNCS, MODULE, MODULE_ENTRY, MODULE_VERSION, OFFSET, RECORD, STRINGS, TARGET_ENTRY,
-                                  TARGETS)
+from patchformat.sections import (FUNCS, HOOK_ENTRY, HOOK_STAGES, HOOKS_PREFIX, MODULE, MODULE_ENTRY, MODULE_VERSION,
+                                  OFFSET, RECORD, STRINGS, TARGET_ENTRY, TARGETS)
 
 R_X86_64_64 = 1
 
@@ -39,6 +39,12 @@ class Func:
 
 
 @dataclass
+class Hook:
+    stage: str  # pre_apply, post_apply, pre_revert, post_revert
+    function: str  # the module's symbol for the hook function
+
+
+@dataclass
 class ModuleInfo:
     path: str
     name: str
@@ -47,6 +53,7 @@ class ModuleInfo:
     funcs: list[Func] = field(default_factory=list)  # one per replaced function (identical duplicates merged)
     problems: list[str] = field(default_factory=list)  # why the module is not well-formed; empty when valid
     seal: Seal | None = None  # its integrity record (linker.integrity)
+    hooks: list[Hook] = field(default_factory=list)  # by stage, in run order
 
     @property
     def valid(self) -> bool:
@@ -92,7 +99,8 @@ class _Module:
 
     def function_symbol(self, sec: Section, offset: int, what: str, problems: list[str],
                         field: str = "new_addr") -> str:
-        """The name of the function a pointer field points to (a section symbol + addend is resolved)."""
+        """The name of the function a pointer field (`new_addr`, a hook) points to (a section symbol + addend
+        is resolved)."""
         rel = self.pointer(sec, offset)
         if rel is None:
             problems.append(f"{what}: no R_X86_64_64 relocation for {field}")
@@ -194,5 +202,21 @@ def _read(path: str, mod: _Module, seal: Seal) -> ModuleInfo:
                             "differently")
     funcs = list(unique.values())
     return ModuleInfo(path=path, name=name, version=version, targets=targets, funcs=funcs, problems=problems,
-                      seal=seal)
+                      seal=seal, hooks=_hooks(mod, problems))
 
+
+def _hooks(mod: _Module, problems: list[str]) -> list[Hook]:
+    """The hook of each stage's `.kpatch.hooks.STAGE` table, stages in run order."""
+    stages = {sec.name[len(HOOKS_PREFIX):] for sec in mod.obj.sections if sec.name.startswith(HOOKS_PREFIX)}
+    for stage in sorted(stages - set(HOOK_STAGES)):
+        problems.append(f"{HOOKS_PREFIX}{stage}: no such hook stage (one of {', '.join(HOOK_STAGES)})")
+    hooks = []
+    for stage in HOOK_STAGES:
+        mine = [Hook(stage, mod.function_symbol(sec, off, f"{sec.name} entry {off // HOOK_ENTRY.size}", problems,
+                                                field="the hook"))
+                for sec, off, _ in _entries(mod, HOOKS_PREFIX + stage, HOOK_ENTRY, problems, required=False)]
+        if len(mine) > 1:  # the compiler does not keep a unit's definitions in source order, nor ld the units'
+            problems.append(f"{len(mine)} {stage} hooks ({', '.join(h.function for h in mine)}): one per stage "
+                            "(let it call the others in the order they must run)")
+        hooks += mine
+    return hooks

@@ -4,8 +4,9 @@ Read the module (loader.patchmodule), match its targets (build-ids), resolve wha
 one thread stopped map memory near each target (loader.placement), relocate and write the patch there, and
 register its unwind information with the target's unwinder (loader.frames); then stop every thread, check
 consistency and write the redirecting jumps, retrying until the timeout (loader.jumps). Only that last step
-stops the whole process. Whatever fails, the frames are deregistered, the mapping is removed and the code
-left as it was (loader.undo).
+stops the whole process. The patch's hooks run around that step (loader.hooks). Whatever fails (a pre_apply
+hook that says no included), the frames are deregistered, the mapping is removed and the code left as it
+was (loader.undo).
 
 Atomicity (docs/design.md): the record in the target says what is under way before each step (a
 write-ahead log); SIGINT/SIGTERM/SIGHUP are held and acted on only at safe points (loader.critical); one
@@ -23,6 +24,7 @@ from diffobj.errors import Refused
 from linker.module import Func, ModuleInfo
 from loader import faults, layout, x86_64 as arch
 from loader.frames import register_frames
+from loader.hooks import POST_APPLY, PRE_APPLY, run_hooks
 from loader.jumps import commit
 from loader.patchmodule import load_module
 from loader.placement import map_near, placements as plan_placements
@@ -93,11 +95,15 @@ def _apply(s: Session, info: ModuleInfo, obj, path: str, timeout: float, stack_c
                 funcs.append(PatchedFunc(func.name, func.objname, func.sympos, addr, size, new_addr, new_size,
                                          site, s.mem.read(site, arch.JMP_REL32_SIZE).hex(),
                                          prev[0].module if prev else None))
+            hooks: dict[str, list[list]] = {}
+            for h in info.hooks:  # laid out with the first target's functions (loader.placement)
+                hooks.setdefault(h.stage, []).append(
+                    [h.function, layout.function_address(placements[0].plan, placements[0].base, h.function)[0]])
             record = PatchRecord(info.name, seq, os.path.abspath(path), time.time(),
                                  [[pl.base, pl.plan.size] for pl in placements],
                                  [[pl.base + pl.plan.code[0], pl.base + pl.plan.code[1]] for pl in placements],
                                  PENDING, [{"name": t.name, "build_id": t.build_id} for t in info.targets], funcs,
-                                 depends=_depends(s.patches, funcs, reached.addresses))
+                                 depends=_depends(s.patches, funcs, reached.addresses), hooks=hooks)
             header = record.encode()
             images[0][:len(header)] = header
             for pl, image in zip(placements, images):
@@ -117,12 +123,15 @@ def _apply(s: Session, info: ModuleInfo, obj, path: str, timeout: float, stack_c
             register_frames(s, record, [(pl.base + pl.plan.unwind[0], pl.base + pl.plan.unwind[1])
                                          for pl in placements if pl.plan.unwind], resolver, timeout)
             critical.safe_point()
+            run_hooks(s, record, PRE_APPLY, timeout)
+            critical.safe_point()
 
             commit(s, record, current, stack_check, timeout, critical)
         except BaseException:
             if record is None or record.state != ACTIVE:
                 discard(s, record, [(pl.base, pl.plan.size) for pl in placements if pl.base], timeout)
             raise
+        run_hooks(s, record, POST_APPLY, timeout)
     return record, s.stats
 
 

@@ -131,6 +131,8 @@ def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json"
         for f in r.funcs:
             on = f" (over {f.prev})" if f.prev else ""
             _say(f"   {f.objname}:{f.name} {f.old_addr:#x} -> {f.new_addr:#x} ({f.new_size} bytes){on}")
+        for stage, hooks in r.hooks.items():
+            _say(f"   hooks {stage}: {', '.join(name for name, _ in hooks)}")
         for eh_frame, _, _, confirmed in r.frames:
             typer.echo(f"   unwind information {'registered' if confirmed else 'perhaps registered'} at {eh_frame:#x}")
 
@@ -138,7 +140,7 @@ def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json"
 @app.command()
 def info(module: Path = typer.Argument(..., help="NAME.kpatch"),
          json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """What a patch module holds: targets, build-ids, functions and sizes, its digest and signer."""
+    """What a patch module holds: targets, build-ids, functions and sizes, hooks, its digest and signer."""
     from loader.patchmodule import module_info
 
     mod = _guarded(lambda: module_info(str(module)))
@@ -159,6 +161,8 @@ def info(module: Path = typer.Argument(..., help="NAME.kpatch"),
         for f in mod.funcs:
             pos = f",{f.sympos}" if f.sympos else ""
             _say(f"function {f.objname}:{f.name}{pos} {f.old_size} -> {f.new_size} bytes ({f.new_symbol})")
+        for h in mod.hooks:
+            _say(f"hook {h.stage} {h.function}")
         for p in mod.problems:
             _say(f"problem: {p}")
     if mod.problems:

@@ -56,19 +56,24 @@ class Placement:
 def max_header(info: ModuleInfo, path: str) -> int:
     """Bytes the record may take in the first mapping's header, whatever addresses it will hold."""
     big = 1 << 62
+    hooks: dict[str, list[list]] = {}
+    for h in info.hooks:
+        hooks.setdefault(h.stage, []).append([h.function, big])
     record = PatchRecord(info.name, big, os.path.abspath(path), time.time(), [[big, big]] * len(info.targets),
                          [[big, big]] * len(info.targets), PENDING,
                          [{"name": t.name, "build_id": t.build_id} for t in info.targets],
                          [PatchedFunc(f.name, f.objname, big, big, big, big, big, big, "00" * 16, "x" * 256)
-                          for f in info.funcs], [[big, big, big]] * len(info.targets))
+                          for f in info.funcs], [[big, big, big]] * len(info.targets), hooks=hooks)
     return len(record.encode()) + 256
 
 
 def placements(s: Session, info: ModuleInfo, obj, path: str, olds, targets: dict[str, LoadedObject]):
-    """One mapping plan per target, with the free addresses near it where it could go."""
+    """One mapping plan per target, with the free addresses near it where it could go. The hooks go with the
+    first target's new functions."""
     roots: dict[str, list[str]] = {}
     for func, _, _ in olds:
         roots.setdefault(func.objname, []).append(func.new_symbol)
+    next(iter(roots.values())).extend(h.function for h in info.hooks)
     placements = []
     for i, (target, sections) in enumerate(layout.partition(obj, roots).items()):
         plan = layout.plan(obj, sections, max_header(info, path) if i == 0 else 0)

@@ -61,6 +61,8 @@ class PatchRecord:
     # this record owns (dlclose'd by its revert), 0 when it owns none.
     library: str = ""
     handle: int = 0
+    # The patch's hooks (patch-hooks.h): stage -> [[function name, address in the patch's code]...], run order
+    hooks: dict[str, list[list]] = field(default_factory=dict)
 
     @property
     def start(self) -> int:

@@ -16,6 +16,7 @@ from loader import dynlink, faults, x86_64 as arch
 from loader.consistency import Range, until_consistent
 from loader.critical import Critical
 from loader.frames import deregister_frames
+from loader.hooks import POST_REVERT, PRE_REVERT, run_hooks
 from loader.jumps import switch
 from loader.placement import remove_mappings
 from loader.ptrace import Stopped, ThreadGone, TraceError
@@ -25,9 +26,9 @@ from loader.state import ACTIVE, PENDING, REVERTED, REVERTING, PatchRecord
 
 
 def take_out(s: Session, record: PatchRecord, timeout: float, critical: Critical) -> None:
-    """Put back the bytes every jump of `record` replaced, then deregister its frames and unmap it. Also
-    finishes a record a killed patch-ctl left in any state: only the sites that still jump to the patch
-    are restored."""
+    """Put back the bytes every jump of `record` replaced, then deregister its frames and unmap it, its
+    revert hooks run before and after the jumps go. Also finishes a record a killed patch-ctl left in any
+    state (no hooks then): only the sites that still jump to the patch are restored."""
     jump = {f.site: arch.jmp_rel32(f.site, f.new_addr) for f in record.funcs}
     funcs = [] if record.state in (PENDING, REVERTED) else record.funcs
     sites = [Range(f.site, f.site + arch.JMP_REL32_SIZE, f.name) for f in funcs]
@@ -35,7 +36,10 @@ def take_out(s: Session, record: PatchRecord, timeout: float, critical: Critical
     if record.handle:  # the library it loaded goes too: its code must be off every stack first
         busy += [Range(lo, hi, f"{record.module} (library {os.path.basename(record.library)})")
                  for lo, hi in dynlink.library_code(s.objects, record.library)]
-    unmap_now = not record.frames and not record.handle
+    live = record.state == ACTIVE  # a revert, not the recovery of an interrupted apply or revert: hooks run
+    if live:
+        run_hooks(s, record, PRE_REVERT, timeout)
+    unmap_now = not record.frames and not record.handle and not (live and record.hooks.get(POST_REVERT))
 
     def restore(stopped: Stopped) -> None:
         writes = []
@@ -61,6 +65,8 @@ def take_out(s: Session, record: PatchRecord, timeout: float, critical: Critical
 
     if record.state != REVERTED or unmap_now or record.handle:
         until_consistent(s, sites, busy if funcs or record.handle else [], timeout, critical, restore)
+    if live:
+        run_hooks(s, record, POST_REVERT, timeout)  # its code is still mapped
     if record.handle:
         # forgotten first: a patch-ctl killed during the call leaves the library loaded, never closed twice
         handle, record.handle = record.handle, 0
