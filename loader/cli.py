@@ -295,6 +295,36 @@ def installed(store: Optional[Path] = StoreOption,
         _fail(f"{len(problems)} installed module(s) not intact: {', '.join(sorted(problems))}", 2)
 
 
+@app.command()
+def daemon(store: Optional[Path] = StoreOption, timeout: float = TimeoutOption,
+           only: Optional[list[str]] = typer.Option(None, "--only", metavar="NAME",
+                                                    help="Keep only this installed patch applied (repeatable).")):
+    """Keep installed patches applied: to every running process they target, and to each new one as it starts
+    (in the foreground, one line per action on stdout; needs root)."""
+    from loader.daemon import run_daemon
+    from loader.store import Store
+
+    target = Store(store)
+    _guarded(lambda: run_daemon(target, timeout, _say, only))
+
+
+@app.command()
+def status(json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Which processes carry which patches."""
+    from loader.daemon import carried_patches
+
+    carried = _guarded(carried_patches)
+    if json_output:
+        typer.echo(json.dumps({"processes": [{"pid": pid, "program": program, "patches": [
+            {"module": r.module, "state": r.state, "path": r.path} for r in records]}
+            for pid, program, records in carried]}, indent=2))
+        return
+    if not carried:
+        typer.echo("no process carries a patch")
+    for pid, program, records in carried:
+        _say(f"{pid} {program}: " + ", ".join(f"{r.module} [{r.state}]" for r in records))
+
+
 var_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                       help="Read and set global and static variables of a running process.")
 app.add_typer(var_app, name="var")

@@ -31,7 +31,8 @@ def run_hooks(s: Session, record: PatchRecord, stage: str, timeout: float) -> No
         except (RemoteError, NotStopping, Refused) as e:
             if stage == PRE_APPLY:
                 raise
-            s.stats.warnings.append(f"{stage} hook {name} of {record.module} failed: {getattr(e, 'strerror', None) or e}")
+            why = getattr(e, "strerror", None) or e
+            s.stats.warnings.append(f"{stage} hook {name} of {record.module} failed: {why}")
             continue
         status = int.from_bytes((result & 0xFFFF_FFFF).to_bytes(4, "little"), "little", signed=True)
         if stage == PRE_APPLY and status:
