@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from kbuild.options import BuildOptions  # noqa: E402
 from kbuild.userspace import build_user_patch  # noqa: E402
-from loader.patcher import apply_patch, revert_patches  # noqa: E402
+from loader.apply import apply_patch  # noqa: E402
+from loader.revert import revert_patches  # noqa: E402
 
 FUNCS = 100
 THREADS = 16

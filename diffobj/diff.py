@@ -115,11 +115,11 @@ def diff_models(orig: ObjectFile, patched: ObjectFile, options: DiffOptions | No
     for what in kpatch_marks.apply_ignores(patched, p_res, problems):
         problems.warn(f"{what} changed but is not patched: the patch says to ignore it (KPATCH_IGNORE_*)")
     checks.check(patched, opts.kernel, problems)
-    callbacks = kpatch_marks.callback_sections(patched)
-    if not opts.kernel:
-        for sec in callbacks:
-            problems.add(sec.name, "livepatch callbacks need a kernel livepatch module to call them")
-    inclusion = include(patched, p_res, problems, roots=callbacks if opts.kernel else [],
+    callbacks, hooks = kpatch_marks.callback_sections(patched), kpatch_marks.hook_sections(patched)
+    for sec in hooks if opts.kernel else callbacks:
+        problems.add(sec.name, "livepatch callbacks need a kernel livepatch module to call them" if sec in callbacks
+                     else "patch hooks (patch-hooks.h) are for user space: use KPATCH_*_CALLBACK in a kernel patch")
+    inclusion = include(patched, p_res, problems, roots=callbacks if opts.kernel else hooks,
                         carried=special.CARRIED if opts.kernel else frozenset())
     if opts.kernel:
         special.filter_special_sections(patched, problems, opts.struct_sizes)

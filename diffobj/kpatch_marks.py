@@ -6,13 +6,16 @@ names whose changes the patch author does not want patched (a moved WARN line, s
 replaced, included nor refused, and references to them reach the running original. The marks are never
 included, so they do not reach the output. `.kpatch.callbacks.STAGE` tables ({callback, object name}) are
 roots of the inclusion in kernel mode, which brings the callbacks (new functions) along; the kernel hook
-gives them to the livepatch core. A user-space patch has no one to call them: refused.
+gives them to the livepatch core. A user-space patch has no one to call them: refused. Its own hooks
+(templates/user/include/patch-hooks.h: `.kpatch.hooks.STAGE`, one pointer per hook, which patch-ctl runs in
+the target) are the user-space equivalent: roots of the inclusion in user mode, refused in kernel mode.
 """
 from __future__ import annotations
 
 from diffobj.model import ObjectFile, Section, Status, Symbol
 from diffobj.problems import Problems
 from diffobj.targets import TargetResolver, string_at
+from patchformat.sections import HOOKS_PREFIX
 
 IGNORE_FUNCTIONS = ".kpatch.ignore.functions"
 IGNORE_SECTIONS = ".kpatch.ignore.sections"
@@ -81,3 +84,7 @@ def apply_ignores(patched: ObjectFile, resolver: TargetResolver, problems: Probl
 
 def callback_sections(patched: ObjectFile) -> list[Section]:
     return [s for s in patched.sections if s.name.startswith(CALLBACKS_PREFIX) and s.size]
+
+
+def hook_sections(patched: ObjectFile) -> list[Section]:
+    return [s for s in patched.sections if s.name.startswith(HOOKS_PREFIX) and s.size]

@@ -2,7 +2,8 @@
 
 The package `patch-build-NAME` carries the module in /usr/lib/patch-build/packages/NAME/ and the reports in
 /usr/share/doc/patch-build-NAME/; its postinst runs `patch-ctl install` (a kernel module is also loaded when
-the running kernel is the one it was built for), its prerm `patch-ctl uninstall`. Built with `dpkg-deb`;
+the running kernel is the one it was built for; a user-space patch gets its own systemd service,
+`patch-ctl daemon --only NAME`, enabled and started), its prerm `patch-ctl uninstall`. Built with `dpkg-deb`;
 same module, reports, version and SOURCE_DATE_EPOCH, same bytes. Layout and scripts: docs/design.md.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from loader.store import describe
 
 ARCH = "amd64"  # the modules are x86-64 code
 MODULE_DIR = "usr/lib/patch-build/packages"
+UNIT_DIR = "lib/systemd/system"  # Debian 12's place for a package's units
 # Debian policy 5.6.7 and 5.6.12: package names and versions.
 PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 VERSION = re.compile(r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~]*(?:-[A-Za-z0-9.+~]+)?")
@@ -43,7 +45,7 @@ configure)
     fi
     # --force: a new version of this package replaces the module its previous version installed.
     patch-ctl install --force --store "$STORE" "$MODULE"
-{load}    ;;
+{load}{start}    ;;
 esac
 exit 0
 """
@@ -61,6 +63,37 @@ KERNEL_LOAD = """\
     fi
 """
 
+# User space: the package's own service keeps the patch applied (`patch-ctl daemon --only NAME`): one unit per
+# patch, so that the units of several patch packages never collide, each with its own lines in the journal.
+UNIT = """\
+[Unit]
+Description=Live patch {name}, applied to every process it targets, running or starting
+Documentation=file:///usr/share/doc/{package}/{name}.report.html
+After=local-fs.target
+
+[Service]
+Type=simple
+ExecStart=/usr/bin/env patch-ctl daemon --only {name}
+Restart=on-failure
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+SERVICE_START = """\
+    if [ -z "$DPKG_ROOT" ] && [ -d /run/systemd/system ]; then
+        systemctl daemon-reload || true
+        systemctl enable --now {package}.service || echo "{package}: warning: {package}.service did not start" >&2
+    fi
+"""
+
+SERVICE_STOP = """\
+    if [ -z "$DPKG_ROOT" ] && [ -d /run/systemd/system ]; then
+        systemctl disable --now {package}.service || true
+    fi
+"""
+
+
 PRERM = """\
 #!/bin/sh
 # Removes the live patch {name} from patch-build's store. A patch applied in the kernel or in processes
@@ -69,7 +102,7 @@ set -e
 STORE="${{PATCH_BUILD_STORE:-$DPKG_ROOT/var/lib/patch-build}}"
 case "$1" in
 remove|deconfigure)
-    if command -v patch-ctl >/dev/null 2>&1; then
+{stop}    if command -v patch-ctl >/dev/null 2>&1; then
         patch-ctl uninstall --store "$STORE" {name} || echo "{package}: warning: patch-ctl uninstall {name} failed" >&2
     fi
     ;;
@@ -157,6 +190,8 @@ def build_deb(result: BuildResult, outdir: Path, epoch: int, version: str | None
         # A version with a Debian revision is that of a non-native package: its changelog has another name.
         _write(docs / ("changelog.Debian.gz" if "-" in version else "changelog.gz"),
                gzip.compress(changelog.encode(), 9, mtime=epoch))
+        if entry.kind == "user":
+            _write(root / UNIT_DIR / f"{package}.service", UNIT.format(name=entry.name, package=package).encode())
         # The loader links the module by its symbol table: stripping it would break it.
         _write(root / "usr/share/lintian/overrides" / package,
                f"{package}: unstripped-binary-or-object [{module}]\n".encode())
@@ -174,9 +209,11 @@ def build_deb(result: BuildResult, outdir: Path, epoch: int, version: str | None
             f"Installed-Size: {installed_kib}\nSection: admin\nPriority: optional\n{description}").encode())
         load = KERNEL_LOAD.format(release=entry.kernel_release, name=entry.name, package=package) \
             if entry.kind == "kernel" else ""
+        start, stop = (SERVICE_START.format(package=package), SERVICE_STOP.format(package=package)) \
+            if entry.kind == "user" else ("", "")
         _write(control / "postinst", POSTINST.format(name=entry.name, module=module, package=package,
-                                                     load=load).encode(), 0o755)
-        _write(control / "prerm", PRERM.format(name=entry.name, package=package).encode(), 0o755)
+                                                     load=load, start=start).encode(), 0o755)
+        _write(control / "prerm", PRERM.format(name=entry.name, package=package, stop=stop).encode(), 0o755)
         for d in [root, *(p for p in root.rglob("*") if p.is_dir())]:
             os.chmod(d, 0o755)
         outdir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 needs and record every object they produce.
 
 Each wrapper is a small POSIX shell script (a compile must not pay for a Python start-up) that runs the real
-compiler with `-ffunction-sections -fdata-sections` appended (so they win over the project's flags), plus a
+compiler with `-ffunction-sections -fdata-sections` appended (so they win over the project's flags) and the
+include folder of the patch headers (templates/user/include: patch-hooks.h, patch-shadow.h), plus a
 -ffile-prefix-map that makes the scratch tree's objects name SRCDIR (reproducible, and as a build in SRCDIR), and,
 for a successful `-c`, appends one line per object to the log: cwd, object, source, compiler, arguments. Any
 other run (a link) gets `-Wl,--emit-relocs`, for link-diff (kbuild.lto); gcc ignores it when it does not link.
@@ -14,11 +15,14 @@ import os
 import shlex
 import shutil
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from diffobj.errors import InputError
 
 EXTRA_FLAGS = ("-ffunction-sections", "-fdata-sections")
+# the headers a user-space patch may include: patch-hooks.h, patch-shadow.h (after the project's own -I)
+PATCH_INCLUDE = Path(os.fspath(resources.files("templates").joinpath("user", "include")))
 LINK_FLAGS = ("-Wl,--emit-relocs",)  # the linked program keeps its code's relocations: link-diff reads it
 STANDARD_COMPILERS = ("cc", "gcc", "c++", "g++")
 ARG_SEP = "\x1f"  # separates a recorded command's arguments (they may hold spaces)
@@ -78,7 +82,7 @@ def install_wrappers(wrap_dir: Path, log: Path, env: dict[str, str],
     """Write wrappers into `wrap_dir` for the standard compilers and those $CC/$CXX name; return the build
     environment: PATH with the wrappers first, CC/CXX pointing at them. `prefix_map` (scratch tree, SRCDIR)
     makes the objects record SRCDIR's paths (debug info, __FILE__), as a build in SRCDIR would."""
-    flags = [*EXTRA_FLAGS]
+    flags = [*EXTRA_FLAGS, f"-I{PATCH_INCLUDE}"]
     if prefix_map is not None:
         flags.append(f"-ffile-prefix-map={prefix_map[0]}={prefix_map[1]}")
     wrap_dir.mkdir(parents=True, exist_ok=True)

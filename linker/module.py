@@ -7,23 +7,18 @@ Layouts: docs/design.md (`.kpatch.funcs`, `.kpatch.targets`, `.kpatch.module`, `
 """
 from __future__ import annotations
 
-import io
 import os
 import struct
 from dataclasses import dataclass, field
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.relocation import RelocationSection
-from elftools.elf.sections import SymbolTableSection
-
 from diffobj.errors import InputError
+from diffobj.model import ObjectFile, Relocation, Section
+from diffobj.read import read_object
 from linker.integrity import Seal, examine, read_module_bytes
-from patchformat.sections import (FUNCS, MODULE, MODULE_ENTRY, MODULE_VERSION, OFFSET, RECORD, STRINGS, TARGET_ENTRY,
-                                  TARGETS)
+from patchformat.sections import (FUNCS, HOOK_ENTRY, HOOK_STAGES, HOOKS_PREFIX, MODULE, MODULE_ENTRY, MODULE_VERSION,
+                                  OFFSET, RECORD, STRINGS, TARGET_ENTRY, TARGETS)
 
 R_X86_64_64 = 1
-EM_X86_64 = 62
 
 
 @dataclass
@@ -44,6 +39,12 @@ class Func:
 
 
 @dataclass
+class Hook:
+    stage: str  # pre_apply, post_apply, pre_revert, post_revert
+    function: str  # the module's symbol for the hook function
+
+
+@dataclass
 class ModuleInfo:
     path: str
     name: str
@@ -52,6 +53,7 @@ class ModuleInfo:
     funcs: list[Func] = field(default_factory=list)  # one per replaced function (identical duplicates merged)
     problems: list[str] = field(default_factory=list)  # why the module is not well-formed; empty when valid
     seal: Seal | None = None  # its integrity record (linker.integrity)
+    hooks: list[Hook] = field(default_factory=list)  # by stage, in run order
 
     @property
     def valid(self) -> bool:
@@ -59,122 +61,95 @@ class ModuleInfo:
 
 
 class _Module:
-    """The ELF file with what is needed to resolve pointers: symbols and relocations per section."""
+    """The object (diffobj's model: every relocation, symbol and section bound already checked) with what is
+    needed to resolve pointers: the relocation at each offset of each section."""
 
-    def __init__(self, elf: ELFFile):
-        self.elf = elf
-        self.symtab = next((s for s in elf.iter_sections() if isinstance(s, SymbolTableSection)), None)
-        self.symbols = list(self.symtab.iter_symbols()) if self.symtab is not None else []
-        self.data: dict[int, bytes] = {}
-        self.relocs: dict[int, dict[int, tuple[int, object, int]]] = {}  # shndx -> offset -> (type, sym, addend)
-        for sec in elf.iter_sections():
-            if isinstance(sec, RelocationSection) and sec["sh_type"] == "SHT_RELA":
-                table = self.relocs.setdefault(sec["sh_info"], {})
-                for rel in sec.iter_relocations():
-                    sym = self.symbols[rel["r_info_sym"]] if rel["r_info_sym"] < len(self.symbols) else None
-                    table[rel["r_offset"]] = (rel["r_info_type"], sym, rel["r_addend"])
+    def __init__(self, obj: ObjectFile):
+        self.obj = obj
+        self.relocs: dict[int, dict[int, Relocation]] = {
+            sec.index: {rel.offset: rel for rel in sec.relocations} for sec in obj.sections if sec.relocations}
 
-    def section(self, name: str):
-        """The section called `name` and its index, or (None, None)."""
-        for i, sec in enumerate(self.elf.iter_sections()):
-            if sec.name == name:
-                return i, sec
-        return None, None
+    def section(self, name: str) -> Section | None:
+        return self.obj.section_named(name)
 
-    def contents(self, index: int) -> bytes:
-        if index not in self.data:
-            sec = self.elf.get_section(index)
-            self.data[index] = b"" if sec["sh_type"] == "SHT_NOBITS" else sec.data()
-        return self.data[index]
+    def pointer(self, sec: Section, offset: int) -> Relocation | None:
+        """The R_X86_64_64 at `offset` of `sec`, or None."""
+        rel = self.relocs.get(sec.index, {}).get(offset)
+        return rel if rel is not None and rel.type == R_X86_64_64 else None
 
-    def pointer(self, shndx: int, offset: int) -> tuple[object, int] | None:
-        """The (symbol, addend) an R_X86_64_64 at `offset` of section `shndx` points to, or None."""
-        rel = self.relocs.get(shndx, {}).get(offset)
-        if rel is None or rel[0] != R_X86_64_64 or rel[1] is None:
-            return None
-        return rel[1], rel[2]
-
-    def target_of(self, sym, addend: int) -> tuple[int, int] | None:
-        """(section index, offset) a defined symbol + addend designates."""
-        shndx = sym["st_shndx"]
-        if not isinstance(shndx, int) or shndx == 0:
-            return None
-        return shndx, sym["st_value"] + addend
-
-    def string(self, shndx: int, offset: int, what: str, problems: list[str]) -> str:
+    def string(self, sec: Section, offset: int, what: str, problems: list[str]) -> str:
         """The NUL-terminated string a pointer field points to; '' and a problem when it cannot be read."""
-        ptr = self.pointer(shndx, offset)
-        if ptr is None:
-            problems.append(f"{what}: no R_X86_64_64 relocation at {self.elf.get_section(shndx).name}+{offset:#x}")
+        rel = self.pointer(sec, offset)
+        if rel is None:
+            problems.append(f"{what}: no R_X86_64_64 relocation at {sec.name}+{offset:#x}")
             return ""
-        place = self.target_of(*ptr)
-        if place is None:
-            problems.append(f"{what}: points to undefined symbol {ptr[0].name!r}")
+        target = rel.symbol.section
+        if target is None:
+            problems.append(f"{what}: points to undefined symbol {rel.symbol.name!r}")
             return ""
-        sec_index, at = place
-        sec = self.elf.get_section(sec_index)
-        if sec.name != STRINGS:
-            problems.append(f"{what}: points into {sec.name}, not {STRINGS}")
-        data = self.contents(sec_index)
+        at = rel.symbol.value + rel.addend
+        if target.name != STRINGS:
+            problems.append(f"{what}: points into {target.name}, not {STRINGS}")
+        data = b"" if target.is_nobits else target.data
         end = data.find(b"\0", at)
         if not 0 <= at < len(data) or end < 0:
-            problems.append(f"{what}: string at {sec.name}+{at:#x} is out of bounds or not terminated")
+            problems.append(f"{what}: string at {target.name}+{at:#x} is out of bounds or not terminated")
             return ""
         return data[at:end].decode("utf-8", "replace")
 
-    def function_symbol(self, shndx: int, offset: int, what: str, problems: list[str]) -> str:
-        """The name of the function a `new_addr` field points to (a section symbol + addend is resolved)."""
-        ptr = self.pointer(shndx, offset)
-        if ptr is None:
-            problems.append(f"{what}: no R_X86_64_64 relocation for new_addr")
+    def function_symbol(self, sec: Section, offset: int, what: str, problems: list[str],
+                        field: str = "new_addr") -> str:
+        """The name of the function a pointer field (`new_addr`, a hook) points to (a section symbol + addend
+        is resolved)."""
+        rel = self.pointer(sec, offset)
+        if rel is None:
+            problems.append(f"{what}: no R_X86_64_64 relocation for {field}")
             return ""
-        sym, addend = ptr
-        if sym["st_info"]["type"] == "STT_FUNC" and addend == 0:
+        sym = rel.symbol
+        if sym.is_function and rel.addend == 0:
             return sym.name
-        place = self.target_of(sym, addend)
-        if place is None:
-            problems.append(f"{what}: new_addr points to undefined symbol {sym.name!r}")
+        if sym.section is None:
+            problems.append(f"{what}: {field} points to undefined symbol {sym.name!r}")
             return sym.name
-        for cand in self.symbols:
-            if (cand["st_info"]["type"] == "STT_FUNC" and cand["st_shndx"] == place[0]
-                    and cand["st_value"] == place[1]):
+        at = sym.value + rel.addend
+        for cand in sym.section.symbols:
+            if cand.is_function and cand.value == at:
                 return cand.name
-        problems.append(f"{what}: new_addr points to no function ({self.elf.get_section(place[0]).name}+{place[1]:#x})")
+        problems.append(f"{what}: {field} points to no function ({sym.section.name}+{at:#x})")
         return ""
 
 
 def _entries(mod: _Module, name: str, entry: struct.Struct, problems: list[str], required: bool = True):
     """(section index, offset, fields) for each entry of a metadata section."""
-    index, sec = mod.section(name)
+    sec = mod.section(name)
     if sec is None:
         if required:
             problems.append(f"no {name} section")
         return []
-    data = mod.contents(index)
+    data = b"" if sec.is_nobits else sec.data
     if len(data) % entry.size:
         problems.append(f"{name} is {len(data)} bytes, not a multiple of {entry.size}")
-    return [(index, off, entry.unpack_from(data, off)) for off in range(0, len(data) - entry.size + 1, entry.size)]
+    return [(sec, off, entry.unpack_from(data, off)) for off in range(0, len(data) - entry.size + 1, entry.size)]
 
 
 def read_module(path: str | os.PathLike, data: bytes | None = None) -> ModuleInfo:
     """Read NAME.kpatch (its bytes `data`, when the caller has read them). Raises InputError when it is not
     a readable x86-64 ELF relocatable object with `.kpatch.funcs` and `.kpatch.integrity` sections; any
     other inconsistency is listed in `ModuleInfo.problems`, a failed integrity check first."""
+    return read_module_object(path, data)[0]
+
+
+def read_module_object(path: str | os.PathLike, data: bytes | None = None) -> tuple[ModuleInfo, ObjectFile]:
+    """read_module, and the module as diffobj's model of an object (what the loader maps): one parse."""
     path = os.fspath(path)
-    base = os.path.basename(path)
     if data is None:
         data = read_module_bytes(path)
     seal = examine(path, data)  # validates the ELF and section headers first
-    try:
-        elf = ELFFile(io.BytesIO(data))
-        if elf["e_type"] != "ET_REL" or elf["e_machine"] != "EM_X86_64" or elf.elfclass != 64:
-            raise InputError(f"{base}: not an x86-64 ELF relocatable object")
-        mod = _Module(elf)
-        if mod.section(FUNCS)[1] is None:
-            raise InputError(f"{base}: not a patch module (no {FUNCS} section)")
-        return _read(path, mod, seal)
-    except (ELFError, struct.error, KeyError, IndexError) as e:
-        raise InputError(f"{base}: malformed ELF file ({e})") from None
+    obj = read_object(path, data)
+    mod = _Module(obj)
+    if mod.section(FUNCS) is None:
+        raise InputError(f"{os.path.basename(path)}: not a patch module (no {FUNCS} section)")
+    return _read(path, mod, seal), obj
 
 
 def _read(path: str, mod: _Module, seal: Seal) -> ModuleInfo:
@@ -184,16 +159,16 @@ def _read(path: str, mod: _Module, seal: Seal) -> ModuleInfo:
     if len(module_entries) != 1 and module_entries:
         problems.append(f"{MODULE} has {len(module_entries)} entries, expected 1")
     if module_entries:
-        shndx, off, (_, version) = module_entries[0]
-        name = mod.string(shndx, off, "module name", problems)
+        sec, off, (_, version) = module_entries[0]
+        name = mod.string(sec, off, "module name", problems)
         if version != MODULE_VERSION:
             problems.append(f"module format version {version}, expected {MODULE_VERSION}")
 
     targets = []
-    for shndx, off, _ in _entries(mod, TARGETS, TARGET_ENTRY, problems):
+    for sec, off, _ in _entries(mod, TARGETS, TARGET_ENTRY, problems):
         what = f"target {len(targets)}"
-        targets.append(Target(mod.string(shndx, off, what + " name", problems),
-                              mod.string(shndx, off + 8, what + " build-id", problems)))
+        targets.append(Target(mod.string(sec, off, what + " name", problems),
+                              mod.string(sec, off + 8, what + " build-id", problems)))
     if not targets:
         problems.append("no target recorded")
     for t in targets:
@@ -201,12 +176,12 @@ def _read(path: str, mod: _Module, seal: Seal) -> ModuleInfo:
             problems.append(f"target {t.name}: build-id {t.build_id!r} is not lowercase hex")
 
     funcs = []
-    for shndx, off, (_, new_size, old_addr, old_size, sympos, _, _) in _entries(mod, FUNCS, RECORD, problems):
+    for sec, off, (_, new_size, old_addr, old_size, sympos, _, _) in _entries(mod, FUNCS, RECORD, problems):
         what = f"{FUNCS} entry {len(funcs)}"
-        func = Func(name=mod.string(shndx, off + OFFSET["name"], what + " name", problems),
-                    objname=mod.string(shndx, off + OFFSET["objname"], what + " objname", problems),
+        func = Func(name=mod.string(sec, off + OFFSET["name"], what + " name", problems),
+                    objname=mod.string(sec, off + OFFSET["objname"], what + " objname", problems),
                     sympos=sympos, old_size=old_size, new_size=new_size,
-                    new_symbol=mod.function_symbol(shndx, off + OFFSET["new_addr"], what, problems),
+                    new_symbol=mod.function_symbol(sec, off + OFFSET["new_addr"], what, problems),
                     old_addr=old_addr)
         funcs.append(func)
     if not funcs:
@@ -227,4 +202,21 @@ def _read(path: str, mod: _Module, seal: Seal) -> ModuleInfo:
                             "differently")
     funcs = list(unique.values())
     return ModuleInfo(path=path, name=name, version=version, targets=targets, funcs=funcs, problems=problems,
-                      seal=seal)
+                      seal=seal, hooks=_hooks(mod, problems))
+
+
+def _hooks(mod: _Module, problems: list[str]) -> list[Hook]:
+    """The hook of each stage's `.kpatch.hooks.STAGE` table, stages in run order."""
+    stages = {sec.name[len(HOOKS_PREFIX):] for sec in mod.obj.sections if sec.name.startswith(HOOKS_PREFIX)}
+    for stage in sorted(stages - set(HOOK_STAGES)):
+        problems.append(f"{HOOKS_PREFIX}{stage}: no such hook stage (one of {', '.join(HOOK_STAGES)})")
+    hooks = []
+    for stage in HOOK_STAGES:
+        mine = [Hook(stage, mod.function_symbol(sec, off, f"{sec.name} entry {off // HOOK_ENTRY.size}", problems,
+                                                field="the hook"))
+                for sec, off, _ in _entries(mod, HOOKS_PREFIX + stage, HOOK_ENTRY, problems, required=False)]
+        if len(mine) > 1:  # the compiler does not keep a unit's definitions in source order, nor ld the units'
+            problems.append(f"{len(mine)} {stage} hooks ({', '.join(h.function for h in mine)}): one per stage "
+                            "(let it call the others in the order they must run)")
+        hooks += mine
+    return hooks

@@ -70,7 +70,7 @@ def apply(module: Path = typer.Argument(..., help="NAME.kpatch, or a hand-writte
     """Patch a running process (with a built NAME.kpatch, or a hand-written patch library NAME.so)."""
     from linker.integrity import load_trusted_keys
     from loader.libraries import apply_library, is_shared_library
-    from loader.patcher import apply_patch
+    from loader.apply import apply_patch
 
     trusted = _guarded(lambda: load_trusted_keys(trusted_keys)) if trusted_keys is not None else None
     if is_shared_library(str(module)):
@@ -89,7 +89,7 @@ def revert(name: Optional[str] = typer.Argument(None, help="The patch (module na
            pid: int = PidOption, all_: bool = typer.Option(False, "--all", help="Revert every patch, newest first."),
            timeout: float = TimeoutOption):
     """Undo a patch (or all of them, newest first)."""
-    from loader.patcher import revert_patches
+    from loader.revert import revert_patches
 
     if (name is None) == (not all_):
         _fail("give a patch NAME or --all", 2)
@@ -107,7 +107,7 @@ def revert(name: Optional[str] = typer.Argument(None, help="The patch (module na
 @app.command("list")
 def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
     """The patches applied in a process, newest last."""
-    from loader.patcher import list_patches
+    from loader.revert import list_patches
 
     from loader.variables import recorded_sets
 
@@ -131,6 +131,8 @@ def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json"
         for f in r.funcs:
             on = f" (over {f.prev})" if f.prev else ""
             _say(f"   {f.objname}:{f.name} {f.old_addr:#x} -> {f.new_addr:#x} ({f.new_size} bytes){on}")
+        for stage, hooks in r.hooks.items():
+            _say(f"   hooks {stage}: {', '.join(name for name, _ in hooks)}")
         for eh_frame, _, _, confirmed in r.frames:
             typer.echo(f"   unwind information {'registered' if confirmed else 'perhaps registered'} at {eh_frame:#x}")
 
@@ -138,8 +140,8 @@ def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json"
 @app.command()
 def info(module: Path = typer.Argument(..., help="NAME.kpatch"),
          json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """What a patch module holds: targets, build-ids, functions and sizes, its digest and signer."""
-    from loader.patcher import module_info
+    """What a patch module holds: targets, build-ids, functions and sizes, hooks, its digest and signer."""
+    from loader.patchmodule import module_info
 
     mod = _guarded(lambda: module_info(str(module)))
     if json_output:
@@ -159,6 +161,8 @@ def info(module: Path = typer.Argument(..., help="NAME.kpatch"),
         for f in mod.funcs:
             pos = f",{f.sympos}" if f.sympos else ""
             _say(f"function {f.objname}:{f.name}{pos} {f.old_size} -> {f.new_size} bytes ({f.new_symbol})")
+        for h in mod.hooks:
+            _say(f"hook {h.stage} {h.function}")
         for p in mod.problems:
             _say(f"problem: {p}")
     if mod.problems:
@@ -289,6 +293,36 @@ def installed(store: Optional[Path] = StoreOption,
             _say(f"{_describe(entry)} {'NOT INTACT: ' + problem if problem else 'verified'}")
     if problems:
         _fail(f"{len(problems)} installed module(s) not intact: {', '.join(sorted(problems))}", 2)
+
+
+@app.command()
+def daemon(store: Optional[Path] = StoreOption, timeout: float = TimeoutOption,
+           only: Optional[list[str]] = typer.Option(None, "--only", metavar="NAME",
+                                                    help="Keep only this installed patch applied (repeatable).")):
+    """Keep installed patches applied: to every running process they target, and to each new one as it starts
+    (in the foreground, one line per action on stdout; needs root)."""
+    from loader.daemon import run_daemon
+    from loader.store import Store
+
+    target = Store(store)
+    _guarded(lambda: run_daemon(target, timeout, _say, only))
+
+
+@app.command()
+def status(json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Which processes carry which patches."""
+    from loader.daemon import carried_patches
+
+    carried = _guarded(carried_patches)
+    if json_output:
+        typer.echo(json.dumps({"processes": [{"pid": pid, "program": program, "patches": [
+            {"module": r.module, "state": r.state, "path": r.path} for r in records]}
+            for pid, program, records in carried]}, indent=2))
+        return
+    if not carried:
+        typer.echo("no process carries a patch")
+    for pid, program, records in carried:
+        _say(f"{pid} {program}: " + ", ".join(f"{r.module} [{r.state}]" for r in records))
 
 
 var_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

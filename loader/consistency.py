@@ -2,14 +2,19 @@
 
 No thread may be executing the bytes about to be overwritten (always checked); and no thread may have a
 function being replaced on its stack: its PC, a return address found by CFI unwinding, or, past the point
-where unwinding stops, any stack word pointing into it (conservative).
+where unwinding stops, any stack word pointing into it (conservative). `until_consistent` stops every
+thread, checks, and acts when it is safe, retrying (the threads running in between) until a timeout.
 """
 from __future__ import annotations
 
 import bisect
+import time
 from dataclasses import dataclass
 
-from loader.ptrace import Stopped
+from diffobj.errors import Refused
+from loader.critical import Critical
+from loader.ptrace import Stopped, thread_ids
+from loader.session import RETRY_PAUSE, Session
 from loader.unwind import StackUnknown, Unwinder
 
 
@@ -62,3 +67,24 @@ def check(stopped: Stopped, overwritten: list[Range], busy: list[Range] | None, 
                 if hit:
                     return f"{hit.name}: thread {tid} may have it on its stack (found {word:#x}, no CFI to unwind)"
     return None
+
+
+def until_consistent(s: Session, sites: list[Range], busy: list[Range] | None, timeout: float,
+                      critical: Critical, action) -> None:
+    """Stop every thread, check, run action(stopped) when safe; else release and retry until timeout. Each
+    retry is a safe point: nothing has been written to code yet."""
+    deadline = time.monotonic() + timeout
+    s.unwinder().warm(s.pid, thread_ids(s.pid))
+    while True:
+        critical.safe_point()
+        s.stats.attempts += 1
+        with s.stopped() as stopped:
+            why = check(stopped, sites, busy, s.unwinder())
+            if why is None:
+                action(stopped)
+        if why is None:
+            return
+        if time.monotonic() >= deadline:
+            name, _, reason = why.partition(": ")
+            raise Refused([(name, f"{reason}; gave up after {timeout:g} s ({s.stats.attempts} attempts)")])
+        time.sleep(RETRY_PAUSE)

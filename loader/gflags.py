@@ -14,15 +14,15 @@ from dataclasses import dataclass
 
 from diffobj.errors import InputError, Refused
 from loader import faults
-from loader.critical import Critical
 from loader.dwarftypes import BOOL, FLOAT, INT, VarType
 from loader.frames import registry_of
 from loader.objects import STB_LOCAL, SHN_UNDEF, LoadedObject
+from loader.recovery import changing
 from loader.session import Session, Stats, in_clear_thread, run
 from loader.remote import RemoteCaller
 from loader.resolve import Resolver
-from loader.variables import (SET, SETTING, STD_STRING, VarSet, drop_log_if_empty, ensure_log, holds, prepare,
-                              save_log, show_or_why)
+from loader.variables import (SET, SETTING, STD_STRING, VarSet, drop_log_if_empty, ensure_log, prepare, save_log,
+                              show_or_why, take_back)
 
 VIA = "gflags"
 _SETTER = re.compile(r"_ZN(6google|6gflags)20SetCommandLineOption(B5cxx11)?EPKcS1_")
@@ -148,9 +148,8 @@ def _through_gflags(s: Session, flag: Flag, setter: int, value: str, timeout: fl
 
 def set_flag(pid: int, name: str, value: str, timeout: float = 10.0) -> tuple[VarSet, Stats]:
     def set_(s: Session):
-        t0 = time.perf_counter()
-        with Critical() as critical:
-            log = prepare(s, critical, timeout)
+        with changing(s, timeout) as critical:
+            log = prepare(s)
             setter, flag = _setter(s), _find(s, name)
             critical.safe_point()
             ensure_log(s, log)
@@ -174,8 +173,6 @@ def set_flag(pid: int, name: str, value: str, timeout: float = 10.0) -> tuple[Va
             entry.state, entry.new_text = SET, show_or_why(s.mem, flag.type, new)
             entry.new = "" if flag.type is STD_STRING else new.hex()
             save_log(s, log)
-        s.stats.late_signal = critical.late
-        s.stats.elapsed = time.perf_counter() - t0
         return entry, s.stats
 
     return run(pid, "flags set", set_, wait=timeout)
@@ -186,24 +183,15 @@ def undo_flag(pid: int, name: str, timeout: float = 10.0) -> tuple[VarSet, Stats
     holds what that set gave it."""
 
     def undo(s: Session):
-        t0 = time.perf_counter()
-        with Critical() as critical:
-            log = prepare(s, critical, timeout)
+        with changing(s, timeout) as critical:
+            log = prepare(s)
             setter, flag = _setter(s), _find(s, name)
             mine = [v for v in log.sets if v.via == VIA and v.name == f"--{flag.name}"]
             if not mine:
                 raise InputError(f"--{flag.name}: no flags set of it is recorded in process {s.pid}")
             entry = mine[-1]
-            if not holds(s.mem, entry):
-                raise Refused([(entry.name, f"changed since it was set to {entry.new_text} (now {_value(s, flag)}): "
-                                            "not undone")])
-            critical.safe_point()
-            _through_gflags(s, flag, setter, entry.old_text, timeout)
-            log.sets.remove(entry)
-            save_log(s, log)
-            drop_log_if_empty(s, log)
-        s.stats.late_signal = critical.late
-        s.stats.elapsed = time.perf_counter() - t0
+            take_back(s, critical, log, entry, lambda: _value(s, flag),
+                      lambda: _through_gflags(s, flag, setter, entry.old_text, timeout), every_thread_stopped=False)
         return entry, s.stats
 
     return run(pid, "flags undo", undo, wait=timeout)

@@ -6,7 +6,7 @@ its replacements).
 Each is a PatchRecord (loader.state) with `library` set, so `list`, `revert` and recovery handle it as they
 do a module's: its mappings hold the header and, for each redirected function, a far-jump stub near it (a
 library lies anywhere, beyond the reach of the rel32 jump written into the old function). Jumps are written
-by loader.patcher.commit (the same write-ahead states, stack check and retries as `apply`); a revert puts
+by loader.jumps.commit (the same write-ahead states, stack check and retries as `apply`); a revert puts
 them back, dlcloses the handle the record owns once no thread runs the library's code, and unmaps.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import struct
 import time
+from collections.abc import Callable
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -21,14 +22,16 @@ from elftools.elf.elffile import ELFFile
 from diffobj.errors import InputError, Refused
 from loader import dynlink, layout, x86_64 as arch
 from loader.critical import Critical
+from loader.jumps import commit
 from loader.objects import STT_FUNC, LoadedObject
-from loader.patcher import commit, current_patches, discard, free_addresses_near, map_near, recover, \
-    revert_records
+from loader.placement import free_addresses_near, map_near
 from loader.procfs import check_process
-from loader.ptrace import ThreadGone
+from loader.recovery import changing
 from loader.remote import PROT_EXEC, PROT_READ, RemoteCaller
-from loader.session import Session, Stats, in_target, run, still_alive
-from loader.state import ACTIVE, PENDING, PatchedFunc, PatchRecord
+from loader.revert import revert_records
+from loader.session import Session, Stats, in_target, run
+from loader.state import ACTIVE, PENDING, PatchedFunc, PatchRecord, current_patches
+from loader.undo import discard
 
 LIB_PREFIX, REDIRECT_PREFIX = "lib:", "redirect:"
 TABLE = "patch_replace"  # the section PATCH_REPLACE puts its entries in
@@ -59,19 +62,10 @@ def load_library(pid: int, path: str, timeout: float = 10.0) -> tuple[PatchRecor
 
 
 def _load(s: Session, module: str, path: str, timeout: float):
-    t0 = time.perf_counter()
-    with Critical() as critical:
-        recover(s, timeout, critical)
-        _refuse_applied(s, module, "loaded")
-        critical.safe_point()
-        handle = dynlink.dlopen(s, path, timeout)
-        try:
-            s.refresh()
-            record = _install(s, critical, module, path, path, handle, [], False, timeout)
-        except BaseException:
-            _close_quietly(s, handle, module, timeout)
-            raise
-    return _done(s, record, critical, t0)
+    with changing(s, timeout) as critical:
+        record = _opened(s, critical, module, path, "loaded", timeout,
+                         lambda handle: _install(s, critical, module, path, path, handle, [], False, timeout))
+    return record, s.stats
 
 
 def unload_library(pid: int, name: str, timeout: float = 10.0) -> tuple[PatchRecord, Stats]:
@@ -105,9 +99,7 @@ def redirect(pid: int, old: str, new: str, timeout: float = 10.0, stack_check: b
 
 
 def _redirect(s: Session, old: str, new: str, timeout: float, stack_check: bool):
-    t0 = time.perf_counter()
-    with Critical() as critical:
-        recover(s, timeout, critical)
+    with changing(s, timeout) as critical:
         lib, new_addr = _new_function(s, new)
         objname, name, addr, size = _old_function(s, old, exclude=lib)
         module = f"{REDIRECT_PREFIX}{objname}:{name}"
@@ -115,7 +107,7 @@ def _redirect(s: Session, old: str, new: str, timeout: float, stack_check: bool)
         owner = [r.module for r in s.patches if r.handle and r.library == lib.path]
         record = _install(s, critical, module, lib.path, lib.path, 0, [(objname, name, addr, size, new_addr)],
                           stack_check, timeout, depends=owner[-1:])
-    return _done(s, record, critical, t0)
+    return record, s.stats
 
 
 def restore(pid: int, old: str, timeout: float = 10.0) -> tuple[PatchRecord, Stats]:
@@ -151,26 +143,34 @@ def apply_library(pid: int, path: str, timeout: float = 10.0, stack_check: bool 
 
 
 def _apply(s: Session, module: str, path: str, table: tuple[int, int], timeout: float, stack_check: bool):
-    t0 = time.perf_counter()
-    with Critical() as critical:
-        recover(s, timeout, critical)
-        _refuse_applied(s, module, "applied")
-        critical.safe_point()
-        handle = dynlink.dlopen(s, path, timeout)
-        try:
-            s.refresh()
-            lib = dynlink.loaded_library(s.objects, path)
-            if lib is None:
-                raise Refused([(module, f"dlopen gave a handle, but {path} is not mapped in process {s.pid}")])
-            olds = []
-            for old_name, new_addr in _entries(s, lib, *table):
-                objname, name, addr, size = _old_function(s, old_name, exclude=lib)
-                olds.append((objname, name, addr, size, new_addr))
-            record = _install(s, critical, module, path, lib.path, handle, olds, stack_check, timeout)
-        except BaseException:
-            _close_quietly(s, handle, module, timeout)
-            raise
-    return _done(s, record, critical, t0)
+    def redirect_table(handle: int) -> PatchRecord:
+        lib = dynlink.loaded_library(s.objects, path)
+        if lib is None:
+            raise Refused([(module, f"dlopen gave a handle, but {path} is not mapped in process {s.pid}")])
+        olds = []
+        for old_name, new_addr in _entries(s, lib, *table):
+            objname, name, addr, size = _old_function(s, old_name, exclude=lib)
+            olds.append((objname, name, addr, size, new_addr))
+        return _install(s, critical, module, path, lib.path, handle, olds, stack_check, timeout)
+
+    with changing(s, timeout) as critical:
+        record = _opened(s, critical, module, path, "applied", timeout, redirect_table)
+    return record, s.stats
+
+
+def _opened(s: Session, critical: Critical, module: str, path: str, what: str, timeout: float,
+            then: Callable[[int], PatchRecord]) -> PatchRecord:
+    """dlopen `path` in the target (unless `module` is already there), then then(handle) on the refreshed
+    session; a failure of `then` dlcloses the library again."""
+    _refuse_applied(s, module, what)
+    critical.safe_point()
+    handle = dynlink.dlopen(s, path, timeout)
+    try:
+        s.refresh()
+        return then(handle)
+    except BaseException:
+        _close_quietly(s, handle, module, timeout)
+        raise
 
 
 def _table(path: str) -> tuple[int, int]:
@@ -353,10 +353,3 @@ def _close_quietly(s: Session, handle: int, module: str, timeout: float) -> None
     except Exception:  # noqa: BLE001 - the process gone, or a second failure: the first is reported
         s.stats.warnings.append(f"{module}: the library stays loaded in process {s.pid} (dlclose failed)")
 
-
-def _done(s: Session, record: PatchRecord, critical: Critical, t0: float) -> tuple[PatchRecord, Stats]:
-    if not still_alive(s.pid):
-        raise ThreadGone(s.pid)
-    s.stats.late_signal = critical.late
-    s.stats.elapsed = time.perf_counter() - t0
-    return record, s.stats

@@ -1,6 +1,6 @@
 """One patch-ctl at a time per target process: an advisory lock the kernel drops when its holder exits,
 even by SIGKILL. Holding it also proves that a record left half-done in the target belongs to no running
-patch-ctl, so it can be finished (loader.patcher's recovery)."""
+patch-ctl, so it can be finished (loader.recovery)."""
 from __future__ import annotations
 
 import fcntl

@@ -71,12 +71,7 @@ class LoadedObject:
 
     @cached_property
     def build_id(self) -> str:
-        for sec in self.elf.iter_sections():
-            if sec["sh_type"] == "SHT_NOTE":
-                for note in sec.iter_notes():
-                    if note["n_type"] == "NT_GNU_BUILD_ID":
-                        return note["n_desc"]
-        return ""
+        return build_id(self.elf)
 
     def _symbols(self, table: str) -> list[ElfSymbol]:
         sec = self.elf.get_section_by_name(table)
@@ -133,6 +128,16 @@ class LoadedObject:
     def close(self) -> None:
         if "_elf" in self.__dict__:
             self._elf[1].close()
+
+
+def build_id(elf: ELFFile) -> str:
+    """The file's GNU build-id (lowercase hex), or ''."""
+    for sec in elf.iter_sections():
+        if sec["sh_type"] == "SHT_NOTE":
+            for note in sec.iter_notes():
+                if note["n_type"] == "NT_GNU_BUILD_ID":
+                    return note["n_desc"]
+    return ""
 
 
 def loaded_objects(pid: int, maps: list[Mapping]) -> list[LoadedObject]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from diffobj.errors import InputError, PatchBuildError, Refused
 from loader import layout, x86_64 as arch
-from loader.frames import Avoid
 from loader.lock import TargetLock
 from loader.objects import LoadedObject, loaded_objects
 from loader.procfs import Mapping, Memory, check_process, dying, process_alive, read_maps, tracer_of
@@ -18,6 +18,9 @@ from loader.remote import RemoteCaller, RemoteError, find_syscall_insn
 from loader.resolve import ResolveError
 from loader.state import PatchRecord, find_patches
 from loader.unwind import ObjectCfi, Unwinder
+
+if TYPE_CHECKING:  # loader.frames makes its calls through a Session
+    from loader.frames import Avoid
 
 RETRY_PAUSE = 0.02  # between two attempts: let the threads run
 

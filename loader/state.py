@@ -21,7 +21,7 @@ _HEAD = struct.Struct("<8sII")
 MAPPING_PREFIX = "/memfd:kpatch:"
 # A record's states. PENDING: mapped, nothing jumps to it. APPLYING and REVERTING: jumps being written or
 # taken back, with every thread stopped; a patch-ctl killed there leaves them, and the next one finishes
-# the revert (loader.patcher's recovery). ACTIVE: every jump in place. REVERTED: none; unmapped next.
+# the revert (loader.recovery). ACTIVE: every jump in place. REVERTED: none; unmapped next.
 PENDING, APPLYING, ACTIVE, REVERTING, REVERTED = "pending", "applying", "active", "reverting", "reverted"
 SETTLED = (ACTIVE, REVERTED)
 
@@ -61,6 +61,8 @@ class PatchRecord:
     # this record owns (dlclose'd by its revert), 0 when it owns none.
     library: str = ""
     handle: int = 0
+    # The patch's hooks (patch-hooks.h): stage -> [[function name, address in the patch's code]...], run order
+    hooks: dict[str, list[list]] = field(default_factory=dict)
 
     @property
     def start(self) -> int:
@@ -126,3 +128,13 @@ def open_memfds(pid: int) -> list[int]:
         except (OSError, ValueError):
             continue
     return sorted(fds)
+
+
+def current_patches(patches: list[PatchRecord]) -> dict[int, tuple[PatchRecord, PatchedFunc]]:
+    """Old function address -> (record, func) of the newest active patch of it."""
+    current = {}
+    for record in patches:
+        if record.state == ACTIVE:
+            for f in record.funcs:
+                current[f.old_addr] = (record, f)
+    return current

@@ -11,11 +11,13 @@ here too.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import math
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from diffobj.errors import InputError, Refused
@@ -24,8 +26,8 @@ from loader.critical import Critical
 from loader.dwarftypes import BOOL, CHARS, CSTRING, ENUM, FLOAT, INT, STDSTRING, Variable, VarType, variables
 from loader.frames import registry_of
 from loader.objects import SHN_UNDEF, STB_LOCAL, STT_FILE, STT_TLS, ElfSymbol, LoadedObject
-from loader.patcher import recover
 from loader.procfs import Mapping, Memory, read_maps
+from loader.recovery import changing
 from loader.remote import RemoteCaller
 from loader.resolve import Resolver
 from loader.session import Session, Stats, in_clear_thread, in_target, run
@@ -355,11 +357,29 @@ def _writable(s: Session, f: Found) -> None:
         raise Refused([(f.name, f"lies in read-only memory ({perms}) of {f.object.name}: not written")])
 
 
-def prepare(s: Session, critical: Critical, timeout: float) -> SetLog:
-    recover(s, timeout, critical)  # what an interrupted patch-ctl left, patches first
+def prepare(s: Session) -> SetLog:
+    """The target's log of sets, with what an interrupted patch-ctl left of it settled (run inside
+    loader.recovery's `changing`, which finishes what it left of patches first)."""
     log = read_log(s.maps, s.mem)
     _settle(s, log)
     return log
+
+
+def take_back(s: Session, critical: Critical, log: SetLog, entry: VarSet, now: Callable[[], str],
+              put_back: Callable[[], None], every_thread_stopped: bool = True) -> None:
+    """Undo `entry`, the newest set of its variable: refused unless the variable still holds what that set
+    gave it; then put_back() writes the old value and the entry is dropped (the log too, once empty). A
+    direct write is checked and made with every thread stopped; a flag's goes through gflags, whose call
+    stops one thread itself."""
+    critical.safe_point()
+    s.stats.attempts += 1
+    with s.stopped() if every_thread_stopped else contextlib.nullcontext():
+        if not holds(s.mem, entry):
+            raise Refused([(entry.name, f"changed since it was set to {entry.new_text} (now {now()}): not undone")])
+        put_back()
+    log.sets.remove(entry)
+    save_log(s, log)
+    drop_log_if_empty(s, log)
 
 
 def get_values(pid: int, spec: str, type_name: str | None = None) -> tuple[Found, str]:
@@ -416,9 +436,8 @@ def _allocate_string(s: Session, text: str, timeout: float) -> int:
 def set_value(pid: int, spec: str, text: str, type_name: str | None = None,
               timeout: float = 10.0) -> tuple[VarSet, Stats]:
     def set_(s: Session):
-        t0 = time.perf_counter()
-        with Critical() as critical:
-            log = prepare(s, critical, timeout)
+        with changing(s, timeout) as critical:
+            log = prepare(s)
             f = find(s, spec, type_name)
             _writable(s, f)
             alloc, new = 0, None if f.type.kind == CSTRING else encode(f.name, f.type, text)
@@ -444,8 +463,6 @@ def set_value(pid: int, spec: str, text: str, type_name: str | None = None,
                 faults.point("var-written", s.pid)
                 entry.state, entry.new_text = SET, show_or_why(s.mem, f.type, new)
                 save_log(s, log)
-        s.stats.late_signal = critical.late
-        s.stats.elapsed = time.perf_counter() - t0
         return entry, s.stats
 
     return run(pid, "var set", set_, wait=timeout)
@@ -455,9 +472,8 @@ def undo_set(pid: int, spec: str, type_name: str | None = None, timeout: float =
     """Put back the bytes the newest set of `spec` replaced, if the variable still holds what it wrote."""
 
     def undo(s: Session):
-        t0 = time.perf_counter()
-        with Critical() as critical:
-            log = prepare(s, critical, timeout)
+        with changing(s, timeout) as critical:
+            log = prepare(s)
             mine = [v for v in log.sets if v.name == spec and not v.via]
             if not mine:
                 f = find(s, spec, type_name)
@@ -465,19 +481,8 @@ def undo_set(pid: int, spec: str, type_name: str | None = None, timeout: float =
             if not mine:
                 raise InputError(f"{spec}: no set of it is recorded in process {s.pid}")
             entry = mine[-1]
-            critical.safe_point()
-            s.stats.attempts += 1
-            with s.stopped():
-                now = s.mem.read(entry.address, len(entry.new) // 2)
-                if now.hex() != entry.new:
-                    raise Refused([(entry.name, f"changed since it was set to {entry.new_text} (now 0x{now.hex()}): "
-                                                "not undone")])
-                s.mem.write(entry.address, bytes.fromhex(entry.old))
-                log.sets.remove(entry)
-                save_log(s, log)
-            drop_log_if_empty(s, log)
-        s.stats.late_signal = critical.late
-        s.stats.elapsed = time.perf_counter() - t0
+            take_back(s, critical, log, entry, lambda: "0x" + s.mem.read(entry.address, len(entry.new) // 2).hex(),
+                      lambda: s.mem.write(entry.address, bytes.fromhex(entry.old)))
         return entry, s.stats
 
     return run(pid, "var undo", undo, wait=timeout)

@@ -12,6 +12,10 @@ MODULE = ".kpatch.module"  # user space: (name, version)
 TARGET_ENTRY = struct.Struct("<2Q")  # char *name, char *build_id
 MODULE_ENTRY = struct.Struct("<2Q")  # char *name, u64 version
 MODULE_VERSION = 1
+# user space: the patch's hooks (templates/user/include/patch-hooks.h), one pointer per hook, in run order
+HOOKS_PREFIX = ".kpatch.hooks."
+HOOK_STAGES = ("pre_apply", "post_apply", "pre_revert", "post_revert")
+HOOK_ENTRY = struct.Struct("<Q")  # the hook function's address
 
 FIELDS = ("new_addr", "new_size", "old_addr", "old_size", "sympos", "name", "objname")
 RECORD = struct.Struct("<7Q")  # seven little-endian u64, in FIELDS order

@@ -3,7 +3,8 @@
 
 Starts the bundled multi-threaded server (fixtures/server), shows its bug on a client connection, builds
 the fix with `patch-build`, applies it live with `patch-ctl`, shows the fixed answer from the same PID on
-the same connection with its data intact, then reverts.
+the same connection with its data intact, then reverts; last, reads and sets one of the server's static
+variables live with `patch-ctl var` (found and typed through DWARF, no registration), and undoes the set.
 """
 from __future__ import annotations
 
@@ -83,6 +84,13 @@ def main() -> int:
         say("reverting: the original code runs again")
         run("patch-ctl", "revert", "-p", server.pid, "incr-fix")
         client.ask("INCR visits")
+
+        say("variables, live: the server counts GETs in a static `hits` (stats.c has a `hits` too: file.c:name)")
+        run("patch-ctl", "var", "get", "-p", server.pid, "server.c:hits")
+        run("patch-ctl", "var", "set", "-p", server.pid, "server.c:hits", "1000")
+        client.ask("HITS")
+        run("patch-ctl", "var", "undo", "-p", server.pid, "server.c:hits")
+        client.ask("HITS")
         client.close()
         if server.poll() is not None:
             raise SystemExit("demo: the server died")

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(gcc g++ make binutils patch cmake autoconf automake file xz-utils cpio busybox-static qemu-system-x86
-      bc bison flex libelf-dev libssl-dev dwarves kmod rsync chromium python3-venv libgflags-dev lintian)
+      bc bison flex libelf-dev libssl-dev dwarves kmod rsync chromium python3-venv libgflags-dev lintian systemd)
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

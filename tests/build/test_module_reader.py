@@ -76,6 +76,42 @@ def test_conflicting_duplicates_are_a_problem(tmp_path):
     assert any("replaced twice, differently" in p for p in info.problems)
 
 
+HOOKS_OBJECT = """
+	.section .text.ready,"ax",@progbits
+	.type ready,@function
+ready:
+	xor %eax,%eax
+	ret
+	.size ready,.-ready
+	.type again,@function
+again:
+	ret
+	.size again,.-again
+"""
+
+
+def test_hooks_by_stage(tmp_path):
+    """Hooks from `.kpatch.hooks.STAGE` (a section symbol + addend resolved to its function), stages in run
+    order; a second hook of a stage, a stage not known and a pointer to no function are problems."""
+    parts = [assemble(tmp_path, PATCH_OBJECT.format(objname="server", new_addr="fix_me", new_size=1), "p.o")]
+
+    def module(tables: str):
+        parts[1:] = [assemble(tmp_path, HOOKS_OBJECT + tables, "h.o")]
+        return read_module(link_user_module(parts, "fix", [Target("server", "00ff12ab")], tmp_path / "fix.kpatch",
+                                            tmp_path))
+
+    info = module('\t.section .kpatch.hooks.post_revert,"aw"\n\t.quad again\n'
+                  '\t.section .kpatch.hooks.pre_apply,"aw"\n\t.quad .text.ready\n')
+    assert info.valid, info.problems
+    assert [(h.stage, h.function) for h in info.hooks] == [("pre_apply", "ready"), ("post_revert", "again")]
+    info = module('\t.section .kpatch.hooks.pre_apply,"aw"\n\t.quad ready\n\t.quad again\n'
+                  '\t.section .kpatch.hooks.on_tuesday,"aw"\n\t.quad ready\n'
+                  '\t.section .kpatch.hooks.post_apply,"aw"\n\t.quad .text.ready+1\n')
+    assert any("2 pre_apply hooks (ready, again): one per stage" in p for p in info.problems), info.problems
+    assert any(".kpatch.hooks.on_tuesday: no such hook stage" in p for p in info.problems), info.problems
+    assert any(".kpatch.hooks.post_apply entry 0: the hook points to no function" in p for p in info.problems)
+
+
 @pytest.mark.parametrize("content, message", [
     (b"not an elf file at all", "not an ELF file"),
     (b"\x7fELF\x02\x01", "truncated ELF header"),

@@ -90,9 +90,16 @@ def test_user_space_package(patch_build, packaging, tmp_path, monkeypatch):
     for path in ("./usr/lib/patch-build/packages/cprog-fix/cprog-fix.kpatch",
                  "./usr/share/doc/patch-build-cprog-fix/cprog-fix.report.json",
                  "./usr/share/doc/patch-build-cprog-fix/cprog-fix.report.html",
-                 "./usr/share/doc/patch-build-cprog-fix/copyright"):
+                 "./usr/share/doc/patch-build-cprog-fix/copyright",
+                 "./lib/systemd/system/patch-build-cprog-fix.service"):
         assert path in contents, contents
     lintian(deb)
+    # the package's service: `patch-ctl daemon --only cprog-fix`, a unit systemd accepts
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path / "unpacked")], check=True)
+    unit = tmp_path / "unpacked/lib/systemd/system/patch-build-cprog-fix.service"
+    assert "ExecStart=/usr/bin/env patch-ctl daemon --only cprog-fix\n" in unit.read_text()
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert verify.returncode == 0 and not verify.stderr, verify.stderr
 
     # v2: the same module name, other contents (signed): an upgrade replaces what v1 installed
     key = tmp_path / "key.pem"

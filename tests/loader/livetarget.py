@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -131,8 +132,10 @@ class Load:
     """Clients that keep one connection each for the whole test, storing and reading back their own keys and
     checking every reply; bounded by `max_seconds` in case a test forgets to stop it."""
 
-    def __init__(self, server: Server, clients: int = 3, max_seconds: float = 150):
+    def __init__(self, server: Server, clients: int = 3, max_seconds: float = 150, get_reply: str = "VALUE {}"):
+        """`get_reply`: the reply a GET of a stored value must match (a regular expression; {} is the value)."""
         self.server = server
+        self.get_reply = get_reply
         self.stop_event = threading.Event()
         self.failures: list[str] = []
         self.requests = 0
@@ -152,7 +155,8 @@ class Load:
             except (OSError, ConnectionError) as e:
                 self.failures.append(f"client {i}: {e}")
                 return
-            if replies != ["OK", f"VALUE {value}", "PONG"]:
+            if not (replies[0] == "OK" and re.fullmatch(self.get_reply.format(value), replies[1])
+                    and replies[2] == "PONG"):
                 self.failures.append(f"client {i}: {replies}")
             with self.lock:
                 self.requests += 3

@@ -1,5 +1,5 @@
-"""What the loader needs of a patch module beyond a well-formed object, checked before anything is mapped or
-written into a target.
+"""A patch module as the loader takes it: read once (bounded), its digest and any signature checked, parsed
+once into diffobj's model, and checked for what the loader must act on before anything reaches a target.
 
 The reader (`diffobj.read`) already holds every relocation to its section's bounds, its symbol index and a
 known type, and every symbol to its section's bounds. Here: relocations only patch sections with contents,
@@ -13,7 +13,27 @@ import os
 
 from diffobj.errors import InputError, Refused
 from diffobj.model import BOOKKEEPING_TYPES, SHN_ABS, SHN_UNDEF, SHT_NOBITS, ObjectFile, Symbol
-from linker.module import ModuleInfo
+from linker.integrity import check_trusted, read_module_bytes
+from linker.module import ModuleInfo, read_module, read_module_object
+
+
+def module_info(path: str) -> ModuleInfo:
+    """The module's metadata; its ELF headers are validated and its digest checked first (a mismatch is
+    the first of its problems), so that nothing trusts the offsets of a corrupt file."""
+    return read_module(path)
+
+
+def load_module(path: str, trusted: dict | None = None) -> tuple[ModuleInfo, ObjectFile]:
+    """The module's metadata and contents, from one read and one parse of the file: InputError when it is
+    not a well-formed patch module (digest included); Refused when `trusted` keys (linker.integrity) are
+    given and none of them signed it, or when the loader cannot apply its relocations."""
+    info, obj = read_module_object(path, read_module_bytes(path))
+    if info.problems:
+        raise InputError(f"{os.path.basename(path)}: malformed patch module: {info.problems[0]}")
+    if trusted is not None:
+        check_trusted(info.name, info.seal, trusted)
+    check_module(path, obj, info)
+    return info, obj
 
 
 def check_module(path: str, obj: ObjectFile, info: ModuleInfo) -> None:

@@ -1,0 +1,261 @@
+"""`patch-ctl daemon` and `patch-ctl status`: installed patches (loader.store) kept applied in every process
+whose program or library they target, and what each process carries.
+
+The daemon first subscribes to the kernel's process-event connector (netlink, CAP_NET_ADMIN), so that no
+exec is missed, then applies what matches to every process already running, then to each process that
+execs, once the dynamic linker has mapped the libraries the program needs (polled through /proc/PID/maps:
+the connector tells of the exec, not of the libraries; a program that starts serving within a few
+milliseconds may serve its first requests unpatched). A process is matched by the GNU build-ids of the
+objects it has mapped (`Store.for_build_id`); each module is verified (`Store.verify`) before each apply.
+Whatever the outcome it logs one line to stdout (the journal, under systemd) and moves on: a patch that
+cannot be applied leaves that process running unpatched, and no process waits for the daemon. The store is
+read afresh for every process, so an install or uninstall takes effect for the next process to start.
+"""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from diffobj.entry import Interrupted
+from diffobj.errors import InputError, PatchBuildError
+from loader.apply import apply_patch
+from loader.objects import build_id
+from loader.procfs import Memory, read_maps
+from loader.ptrace import ThreadGone
+from loader.state import MAPPING_PREFIX, PatchRecord, find_patches
+from loader.store import Store
+
+NETLINK_CONNECTOR = 11
+CN_IDX_PROC = CN_VAL_PROC = 1
+PROC_CN_MCAST_LISTEN = 1
+PROC_EVENT_EXEC = 0x2
+NLMSG_DONE = 3
+_NLMSG = struct.Struct("=IHHII")  # length, type, flags, seq, port id
+_CN_MSG = struct.Struct("=IIIIHH")  # idx, val, seq, ack, length, flags
+_EVENT = struct.Struct("=IIQ")  # what, cpu, timestamp (ns); then the event's own fields
+_EXEC = struct.Struct("=II")  # process pid, process tgid
+SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; Python's socket module does not name it
+RECEIVE_BUFFER = 8 << 20  # bytes of events held while the daemon is busy applying (~100,000 execs)
+SETTLE_POLL = 0.005  # seconds between two looks at a new process's maps
+SETTLE_LIMIT = 1.0  # after this long, a process is patched whatever it has mapped
+
+
+class ExecEvents:
+    """The kernel's process-event connector: the thread-group id of each process that calls exec."""
+
+    def __init__(self):
+        self.lost = False  # events were dropped (the socket's buffer overflowed): every process is looked at
+        try:
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            self.sock.bind((0, CN_IDX_PROC))
+            body = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, 4, 0) + struct.pack("=I", PROC_CN_MCAST_LISTEN)
+            self.sock.send(_NLMSG.pack(_NLMSG.size + len(body), NLMSG_DONE, 0, 0, 0) + body)
+        except PermissionError:
+            raise PatchBuildError("the kernel's process events need CAP_NET_ADMIN: run the daemon as root") from None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self) -> list[int]:
+        """The processes that exec'd, from every message the socket holds now. An overflow (ENOBUFS: events
+        were lost) sets `lost`, for a rescan."""
+        pids = []
+        while True:
+            try:
+                data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return pids
+            except OSError:
+                self.lost = True
+                return pids
+            pids += _exec_events(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _exec_events(data: bytes) -> list[int]:
+    """The thread-group ids of the exec events in one netlink datagram."""
+    pids, at = [], 0
+    while at + _NLMSG.size <= len(data):
+        length = _NLMSG.unpack_from(data, at)[0]
+        body = at + _NLMSG.size + _CN_MSG.size
+        if length < _NLMSG.size or body + _EVENT.size + _EXEC.size > len(data):
+            break
+        if _EVENT.unpack_from(data, body)[0] == PROC_EVENT_EXEC:
+            pids.append(_EXEC.unpack_from(data, body + _EVENT.size)[1])
+        at += (length + 3) & ~3
+    return pids
+
+
+def processes() -> list[int]:
+    return sorted(int(d) for d in os.listdir("/proc") if d.isdigit())
+
+
+@dataclass
+class _Starting:
+    since: float
+    maps: int = -1  # the number of mappings last seen: settled once it stops growing
+
+
+class Daemon:
+    """What the daemon knows between two events: processes waiting for their libraries, build-ids read."""
+
+    def __init__(self, store: Store, timeout: float, log: Callable[[str], None], only: list[str] | None = None):
+        self.store, self.timeout, self.log, self.only = store, timeout, log, only
+        self.starting: dict[int, _Starting] = {}
+        self.build_ids: dict[tuple[str, int], str] = {}  # (path, inode) -> build-id
+        self.programs: dict[tuple[str, int], tuple[bool, int]] = {}  # (path, inode) -> _program()
+
+    def _build_ids(self, pid: int, maps) -> dict[str, str]:
+        """build-id -> object name of each ELF file the process maps, read once per file (path, inode)."""
+        out = {}
+        for m in maps:
+            if not m.path.startswith("/") or not m.inode:
+                continue
+            key = (m.path, m.inode)
+            if key not in self.build_ids:
+                self.build_ids[key] = ""
+                try:
+                    with open(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", "rb") as f:
+                        if f.read(4) == b"\x7fELF":
+                            f.seek(0)
+                            self.build_ids[key] = build_id(ELFFile(f))
+                except (OSError, ELFError, ValueError):
+                    pass
+            if self.build_ids[key]:
+                out[self.build_ids[key]] = os.path.basename(m.path)
+        return out
+
+    def _program(self, pid: int, maps) -> tuple[bool, int]:
+        """(dynamically linked, DT_NEEDED entries) of the process's program, read once per file."""
+        exe = os.readlink(f"/proc/{pid}/exe")
+        first = next(m for m in maps if m.path == exe)
+        key = (exe, first.inode)
+        if key not in self.programs:
+            with open(f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}", "rb") as f:
+                elf = ELFFile(f)
+                dynamic = elf.get_section_by_name(".dynamic")
+                self.programs[key] = (any(s["p_type"] == "PT_INTERP" for s in elf.iter_segments()),
+                                      sum(1 for t in dynamic.iter_tags() if t.entry.d_tag == "DT_NEEDED")
+                                      if dynamic is not None else 0)
+        return self.programs[key]
+
+    def _settled(self, pid: int, state: _Starting) -> bool:
+        """The dynamic linker has mapped the libraries the program needs (as many files besides the program
+        and the linker as it has DT_NEEDED entries) and the mappings stopped growing; or it is late."""
+        maps = read_maps(pid)
+        if time.monotonic() - state.since > SETTLE_LIMIT:
+            return True
+        dynamic, needed = self._program(pid, maps)
+        files = {m.path for m in maps if m.path.startswith("/") and m.inode}
+        grown, state.maps = len(maps) != state.maps, len(maps)
+        return not dynamic or (len(files) - 2 >= needed and not grown)
+
+    def started(self, pid: int) -> None:
+        if pid != os.getpid():
+            self.starting[pid] = _Starting(time.monotonic())
+
+    def poll(self) -> float:
+        """Patch the starting processes that are ready; the seconds until the next look is due."""
+        for pid, state in list(self.starting.items()):
+            try:
+                ready = self._settled(pid, state)
+            except (OSError, ELFError, ThreadGone, InputError, StopIteration):
+                ready = True  # gone (then nothing is done), or unreadable: tried as it is
+            if ready:
+                del self.starting[pid]
+                self.patch(pid, state.since)
+        return SETTLE_POLL if self.starting else 1.0
+
+    def patch(self, pid: int, since: float | None = None) -> None:
+        """Apply to `pid` each installed patch that targets an object it has mapped and it does not carry;
+        `since`: when its exec was seen (time.monotonic()), for the log."""
+        try:
+            maps = read_maps(pid)
+            mapped = self._build_ids(pid, maps)
+            wanted = {e.name: e for e in self.store.entries()
+                      if e.kind == "user" and (not self.only or e.name in self.only)
+                      and any(t["build_id"] in mapped for t in e.targets)}
+            if not wanted:
+                return
+            with Memory(pid) as mem:
+                carried = {r.module for r in find_patches(maps, mem)}
+            program = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+        except (OSError, ThreadGone, InputError):
+            return  # gone, or a kernel thread
+        for name, entry in sorted(wanted.items()):
+            if name in carried:
+                continue
+            try:
+                record, stats = apply_patch(pid, str(self.store.verify(entry)), self.timeout)
+            except Interrupted:
+                raise
+            except PatchBuildError as e:
+                if not os.path.exists(f"/proc/{pid}"):
+                    return  # exited meanwhile: nothing to say
+                self.log(f"not applied {name} to process {pid} ({program}), left running unpatched: {e}")
+                continue
+            after = f", {(time.monotonic() - since) * 1000:.0f} ms after its exec" if since is not None else ""
+            self.log(f"applied {name} to process {pid} ({program}): {len(record.funcs)} function(s) redirected, "
+                     f"pause {stats.pause * 1000:.2f} ms{after}")
+            for warning in stats.warnings:
+                self.log(f"warning: process {pid}: {warning}")
+
+
+def run_daemon(store: Store, timeout: float, log: Callable[[str], None], only: list[str] | None = None) -> None:
+    """Until SIGINT/SIGTERM/SIGHUP: the running processes first, then each one that starts; `only`: these
+    installed patches (by name), not all."""
+    store.entries()  # a store that cannot be read is an error at once, not a line per process
+    events = ExecEvents()
+    daemon = Daemon(store, timeout, log, only)
+    try:
+        for pid in processes():
+            if pid != os.getpid():
+                daemon.patch(pid)
+        which = ", ".join(only) if only else f"{len(store.entries())} patch(es) installed"
+        log(f"running processes done; watching for new ones to patch from {store.root} ({which})")
+        wait = 1.0
+        while True:
+            ready, _, _ = select.select([events], [], [], wait)
+            if ready:
+                for pid in events.read():
+                    daemon.started(pid)
+            if events.lost:
+                events.lost = False
+                log("process events were lost (too many at once): looking at every process again")
+                for pid in processes():
+                    daemon.patch(pid)
+            wait = daemon.poll()
+    except Interrupted as e:
+        e.reported = True  # a stop asked for, not a failure: the command ends normally (exit 0)
+        log(f"stopped by {e}")
+    finally:
+        events.close()
+
+
+def carried_patches() -> list[tuple[int, str, list[PatchRecord]]]:
+    """(pid, program, patches) of every process that carries a patch, by pid."""
+    out = []
+    for pid in processes():
+        try:
+            maps = read_maps(pid)
+            if not any(m.path.startswith(MAPPING_PREFIX) for m in maps):
+                continue
+            with Memory(pid) as mem:
+                records = find_patches(maps, mem)
+            program = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+        except (OSError, ThreadGone, InputError):
+            continue  # exited meanwhile
+        if records:
+            out.append((pid, program, records))
+    return out

@@ -1,0 +1,189 @@
+"""`patch-ctl daemon` and `status` on the live fixture server: an installed patch follows the server
+through starts and restarts, stops with the uninstall, and leaves another build alone; a process it cannot
+patch runs on. (The systemd unit that runs the daemon: tests/build/test_package.py.)
+
+The machine is shared: the server built here carries a tag of this run, so its build-id (and so the
+patch's target) is its own, and the daemon touches no other test's servers."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import pytest
+
+from kbuild.options import BuildOptions
+from kbuild.userspace import build_user_patch
+from livetarget import FIXTURE, Server, patch_ctl, patch_ctl_argv, patch_ctl_env
+
+pytestmark = pytest.mark.slow  # a tagged server tree and its module built, a daemon run: about 40 s
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory):
+    """(pristine source, deployed tree, another build of it, incr-fix module) for a server of this run."""
+    root = tmp_path_factory.mktemp("daemon")
+    src, deployed, other = root / "src", root / "deployed", root / "other"
+    shutil.copytree(FIXTURE, src)
+    with open(src / "server.c", "a") as f:
+        f.write(f'\nconst char daemon_test_run[] = "{uuid.uuid4().hex}";\n')
+    for tree in (deployed, other):
+        shutil.copytree(src, tree)
+    subprocess.run(["make", "-s"], cwd=deployed, check=True, capture_output=True)
+    subprocess.run(["make", "-s", "CFLAGS=-O1 -g -Wall"], cwd=other, check=True, capture_output=True)
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(root)
+    try:
+        module = build_user_patch(BuildOptions(patches=[FIXTURE / "incr-fix.patch"], srcdir=src, targets=["server"],
+                                               name="incr-fix", outdir=root / "out", jobs=1,
+                                               target_binaries=[deployed / "server"])).module
+    finally:
+        tempfile.tempdir = saved
+    return src, deployed, other, module
+
+
+class Daemon:
+    """`patch-ctl daemon` in the foreground, its lines collected as they come."""
+
+    def __init__(self, store):
+        self.proc = subprocess.Popen(patch_ctl_argv("daemon", "--store", store), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=patch_ctl_env())
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.wait_for("watching for new ones", 120)  # every process of the machine looked at first
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str, seconds: float) -> str:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            found = [l for l in self.lines if text in l]
+            if found:
+                return found[0]
+            assert self.proc.poll() is None, self.lines
+            time.sleep(0.01)
+        raise AssertionError(f"no {text!r} from the daemon in {seconds} s: {self.lines}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        self.reader.join(timeout=5)
+        return code
+
+
+def _patched(server: Server) -> bool:
+    return bool(server.patch_mappings())
+
+
+def _fixed(server: Server) -> bool:
+    return server.ask("SET n 1", "INCR n") == ["OK", "VALUE 2"]  # incr-fix: INCR adds 1, not 2
+
+
+def _patched_within(server: Server, seconds: float, daemon: Daemon) -> float:
+    """Seconds from the server's start (its first line) until its INCR answers as the fix makes it."""
+    deadline = server.started + seconds + 5  # past the limit: measured, then failed
+    while not _fixed(server) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    took = time.monotonic() - server.started
+    assert _patched(server) and _fixed(server), f"not patched {took:.2f} s after its start: {daemon.lines}"
+    assert took < seconds, f"patched {took:.2f} s after its start: {daemon.lines}"
+    return took
+
+
+def _start(tree) -> Server:
+    server = Server(tree)
+    server.started = time.monotonic()
+    return server
+
+
+def test_daemon_follows_installs_and_starts(tagged, tmp_path):
+    src, deployed, other, module = tagged
+    store = tmp_path / "store"
+    run = patch_ctl("install", "--store", store, module)
+    assert run.returncode == 0, run.stderr
+    running = _start(deployed)  # before the daemon: patched by its first look at every process
+    daemon = Daemon(store)
+    servers = [running]
+    try:
+        assert _patched(running) and _fixed(running)
+        daemon.wait_for(f"applied incr-fix to process {running.pid} (server)", 1)
+
+        fresh = _start(deployed)
+        servers.append(fresh)
+        _patched_within(fresh, 1.0, daemon)
+        daemon.wait_for(f"applied incr-fix to process {fresh.pid} (server)", 5)
+
+        status = json.loads(patch_ctl("status", "--json").stdout)["processes"]
+        mine = {p["pid"]: p for p in status if p["pid"] in (running.pid, fresh.pid)}
+        assert {pid: [m["module"] for m in p["patches"]] for pid, p in mine.items()} == {
+            running.pid: ["incr-fix"], fresh.pid: ["incr-fix"]}
+        text = patch_ctl("status").stdout
+        assert f"{fresh.pid} server: incr-fix [active]" in text
+
+        fresh.stop()  # restarted: the new process is patched again
+        again = _start(deployed)
+        servers.append(again)
+        _patched_within(again, 1.0, daemon)
+
+        unrelated = _start(other)  # the same program, another build: left alone
+        servers.append(unrelated)
+
+        assert patch_ctl("uninstall", "--store", store, "incr-fix").returncode == 0
+        after = _start(deployed)
+        servers.append(after)
+        time.sleep(1.5)
+        assert not _patched(unrelated) and unrelated.ask("SET n 1", "INCR n") == ["OK", "VALUE 3"]
+        assert not _patched(after) and after.ask("SET n 1", "INCR n") == ["OK", "VALUE 3"]
+        assert not [l for l in daemon.lines if f"process {after.pid} " in l or f"process {unrelated.pid} " in l]
+        assert _patched(running)  # an uninstall reverts nothing
+    finally:
+        code = daemon.stop()
+        for server in servers:
+            server.stop()
+    assert code == 0 and daemon.lines[-1] == "stopped by SIGTERM", daemon.lines
+    assert not [l for l in daemon.lines if l.startswith("not applied")], daemon.lines
+
+
+# holds a process traced (PTRACE_SEIZE: it runs on) until killed: no one else may trace it meanwhile
+TRACER = """
+import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.ptrace(0x4206, int(sys.argv[1]), None, None) != 0:
+    sys.exit(f"seize: errno {ctypes.get_errno()}")
+print("tracing", flush=True)
+time.sleep(120)
+"""
+
+
+def test_daemon_logs_a_refusal_and_leaves_the_process_running(tagged, tmp_path):
+    """A server another tracer holds cannot be patched: the daemon says so and the server runs on unpatched."""
+    src, deployed, other, module = tagged
+    store = tmp_path / "store"
+    assert patch_ctl("install", "--store", store, module).returncode == 0
+    server = _start(deployed)
+    tracer = subprocess.Popen([sys.executable, "-c", TRACER, str(server.pid)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert tracer.stdout.readline() == "tracing\n"
+        daemon = Daemon(store)
+        line = daemon.wait_for(f"not applied incr-fix to process {server.pid} (server)", 5)
+        assert "left running unpatched" in line and f"already traced by process {tracer.pid}" in line, line
+        assert daemon.stop() == 0
+        tracer.kill()
+        tracer.wait()
+        assert not _patched(server)
+        assert server.ask("SET n 1", "INCR n") == ["OK", "VALUE 3"]
+        server.assert_running_untraced()
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+        server.stop()
