@@ -149,18 +149,21 @@ class _GoBuild:
         changed, new = changed_functions(original, patched)
         changed = [f for f in changed if not f.endswith(".init")]  # package initialisation: gocopy decides
         packages = sorted({_package_of(f) for f in changed + new})
+        problems = self._refusals(changed, new, patched, packages, module)
+        if problems:
+            raise self._refuse(problems, changed, new)
+        # every package the patch touches is checked (a changed initial value changes no function)
+        touched_pkgs = self._packages_of(touched, tree)
+        progress.step(f"copying {len(packages)} package(s) under patchbuild_{self.name}")
+        checked = {pkg: derived_path(module, self.name, pkg) for pkg in sorted(set(packages) | touched_pkgs)}
+        copy_files = self._copies(checked, tree, changed, new)
         if not changed:
             message = "no functional change: no function's code changed" + (
                 f" (new only: {', '.join(new)})" if new else "")
             self._report("no-change", message)
             raise NoChange(message)
-        problems = self._refusals(changed, new, patched, packages, module)
-        if problems:
-            raise self._refuse(problems, changed, new)
-
-        progress.step(f"copying {len(packages)} package(s) under patchbuild_{self.name}")
-        copies = {pkg: derived_path(module, self.name, pkg) for pkg in packages}
-        overlay.update(self._copies(copies, tree, overlay, changed, new))
+        copies = {pkg: checked[pkg] for pkg in packages}
+        overlay.update({dst: src for pkg in packages for dst, src in copy_files[pkg].items()})
         main_go = self.scratch / "plugin_main.go"
         imports = "\n".join(f'\tp{i} "{path}"' for i, path in enumerate(copies.values()))
         keep = ", ".join(f"p{i}.PatchbuildKeep" for i in range(len(copies)))
@@ -215,12 +218,24 @@ class _GoBuild:
                                         "(a leaf function the compiler made nosplit)"))
         return problems
 
-    def _copies(self, copies: dict[str, str], tree: Path, overlay: dict[str, str], changed, new) -> dict[str, str]:
-        """Run gocopy for each changed package: overlay entries of the copy's files."""
+    def _packages_of(self, files: list[str], tree: Path) -> set[str]:
+        """The module's packages (not main) holding the Go files the patches touch."""
+        dirs = sorted({os.path.dirname(f) or "." for f in files if f.endswith(".go") and (tree / f).exists()})
+        out = set()
+        for d in dirs:
+            if not (self.src / d).is_dir():
+                continue  # a package the patch adds: nothing runs it yet
+            for pkg in go_list(f"./{d}", self.src, self.env):
+                if pkg.get("Name") != "main":
+                    out.add(pkg["ImportPath"])
+        return out
+
+    def _copies(self, copies: dict[str, str], tree: Path, changed, new) -> dict[str, dict[str, str]]:
+        """Run gocopy for each package: the refusals it finds, else overlay entries of the copy's files."""
         gocopy = self.scratch / "gocopy"
         run_go(["build", "-o", os.fspath(gocopy), "./gocopy"], GO_SOURCES, self.env, "building gocopy")
         extra = [f"-tags={self.info.flags['-tags']}"] if "-tags" in self.info.flags else []
-        out: dict[str, str] = {}
+        out: dict[str, dict[str, str]] = {}
         problems = []
         for pkg, copy in copies.items():
             listed = go_list(pkg, self.src, self.env, extra)[0]
@@ -235,10 +250,12 @@ class _GoBuild:
                                     capture_output=True, text=True, env=self.env)
             if result.returncode != 0:
                 raise InputError(f"cannot copy package {pkg}: {result.stderr.strip()}")
-            problems += [(f"{pkg}.{name}", reason) for name, reason in json.loads(result.stdout)["refused"] or []]
+            refused = [(f"{pkg}.{name}", reason) for name, reason in json.loads(result.stdout)["refused"]]
+            if refused:  # gocopy wrote nothing
+                problems += refused
+                continue
             target_dir = self.src / copy[len(self.info.main_module):].lstrip("/")
-            for file in sorted(os.listdir(dest)):
-                out[os.fspath(target_dir / file)] = os.fspath(dest / file)
+            out[pkg] = {os.fspath(target_dir / file): os.fspath(dest / file) for file in sorted(os.listdir(dest))}
         if problems:
             raise self._refuse(problems, changed, new)
         return out

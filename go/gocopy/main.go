@@ -12,7 +12,7 @@
 // It also refuses what the jump cannot carry: a changed signature, a changed or new global variable, a
 // changed type, a changed init. Usage:
 //
-//	gocopy -path P -newpath Q -orig DIR -patched DIR -files a.go,b.go -exports FILE -out DIR
+//	gocopy -path P -orig DIR -patched DIR -files a.go,b.go -exports FILE -out DIR
 //
 // FILE holds "importpath=exportfile" lines (go list -export -deps) to type-check P. It prints one JSON
 // object: {"refused": [[name, reason], ...]}.
@@ -118,7 +118,7 @@ func collect(p *pkg) decls {
 }
 
 func refusals(orig, patched decls) [][2]string {
-	var out [][2]string
+	out := [][2]string{}
 	for name, v := range patched.vars {
 		if name == "_" {
 			continue
@@ -300,14 +300,12 @@ func keep(p *pkg, pkgname string) []byte {
 
 func main() {
 	path := flag.String("path", "", "import path of the original package")
-	newpath := flag.String("newpath", "", "import path of the copy")
 	origDir := flag.String("orig", "", "directory of the original package")
 	patchedDir := flag.String("patched", "", "directory of the patched package")
 	filesFlag := flag.String("files", "", "comma-separated .go files of the package in the build")
 	exports := flag.String("exports", "", "file of importpath=exportfile lines")
 	out := flag.String("out", "", "directory to write the copy to")
 	flag.Parse()
-	_ = newpath
 	if err := run(*path, *origDir, *patchedDir, strings.Split(*filesFlag, ","), *exports, *out); err != nil {
 		fmt.Fprintf(os.Stderr, "gocopy: %v\n", err)
 		os.Exit(2)

@@ -1,0 +1,134 @@
+"""Go programs (issue 16): a fix built from a patch with Debian's Go toolchain, loaded live into the running
+counter server through its agent, under client load; stacked, reverted; and what is refused, by name, with
+the target left unharmed."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from conftest import tool
+from server import Load, Server
+
+pytestmark = pytest.mark.slow
+
+
+def one_line_error(run, code: int, *fragments: str) -> None:
+    assert run.returncode == code, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    lines = [l for l in run.stderr.splitlines() if l.strip() and "error:" in l]
+    assert len(lines) == 1, run.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], run.stderr
+
+
+def wait_for(load: Load, count: int) -> None:
+    """Until every load client has seen `count` more replies."""
+    marks = [len(r) for r in load.replies]
+    deadline = time.monotonic() + 20
+    while any(len(r) < m + count for r, m in zip(load.replies, marks)):
+        assert time.monotonic() < deadline and not load.errors, load.errors
+        time.sleep(0.01)
+
+
+def test_fix_live_under_load_stacked_and_reverted(go_tree, fixes):
+    server = Server(go_tree.counter)
+    try:
+        kept = server.client()
+        assert kept.ask("incr a") == "a 2"  # the bug: counted twice
+        assert kept.ask("incr a") == "a 4"
+        load = Load(server)
+        wait_for(load, 5)
+        assert all(step == 2 for i in range(4) for step in load.steps(i, 3))
+        conns = kept.ask("conns")
+        assert conns == "conns 5"
+
+        run = tool("loader", "apply", "-p", server.pid, fixes["fix"])
+        assert run.returncode == 0, run.stderr
+        assert "applied fix" in run.stdout
+        wait_for(load, 5)
+        assert server.alive()
+        assert kept.ask("incr a") == "a 5"  # same connection, state kept, fixed
+        assert kept.ask("conns") == conns  # no connection dropped
+        assert all(step == 1 for i in range(4) for step in load.steps(i, 3)), load.replies
+
+        run = tool("loader", "apply", "-p", server.pid, fixes["fix2"])
+        assert run.returncode == 0, run.stderr
+        assert kept.ask("incr ") == " 0"  # fix2: an empty key is not counted
+        assert kept.ask("incr a") == "a 6"
+        listing = tool("loader", "list", "-p", server.pid, "--json")
+        records = json.loads(listing.stdout)["patches"]
+        assert [r["module"] for r in records] == ["fix", "fix2"]
+        assert {f["prev"] for f in records[1]["funcs"]} == {"fix"}
+        assert all(r["library"].endswith(f"/{r['module']}.so") for r in records)
+
+        one_line_error(tool("loader", "revert", "-p", server.pid, "fix"), 1, "revert fix2 first")
+        assert kept.ask("incr a") == "a 7"
+        assert tool("loader", "revert", "-p", server.pid, "fix2").returncode == 0
+        assert kept.ask("incr ") == " 1"  # fix again, without fix2
+        assert kept.ask("incr a") == "a 8"
+        assert tool("loader", "revert", "-p", server.pid, "fix").returncode == 0
+        assert kept.ask("incr a") == "a 10"  # the original code again
+        wait_for(load, 5)
+        assert all(step == 2 for i in range(4) for step in load.steps(i, 3))
+
+        run = tool("loader", "apply", "-p", server.pid, fixes["fix"])  # again: its plugin is still loaded
+        assert run.returncode == 0, run.stderr
+        assert kept.ask("incr a") == "a 11"
+        load.finish()
+        assert not load.errors
+        assert kept.ask("conns") == "conns 1"  # the load's connections closed, ours kept
+        assert server.alive()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("patch, fragments", [
+    ("signature.patch", ["(*Store).add", "changed signature"]),
+    ("initializer.patch", ["greeting", "initialisers are not run again"]),
+    ("layout.patch", ["Store", "changed type"]),
+    ("small.patch", ["(*Store).keys", "too small for the jump"]),
+])
+def test_refused_by_name(go_tree, patch, fragments):
+    name = patch.removesuffix(".patch")
+    run = go_tree.build(patch)
+    one_line_error(run, 1, *fragments)
+    assert not (go_tree.out / f"{name}.gopatch").exists()
+    report = json.loads((go_tree.out / f"{name}.report.json").read_text())
+    assert report["status"] == "refused"
+    assert any(fragments[0] in p["symbol"] for o in report["objects"] for p in o["rejected"]), report
+
+
+def test_build_refuses_a_program_without_the_agent(go_tree):
+    one_line_error(go_tree.build("fix.patch", name="noagent", binary=go_tree.noagent), 1,
+                   "does not import the patch-build agent")
+
+
+@pytest.mark.parametrize("which, fragments", [
+    ("noagent", ["no patch-build agent"]),
+    ("other", ["runs another build", "build-id"]),
+])
+def test_apply_refused_target_unharmed(go_tree, fixes, which, fragments):
+    server = Server(getattr(go_tree, which))
+    try:
+        kept = server.client()
+        assert kept.ask("incr a") == "a 2"
+        one_line_error(tool("loader", "apply", "-p", server.pid, fixes["fix"]), 1, *fragments)
+        assert server.alive()
+        assert kept.ask("incr a") == "a 4"  # as before: nothing was changed
+        assert tool("loader", "list", "-p", server.pid).stdout.strip() == f"no patches in process {server.pid}"
+    finally:
+        server.stop()
+
+
+def test_info_and_a_changed_plugin(go_tree, fixes, tmp_path):
+    run = tool("loader", "info", fixes["fix"])
+    assert run.returncode == 0, run.stderr
+    assert "function example.com/counter/internal/counter.(*Store).add" in run.stdout
+    assert "go1." in run.stdout
+    data = bytearray(fixes["fix"].read_bytes())
+    data[-4096] ^= 0xFF  # inside the plugin, the last member
+    bad = tmp_path / "fix.gopatch"
+    bad.write_bytes(bytes(data))
+    one_line_error(tool("loader", "info", bad), 2, "SHA-256")
