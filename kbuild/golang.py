@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -70,6 +71,15 @@ def derived_path(module: str, name: str, pkg: str) -> str:
     kept (so `internal` packages stay importable)."""
     rel = pkg[len(module):].lstrip("/")
     return f"{module}/patchbuild_{name}" + (f"/{rel}" if rel else "")
+
+
+_CLOSURE = re.compile(r"^(.*?)((?:\.func\d+)+(?:\.\d+)*)$")
+
+
+def closure_parent(func: str) -> str | None:
+    """The function a closure belongs to (F for F.func1, F.func1.2), None for other functions."""
+    m = _CLOSURE.match(func)
+    return m.group(1) if m else None
 
 
 def _package_of(func: str) -> str:
@@ -269,8 +279,8 @@ class _GoBuild:
                     problems.append((pkg, "the plugin's copy of this package differs from the program's (plugin.Open "
                                           "would refuse it): built from other sources or flags"))
             for f in changed:
-                if f not in deployed.functions:
-                    continue
+                if f not in deployed.functions or closure_parent(f) in changed:
+                    continue  # inlined everywhere; or a closure of a replaced function: the new one has its own
                 pkg = _package_of(f)
                 new_name = copies[pkg] + f[len(pkg):]
                 if new_name not in built.functions:
@@ -284,7 +294,8 @@ class _GoBuild:
                         continue
                     host = pkg + sym[len(copy):]
                     if host in deployed.functions and host not in replaced and host not in new \
-                            and built.functions[sym].size >= BIND_SIZE:
+                            and closure_parent(host) not in changed and built.functions[sym].size >= BIND_SIZE:
+                        # (a replaced function's closures may be numbered anew: they stay the plugin's own)
                         binds.append(GoBind(sym, host))
         if problems:
             raise self._refuse(problems, changed, new)

@@ -89,6 +89,7 @@ def test_fix_live_under_load_stacked_and_reverted(go_tree, fixes):
     ("initializer.patch", ["greeting", "initialisers are not run again"]),
     ("layout.patch", ["Store", "changed type"]),
     ("small.patch", ["(*Store).keys", "too small for the jump"]),
+    ("identity.patch", ["(*Store).add", "uses the identity of a type of its package"]),
 ])
 def test_refused_by_name(go_tree, patch, fragments):
     name = patch.removesuffix(".patch")
