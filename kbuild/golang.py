@@ -114,9 +114,9 @@ class _GoBuild:
         o, progress = self.o, self.o.progress
         check_patch(o.patches[0], self.src)
         progress.step("reading the deployed binary's build info")
+        toolchain = toolchain_version(self.env)
         info = self.info = read_build_info(self.binary, self.env)
         self.env.update(info.env)
-        toolchain = toolchain_version(self.env)
         if toolchain != info.go_version:
             raise Refused([(self.binary.name, f"built with {info.go_version}; the Go toolchain here is {toolchain} "
                                               "(the fix must be built by the same release)")])

@@ -74,28 +74,40 @@ def ask_agent(pid: int, directory: str, plugin: str) -> None:
         raise Refused([(f"process {pid}", f"the program could not load the fix: {text.removeprefix('error: ')}")])
 
 
-def _place_plugin(directory: str, name: str, plugin: bytes) -> tuple[str, str]:
-    """Write the plugin into the agent's directory (the program's user owns it, so the program may read it);
-    (path for us, path as the program sees it). A plugin already there with the same bytes is kept: the
-    program may have it loaded."""
+def _place_plugin(pid: int, directory: str, name: str, plugin: bytes) -> tuple[str, str]:
+    """Write the plugin into the agent's directory, owned by the program's user (so the program may read it);
+    (path for us, path as the program sees it). The directory must be the program user's own, not a link
+    (we are root: a link would have us write elsewhere). A plugin already there with the same bytes is kept:
+    the program may have it loaded."""
     ours = os.path.join(directory, f"{name}.so")
     inside = ours.split("/root", 1)[1] if ours.startswith("/proc/") else ours
-    digest = hashlib.sha256(plugin).hexdigest()
+    owner = os.stat(f"/proc/{pid}").st_uid
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        with open(ours, "rb") as f:
-            if hashlib.sha256(f.read(len(plugin) + 1)).hexdigest() == digest:
-                return ours, inside
-    except OSError:
-        pass
-    st = os.stat(directory)
-    tmp = ours + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o500)
-    try:
-        os.write(fd, plugin)
-        os.fchown(fd, st.st_uid, st.st_gid)
+        st = os.fstat(dfd)
+        if st.st_uid != owner or st.st_mode & 0o077:
+            raise Refused([(f"process {pid}", f"{directory}: not the agent's directory (owner {st.st_uid}, "
+                                              f"mode {st.st_mode & 0o777:o}; the program runs as {owner})")])
+        digest = hashlib.sha256(plugin).hexdigest()
+        try:
+            fd = os.open(f"{name}.so", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
+            with os.fdopen(fd, "rb") as f:
+                if hashlib.sha256(f.read(len(plugin) + 1)).hexdigest() == digest:
+                    return ours, inside
+        except OSError:
+            pass
+        tmp = f"{name}.so.tmp"
+        try:
+            os.unlink(tmp, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o500, dir_fd=dfd)
+        with os.fdopen(fd, "wb") as f:
+            f.write(plugin)
+            os.fchown(f.fileno(), st.st_uid, st.st_gid)
+        os.replace(tmp, f"{name}.so", src_dir_fd=dfd, dst_dir_fd=dfd)
     finally:
-        os.close(fd)
-    os.replace(tmp, ours)
+        os.close(dfd)
     return ours, inside
 
 
@@ -155,7 +167,7 @@ def _apply(s: Session, patch: GoPatch, plugin: bytes, path: str, timeout: float)
             olds.append((f, addr, sym.size, now))
 
         critical.safe_point()
-        ours, inside = _place_plugin(directory, patch.name, plugin)
+        ours, inside = _place_plugin(s.pid, directory, patch.name, plugin)
         ask_agent(s.pid, directory, inside)
         s.refresh()
         loaded = [o for o in s.objects if o.path.removesuffix(" (deleted)") == inside]

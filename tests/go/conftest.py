@@ -36,8 +36,8 @@ def go_env(root: Path) -> dict:
                 GOCACHE=str(cache_dir() / "go-build"))
 
 
-def tool(module: str, *args, timeout: float = 600) -> Run:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def tool(module: str, *args, timeout: float = 600, env: dict | None = None) -> Run:
+    env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
     env.pop("PATCH_BUILD_DEBUG", None)
     proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=timeout)

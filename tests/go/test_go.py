@@ -4,11 +4,12 @@ the target left unharmed."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
 
-from conftest import tool
+from conftest import FIXTURES, tool
 from server import Load, Server
 
 pytestmark = pytest.mark.slow
@@ -133,3 +134,18 @@ def test_info_and_a_changed_plugin(go_tree, fixes, tmp_path):
     bad = tmp_path / "fix.gopatch"
     bad.write_bytes(bytes(data))
     one_line_error(tool("loader", "info", bad), 2, "SHA-256")
+
+
+def test_bad_gopatch_is_one_line(go_tree, tmp_path):
+    bad = tmp_path / "bad.gopatch"
+    bad.write_bytes(b"not a tar at all\n" * 100)
+    one_line_error(tool("loader", "info", bad), 2, "bad.gopatch", "not a .gopatch")
+    one_line_error(tool("loader", "apply", "-p", os.getpid(), bad), 2, "bad.gopatch")
+
+
+def test_same_inputs_same_gopatch(go_tree, fixes, tmp_path):
+    run = tool("kbuild", "-s", go_tree.src, "-t", go_tree.counter, "-o", tmp_path, "-n", "fix",
+               FIXTURES / "fix.patch", env={"PYTHONHASHSEED": "123"})
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "fix.gopatch").read_bytes() == fixes["fix"].read_bytes()
+    assert (tmp_path / "fix.report.json").read_bytes() == (go_tree.out / "fix.report.json").read_bytes()
