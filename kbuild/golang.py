@@ -66,6 +66,13 @@ def _deployed(options: BuildOptions) -> Path:
     return binary.resolve()
 
 
+def _go_binary(path: Path) -> GoBinary:
+    try:
+        return GoBinary(path)
+    except NotGo as e:
+        raise Refused([(path.name, str(e))]) from None
+
+
 def derived_path(module: str, name: str, pkg: str) -> str:
     """Where the copy of `pkg` lives in the plugin: under MODULE/patchbuild_NAME, its path in the module
     kept (so `internal` packages stay importable)."""
@@ -120,7 +127,7 @@ class _GoBuild:
         if toolchain != info.go_version:
             raise Refused([(self.binary.name, f"built with {info.go_version}; the Go toolchain here is {toolchain} "
                                               "(the fix must be built by the same release)")])
-        with GoBinary(self.binary) as deployed:
+        with _go_binary(self.binary) as deployed:
             self.build_id = deployed.build_id()
             if not deployed.fingerprints():
                 raise Refused([(self.binary.name, "cannot load a fix: the program does not import the patch-build "
@@ -197,7 +204,7 @@ class _GoBuild:
 
     def _check_deployed(self, rebuilt: Path) -> None:
         """The deployed binary must run the code SRCDIR builds: the rebuild's text is the deployed one's."""
-        with GoBinary(self.binary) as deployed, GoBinary(rebuilt) as ours:
+        with _go_binary(self.binary) as deployed, _go_binary(rebuilt) as ours:
             mine, theirs = ours.elf.get_section_by_name(".text"), deployed.elf.get_section_by_name(".text")
             if mine is None or theirs is None or mine["sh_addr"] != theirs["sh_addr"] or mine.data() != theirs.data():
                 message = (f"the deployed {self.binary.name} does not run the code SRCDIR builds with its flags "
@@ -218,7 +225,7 @@ class _GoBuild:
             for sym in identity_uses(patched[f], _package_of(f)):
                 problems.append((f, f"uses the identity of a type of its package ({sym}: an interface conversion, "
                                     "type assertion or reflection), which the fix's copy of the package cannot share"))
-        with GoBinary(self.binary) as deployed:
+        with _go_binary(self.binary) as deployed:
             for f in changed:
                 if f not in deployed.functions:
                     continue  # inlined wherever it is used: its callers changed with it
@@ -272,7 +279,7 @@ class _GoBuild:
 
     def _finish(self, plugin: Path, copies: dict[str, str], changed: list[str], new: list[str]) -> BuildResult:
         funcs, binds, problems = [], [], []
-        with GoBinary(self.binary) as deployed, GoBinary(plugin) as built:
+        with _go_binary(self.binary) as deployed, _go_binary(plugin) as built:
             mine, theirs = built.fingerprints(), deployed.fingerprints()
             for pkg in sorted(mine):
                 if pkg in theirs and mine[pkg] != theirs[pkg]:

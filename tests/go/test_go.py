@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, tool
+from conftest import FIXTURES, go_env, tool
 from server import Load, Server
 
 pytestmark = pytest.mark.slow
@@ -149,3 +151,13 @@ def test_same_inputs_same_gopatch(go_tree, fixes, tmp_path):
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "fix.gopatch").read_bytes() == fixes["fix"].read_bytes()
     assert (tmp_path / "fix.report.json").read_bytes() == (go_tree.out / "fix.report.json").read_bytes()
+
+
+def test_bad_targets_are_one_line(go_tree, tmp_path):
+    stripped = tmp_path / "stripped"
+    subprocess.run(["go", "build", "-ldflags=-s", "-o", str(stripped), "."], cwd=go_tree.src, check=True,
+                   env=go_env(tmp_path), capture_output=True)
+    one_line_error(go_tree.build("fix.patch", binary=stripped), 1, "no symbol table")
+    one_line_error(go_tree.build("fix.patch", binary=Path("/bin/ls")), 2, "not a Go program with build info")
+    one_line_error(tool("kbuild", "--lang", "rust", "-s", go_tree.src, "-t", go_tree.counter,
+                        FIXTURES / "fix.patch"), 2, "--lang rust")
