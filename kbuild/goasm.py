@@ -25,6 +25,7 @@ class GoFunction:
     code: bytearray = field(default_factory=bytearray)
     relocs: list[tuple[int, int, int, str, int]] = field(default_factory=list)  # offset, size, type, symbol, addend
     insns: list[tuple[int, str]] = field(default_factory=list)  # offset, instruction text (no position)
+    lines: set[tuple[str, int]] = field(default_factory=set)  # (file, line) of its code, inlined code's too
 
     def key(self) -> tuple:
         return bytes(self.code), tuple(self.relocs)
@@ -59,6 +60,9 @@ def parse_listing(text: str) -> dict[str, GoFunction]:
         if m:
             if not m.group(3).startswith(("PCDATA", "FUNCDATA")):  # tables, not code
                 current.insns.append((int(m.group(1)), m.group(3)))
+                file, _, line = m.group(2).rpartition(":")
+                if line.isdigit():
+                    current.lines.add((file, int(line)))
             continue
         m = _BYTES.match(line)
         if m:
@@ -96,3 +100,16 @@ def identity_uses(func: GoFunction, pkg: str) -> list[str]:
         if sym not in uses:
             uses.append(sym)
     return uses
+
+
+def disassembly(func: GoFunction | None) -> list[tuple[int, str, str]]:
+    """(offset, text, comparison key) per instruction, as report.disasm.side_by_side takes them: a branch
+    inside the function compares equal wherever its target moved."""
+    out = []
+    for offset, text in func.insns if func is not None else []:
+        op, _, arg = text.partition("\t")
+        if op == "TEXT":
+            continue
+        key = f"{op} <local>" if (op.startswith("J") or op == "CALL") and arg.isdigit() else text
+        out.append((offset, text.replace("\t", " "), key))
+    return out

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from diffobj.console import internal_error_reported
 from diffobj.errors import InputError, NoChange, PatchBuildError, Refused
-from kbuild.goasm import GoFunction, changed_functions, identity_uses, parse_listing
+from kbuild.goasm import GoFunction, changed_functions, disassembly, identity_uses, parse_listing
 from kbuild.gotool import BuildInfo, go_environment, go_list, read_build_info, run_go, toolchain_version
 from kbuild.options import BuildOptions, BuildResult
 from kbuild.tree import apply_patch, check_patch, copy_tree, in_scratch
@@ -26,7 +26,9 @@ from patchformat.gobinary import GoBinary, NotGo, stack_check_size
 from patchformat.gopatch import SUFFIX, GoBind, GoFunc, GoPatch, write_gopatch
 from report.build import write_reports
 from report.collect import build_report
-from report.model import Function, ObjectReport, Problem, Target
+from report.disasm import MAX_ROWS, side_by_side
+from report.model import Explanation, Function, FunctionDiff, ObjectReport, Problem, Target
+from report.patches import read_hunks, same_file
 
 GO_SOURCES = Path(__file__).resolve().parent.parent / "go"  # the agent and gocopy
 JUMP_SIZE = 5  # jmp rel32, written over the stack-bound check
@@ -96,6 +98,19 @@ def _package_of(func: str) -> str:
     return func[:dot]
 
 
+def _explain(func: GoFunction | None, hunks) -> list[Explanation]:
+    """The hunks whose changed lines the function's code comes from (its own lines, or an inlined callee's:
+    the listing gives each instruction's source position)."""
+    found = []
+    for i, hunk in enumerate(hunks, 1):
+        lines = sorted({line for file, line in (func.lines if func else ()) if same_file(file, hunk.path)}
+                       & hunk.new_side)
+        if lines:
+            found.append(Explanation(i, "code from line" + ("s " if len(lines) > 1 else " ")
+                                     + ", ".join(map(str, lines))))
+    return found
+
+
 class _GoBuild:
     def __init__(self, options: BuildOptions, name: str, scratch: Path, binary: Path):
         self.o, self.name, self.scratch, self.binary = options, name, scratch, binary
@@ -104,6 +119,7 @@ class _GoBuild:
         self.timings: dict[str, float] = {}
         self.objects: list[ObjectReport] = []
         self.info: BuildInfo | None = None
+        self.listings: tuple[dict[str, GoFunction], dict[str, GoFunction]] = ({}, {})  # original, patched
         self.build_id: str | None = None
 
     def run(self) -> BuildResult:
@@ -163,6 +179,7 @@ class _GoBuild:
                                             self.src, self.env, "patched build",
                                             self.scratch / "listing-patched.log").stderr)
 
+        self.listings = (original, patched)
         changed, new = changed_functions(original, patched)
         changed = [f for f in changed if not f.endswith(".init")]  # package initialisation: gocopy decides
         packages = sorted({_package_of(f) for f in changed + new})
@@ -326,10 +343,19 @@ class _GoBuild:
         for f in sorted(set(changed) | set(new)) + [p for p, _ in problems]:
             pkg = _package_of(f) if "." in f else f
             by_pkg.setdefault(pkg, ObjectReport(objname=self.binary.name, original=pkg, patched=pkg))
-        for f in changed:
-            by_pkg[_package_of(f)].functions.append(Function(f, "changed"))
-        for f in new:
-            by_pkg[_package_of(f)].functions.append(Function(f, "new", reasons=["new function, in the plugin"]))
+        hunks = read_hunks(self.o.patches)
+        original, patched = self.listings
+        for status, names in (("changed", changed), ("new", new)):
+            for f in names:
+                obj = by_pkg[_package_of(f)]
+                old_func, new_func = original.get(f), patched.get(f)
+                obj.functions.append(Function(
+                    f, status, old_size=old_func.size if old_func else None,
+                    new_size=new_func.size if new_func else None,
+                    reasons=["new function, in the plugin"] if status == "new" else [],
+                    explained_by=_explain(new_func, hunks)))
+                rows = side_by_side(disassembly(old_func), disassembly(new_func))
+                obj.diffs.append(FunctionDiff(f, rows[:MAX_ROWS], truncated=len(rows) > MAX_ROWS))
         for sym, reason in problems:
             pkg = _package_of(sym) if "." in sym else sym
             by_pkg.setdefault(pkg, ObjectReport(objname=self.binary.name, original=pkg, patched=pkg))

@@ -161,3 +161,17 @@ def test_bad_targets_are_one_line(go_tree, tmp_path):
     one_line_error(go_tree.build("fix.patch", binary=Path("/bin/ls")), 2, "not a Go program with build info")
     one_line_error(tool("kbuild", "--lang", "rust", "-s", go_tree.src, "-t", go_tree.counter,
                         FIXTURES / "fix.patch"), 2, "--lang rust")
+
+
+def test_report_explains_each_function_with_its_hunk(go_tree, fixes):
+    report = json.loads((go_tree.out / "fix.report.json").read_text())
+    [obj] = report["objects"]
+    assert obj["original"] == "example.com/counter/internal/counter"
+    functions = {f["name"].rsplit(".", 1)[-1]: f for f in obj["functions"]}
+    assert set(functions) == {"Handle", "add"}  # Handle inlines add: it changed with it
+    for f in functions.values():
+        assert f["status"] == "changed"
+        assert [e["hunk"] for e in f["explained_by"]] == [1], f
+    diffs = {d["name"].rsplit(".", 1)[-1]: d for d in obj["diffs"]}
+    assert any(r["tag"] == "delete" and "mapassign_faststr" in r["old_text"] for r in diffs["add"]["rows"])
+    assert report["details"]["language"] == "go"
