@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
@@ -29,10 +30,14 @@ class Client:
 
 
 class Server:
-    def __init__(self, binary: Path):
-        self.proc = subprocess.Popen([str(binary)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """The server; its stderr (the runtime's GC trace with GODEBUG=gctrace=1) goes to a file."""
+
+    def __init__(self, binary: Path, env: dict | None = None):
+        self.log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen([str(binary)], stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     env=dict(os.environ, **(env or {})))
         line = self.proc.stdout.readline()
-        assert line.startswith("listening "), line + self.proc.stderr.read()
+        assert line.startswith("listening "), line + self.stderr()
         self.port = int(line.split()[1])
         self.pid = self.proc.pid
 
@@ -42,9 +47,14 @@ class Server:
     def alive(self) -> bool:
         return self.proc.poll() is None and os.path.exists(f"/proc/{self.pid}")
 
+    def stderr(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
+        self.log.close()
 
 
 class Load:

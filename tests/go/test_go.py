@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -36,9 +37,12 @@ def wait_for(load: Load, count: int) -> None:
 
 
 def test_fix_live_under_load_stacked_and_reverted(go_tree, fixes):
-    server = Server(go_tree.counter)
+    server = Server(go_tree.counter, env={"GODEBUG": "gctrace=1"})  # each collection says so
     try:
+        agent = os.stat(f"/tmp/patchbuild-go.{server.pid}")
+        assert agent.st_mode & 0o777 == 0o700 and agent.st_uid == os.getuid()
         kept = server.client()
+        assert kept.ask("deep 100000") == "deep 100001"  # the bug fix2 fixes
         assert kept.ask("incr a") == "a 2"  # the bug: counted twice
         assert kept.ask("incr a") == "a 4"
         load = Load(server)
@@ -59,11 +63,18 @@ def test_fix_live_under_load_stacked_and_reverted(go_tree, fixes):
         run = tool("loader", "apply", "-p", server.pid, fixes["fix2"])
         assert run.returncode == 0, run.stderr
         assert kept.ask("incr ") == " 0"  # fix2: an empty key is not counted
+        forced = server.stderr().count("(forced)")
+        # the new depth: 300000 frames of plugin code on one goroutine's stack, copied as it grows, then
+        # walked by a collection (the runtime finds their stack maps in the plugin's pclntab)
+        assert kept.ask("deep 100000") == "deep 100000"
+        assert kept.ask("deep 300000") == "deep 300000"
+        assert server.stderr().count("(forced)") == forced + 2
         assert kept.ask("incr a") == "a 6"
         listing = tool("loader", "list", "-p", server.pid, "--json")
         records = json.loads(listing.stdout)["patches"]
         assert [r["module"] for r in records] == ["fix", "fix2"]
-        assert {f["prev"] for f in records[1]["funcs"]} == {"fix"}
+        assert {f["name"].rsplit(".", 1)[-1]: f["prev"] for f in records[1]["funcs"]} == \
+            {"Handle": "fix", "add": "fix", "depth": None}  # over fix where fix replaced it
         assert all(r["library"].endswith(f"/{r['module']}.so") for r in records)
 
         one_line_error(tool("loader", "revert", "-p", server.pid, "fix"), 1, "revert fix2 first")
@@ -131,8 +142,10 @@ def test_info_and_a_changed_plugin(go_tree, fixes, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "function example.com/counter/internal/counter.(*Store).add" in run.stdout
     assert "go1." in run.stdout
+    with tarfile.open(fixes["fix"]) as tar:
+        plugin = tar.getmember("plugin.so")
     data = bytearray(fixes["fix"].read_bytes())
-    data[-4096] ^= 0xFF  # inside the plugin, the last member
+    data[plugin.offset_data + plugin.size // 2] ^= 0xFF
     bad = tmp_path / "fix.gopatch"
     bad.write_bytes(bytes(data))
     one_line_error(tool("loader", "info", bad), 2, "SHA-256")
