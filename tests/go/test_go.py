@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import tarfile
 import time
@@ -13,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, go_env, tool
+from diffobj.errors import Refused
+from loader.golang import agent_dir, ask_agent
 from server import Load, Server
 
 pytestmark = pytest.mark.slow
@@ -188,3 +192,39 @@ def test_report_explains_each_function_with_its_hunk(go_tree, fixes):
     diffs = {d["name"].rsplit(".", 1)[-1]: d for d in obj["diffs"]}
     assert any(r["tag"] == "delete" and "mapassign_faststr" in r["old_text"] for r in diffs["add"]["rows"])
     assert report["details"]["language"] == "go"
+
+
+def test_build_refuses_a_binary_of_other_sources(go_tree, tmp_path):
+    """The deployed program must run the code SRCDIR builds: here it was built with the fix already in."""
+    other = tmp_path / "src"
+    shutil.copytree(go_tree.src, other)
+    subprocess.run(["patch", "-s", "-p1", "-i", str(FIXTURES / "fix.patch")], cwd=other, check=True)
+    binary = tmp_path / "counter"
+    subprocess.run(["go", "build", "-o", str(binary), "."], cwd=other, check=True, env=go_env(tmp_path),
+                   capture_output=True)
+    one_line_error(go_tree.build("fix2.patch", binary=binary, name="othersrc"), 1,
+                   "does not run the code SRCDIR builds")
+
+
+def test_agent_is_the_program_users_only(go_tree):
+    server = Server(go_tree.counter)
+    try:
+        sock = f"/tmp/patchbuild-go.{server.pid}/agent.sock"
+        child = os.fork()
+        if child == 0:  # another user (nobody) cannot reach the socket
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                socket.socket(socket.AF_UNIX).connect(sock)
+                code = 0
+            except PermissionError:
+                code = 13
+            finally:
+                os._exit(code)
+        assert os.waitpid(child, 0)[1] >> 8 == 13
+        with pytest.raises(Refused, match="could not load the fix: plugin.Open"):
+            ask_agent(server.pid, agent_dir(server.pid), "/etc/hostname")  # not a plugin: its error, as text
+        assert server.client().ask("incr a") == "a 2"
+    finally:
+        server.stop()
