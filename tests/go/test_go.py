@@ -96,7 +96,10 @@ def test_fix_live_under_load_stacked_and_reverted(go_tree, fixes):
         assert kept.ask("incr a") == "a 11"
         load.finish()
         assert not load.errors
-        assert kept.ask("conns") == "conns 1"  # the load's connections closed, ours kept
+        deadline = time.monotonic() + 10  # the server sees the load's connections close, ours kept
+        while kept.ask("conns") != "conns 1":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         assert server.alive()
     finally:
         server.stop()
@@ -226,5 +229,28 @@ def test_agent_is_the_program_users_only(go_tree):
         with pytest.raises(Refused, match="could not load the fix: plugin.Open"):
             ask_agent(server.pid, agent_dir(server.pid), "/etc/hostname")  # not a plugin: its error, as text
         assert server.client().ask("incr a") == "a 2"
+    finally:
+        server.stop()
+
+
+def test_closure_fixed_alone(go_tree):
+    """A closure whose function did not change is replaced by itself: the function's closure value (made by
+    the program's code, with the program's context layout) now runs the new body."""
+    run = go_tree.build("closure.patch")
+    assert run.returncode == 0, run.stderr
+    report = json.loads((go_tree.out / "closure.report.json").read_text())
+    assert [f["name"] for o in report["objects"] for f in o["functions"]] == \
+        ["example.com/counter/internal/counter.(*Store).total.func1"]
+    server = Server(go_tree.counter)
+    try:
+        kept = server.client()
+        for line in ("incr a", "incr a", "incr b"):
+            kept.ask(line)
+        assert kept.ask("total") == "total 2"  # the bug: the keys counted, not their counts (4 + 2)
+        run = tool("loader", "apply", "-p", server.pid, go_tree.out / "closure.gopatch")
+        assert run.returncode == 0, run.stderr
+        assert kept.ask("total") == "total 6"
+        assert tool("loader", "revert", "-p", server.pid, "closure").returncode == 0
+        assert kept.ask("total") == "total 2"
     finally:
         server.stop()
