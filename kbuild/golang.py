@@ -152,6 +152,9 @@ class _GoBuild:
         if module != info.main_module:
             raise InputError(f"{self.binary}: built from module {info.main_module}, SRCDIR is module {module}")
 
+        if (self.src / f"patchbuild_{self.name}").exists():
+            raise InputError(f"SRCDIR {self.o.srcdir} has a patchbuild_{self.name} of its own, where the fix's "
+                             "plugin is built: give the patch another name (-n)")
         progress.step("building original")
         rebuilt = self.scratch / "original"
         self._timed("original build", run_go, ["build", *info.build_args(), "-o", os.fspath(rebuilt),

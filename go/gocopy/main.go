@@ -62,6 +62,26 @@ func text(node any) string {
 	return buf.String()
 }
 
+// signature prints a function's type without parameter names: renaming a parameter changes no caller.
+func signature(ft *ast.FuncType) string {
+	fields := func(list *ast.FieldList) string {
+		var parts []string
+		if list != nil {
+			for _, f := range list.List {
+				for i := 0; i < max(1, len(f.Names)); i++ {
+					parts = append(parts, text(f.Type))
+				}
+			}
+		}
+		return "(" + strings.Join(parts, ", ") + ")"
+	}
+	tparams := ""
+	if ft.TypeParams != nil {
+		tparams = "[" + text(ft.TypeParams) + "]"
+	}
+	return tparams + fields(ft.Params) + " " + fields(ft.Results)
+}
+
 func funcKey(fd *ast.FuncDecl) string {
 	if fd.Recv == nil || len(fd.Recv.List) == 0 {
 		return fd.Name.Name
@@ -86,7 +106,7 @@ func collect(p *pkg) decls {
 				if decl.Name.Name == "init" && decl.Recv == nil {
 					d.inits = append(d.inits, text(decl.Body))
 				} else {
-					d.funcs[funcKey(decl)] = text(decl.Type)
+					d.funcs[funcKey(decl)] = signature(decl.Type)
 				}
 			case *ast.GenDecl:
 				for _, spec := range decl.Specs {
