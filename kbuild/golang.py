@@ -75,6 +75,14 @@ def _go_binary(path: Path) -> GoBinary:
         raise Refused([(path.name, str(e))]) from None
 
 
+_COMPARED = (".text", ".rodata", ".noptrdata", ".data")
+
+
+def _section(binary: GoBinary, name: str) -> tuple[int, bytes] | None:
+    sec = binary.elf.get_section_by_name(name)
+    return None if sec is None else (sec["sh_addr"], sec.data())
+
+
 def derived_path(module: str, name: str, pkg: str) -> str:
     """Where the copy of `pkg` lives in the plugin: under MODULE/patchbuild_NAME, its path in the module
     kept (so `internal` packages stay importable)."""
@@ -223,10 +231,10 @@ class _GoBuild:
         return os.fspath(path)
 
     def _check_deployed(self, rebuilt: Path) -> None:
-        """The deployed binary must run the code SRCDIR builds: the rebuild's text is the deployed one's."""
+        """The deployed binary must run the code SRCDIR builds: the rebuild's code and data are the deployed
+        one's (Go builds are reproducible: same sources, flags, toolchain and directory, same bytes)."""
         with _go_binary(self.binary) as deployed, _go_binary(rebuilt) as ours:
-            mine, theirs = ours.elf.get_section_by_name(".text"), deployed.elf.get_section_by_name(".text")
-            if mine is None or theirs is None or mine["sh_addr"] != theirs["sh_addr"] or mine.data() != theirs.data():
+            if any(_section(ours, name) != _section(deployed, name) for name in _COMPARED):
                 message = (f"the deployed {self.binary.name} does not run the code SRCDIR builds with its flags "
                            "(another source, flags or toolchain)")
                 self._report("refused", message)
