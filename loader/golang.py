@@ -77,8 +77,10 @@ def ask_agent(pid: int, directory: str, plugin: str) -> None:
 def _place_plugin(pid: int, directory: str, name: str, plugin: bytes) -> tuple[str, str]:
     """Write the plugin into the agent's directory, owned by the program's user (so the program may read it);
     (path for us, path as the program sees it). The directory must be the program user's own, not a link
-    (we are root: a link would have us write elsewhere). A plugin already there with the same bytes is kept:
-    the program may have it loaded."""
+    (we are root: a link would have us write elsewhere). The file is named by its contents: the runtime
+    keeps a plugin by path, and one already there is the program's (it may have it loaded)."""
+    digest = hashlib.sha256(plugin).hexdigest()
+    name = f"{name}-{digest[:16]}"
     ours = os.path.join(directory, f"{name}.so")
     inside = ours.split("/root", 1)[1] if ours.startswith("/proc/") else ours
     owner = os.stat(f"/proc/{pid}").st_uid
@@ -88,7 +90,6 @@ def _place_plugin(pid: int, directory: str, name: str, plugin: bytes) -> tuple[s
         if st.st_uid != owner or st.st_mode & 0o077:
             raise Refused([(f"process {pid}", f"{directory}: not the agent's directory (owner {st.st_uid}, "
                                               f"mode {st.st_mode & 0o777:o}; the program runs as {owner})")])
-        digest = hashlib.sha256(plugin).hexdigest()
         try:
             fd = os.open(f"{name}.so", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
             with os.fdopen(fd, "rb") as f:

@@ -79,7 +79,7 @@ def test_fix_live_under_load_stacked_and_reverted(go_tree, fixes):
         assert [r["module"] for r in records] == ["fix", "fix2"]
         assert {f["name"].rsplit(".", 1)[-1]: f["prev"] for f in records[1]["funcs"]} == \
             {"Handle": "fix", "add": "fix", "depth": None}  # over fix where fix replaced it
-        assert all(r["library"].endswith(f"/{r['module']}.so") for r in records)
+        assert all(os.path.basename(r["library"]).startswith(f"{r['module']}-") for r in records)
 
         one_line_error(tool("loader", "revert", "-p", server.pid, "fix"), 1, "revert fix2 first")
         assert kept.ask("incr a") == "a 7"
@@ -252,5 +252,24 @@ def test_closure_fixed_alone(go_tree):
         assert kept.ask("total") == "total 6"
         assert tool("loader", "revert", "-p", server.pid, "closure").returncode == 0
         assert kept.ask("total") == "total 2"
+    finally:
+        server.stop()
+
+
+def test_another_build_of_a_loaded_name_is_refused(go_tree, fixes, tmp_path):
+    """The runtime keeps a plugin by its path: another fix of the same name cannot be loaded next to it,
+    and must not be mistaken for it."""
+    run = tool("kbuild", "-s", go_tree.src, "-t", go_tree.counter, "-o", tmp_path, "-n", "fix",
+               FIXTURES / "fix.patch", FIXTURES / "fix2.patch")
+    assert run.returncode == 0, run.stderr
+    server = Server(go_tree.counter)
+    try:
+        kept = server.client()
+        assert tool("loader", "apply", "-p", server.pid, fixes["fix"]).returncode == 0
+        assert tool("loader", "revert", "-p", server.pid, "fix").returncode == 0
+        one_line_error(tool("loader", "apply", "-p", server.pid, tmp_path / "fix.gopatch"), 1,
+                       "plugin already loaded")
+        assert kept.ask("incr ") == " 2"  # neither fix runs: the original code
+        assert tool("loader", "list", "-p", server.pid).stdout.strip() == f"no patches in process {server.pid}"
     finally:
         server.stop()
