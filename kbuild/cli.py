@@ -33,7 +33,10 @@ def is_kernel_tree(srcdir: Path) -> bool:
 
 
 def build(options: BuildOptions) -> BuildResult:
-    """Dispatch to the kernel or the user-space builder."""
+    """Dispatch to the kernel, the Go or the user-space (C/C++) builder."""
+    from kbuild.golang import build_go_patch, is_go_module
+    if options.lang == "go" or (options.lang is None and is_go_module(options.srcdir)):
+        return build_go_patch(options)
     if options.srcdir.is_dir() and is_kernel_tree(options.srcdir):
         from kbuild.kernel import build_kernel_patch
         return build_kernel_patch(options)
@@ -123,6 +126,8 @@ def main(
                                      help="file the build produces to patch, relative to SRCDIR (repeatable)"),
     target_binary: List[Path] = typer.Option([], "--target-binary",
                                              help="the deployed binary, one per TARGET (default: SRCDIR/TARGET)"),
+    lang: Optional[str] = typer.Option(None, "--lang", metavar="c|go",
+                                       help="the program's language (default: go when SRCDIR has a go.mod, else c)"),
     build_cmd: str = typer.Option("make", "--build-cmd", help="how the project builds (run with sh -c)"),
     no_build_changes: bool = typer.Option(False, "--no-build-changes",
                                           help="refuse patches that change the build system (Makefile, ...)"),
@@ -162,10 +167,14 @@ def main(
     """
     if debug:
         os.environ["PATCH_BUILD_DEBUG"] = "1"
+    if lang not in (None, "c", "go"):
+        with guarded(PROG):
+            raise InputError(f"--lang {lang}: unknown language (c or go)")
     epoch = _check_package(package, package_version, patches)
     progress = RichProgress() if sys.stderr.isatty() else PlainProgress()
     options = BuildOptions(patches=patches, srcdir=srcdir, targets=target, name=name, outdir=outdir, jobs=jobs,
-                           skip_cleanup=skip_cleanup, debug=debug, build_cmd=build_cmd, target_binaries=target_binary,
+                           skip_cleanup=skip_cleanup, debug=debug, lang=lang, build_cmd=build_cmd,
+                           target_binaries=target_binary,
                            no_build_changes=no_build_changes, link_diff=link_diff,
                            config=config, vmlinux=vmlinux, system_map=system_map, headers=headers,
                            non_replace=non_replace, sign_key=sign_key, sign_cert=sign_cert, json_output=json_output,

@@ -46,6 +46,7 @@ class BuildOptions:
     skip_cleanup: bool = False
     debug: bool = False  # -d: keep the scratch tree and print its path
     # user space
+    lang: str | None = None  # --lang: c or go; None: go when SRCDIR has a go.mod
     build_cmd: str = "make"
     target_binaries: list[Path] = field(default_factory=list)  # --target-binary, one per target
     no_build_changes: bool = False  # --no-build-changes: refuse patches that change build-system files

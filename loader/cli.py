@@ -60,20 +60,25 @@ def _late(stats, outcome: str) -> None:
 
 
 @app.command()
-def apply(module: Path = typer.Argument(..., help="NAME.kpatch, or a hand-written patch library NAME.so"),
+def apply(module: Path = typer.Argument(..., help="NAME.kpatch, NAME.gopatch, or a hand-written patch library NAME.so"),
           pid: int = PidOption, timeout: float = TimeoutOption,
           no_stack_check: bool = typer.Option(False, "--no-stack-check",
                                               help="Do not require replaced functions to be off every stack."),
           trusted_keys: Optional[Path] = typer.Option(None, "--trusted-keys", metavar="DIR",
                                                       help="Only apply modules signed by a key of DIR/*.pem "
                                                            "(Ed25519 public keys).")):
-    """Patch a running process (with a built NAME.kpatch, or a hand-written patch library NAME.so)."""
+    """Patch a running process (with a built NAME.kpatch or NAME.gopatch, or a hand-written patch library NAME.so)."""
     from linker.integrity import load_trusted_keys
     from loader.libraries import apply_library, is_shared_library
     from loader.apply import apply_patch
 
     trusted = _guarded(lambda: load_trusted_keys(trusted_keys)) if trusted_keys is not None else None
-    if is_shared_library(str(module)):
+    if module.name.endswith(".gopatch"):
+        from loader.golang import apply_gopatch
+        if trusted is not None:
+            _fail(f"{module.name}: a Go patch carries no signature (--trusted-keys given)", 1)
+        record, stats = _guarded(lambda: apply_gopatch(pid, str(module), timeout))
+    elif is_shared_library(str(module)):
         if trusted is not None:
             _fail(f"{module.name}: a hand-written patch library carries no signature (--trusted-keys given)", 1)
         record, stats = _guarded(lambda: apply_library(pid, str(module), timeout, not no_stack_check))
@@ -142,6 +147,20 @@ def info(module: Path = typer.Argument(..., help="NAME.kpatch"),
          json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
     """What a patch module holds: targets, build-ids, functions and sizes, hooks, its digest and signer."""
     from loader.patchmodule import module_info
+
+    if module.name.endswith(".gopatch"):
+        from loader.golang import gopatch_info
+        patch = _guarded(lambda: gopatch_info(str(module)))
+        if json_output:
+            typer.echo(json.dumps(dataclasses.asdict(patch), indent=2))
+            return
+        _say(f"go patch {patch.name} (format {patch.format}) {module}")
+        typer.echo(f"plugin sha256:{patch.plugin_sha256} (verified)")
+        t = patch.target
+        _say(f"target {t.get('name')} build-id {t.get('build_id')} {t.get('go_version')}")
+        for f in patch.funcs:
+            _say(f"function {f.name} ({f.new})")
+        return
 
     mod = _guarded(lambda: module_info(str(module)))
     if json_output:

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(gcc g++ make binutils patch cmake autoconf automake file xz-utils cpio busybox-static qemu-system-x86
+DEBS=(gcc g++ make golang binutils patch cmake autoconf automake file xz-utils cpio busybox-static qemu-system-x86
       bc bison flex libelf-dev libssl-dev dwarves kmod rsync chromium python3-venv libgflags-dev lintian systemd)
 missing=()
 for p in "${DEBS[@]}"; do

@@ -1,0 +1,3 @@
+module patchbuild.local/go
+
+go 1.19
