@@ -98,7 +98,7 @@ def diff_models(orig: ObjectFile, patched: ObjectFile, options: DiffOptions | No
     problems = Problems()
     o_res, p_res = TargetResolver(orig), TargetResolver(patched)
 
-    correlate(orig, patched, problems, o_res, p_res)
+    correlate(orig, patched, problems, o_res, p_res, opts.leave_out)
     _check_same_unit(orig, patched)
     compare(orig, patched, Comparer(o_res, p_res), opts.leave_out)
     for what in kpatch_marks.apply_ignores(patched, p_res, problems):
