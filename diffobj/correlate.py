@@ -83,12 +83,13 @@ def _static_kind(sym: Symbol, strict: bool):
     return names.pattern(sym.name), sym.section.is_nobits, sym.section.is_writable, sym.size
 
 
-def _correlate_static_locals(orig, patched, o_res, p_res, problems: Problems) -> None:
+def _correlate_static_locals(orig, patched, o_res, p_res, problems: Problems, leave_out: frozenset[str]) -> None:
     """Pair static locals through the functions that use them.
 
     Within a function pair, candidates of the same pattern are told apart by kind (bss or data,
     size), then by the order of their first reference; a loose pass on the pattern alone follows so
-    that a changed initial value still pairs (and is then refused as changed data).
+    that a changed initial value still pairs (and is then refused as changed data). Functions in
+    `leave_out` are not patched: the running ones keep their references.
     """
     pairs = [(f.twin, f) for f in patched.functions() if f.twin is not None]
     refs: dict[int, list[Symbol]] = {}
@@ -130,6 +131,8 @@ def _correlate_static_locals(orig, patched, o_res, p_res, problems: Problems) ->
     # patched function would silently stop sharing the running state.
     users_of: dict[Symbol, list[str]] | None = None
     for o_f, p_f in pairs:
+        if (names.parent_name(p_f.name) or p_f.name) in leave_out:
+            continue
         p_refs = set(refs[id(p_f)])
         for var in refs[id(o_f)]:
             if var.twin is None or var.twin in p_refs:
@@ -203,7 +206,8 @@ def _correlate_sections(orig: ObjectFile, patched: ObjectFile) -> None:
 
 
 def correlate(orig: ObjectFile, patched: ObjectFile, problems: Problems,
-              orig_resolver: TargetResolver, patched_resolver: TargetResolver) -> None:
+              orig_resolver: TargetResolver, patched_resolver: TargetResolver,
+              leave_out: frozenset[str] = frozenset()) -> None:
     for obj in (orig, patched):
         link_children(obj)
     dyndbg.correlate(orig, patched, orig_resolver, patched_resolver)
@@ -214,7 +218,7 @@ def correlate(orig: ObjectFile, patched: ObjectFile, problems: Problems,
     functions = lambda ss: [s for s in ss if s.is_function]  # noqa: E731
     _pair_by(lambda s: names.pattern(s.name), functions(o_syms), functions(p_syms), True)
 
-    _correlate_static_locals(orig, patched, orig_resolver, patched_resolver, problems)
+    _correlate_static_locals(orig, patched, orig_resolver, patched_resolver, problems, leave_out)
     _correlate_through_data(orig, patched, orig_resolver, patched_resolver)
     numbered = lambda ss: [s for s in ss if _is_numbered_local_data(s)]  # noqa: E731
     _pair_by(lambda s: names.pattern(s.name), numbered(o_syms), numbered(p_syms), True)

@@ -108,7 +108,7 @@ def diff_models(orig: ObjectFile, patched: ObjectFile, options: DiffOptions | No
             dyndbg.split(obj)
     o_res, p_res = TargetResolver(orig), TargetResolver(patched)
 
-    correlate(orig, patched, problems, o_res, p_res)
+    correlate(orig, patched, problems, o_res, p_res, opts.leave_out)
     _check_same_unit(orig, patched)
     compare(orig, patched, Comparer(o_res, p_res, opts.line_shifts), opts.leave_out)
     dyndbg.forget_moved_lines(patched)

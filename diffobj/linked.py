@@ -10,6 +10,11 @@ unchanged on two such models.
 
 The linker's relaxations are undone where the patch code must not keep them: a GOT load it turned into
 `lea sym(%rip)` or a GOT call into `call sym` is a plain PC-relative reference again.
+
+The executable's unwind information becomes an object's `.eh_frame`: each modelled function's FDE and its CIE,
+with pc_begin as a relocation, so that diffobj.ehframe keeps the records of
+the included code as it does for objects and the loader registers them in the target (backtraces, thread
+cancellation and exceptions through the new code).
 """
 from __future__ import annotations
 
@@ -19,6 +24,9 @@ import os
 import struct
 
 from elftools.common.exceptions import ELFError
+from elftools.construct import ConstructError
+from elftools.dwarf.callframe import CIE, FDE, CallFrameInfo
+from elftools.dwarf.structs import DWARFStructs
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
@@ -49,6 +57,8 @@ from diffobj.model import (
 from diffobj.read import MAX_NOBITS_SIZE, MAX_OBJECT_SIZE, mark_aliases, read_object
 
 R_X86_64_PC32 = 2
+SHT_X86_64_UNWIND = 0x70000001  # how gcc types .eh_frame in objects
+_PCREL_SDATA4 = 0x1B  # DW_EH_PE_pcrel | DW_EH_PE_sdata4: gcc's pointer encoding in x86-64 .eh_frame
 _GOT_LOADS = (9, 41, 42)  # GOTPCREL, GOTPCRELX, REX_GOTPCRELX
 _LEA, _CALL, _JMP = 0x8D, 0xE8, 0xE9
 # Output sections of the C runtime and the dynamic linker's tables: never patched, never compared.
@@ -124,6 +134,7 @@ class _Model:
         for i in self.pieces:
             if i in self.relas:
                 self._relocate(i, self.relas[i])
+        self._unwind()
         for sec in self.sections:
             sec.relocations.sort(key=lambda r: r.offset)
             mark_aliases(sec)
@@ -245,6 +256,61 @@ class _Model:
         if piece is None:
             return self._external(self.out_sections[target_index].name), addend
         return piece.section.section_symbol, section_address + addend - piece.start
+
+
+    def _unwind(self) -> None:
+        """An object-like `.eh_frame`: the FDE of each modelled function that starts one, with its CIE. A C++
+        function with a personality routine or a catch table (LSDA) goes without: `.gcc_except_table` and the
+        personality pointers are not modelled."""
+        out = next((s for s in self.out_sections if s.name == ".eh_frame" and s["sh_type"] == "SHT_PROGBITS"), None)
+        if out is None:
+            return
+        data, base = out.data(), out["sh_addr"]
+        structs = DWARFStructs(little_endian=True, dwarf_format=32, address_size=8)
+        try:
+            entries = CallFrameInfo(io.BytesIO(data), len(data), base, structs, for_eh_frame=True).get_entries()
+        except (*ELF_READ_ERRORS, ConstructError, KeyError, AssertionError, RecursionError):  # pyelftools on bad CFI
+            return  # unparseable: the patch goes without unwind information
+        code = [i for i in self.pieces if self.out_sections[i]["sh_flags"] & SHF_EXECINSTR]
+        cies: dict[int, int | None] = {}  # offset -> new offset (None: not copied)
+        out_data, relocations = bytearray(), []
+        for fde in entries:
+            if not isinstance(fde, FDE):
+                continue
+            start = fde.header["initial_location"]
+            piece = next((p for i in code if (p := self._piece_at(i, start)) is not None), None)
+            if piece is None or piece.start != start:
+                continue
+            cie = fde.cie
+            if cie.offset not in cies:
+                cies[cie.offset] = self._copy_cie(cie, data, out_data)
+            if cies[cie.offset] is None:
+                continue
+            at = len(out_data)
+            record = bytearray(data[fde.offset:fde.offset + 4 + fde.header["length"]])
+            struct.pack_into("<I", record, 4, at + 4 - cies[cie.offset])
+            struct.pack_into("<i", record, 8, 0)
+            out_data += record
+            relocations.append(Relocation(at + 8, R_X86_64_PC32, piece.section.section_symbol, 0))
+        if not relocations:
+            return
+        sec = Section(len(self.sections), ".eh_frame", SHT_X86_64_UNWIND, SHF_ALLOC, 8, 0, bytes(out_data + bytes(4)),
+                      relocations=relocations)
+        sym = Symbol(len(self.symbols), "", STT_SECTION, STB_LOCAL, 0, sec.index, 0, 0, section=sec)
+        sec.section_symbol = sym
+        self.sections.append(sec)
+        self.symbols.append(sym)
+
+    @staticmethod
+    def _copy_cie(cie: CIE, data: bytes, out: bytearray) -> int | None:
+        """Append `cie` to `out`: its new offset, or None when it is not one gcc writes for C-like code (code
+        pointers pcrel sdata4; no personality routine nor catch tables, which are not modelled)."""
+        augmentation = cie.header["augmentation"]
+        if augmentation != b"zR" or cie.augmentation_dict.get("FDE_encoding") != _PCREL_SDATA4:
+            return None
+        at = len(out)
+        out += data[cie.offset:cie.offset + 4 + cie.header["length"]]
+        return at
 
 
 def read_model(path: str) -> ObjectFile:

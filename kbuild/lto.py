@@ -27,7 +27,8 @@ from diffobj.linked import ELF_READ_ERRORS, read_linked
 from diffobj.model import ObjectFile, Symbol
 from diffobj.read import MAX_OBJECT_SIZE
 from kbuild.deployed import BinarySymbol, DeployedBinary, UnitSymbols
-from kbuild.units import UnitDiff, checked_diff
+from kbuild.units import UnitDiff, checked_diff, diff_explained
+from report.explain import UnitSources
 from kbuild.wrapper import CompiledObject
 
 GCC_IR_PREFIX = ".gnu.lto_"
@@ -113,15 +114,23 @@ class LinkedSymbols(UnitSymbols):
         return 0 if mine is None else 1 + same.index(mine)
 
 
-def diff_linked(target: str, orig: Path, patched: Path, binary: DeployedBinary, output: Path) -> UnitDiff:
+def diff_linked(target: str, orig: Path, patched: Path, binary: DeployedBinary, output: Path,
+                only_explained: UnitSources | None = None) -> UnitDiff:
     """Link-diff of one TARGET: its original and patched links (both with --emit-relocs), the changed
     functions checked against the deployed binary, the patch object written to `output` when it may be used.
-    A link without relocations (the build linked it without the wrapper) is refused with the reason."""
-    try:
-        orig_model, patched_model = read_linked(os.fspath(orig)), read_linked(os.fspath(patched))
-    except InputError as e:
-        raise PatchBuildError(f"cannot diff {target} at the link: {e}") from None
-    where = LinkedSymbols(binary, orig_model)
-    result = diff_models(orig_model, patched_model, DiffOptions(kernel=False, objname=binary.name, sympos=where,
-                                                                deployed_size=where.size))
-    return checked_diff(target, target, binary, result, where, output)
+    A link without relocations (the build linked it without the wrapper) is refused with the reason.
+    `only_explained`: leave out the changed functions no hunk explains (with LTO, a change can move the
+    compiler's whole-program decisions, inlining among them, in code the patch does not touch)."""
+
+    def diff(leave_out: frozenset[str]):
+        try:  # read anew for each pass: the differ marks up the models it diffs
+            orig_model, patched_model = read_linked(os.fspath(orig)), read_linked(os.fspath(patched))
+        except InputError as e:
+            raise PatchBuildError(f"cannot diff {target} at the link: {e}") from None
+        where = LinkedSymbols(binary, orig_model)
+        options = DiffOptions(kernel=False, objname=binary.name, sympos=where, deployed_size=where.size,
+                              leave_out=leave_out)
+        return diff_models(orig_model, patched_model, options), where
+
+    result, where, left_out, causes = diff_explained(diff, only_explained)
+    return checked_diff(target, target, binary, result, where, output, left_out, causes)

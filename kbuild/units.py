@@ -53,14 +53,24 @@ def _binary(path: Path) -> DeployedBinary:
 def diff_unit(job: UnitJob) -> UnitDiff:
     binary = _binary(job.binary)
     unit = UnitSymbols(binary, read_object(os.fspath(job.orig)))
-    options = DiffOptions(kernel=False, objname=binary.name, sympos=unit, deployed_size=unit.size,
-                          line_shifts=job.line_shifts)
-    result = diff_objects(os.fspath(job.orig), os.fspath(job.patched), options)
-    left_out, causes = unexplained_changes(result, job.only_explained) if job.only_explained else ([], {})
+
+    def diff(leave_out: frozenset[str]):
+        options = DiffOptions(kernel=False, objname=binary.name, sympos=unit, deployed_size=unit.size,
+                              leave_out=leave_out, line_shifts=job.line_shifts)
+        return diff_objects(os.fspath(job.orig), os.fspath(job.patched), options), unit
+
+    result, where, left_out, causes = diff_explained(diff, job.only_explained)
+    return checked_diff(job.source, job.object_name, binary, result, where, job.output, left_out, causes)
+
+
+def diff_explained(diff, only_explained: UnitSources | None):
+    """`diff(leave_out)` -> (DiffResult, where), and again with the changed functions no hunk explains left out
+    when `only_explained` (--only-explained): (result, where, the differ's entries left out, their causes)."""
+    result, where = diff(frozenset())
+    left_out, causes = unexplained_changes(result, only_explained) if only_explained else ([], {})
     if left_out:
-        options.leave_out = frozenset(causes)
-        result = diff_objects(os.fspath(job.orig), os.fspath(job.patched), options)
-    return checked_diff(job.source, job.object_name, binary, result, unit, job.output, left_out, causes)
+        result, where = diff(frozenset(causes))
+    return result, where, left_out, causes
 
 
 def checked_diff(source: str, object_name: str, binary: DeployedBinary, result: DiffResult, where, output: Path,

@@ -239,11 +239,13 @@ class _Build:
         self.progress.step(f"diffing {len(links)} linked program{'s' if len(links) != 1 else ''}", total=len(links))
         outputs = self.scratch / "out"
         outputs.mkdir()
+        only_explained = UnitSources(read_hunks(self.o.patches), self.tree, None, tuple(self.generated)) \
+            if self.o.only_explained else None
         units = []
         for i, (target, orig, binary) in enumerate(zip(self.o.targets, links, binaries)):
             try:
                 units.append(diff_linked(target, orig, self.tree / target, binary,
-                                         outputs / f"{i:05d}-{binary.name}.o"))
+                                         outputs / f"{i:05d}-{binary.name}.o", only_explained))
             except PatchBuildError as err:  # a link we cannot look into: refused, with the reason
                 self._report("refused", str(err), units, binaries)
                 raise

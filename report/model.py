@@ -128,6 +128,11 @@ class FunctionDiff:
     rows: list[DisasmRow] = field(default_factory=list)
     truncated: bool = False
 
+    def changed_rows(self) -> int:
+        """Rows of the side-by-side disassembly that differ: the instructions the patch changes, adds or
+        removes (a new function's are all its own)."""
+        return sum(1 for row in self.rows if row.tag != "equal")
+
 
 @dataclass
 class ObjectReport:

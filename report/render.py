@@ -10,6 +10,7 @@ from functools import lru_cache
 
 from diffobj.console import printable
 from report.model import Report
+from report.overview import overview
 
 FORMATS = ("json", "md", "html")
 SUFFIXES = {"json": ".report.json", "md": ".report.md", "html": ".report.html"}
@@ -54,6 +55,19 @@ def _unified(rows):
     return lines
 
 
+def _percent(share: float) -> str:
+    return f"{share * 100:.2f}%"
+
+
+TEXT_BAR = 20  # characters of a full bar in the Markdown summary
+
+
+def _text_bar(share: float) -> str:
+    """A bar of block characters, TEXT_BAR long for the largest share; any change shows at least one."""
+    full = max(round(share * TEXT_BAR), 1 if share > 0 else 0)
+    return "█" * full + "·" * (TEXT_BAR - full)
+
+
 def _printable(value):
     """Every value a template prints, with control characters (from names in untrusted objects) escaped but
     for the tabs and line ends of source text; HTML-safe markup stays markup."""
@@ -76,12 +90,15 @@ def _environment():
     env.filters["md"] = _md_cell
     env.filters["hexoff"] = _hexoff
     env.filters["unified"] = _unified
+    env.filters["percent"] = _percent
+    env.filters["text_bar"] = _text_bar
     return env
 
 
 def _render(template: str, report: Report) -> str:
     return _environment().get_template(template).render(
-        r=report, counts=report.counts(), status_text=STATUS_TEXT.get(report.status, report.status))
+        r=report, counts=report.counts(), overview=overview(report),
+        status_text=STATUS_TEXT.get(report.status, report.status))
 
 
 def to_markdown(report: Report) -> str:

@@ -33,14 +33,18 @@ def _prices(prog, until) -> list[tuple[int, int]]:
     return lines
 
 
-def _fixed_live(program, module, name) -> None:
+def _fixed_live(program, module, name, unwind: bool = False) -> None:
     """Run `program` (it prints amount + rate(amount) for amounts 100, 101, ... once a second), apply `module`:
-    the rate goes from a tenth to a fifth in the same process, whose count goes on; revert: a tenth again."""
+    the rate goes from a tenth to a fifth in the same process, whose count goes on; revert: a tenth again.
+    `unwind`: the module's unwind information is registered with the program's unwinder (libgcc_s, C++)."""
     prog = subprocess.Popen([program, "60"], stdout=subprocess.PIPE, text=True)
     try:
         assert _prices(prog, lambda p, s: True) == [(110, 1)]  # price(100) = 100 + 100 / 10
         apply = _patch_ctl("apply", "-p", prog.pid, module)
         assert apply.returncode == 0, apply.stderr
+        if unwind:
+            listed = _patch_ctl("list", "-p", prog.pid)
+            assert "unwind information registered at" in listed.stdout, listed.stdout + listed.stderr
         patched = _prices(prog, lambda p, s: p == 100 + s - 1 + (100 + s - 1) // 5)
         assert patched[-1][0] == 100 + patched[-1][1] - 1 + (100 + patched[-1][1] - 1) // 5, patched
         # the same process, its state kept: served goes on counting
@@ -84,7 +88,13 @@ def test_cxx_lto_program_fixed_live(patch_build, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "LTO build: 2 of 2 compiled units" in run.stderr
     assert "(1 function(s): prog:_ZN12_GLOBAL__N_15serveERK6Priceri)" in run.stderr
-    _fixed_live(src / "prog", tmp_path / "out" / "cxxlto-fix.kpatch", "cxxlto-fix")
+    # the link-diff module carries serve()'s unwind information (the linked program's FDE, as an object's)
+    module = tmp_path / "out" / "cxxlto-fix.kpatch"
+    relocations = subprocess.run(["readelf", "-rW", module], capture_output=True, text=True, check=True).stdout
+    assert "'.rela.eh_frame'" in relocations, relocations
+    eh_frame = relocations.split("'.rela.eh_frame'", 1)[1].split("\n\n", 1)[0]
+    assert "R_X86_64_PC32" in eh_frame and ".text._ZN12_GLOBAL__N_15serveERK6Priceri + 0" in eh_frame, relocations
+    _fixed_live(src / "prog", module, "cxxlto-fix", unwind=True)
 
 
 def test_link_without_relocations_is_refused(patch_build, tmp_path):

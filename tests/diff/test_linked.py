@@ -6,7 +6,9 @@ import random
 import subprocess
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
+from diffobj.ehframe import _records as ehframe_records
 from diffobj.errors import InputError
 from diffobj.linked import read_linked
 
@@ -65,6 +67,40 @@ def test_corrupt_programs_are_input_errors(programs, tmp_path):
             data[rnd.randrange(len(data) - 5000, len(data))] = rnd.randrange(256)
         if k % 5 == 0:
             data = data[:rnd.randrange(len(data) - 5000, len(data))]
+        bad.write_bytes(data)
+        try:
+            read_linked(str(bad))
+        except InputError as e:
+            assert str(e).startswith("bad: ")
+
+
+def test_unwind_information_of_a_linked_program(programs):
+    # The executable's .eh_frame as an object's: each function's FDE with its CIE, pc_begin a relocation to the
+    # function's piece (zeroed), so that diffobj.ehframe keeps the records of included code (issue 13: link-diff
+    # modules had none, and the loader registered nothing for their code).
+    model = read_linked(str(programs / "relocs"))
+    (eh_frame,) = [s for s in model.sections if s.name == ".eh_frame"]
+    described = {r.symbol.section.name for r in eh_frame.relocations}
+    assert {".text.twice", ".text.main"} <= described
+    assert all(r.addend == 0 and eh_frame.data[r.offset:r.offset + 4] == bytes(4) for r in eh_frame.relocations)
+    records = ehframe_records(eh_frame)  # every FDE points back at a CIE copied before it
+    assert records is not None and sum(cie >= 0 for _, _, cie in records) == len(eh_frame.relocations)
+    assert eh_frame.data.endswith(bytes(4))  # the terminator
+
+
+def test_corrupt_unwind_information(programs, tmp_path):
+    """Mutations of the executable's .eh_frame: a model (perhaps without unwind information) or an InputError,
+    never another exception (pyelftools' CFI reader asserts, or recurses without end, on some)."""
+    blob = (programs / "relocs").read_bytes()
+    with open(programs / "relocs", "rb") as f:
+        sec = ELFFile(f).get_section_by_name(".eh_frame")
+        lo, hi = sec["sh_offset"], sec["sh_offset"] + sec["sh_size"]
+    rnd = random.Random(7)
+    bad = tmp_path / "bad"
+    for _ in range(200):
+        data = bytearray(blob)
+        for _ in range(rnd.randint(1, 6)):
+            data[rnd.randrange(lo, hi)] = rnd.randrange(256)
         bad.write_bytes(data)
         try:
             read_linked(str(bad))

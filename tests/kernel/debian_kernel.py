@@ -25,8 +25,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-CACHE = Path(os.environ.get("PATCH_BUILD_CACHE")
-             or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "patch-build") / "kernel"
+from support.debian import CACHE_ROOT
+from support.debian import apt_env as _apt_env
+from support.debian import run as _run
+
+CACHE = CACHE_ROOT / "kernel"
 KALLSYMS_MODULES = ("binfmt_misc", "ttyprintk")  # the modules whose functions the tests patch
 
 
@@ -87,17 +90,6 @@ class KernelEnv:
                 tmp.rename(ko)
             return ko
         return found[0]
-
-
-def _run(*cmd: str, cwd: Path | None = None, env: dict | None = None) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    return proc.stdout
-
-
-def _apt_env() -> dict:
-    return dict(os.environ, DEBIAN_FRONTEND="noninteractive")
 
 
 def _release(line: KernelLine) -> str:

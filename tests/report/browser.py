@@ -6,6 +6,7 @@ loads) is collected so a test can assert that none was an error.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import select
@@ -121,6 +122,27 @@ class Browser:
         if "exceptionDetails" in result:
             raise RuntimeError(f"page script failed: {result['exceptionDetails'].get('text')}")
         return result["result"].get("value")
+
+    def set_width(self, width: int, height: int = 900) -> None:
+        """Lay the page out as a viewport `width` CSS pixels wide (a phone: mobile, a desktop: not)."""
+        self.send("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600})
+
+    def emulate_media(self, media: str) -> None:
+        """Apply the page's `@media print` rules ("print") or its screen ones again ("")."""
+        self.send("Emulation.setEmulatedMedia", {"media": media})
+
+    def capture(self, png: str) -> None:
+        """A PNG of the whole page as laid out now (beyond the viewport's height)."""
+        data = self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})["data"]
+        with open(png, "wb") as f:
+            f.write(base64.b64decode(data))
+
+    def print_pdf(self, pdf: str) -> None:
+        """Print the page to a PDF on A4, as a release engineer's sign-off copy."""
+        data = self.send("Page.printToPDF", {"paperWidth": 8.27, "paperHeight": 11.69})["data"]
+        with open(pdf, "wb") as f:
+            f.write(base64.b64decode(data))
 
     def problems(self) -> list[str]:
         """Console errors/warnings, uncaught exceptions and error log entries seen since the page was opened."""
