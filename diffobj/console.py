@@ -9,8 +9,8 @@ import traceback
 
 import typer
 
-from diffobj.entry import HANDLED, Interrupted
-from diffobj.errors import PatchBuildError
+from common.interrupts import HANDLED, Interrupted
+from common.errors import PatchBuildError
 
 INTERNAL_ERROR = 4  # a bug of ours (docs/design.md, exit codes)
 

@@ -14,7 +14,7 @@ from typing import Callable
 from diffobj import checks, ehframe, kpatch_marks, names, special
 from diffobj.compare import Comparer, compare
 from diffobj.correlate import correlate
-from diffobj.errors import InputError
+from common.errors import InputError
 from diffobj.include import Included, include
 from diffobj.model import ObjectFile, OutputObject, Status, Symbol
 from diffobj.output import FunctionChange, ReferenceNamer, build_output, redirected_functions

@@ -23,8 +23,8 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from diffobj.arch import x86_64 as arch
-from diffobj.errors import InputError
-from diffobj.inputfile import read_input
+from common.errors import InputError
+from common.inputfile import read_input
 from diffobj.model import (
     SHF_ALLOC,
     SHF_EXECINSTR,

@@ -12,7 +12,7 @@ from typing import Callable
 from diffobj import names
 from diffobj.arch import x86_64 as arch
 from diffobj.compare import extent
-from diffobj.errors import InternalError
+from common.errors import InternalError
 from diffobj.model import (
     SHF_ALLOC,
     SHF_GROUP,

@@ -12,8 +12,8 @@ import os
 import struct
 
 from diffobj import arch
-from diffobj.errors import InputError
-from diffobj.inputfile import MIB, read_input
+from common.errors import InputError
+from common.inputfile import MIB, read_input
 from diffobj.model import (
     SHN_ABS,
     SHN_COMMON,

@@ -14,8 +14,8 @@ from typing import List, Optional
 import typer
 
 from diffobj.console import entry_point, guarded, internal_error_message
-from diffobj.errors import InputError, PatchBuildError
-from kbuild.build import BuildFailed
+from common.errors import InputError, PatchBuildError
+from common.buildcmd import BuildFailed
 from kbuild.package import build_deb, check_version, maintainer, package_epoch, require_dpkg_deb
 from kbuild.options import BuildOptions, BuildResult
 from report.summary import build_summary

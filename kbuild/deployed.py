@@ -13,7 +13,7 @@ from pathlib import Path
 
 import lief
 
-from diffobj.errors import InputError
+from common.errors import InputError
 from diffobj.model import STB_GLOBAL, STT_FILE, ObjectFile, Symbol
 from diffobj.targets import TargetResolver
 from kbuild.samecode import difference

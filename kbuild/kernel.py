@@ -24,12 +24,12 @@ from pathlib import Path
 
 from diffobj.console import internal_error_reported
 from diffobj.diff import DiffOptions, DiffResult, diff_objects
-from diffobj.errors import InputError, NoChange, Refused
+from common.errors import InputError, NoChange, Refused
 from diffobj.kpatch_marks import CALLBACK_ENTRY_SIZE, CALLBACKS_PREFIX
 from diffobj.model import ObjectFile, OutputObject, OutSection
 from diffobj.problems import Problem
 from diffobj.read import read_object
-from kbuild.build import BuildFailed, build_environment, run_build
+from common.buildcmd import BuildFailed, build_environment, run_build
 from kbuild.kernel_symbols import (
     STUB_MARK,
     Sympos,

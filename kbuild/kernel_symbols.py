@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffobj.errors import InputError
+from common.errors import InputError
 from diffobj.model import ObjectFile, Symbol
 
 _MAP_LINE = re.compile(r"^([0-9a-fA-F]+)\s+(\S)\s+(\S+)(?:\s+\[(\S+)\])?\s*$")

@@ -21,8 +21,8 @@ from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
 from diffobj.diff import DiffOptions, diff_models
-from diffobj.errors import InputError, PatchBuildError
-from diffobj.inputfile import read_input
+from common.errors import InputError, PatchBuildError
+from common.inputfile import read_input
 from diffobj.linked import ELF_READ_ERRORS, read_linked
 from diffobj.model import ObjectFile, Symbol
 from diffobj.read import MAX_OBJECT_SIZE

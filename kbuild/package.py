@@ -18,7 +18,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from diffobj.errors import InputError
+from common.errors import InputError
 from kbuild.options import BuildResult
 from linker.integrity import read_module_bytes
 from loader.store import describe

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from diffobj.errors import InputError
+from common.errors import InputError
 from report.patches import touched_files
 
 # Build products a copied tree must not carry: the scratch build is configured and built by us from scratch,

@@ -15,9 +15,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from diffobj.console import internal_error_reported
-from diffobj.errors import InputError, NoChange, PatchBuildError, Refused
+from common.errors import InputError, NoChange, PatchBuildError, Refused
 from diffobj.read import read_object
-from kbuild.build import build_environment, run_build
+from common.buildcmd import build_environment, run_build
 from kbuild.buildreport import build_file_warning, write_build_report
 from kbuild.deployed import DeployedBinary, load_binary
 from kbuild.lto import describe, diff_linked, lto_unit

@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffobj.errors import InputError
+from common.errors import InputError
 
 EXTRA_FLAGS = ("-ffunction-sections", "-fdata-sections")
 LINK_FLAGS = ("-Wl,--emit-relocs",)  # the linked program keeps its code's relocations: link-diff reads it

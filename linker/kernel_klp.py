@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffobj.errors import InputError
+from common.errors import InputError
 from patchformat.names import is_reference, parse_reference
 
 KLP_RELA = ".klp.rela."

@@ -17,7 +17,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
-from diffobj.errors import InputError
+from common.errors import InputError
 from linker.integrity import Seal, examine, read_module_bytes
 from patchformat.sections import (FUNCS, MODULE, MODULE_ENTRY, MODULE_VERSION, OFFSET, RECORD, STRINGS, TARGET_ENTRY,
                                   TARGETS)

@@ -266,7 +266,7 @@ def uninstall(name: str = typer.Argument(..., help="The module name."), store: O
 def installed(store: Optional[Path] = StoreOption,
               json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
     """The patches in the store, each verified (exit 2 when one is not intact)."""
-    from diffobj.errors import PatchBuildError
+    from common.errors import PatchBuildError
     from loader.store import Store
 
     target = Store(store)

@@ -12,7 +12,7 @@ import bisect
 import dataclasses
 import struct
 
-from diffobj.errors import InputError
+from common.errors import InputError
 from diffobj.model import ObjectFile, Relocation, Section
 
 EH_FRAME = ".eh_frame"

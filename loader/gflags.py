@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from diffobj.errors import InputError, Refused
+from common.errors import InputError, Refused
 from loader import faults
 from loader.critical import Critical
 from loader.dwarftypes import BOOL, FLOAT, INT, VarType

@@ -18,7 +18,7 @@ import time
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from diffobj.errors import InputError, Refused
+from common.errors import InputError, Refused
 from loader import dynlink, layout, x86_64 as arch
 from loader.critical import Critical
 from loader.objects import STT_FUNC, LoadedObject

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from diffobj.errors import InputError, Refused
+from common.errors import InputError, Refused
 from diffobj.model import BOOKKEEPING_TYPES, SHN_ABS, SHN_UNDEF, SHT_NOBITS, ObjectFile, Symbol
 from linker.module import ModuleInfo
 

@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from diffobj.errors import InputError, Refused
+from common.errors import InputError, Refused
 from diffobj.read import read_object
 from linker.integrity import check_trusted, read_module_bytes
 from linker.module import Func, ModuleInfo, read_module

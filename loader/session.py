@@ -7,7 +7,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
-from diffobj.errors import InputError, PatchBuildError, Refused
+from common.errors import InputError, PatchBuildError, Refused
 from loader import layout, x86_64 as arch
 from loader.frames import Avoid
 from loader.lock import TargetLock

@@ -22,8 +22,8 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from diffobj.errors import InputError, Refused
-from diffobj.inputfile import MIB, read_input
+from common.errors import InputError, Refused
+from common.inputfile import MIB, read_input
 from linker.integrity import check_trusted, read_module_bytes
 from linker.module import read_module
 

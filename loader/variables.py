@@ -18,7 +18,7 @@ import struct
 import time
 from dataclasses import asdict, dataclass
 
-from diffobj.errors import InputError, Refused
+from common.errors import InputError, Refused
 from loader import faults
 from loader.critical import Critical
 from loader.dwarftypes import BOOL, CHARS, CSTRING, ENUM, FLOAT, INT, STDSTRING, Variable, VarType, variables

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from diffobj.console import entry_point, guarded
-from diffobj.errors import InputError
+from common.errors import InputError
 from report.model import read_report
 from report.render import FORMATS, render
 

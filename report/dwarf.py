@@ -16,8 +16,8 @@ import io
 import os
 import struct
 
-from diffobj.errors import InputError
-from diffobj.inputfile import read_input
+from common.errors import InputError
+from common.inputfile import read_input
 from diffobj.read import MAX_OBJECT_SIZE
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")

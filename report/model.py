@@ -14,8 +14,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from diffobj.errors import InputError
-from diffobj.inputfile import MIB, read_input
+from common.errors import InputError
+from common.inputfile import MIB, read_input
 
 SCHEMA_VERSION = 1
 MAX_REPORT_SIZE = 64 * MIB

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import unidiff
 
-from diffobj.errors import InputError
+from common.errors import InputError
 
 MAX_PATCH_BYTES = 64 << 20  # a patch larger than this is not a live patch
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from report.build import report_path
 from report.identity import sha256_file
-from diffobj.errors import InputError
+from common.errors import InputError
 from report.model import STATUS_EXIT, Report, read_report
 from report.render import FORMATS, SUFFIXES
 

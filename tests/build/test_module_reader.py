@@ -6,7 +6,7 @@ import subprocess
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from diffobj.errors import InputError
+from common.errors import InputError
 from linker import integrity
 from linker.module import Target, read_module
 from linker.user import link_user_module

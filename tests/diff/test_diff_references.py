@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from diffobj.diff import DiffOptions, diff_objects
-from diffobj.errors import InternalError
+from common.errors import InternalError
 from diffobj.output import ReferenceNamer, check_references
 from support import elfcheck
 from support.diffcases import OBJNAME

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from diffobj.errors import InputError
+from common.errors import InputError
 from diffobj.linked import read_linked
 
 SOURCE = """#include <stdio.h>

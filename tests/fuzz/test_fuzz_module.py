@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loader"))
 
-from diffobj.errors import InputError  # noqa: E402
+from common.errors import InputError  # noqa: E402
 from kbuild.options import BuildOptions  # noqa: E402
 from kbuild.userspace import build_user_patch  # noqa: E402
 from linker import integrity  # noqa: E402

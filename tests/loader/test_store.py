@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from diffobj.errors import InputError
+from common.errors import InputError
 from livetarget import assert_one_line_error, patch_ctl, patch_ctl_argv, patch_ctl_env
 from loader.store import Store
 from support.kmodule import kernel_module
