@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from diffobj import names
-from diffobj.arch import x86_64 as arch
+from elfcore import x86_64 as arch
 from diffobj.compare import extent
 from diffobj.model import ObjectFile, Status
 from diffobj.problems import Problems

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from diffobj import names
 from diffobj.arch import x86_64 as arch
+from elfcore.x86_64 import reloc_type
 from diffobj.model import (
     BOOKKEEPING_TYPES,
     SHF_MERGE,
@@ -35,7 +36,7 @@ def extent(sym: Symbol) -> tuple[int, int]:
 def _masked(data: bytes, lo: int, rels: list[Relocation]) -> bytes:
     buf = bytearray(data)
     for r in rels:
-        size = arch.reloc_type(r.type).size
+        size = reloc_type(r.type).size
         start = r.offset - lo
         buf[start:start + size] = bytes(size)
     return bytes(buf)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from diffobj.arch import x86_64 as arch
+from elfcore import x86_64 as arch
 from diffobj.model import STT_NOTYPE, ObjectFile, Relocation, Section, Symbol
 
 

@@ -25,7 +25,7 @@ from common.errors import InputError, PatchBuildError
 from common.inputfile import read_input
 from diffobj.linked import ELF_READ_ERRORS, read_linked
 from diffobj.model import ObjectFile, Symbol
-from diffobj.read import MAX_OBJECT_SIZE
+from elfcore.read import MAX_OBJECT_SIZE
 from kbuild.deployed import BinarySymbol, DeployedBinary, UnitSymbols
 from kbuild.units import UnitDiff, checked_diff
 from kbuild.wrapper import CompiledObject

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from common.errors import InputError, Refused
 from common.inputfile import MIB, read_input
-from diffobj.model import SHT_PROGBITS
-from diffobj.read import check_header
+from elfcore.constants import SHT_PROGBITS
+from elfcore.headers import check_header
 
 SECTION = ".kpatch.integrity"
 MAGIC = b"KPSHA256"

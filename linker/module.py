@@ -18,13 +18,10 @@ from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
 from common.errors import InputError
+from elfcore.x86_64 import R_X86_64_64
 from linker.integrity import Seal, examine, read_module_bytes
 from patchformat.sections import (FUNCS, MODULE, MODULE_ENTRY, MODULE_VERSION, OFFSET, RECORD, STRINGS, TARGET_ENTRY,
                                   TARGETS)
-
-R_X86_64_64 = 1
-EM_X86_64 = 62
-
 
 @dataclass
 class Target:

@@ -13,7 +13,7 @@ import dataclasses
 import struct
 
 from common.errors import InputError
-from diffobj.model import ObjectFile, Relocation, Section
+from elfcore.model import ObjectFile, Relocation, Section
 
 EH_FRAME = ".eh_frame"
 TERMINATOR = bytes(4)

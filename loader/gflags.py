@@ -17,7 +17,8 @@ from loader import faults
 from loader.critical import Critical
 from loader.dwarftypes import BOOL, FLOAT, INT, VarType
 from loader.frames import registry_of
-from loader.objects import STB_LOCAL, SHN_UNDEF, LoadedObject
+from elfcore.constants import SHN_UNDEF, STB_LOCAL
+from loader.objects import LoadedObject
 from loader.session import Session, Stats, in_clear_thread, run
 from loader.remote import RemoteCaller
 from loader.resolve import Resolver

@@ -19,9 +19,11 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from common.errors import InputError, Refused
+from elfcore.constants import ET_DYN, STT_FUNC
+from elfcore.headers import E_TYPE_END, elf_type
 from loader import dynlink, layout, x86_64 as arch
 from loader.critical import Critical
-from loader.objects import STT_FUNC, LoadedObject
+from loader.objects import LoadedObject
 from loader.patcher import commit, current_patches, discard, free_addresses_near, map_near, recover, \
     revert_records
 from loader.procfs import check_process
@@ -35,17 +37,16 @@ TABLE = "patch_replace"  # the section PATCH_REPLACE puts its entries in
 ENTRY = struct.Struct("<QQ")  # struct patch_replace { const char *old_function; void (*new_function)(void); }
 TABLE_LIMIT = 4096  # entries
 NAME_LIMIT = 256  # bytes of an old function's name read from the target
-ET_DYN = 3
 
 
 def is_shared_library(path: str) -> bool:
     """An ELF shared object (what `apply` takes as a hand-written patch library, not a module)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(18)
+            head = f.read(E_TYPE_END)
     except OSError:
         return False
-    return len(head) == 18 and head[:4] == b"\x7fELF" and int.from_bytes(head[16:18], "little") == ET_DYN
+    return elf_type(head) == ET_DYN
 
 
 # ---- lib load / unload ----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """What the loader needs of a patch module beyond a well-formed object, checked before anything is mapped or
 written into a target.
 
-The reader (`diffobj.read`) already holds every relocation to its section's bounds, its symbol index and a
+The reader (`elfcore.read`) already holds every relocation to its section's bounds, its symbol index and a
 known type, and every symbol to its section's bounds. Here: relocations only patch sections with contents,
 their symbols lie in sections with code or data (or are absolute or undefined: resolved in the target), and
 each replacement function lies in an executable section with the size the module's metadata claims.
@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 
 from common.errors import InputError, Refused
-from diffobj.model import BOOKKEEPING_TYPES, SHN_ABS, SHN_UNDEF, SHT_NOBITS, ObjectFile, Symbol
+from elfcore.constants import BOOKKEEPING_TYPES, SHN_ABS, SHN_UNDEF, SHT_NOBITS
+from elfcore.model import ObjectFile, Symbol
 from linker.module import ModuleInfo
 
 

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from common.errors import InputError, Refused
-from diffobj.read import read_object
+from elfcore.read import read_object
 from linker.integrity import check_trusted, read_module_bytes
 from linker.module import Func, ModuleInfo, read_module
 from loader import dynlink, faults, layout, x86_64 as arch

@@ -6,13 +6,14 @@ every loaded object's exports in map order, as the dynamic linker's global scope
 """
 from __future__ import annotations
 
-from diffobj.model import STB_WEAK, Symbol
+from elfcore.constants import STB_WEAK, STT_FUNC, STT_GNU_IFUNC, STT_TLS
+from elfcore.model import Symbol
+from elfcore.symbols import ElfSymbol
+from elfcore.x86_64 import R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT
 from linker.module import Func, Target
-from loader.objects import STT_FUNC, STT_GNU_IFUNC, STT_TLS, ElfSymbol, LoadedObject
+from loader.objects import LoadedObject
 from loader.procfs import Memory
 from patchformat.names import is_reference, parse_reference
-
-R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT = 6, 7
 
 
 class ResolveError(Exception):

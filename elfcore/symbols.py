@@ -1,0 +1,47 @@
+"""The symbol tables of a linked binary (`.symtab`, `.dynsym`), unpacked with `struct` once pyelftools has
+located them: libc's thousands of symbols then cost milliseconds."""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from elftools.elf.elffile import ELFFile
+
+from elfcore.constants import VERSYM_HIDDEN
+from elfcore.structs import SYM, st_bind, st_type
+
+
+@dataclass(frozen=True)
+class ElfSymbol:
+    name: str
+    value: int  # link-time address (add the object's load base)
+    size: int
+    type: int
+    bind: int
+    shndx: int
+
+
+def symbol_table(elf: ELFFile, table: str) -> list[ElfSymbol]:
+    """The symbols of `table` (".symtab" or ".dynsym") in table order, [] when there is none. Of `.dynsym`,
+    the symbols of a non-default version (memcpy@GLIBC_2.2.5) are left out: never what an unversioned name
+    binds to."""
+    sec = elf.get_section_by_name(table)
+    if sec is None:
+        return []
+    strtab = elf.get_section(sec["sh_link"]).data()
+    hidden = []
+    if table == ".dynsym":
+        versym = elf.get_section_by_name(".gnu.version")
+        if versym is not None:
+            raw = versym.data()
+            hidden = [v & VERSYM_HIDDEN for v in struct.unpack(f"<{len(raw) // 2}H", raw)]
+    out = []
+    data = sec.data()
+    for i, (st_name, info, _other, shndx, value, size) in enumerate(SYM.iter_unpack(data[:len(data) // SYM.size
+                                                                                            * SYM.size])):
+        if i < len(hidden) and hidden[i]:
+            continue
+        end = strtab.find(b"\0", st_name)
+        out.append(ElfSymbol(strtab[st_name:end if end >= 0 else None].decode("utf-8", "replace"), value, size,
+                             st_type(info), st_bind(info), shndx))
+    return out
