@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from diffobj.console import entry_point, error, guarded, internal_error_reported, printable
+from common.messages import internal_error_reported, printable
+from diffobj.console import entry_point, error, guarded
 from diffobj.diff import DiffOptions, DiffResult, diff_objects
 
 app = typer.Typer(add_completion=True, help=__doc__, pretty_exceptions_enable=False)

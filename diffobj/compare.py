@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from diffobj import names
 from diffobj.arch import x86_64 as arch
-from elfcore.x86_64 import reloc_type
 from diffobj.model import (
     BOOKKEEPING_TYPES,
     SHF_MERGE,
@@ -21,6 +20,7 @@ from diffobj.model import (
     Symbol,
 )
 from diffobj.targets import Target, TargetResolver, string_at
+from elfcore.x86_64 import reloc_type
 
 
 

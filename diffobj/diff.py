@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
+from common.errors import InputError
 from diffobj import checks, ehframe, kpatch_marks, names, special
 from diffobj.compare import Comparer, compare
 from diffobj.correlate import correlate
-from common.errors import InputError
 from diffobj.include import Included, include
 from diffobj.model import ObjectFile, OutputObject, Status, Symbol
 from diffobj.output import FunctionChange, ReferenceNamer, build_output, redirected_functions

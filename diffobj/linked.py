@@ -22,7 +22,6 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from elfcore import x86_64 as arch
 from common.errors import InputError
 from common.inputfile import read_input
 from diffobj.model import (
@@ -47,6 +46,7 @@ from diffobj.model import (
     Symbol,
 )
 from diffobj.read import read_object
+from elfcore import x86_64 as arch
 from elfcore.constants import ET_DYN, ET_EXEC
 from elfcore.headers import MAX_NOBITS_SIZE, elf_type
 from elfcore.read import MAX_OBJECT_SIZE, mark_aliases

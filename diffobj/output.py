@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from common.errors import InternalError
 from diffobj import names
 from diffobj.compare import extent
-from common.errors import InternalError
 from diffobj.model import (
     SHF_ALLOC,
     SHF_GROUP,

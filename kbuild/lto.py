@@ -20,9 +20,9 @@ from pathlib import Path
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from diffobj.diff import DiffOptions, diff_models
 from common.errors import InputError, PatchBuildError
 from common.inputfile import read_input
+from diffobj.diff import DiffOptions, diff_models
 from diffobj.linked import ELF_READ_ERRORS, read_linked
 from diffobj.model import ObjectFile, Symbol
 from elfcore.read import MAX_OBJECT_SIZE

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import jinja2
 
-from common.errors import InputError
 from common.buildcmd import run_build
+from common.errors import InputError
 from linker.kernel_klp import weaken_klp_symbols, write_klp_relocations
 
 HOOK, DIFFS, LDS = "patch_hook", "patch_diffs", "kernel.lds"

@@ -13,15 +13,15 @@ import time
 from dataclasses import dataclass
 
 from common.errors import InputError, Refused
+from elfcore.constants import SHN_UNDEF, STB_LOCAL
 from loader import faults
 from loader.critical import Critical
 from loader.dwarftypes import BOOL, FLOAT, INT, VarType
 from loader.frames import registry_of
-from elfcore.constants import SHN_UNDEF, STB_LOCAL
 from loader.objects import LoadedObject
-from loader.session import Session, Stats, in_clear_thread, run
 from loader.remote import RemoteCaller
 from loader.resolve import Resolver
+from loader.session import Session, Stats, in_clear_thread, run
 from loader.variables import (SET, SETTING, STD_STRING, VarSet, drop_log_if_empty, ensure_log, holds, prepare,
                               save_log, show_or_why)
 

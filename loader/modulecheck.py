@@ -14,7 +14,7 @@ import os
 from common.errors import InputError, Refused
 from elfcore.constants import BOOKKEEPING_TYPES, SHN_ABS, SHN_UNDEF, SHT_NOBITS
 from elfcore.model import ObjectFile, Symbol
-from linker.module import ModuleInfo
+from patchformat.module import ModuleInfo
 
 
 def check_module(path: str, obj: ObjectFile, info: ModuleInfo) -> None:

@@ -26,8 +26,6 @@ from dataclasses import dataclass
 
 from common.errors import InputError, Refused
 from elfcore.read import read_object
-from linker.integrity import check_trusted, read_module_bytes
-from linker.module import Func, ModuleInfo, read_module
 from loader import dynlink, faults, layout, x86_64 as arch
 from loader.consistency import Range, check
 from loader.critical import Critical
@@ -41,6 +39,8 @@ from loader.resolve import Resolver, match_targets
 from loader.session import RETRY_PAUSE, Session, Stats, in_clear_thread, in_target, run, still_alive
 from loader.state import (ACTIVE, APPLYING, PENDING, REVERTED, REVERTING, PatchedFunc, PatchRecord, open_memfds,
                           orphans)
+from patchformat.integrity import check_trusted, read_module_bytes
+from patchformat.module import Func, ModuleInfo, read_module
 
 REL32 = 1 << 31
 USER_TOP = 0x7FFF_FFFF_F000
@@ -57,7 +57,7 @@ def module_info(path: str) -> ModuleInfo:
 
 def load_module(path: str, trusted: dict | None = None) -> tuple[ModuleInfo, object]:
     """The module's metadata and contents, read from one read of the file: InputError when it is not a
-    well-formed patch module (digest included); Refused when `trusted` keys (linker.integrity) are given
+    well-formed patch module (digest included); Refused when `trusted` keys (patchformat.integrity) are given
     and none of them signed it, or when the loader cannot apply its relocations."""
     data = read_module_bytes(path)
     info = read_module(path, data)
@@ -103,7 +103,7 @@ def _max_header(info: ModuleInfo, path: str) -> int:
 
 def apply_patch(pid: int, path: str, timeout: float = 10.0, stack_check: bool = True,
                 trusted: dict | None = None) -> tuple[PatchRecord, Stats]:
-    """`trusted`: fingerprint -> public key (linker.integrity.load_trusted_keys); only modules one of them
+    """`trusted`: fingerprint -> public key (patchformat.integrity.load_trusted_keys); only modules one of them
     signed are applied."""
     check_process(pid)  # before the (slower) module reading: a wrong PID fails at once
     info, obj = load_module(path, trusted)

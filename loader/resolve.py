@@ -10,9 +10,9 @@ from elfcore.constants import STB_WEAK, STT_FUNC, STT_GNU_IFUNC, STT_TLS
 from elfcore.model import Symbol
 from elfcore.symbols import ElfSymbol
 from elfcore.x86_64 import R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT
-from linker.module import Func, Target
 from loader.objects import LoadedObject
 from loader.procfs import Memory
+from patchformat.module import Func, Target
 from patchformat.names import is_reference, parse_reference
 
 

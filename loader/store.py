@@ -24,8 +24,8 @@ from elftools.elf.elffile import ELFFile
 
 from common.errors import InputError, Refused
 from common.inputfile import MIB, read_input
-from linker.integrity import check_trusted, read_module_bytes
-from linker.module import read_module
+from patchformat.integrity import check_trusted, read_module_bytes
+from patchformat.module import read_module
 
 DEFAULT_ROOT = Path("/var/lib/patch-build")
 ROOT_ENV = "PATCH_BUILD_STORE"

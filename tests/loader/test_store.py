@@ -17,7 +17,7 @@ from livetarget import assert_one_line_error, patch_ctl, patch_ctl_argv, patch_c
 from loader.store import Store
 from support.kmodule import kernel_module
 
-from linker.module import read_module
+from patchformat.module import read_module
 
 pytestmark = pytest.mark.slow  # builds modules and installs them into stores
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from report.patches import lines_by_file, read_hunks
 from report.model import Report
+from report.patches import lines_by_file, read_hunks
 from report.render import to_json
 
 from reportenv import CFLAGS, build_pair, diff_and_report

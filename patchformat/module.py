@@ -19,7 +19,7 @@ from elftools.elf.sections import SymbolTableSection
 
 from common.errors import InputError
 from elfcore.x86_64 import R_X86_64_64
-from linker.integrity import Seal, examine, read_module_bytes
+from patchformat.integrity import Seal, examine, read_module_bytes
 from patchformat.sections import (FUNCS, MODULE, MODULE_ENTRY, MODULE_VERSION, OFFSET, RECORD, STRINGS, TARGET_ENTRY,
                                   TARGETS)
 
@@ -48,7 +48,7 @@ class ModuleInfo:
     targets: list[Target] = field(default_factory=list)
     funcs: list[Func] = field(default_factory=list)  # one per replaced function (identical duplicates merged)
     problems: list[str] = field(default_factory=list)  # why the module is not well-formed; empty when valid
-    seal: Seal | None = None  # its integrity record (linker.integrity)
+    seal: Seal | None = None  # its integrity record (patchformat.integrity)
 
     @property
     def valid(self) -> bool:
