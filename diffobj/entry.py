@@ -1,6 +1,6 @@
 """The console scripts' entry points: signal handling is in place before anything heavy is imported.
 
-A signal that arrives while modules are still being imported (typer, lief, capstone: up to 2 s) cannot be
+A signal that arrives while modules are still being imported (typer, capstone: up to a second) cannot be
 unwound through safely (an exception raised inside a C++ extension's initialisation aborts the interpreter),
 and nothing needs cleaning up then: the command says so in one line and exits at once. Later, SIGINT,
 SIGTERM and SIGHUP raise `Interrupted` so that every `finally` runs (threads released, scratch trees

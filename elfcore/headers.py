@@ -23,7 +23,7 @@ from elfcore.constants import (
     SHT_STRTAB,
     SHT_SYMTAB,
 )
-from elfcore.structs import EHDR, RELA, SHDR, SYM
+from elfcore.structs import EHDR, RELA, SHDR, SYM, string_at
 
 MAX_NOBITS_SIZE = 256 * MIB  # a NOBITS section is read as zeros: its size is memory the reader allocates
 MAX_ALIGN = 2 * MIB  # the differ's output pads to each section's alignment; x86-64 uses at most huge-page alignment
@@ -100,3 +100,18 @@ def check_header(path: str, blob: bytes) -> list[tuple]:
         if h[0] >= headers[e_shstrndx][5]:
             raise InputError(f"{name}: section {i}'s name lies outside the section name table")
     return headers
+
+
+def section_names(path: str, blob: bytes, headers: list[tuple]) -> list[str]:
+    """The name of each section of a file `check_header` accepted; InputError when one is not UTF-8."""
+    *_, e_shstrndx = EHDR.unpack_from(blob)
+    table = blob[headers[e_shstrndx][4]:headers[e_shstrndx][4] + headers[e_shstrndx][5]]
+    return [text(path, string_at(table, h[0]), f"section {i}") for i, h in enumerate(headers)]
+
+
+def text(path: str, raw: bytes, what: str) -> str:
+    """A name read from the file, as text; InputError naming the file when it is not UTF-8."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise InputError(f"{os.path.basename(path)}: the name of {what} is not valid UTF-8 ({raw[:40]!r})") from None

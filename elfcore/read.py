@@ -33,9 +33,9 @@ from elfcore.constants import (
     STT_SECTION,
     STT_TLS,
 )
-from elfcore.headers import check_header
+from elfcore.headers import check_header, section_names, text
 from elfcore.model import ObjectFile, Relocation, Section, Symbol
-from elfcore.structs import EHDR, RELA, SYM, U32, r_sym, r_type, st_bind, st_type, string_at
+from elfcore.structs import RELA, SYM, U32, r_sym, r_type, st_bind, st_type, string_at
 
 MAX_OBJECT_SIZE = 1024 * MIB
 _SYMBOL_TYPES = {STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE, STT_COMMON, STT_TLS, STT_GNU_IFUNC}
@@ -50,15 +50,13 @@ def read_object(path: str, blob: bytes | None = None, section_type: type[Section
         blob = read_input(path, "ELF object", MAX_OBJECT_SIZE)
     headers = check_header(path, blob)
     name = os.path.basename(path)
-    *_, e_shstrndx = EHDR.unpack_from(blob)
-    shstrtab = headers[e_shstrndx]
-    section_names = blob[shstrtab[4]:shstrtab[4] + shstrtab[5]]
 
     sections = []
-    for i, (sh_name, stype, flags, _, offset, size, link, info, align, entsize) in enumerate(headers):
+    for i, (section_name, (_, stype, flags, _, offset, size, link, info, align, entsize)) in enumerate(
+            zip(section_names(path, blob, headers), headers)):
         data = bytes(size) if stype == SHT_NOBITS else blob[offset:offset + size]
-        sections.append(section_type(index=i, name=_name(name, section_names, sh_name, f"section {i}"), type=stype,
-                                     flags=flags, addralign=align, entsize=entsize, data=data, link=link, info=info))
+        sections.append(section_type(index=i, name=section_name, type=stype, flags=flags, addralign=align,
+                                     entsize=entsize, data=data, link=link, info=info))
 
     symbols = []
     source_file = ""
@@ -70,7 +68,7 @@ def read_object(path: str, blob: bytes | None = None, section_type: type[Section
     symbol_names = blob[strtab[4]:strtab[4] + strtab[5]] if strtab else b""
     for i, (st_name, info, other, shndx, value, size) in enumerate(SYM.iter_unpack(table)):
         stype, bind = st_type(info), st_bind(info)
-        sym = symbol_type(index=i, name=_name(name, symbol_names, st_name, f"symbol {i}"), type=stype, bind=bind,
+        sym = symbol_type(index=i, name=_name(path, symbol_names, st_name, f"symbol {i}"), type=stype, bind=bind,
                           other=other, shndx=shndx, value=value, size=size)
         if shndx >= SHN_LORESERVE and shndx not in (SHN_ABS, SHN_COMMON):
             raise InputError(f"{name}: symbol {sym.name!r} has unsupported section index {shndx:#x}")
@@ -121,16 +119,13 @@ def read_object(path: str, blob: bytes | None = None, section_type: type[Section
     return ObjectFile(path=path, sections=sections, symbols=symbols, source_file=source_file)
 
 
-def _name(file: str, table: bytes, offset: int, what: str) -> str:
+def _name(path: str, table: bytes, offset: int, what: str) -> str:
     """The name at `offset` of a string table, as text."""
     try:
         raw = string_at(table, offset)
     except ValueError:
-        raise InputError(f"{file}: the name of {what} lies outside its string table") from None
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        raise InputError(f"{file}: the name of {what} is not valid UTF-8 ({raw[:40]!r})") from None
+        raise InputError(f"{os.path.basename(path)}: the name of {what} lies outside its string table") from None
+    return text(path, raw, what)
 
 
 def mark_aliases(sec: Section) -> None:

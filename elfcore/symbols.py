@@ -2,11 +2,14 @@
 located them: libc's thousands of symbols then cost milliseconds."""
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 
+from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from common.errors import InputError
 from elfcore.constants import VERSYM_HIDDEN
 from elfcore.structs import SYM, st_bind, st_type
 
@@ -45,3 +48,14 @@ def symbol_table(elf: ELFFile, table: str) -> list[ElfSymbol]:
         out.append(ElfSymbol(strtab[st_name:end if end >= 0 else None].decode("utf-8", "replace"), value, size,
                              st_type(info), st_bind(info), shndx))
     return out
+
+
+def symbols_of(path: str | os.PathLike, table: str = ".symtab") -> list[ElfSymbol] | None:
+    """The symbols of `table` of the ELF file at `path`; None when it has no such table, InputError when the
+    file cannot be read as ELF."""
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            return symbol_table(elf, table) if elf.get_section_by_name(table) is not None else None
+    except (OSError, ELFError, ValueError, struct.error) as e:
+        raise InputError(f"{path}: cannot read its symbols ({e})") from None

@@ -7,6 +7,7 @@ Layouts: docs/design.md (`.kpatch.funcs`, `.kpatch.targets`, `.kpatch.module`, `
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
@@ -18,6 +19,7 @@ from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
 from common.errors import InputError
+from elfcore.headers import check_header
 from elfcore.x86_64 import R_X86_64_64
 from patchformat.integrity import Seal, examine, read_module_bytes
 from patchformat.sections import (FUNCS, MODULE, MODULE_ENTRY, MODULE_VERSION, OFFSET, RECORD, STRINGS, TARGET_ENTRY,
@@ -162,16 +164,50 @@ def read_module(path: str | os.PathLike, data: bytes | None = None) -> ModuleInf
     if data is None:
         data = read_module_bytes(path)
     seal = examine(path, data)  # validates the ELF and section headers first
+    with _malformed(base):
+        return _read(path, _open(base, data), seal)
+
+
+def read_funcs(path: str | os.PathLike) -> tuple[list[Func], list[str]]:
+    """The `.kpatch.funcs` records of any relocatable object that holds them (a differ's output, a module), in
+    order, their pointers followed; with the inconsistencies found. InputError as `read_module`."""
+    path = os.fspath(path)
+    base = os.path.basename(path)
+    data = read_module_bytes(path)
+    check_header(path, data)
+    problems: list[str] = []
+    with _malformed(base):
+        return _funcs(_open(base, data), problems), problems
+
+
+@contextlib.contextmanager
+def _malformed(base: str):
     try:
-        elf = ELFFile(io.BytesIO(data))
-        if elf["e_type"] != "ET_REL" or elf["e_machine"] != "EM_X86_64" or elf.elfclass != 64:
-            raise InputError(f"{base}: not an x86-64 ELF relocatable object")
-        mod = _Module(elf)
-        if mod.section(FUNCS)[1] is None:
-            raise InputError(f"{base}: not a patch module (no {FUNCS} section)")
-        return _read(path, mod, seal)
+        yield
     except (ELFError, struct.error, KeyError, IndexError) as e:
         raise InputError(f"{base}: malformed ELF file ({e})") from None
+
+
+def _open(base: str, data: bytes) -> _Module:
+    elf = ELFFile(io.BytesIO(data))
+    if elf["e_type"] != "ET_REL" or elf["e_machine"] != "EM_X86_64" or elf.elfclass != 64:
+        raise InputError(f"{base}: not an x86-64 ELF relocatable object")
+    mod = _Module(elf)
+    if mod.section(FUNCS)[1] is None:
+        raise InputError(f"{base}: not a patch module (no {FUNCS} section)")
+    return mod
+
+
+def _funcs(mod: _Module, problems: list[str]) -> list[Func]:
+    funcs = []
+    for shndx, off, (_, new_size, old_addr, old_size, sympos, _, _) in _entries(mod, FUNCS, RECORD, problems):
+        what = f"{FUNCS} entry {len(funcs)}"
+        funcs.append(Func(name=mod.string(shndx, off + OFFSET["name"], what + " name", problems),
+                          objname=mod.string(shndx, off + OFFSET["objname"], what + " objname", problems),
+                          sympos=sympos, old_size=old_size, new_size=new_size,
+                          new_symbol=mod.function_symbol(shndx, off + OFFSET["new_addr"], what, problems),
+                          old_addr=old_addr))
+    return funcs
 
 
 def _read(path: str, mod: _Module, seal: Seal) -> ModuleInfo:
@@ -197,15 +233,7 @@ def _read(path: str, mod: _Module, seal: Seal) -> ModuleInfo:
         if t.build_id and not all(c in "0123456789abcdef" for c in t.build_id):
             problems.append(f"target {t.name}: build-id {t.build_id!r} is not lowercase hex")
 
-    funcs = []
-    for shndx, off, (_, new_size, old_addr, old_size, sympos, _, _) in _entries(mod, FUNCS, RECORD, problems):
-        what = f"{FUNCS} entry {len(funcs)}"
-        func = Func(name=mod.string(shndx, off + OFFSET["name"], what + " name", problems),
-                    objname=mod.string(shndx, off + OFFSET["objname"], what + " objname", problems),
-                    sympos=sympos, old_size=old_size, new_size=new_size,
-                    new_symbol=mod.function_symbol(shndx, off + OFFSET["new_addr"], what, problems),
-                    old_addr=old_addr)
-        funcs.append(func)
+    funcs = _funcs(mod, problems)
     if not funcs:
         problems.append(f"{FUNCS} is empty")
     names = {t.name for t in targets}
