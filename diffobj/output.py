@@ -238,7 +238,8 @@ def _add_funcs_table(sections, symbols, copy_of, patched: ObjectFile,
         funcs.relocations += [
             OutRelocation(base + funcs_format.OFFSET["new_addr"], R_X86_64_64, new_sym, 0),
             OutRelocation(base + funcs_format.OFFSET["name"], R_X86_64_64, strtab.section_symbol, string(ch.old_name)),
-            OutRelocation(base + funcs_format.OFFSET["objname"], R_X86_64_64, strtab.section_symbol, string(ch.objname)),
+            OutRelocation(base + funcs_format.OFFSET["objname"], R_X86_64_64, strtab.section_symbol,
+                          string(ch.objname)),
         ]
     strtab.data = bytes(strings)
     funcs.data = bytes(table)

@@ -47,11 +47,14 @@ def built(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+_SECTION = re.compile(r"^\s*\[\s*(\d+)\]\s+(\S*)\s+(\S+)\s+([0-9a-f]+) ([0-9a-f]+) ([0-9a-f]+) [0-9a-f]+\s+"
+                      r"([A-Za-z]*)\s+\d", re.M)
+
+
 def _sections(path: Path) -> list[dict]:
     """readelf -S: index, name, type, address, offset, size, flags of each section."""
     rows = []
-    for m in re.finditer(r"^\s*\[\s*(\d+)\]\s+(\S*)\s+(\S+)\s+([0-9a-f]+) ([0-9a-f]+) ([0-9a-f]+) [0-9a-f]+\s+([A-Za-z]*)\s+\d",
-                         readelf("-S", path), re.M):
+    for m in re.finditer(_SECTION, readelf("-S", path)):
         rows.append({"index": int(m[1]), "name": m[2] if m[3] != "NULL" else "", "type": m[3],
                      "addr": int(m[4], 16), "offset": int(m[5], 16), "size": int(m[6], 16), "flags": m[7]})
     return rows
@@ -210,8 +213,8 @@ def test_linked_binary(built):
     assert binary.read(1 << 40, 4) == b"" and binary.section_name(1 << 40) == ""
 
 
-_FRAME = re.compile(r"^([0-9a-f]{8}) ([0-9a-f]{16}) [0-9a-f]{8} (CIE|FDE cie=([0-9a-f]{8}) pc=([0-9a-f]+)\.\.([0-9a-f]+))",
-                    re.M)
+_FRAME = re.compile(r"^([0-9a-f]{8}) ([0-9a-f]{16}) [0-9a-f]{8} "
+                    r"(CIE|FDE cie=([0-9a-f]{8}) pc=([0-9a-f]+)\.\.([0-9a-f]+))", re.M)
 
 
 def _frames(path: Path) -> list[tuple]:
