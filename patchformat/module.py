@@ -1,29 +1,25 @@
 """Read a user-space patch module (`NAME.kpatch`) back into plain data, statically.
 
 The module is an ELF relocatable object; its pointers (`char *name`, `new_addr`, ...) are R_X86_64_64
-relocations, so reading it means resolving each relocation to (section, offset) and reading what lies there.
+relocations, so reading it (through elfcore) means resolving each relocation to (section, offset) and reading
+what lies there.
 `patch-ctl info` prints a `ModuleInfo`; the loader uses it to know what to patch and which target to expect.
 Layouts: docs/design.md (`.kpatch.funcs`, `.kpatch.targets`, `.kpatch.module`, `.kpatch.integrity`).
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import struct
 from dataclasses import dataclass, field
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.relocation import RelocationSection
-from elftools.elf.sections import SymbolTableSection
-
 from common.errors import InputError
-from elfcore.headers import check_header
+from elfcore.model import ObjectFile, Symbol
+from elfcore.read import read_object
 from elfcore.x86_64 import R_X86_64_64
 from patchformat.integrity import Seal, examine, read_module_bytes
 from patchformat.sections import (FUNCS, MODULE, MODULE_ENTRY, MODULE_VERSION, OFFSET, RECORD, STRINGS, TARGET_ENTRY,
                                   TARGETS)
+
 
 @dataclass
 class Target:
@@ -58,60 +54,46 @@ class ModuleInfo:
 
 
 class _Module:
-    """The ELF file with what is needed to resolve pointers: symbols and relocations per section."""
+    """The object with what is needed to resolve pointers: each section's relocations by offset."""
 
-    def __init__(self, elf: ELFFile):
-        self.elf = elf
-        self.symtab = next((s for s in elf.iter_sections() if isinstance(s, SymbolTableSection)), None)
-        self.symbols = list(self.symtab.iter_symbols()) if self.symtab is not None else []
-        self.data: dict[int, bytes] = {}
-        self.relocs: dict[int, dict[int, tuple[int, object, int]]] = {}  # shndx -> offset -> (type, sym, addend)
-        for sec in elf.iter_sections():
-            if isinstance(sec, RelocationSection) and sec["sh_type"] == "SHT_RELA":
-                table = self.relocs.setdefault(sec["sh_info"], {})
-                for rel in sec.iter_relocations():
-                    sym = self.symbols[rel["r_info_sym"]] if rel["r_info_sym"] < len(self.symbols) else None
-                    table[rel["r_offset"]] = (rel["r_info_type"], sym, rel["r_addend"])
+    def __init__(self, obj: ObjectFile):
+        self.obj = obj
+        self.relocs = {sec.index: {r.offset: r for r in sec.relocations} for sec in obj.sections if sec.relocations}
 
     def section(self, name: str):
         """The section called `name` and its index, or (None, None)."""
-        for i, sec in enumerate(self.elf.iter_sections()):
-            if sec.name == name:
-                return i, sec
-        return None, None
+        sec = self.obj.section_named(name)
+        return (sec.index, sec) if sec is not None else (None, None)
 
     def contents(self, index: int) -> bytes:
-        if index not in self.data:
-            sec = self.elf.get_section(index)
-            self.data[index] = b"" if sec["sh_type"] == "SHT_NOBITS" else sec.data()
-        return self.data[index]
+        return self.obj.sections[index].data
 
-    def pointer(self, shndx: int, offset: int) -> tuple[object, int] | None:
+    def pointer(self, shndx: int, offset: int) -> tuple[Symbol, int] | None:
         """The (symbol, addend) an R_X86_64_64 at `offset` of section `shndx` points to, or None."""
         rel = self.relocs.get(shndx, {}).get(offset)
-        if rel is None or rel[0] != R_X86_64_64 or rel[1] is None:
+        if rel is None or rel.type != R_X86_64_64:
             return None
-        return rel[1], rel[2]
+        return rel.symbol, rel.addend
 
-    def target_of(self, sym, addend: int) -> tuple[int, int] | None:
+    @staticmethod
+    def target_of(sym: Symbol, addend: int) -> tuple[int, int] | None:
         """(section index, offset) a defined symbol + addend designates."""
-        shndx = sym["st_shndx"]
-        if not isinstance(shndx, int) or shndx == 0:
+        if sym.section is None:
             return None
-        return shndx, sym["st_value"] + addend
+        return sym.section.index, sym.value + addend
 
     def string(self, shndx: int, offset: int, what: str, problems: list[str]) -> str:
         """The NUL-terminated string a pointer field points to; '' and a problem when it cannot be read."""
         ptr = self.pointer(shndx, offset)
         if ptr is None:
-            problems.append(f"{what}: no R_X86_64_64 relocation at {self.elf.get_section(shndx).name}+{offset:#x}")
+            problems.append(f"{what}: no R_X86_64_64 relocation at {self.obj.sections[shndx].name}+{offset:#x}")
             return ""
         place = self.target_of(*ptr)
         if place is None:
             problems.append(f"{what}: points to undefined symbol {ptr[0].name!r}")
             return ""
         sec_index, at = place
-        sec = self.elf.get_section(sec_index)
+        sec = self.obj.sections[sec_index]
         if sec.name != STRINGS:
             problems.append(f"{what}: points into {sec.name}, not {STRINGS}")
         data = self.contents(sec_index)
@@ -128,17 +110,16 @@ class _Module:
             problems.append(f"{what}: no R_X86_64_64 relocation for new_addr")
             return ""
         sym, addend = ptr
-        if sym["st_info"]["type"] == "STT_FUNC" and addend == 0:
+        if sym.is_function and addend == 0:
             return sym.name
         place = self.target_of(sym, addend)
         if place is None:
             problems.append(f"{what}: new_addr points to undefined symbol {sym.name!r}")
             return sym.name
-        for cand in self.symbols:
-            if (cand["st_info"]["type"] == "STT_FUNC" and cand["st_shndx"] == place[0]
-                    and cand["st_value"] == place[1]):
+        for cand in self.obj.symbols:
+            if cand.is_function and cand.section is not None and (cand.section.index, cand.value) == place:
                 return cand.name
-        problems.append(f"{what}: new_addr points to no function ({self.elf.get_section(place[0]).name}+{place[1]:#x})")
+        problems.append(f"{what}: new_addr points to no function ({self.obj.sections[place[0]].name}+{place[1]:#x})")
         return ""
 
 
@@ -160,41 +141,25 @@ def read_module(path: str | os.PathLike, data: bytes | None = None) -> ModuleInf
     a readable x86-64 ELF relocatable object with `.kpatch.funcs` and `.kpatch.integrity` sections; any
     other inconsistency is listed in `ModuleInfo.problems`, a failed integrity check first."""
     path = os.fspath(path)
-    base = os.path.basename(path)
     if data is None:
         data = read_module_bytes(path)
     seal = examine(path, data)  # validates the ELF and section headers first
-    with _malformed(base):
-        return _read(path, _open(base, data), seal)
+    return _read(path, _open(path, data), seal)
 
 
 def read_funcs(path: str | os.PathLike) -> tuple[list[Func], list[str]]:
     """The `.kpatch.funcs` records of any relocatable object that holds them (a differ's output, a module), in
     order, their pointers followed; with the inconsistencies found. InputError as `read_module`."""
     path = os.fspath(path)
-    base = os.path.basename(path)
-    data = read_module_bytes(path)
-    check_header(path, data)
     problems: list[str] = []
-    with _malformed(base):
-        return _funcs(_open(base, data), problems), problems
+    return _funcs(_open(path, read_module_bytes(path)), problems), problems
 
 
-@contextlib.contextmanager
-def _malformed(base: str):
-    try:
-        yield
-    except (ELFError, struct.error, KeyError, IndexError) as e:
-        raise InputError(f"{base}: malformed ELF file ({e})") from None
-
-
-def _open(base: str, data: bytes) -> _Module:
-    elf = ELFFile(io.BytesIO(data))
-    if elf["e_type"] != "ET_REL" or elf["e_machine"] != "EM_X86_64" or elf.elfclass != 64:
-        raise InputError(f"{base}: not an x86-64 ELF relocatable object")
-    mod = _Module(elf)
+def _open(path: str, data: bytes) -> _Module:
+    """The module read through elfcore, which checks every field against the file first (InputError)."""
+    mod = _Module(read_object(path, data))
     if mod.section(FUNCS)[1] is None:
-        raise InputError(f"{base}: not a patch module (no {FUNCS} section)")
+        raise InputError(f"{os.path.basename(path)}: not a patch module (no {FUNCS} section)")
     return mod
 
 
