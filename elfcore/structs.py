@@ -8,8 +8,6 @@ import struct
 # e_ident e_type e_machine e_version e_entry e_phoff e_shoff e_flags e_ehsize e_phentsize e_phnum
 # e_shentsize e_shnum e_shstrndx
 EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-EHDR_FIELDS = ("e_ident", "e_type", "e_machine", "e_version", "e_entry", "e_phoff", "e_shoff", "e_flags",
-               "e_ehsize", "e_phentsize", "e_phnum", "e_shentsize", "e_shnum", "e_shstrndx")
 # sh_name sh_type sh_flags sh_addr sh_offset sh_size sh_link sh_info sh_addralign sh_entsize
 SHDR = struct.Struct("<IIQQQQIIQQ")
 # st_name st_info st_other st_shndx st_value st_size
@@ -29,10 +27,6 @@ def st_type(info: int) -> int:
 
 def st_bind(info: int) -> int:
     return info >> 4
-
-
-def r_info(symbol: int, type: int) -> int:
-    return (symbol << 32) | type
 
 
 def r_sym(info: int) -> int:
