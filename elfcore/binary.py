@@ -13,14 +13,16 @@ from elftools.elf.elffile import ELFFile
 from common.errors import InputError
 from common.inputfile import read_input
 from elfcore import notes
-from elfcore.constants import SHF_ALLOC
+from elfcore.constants import EM_X86_64, SHF_ALLOC
 from elfcore.headers import elf_type
 from elfcore.read import MAX_OBJECT_SIZE
+from elfcore.structs import EHDR
 from elfcore.symbols import ElfSymbol, symbol_table
 
 @dataclass
 class LinkedBinary:
     e_type: int
+    x86_64: bool  # a 64-bit x86-64 file
     build_id: str | None
     symtab: list[ElfSymbol]  # in table order, the null symbol first
     _blob: bytes = field(repr=False)
@@ -37,6 +39,10 @@ class LinkedBinary:
                 in_file = self._blob[offset + start:offset + min(end, filesz)] if start < filesz else b""
                 return in_file + bytes(end - start - len(in_file))
         return b""
+
+    def section(self, name: str) -> tuple[int, int] | None:
+        """(address, size) of the allocated section called `name`, or None."""
+        return next(((addr, size) for addr, size, sec in self._sections if sec == name), None)
 
     def section_name(self, address: int) -> str:
         """The allocated section `address` lies in, or ''."""
@@ -56,7 +62,8 @@ def read_binary(path: str | os.PathLike) -> LinkedBinary:
                        for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD")
         sections = sorted((sec["sh_addr"], sec["sh_size"], sec.name) for sec in elf.iter_sections()
                           if sec["sh_flags"] & SHF_ALLOC and sec["sh_size"])
-        return LinkedBinary(e_type=elf_type(blob), build_id=notes.build_id(elf),
+        x86_64 = elf.elfclass == 64 and EHDR.unpack_from(blob)[2] == EM_X86_64
+        return LinkedBinary(e_type=elf_type(blob), x86_64=x86_64, build_id=notes.build_id(elf),
                             symtab=symbol_table(elf, ".symtab"), _blob=blob, _loads=loads, _sections=sections)
     except (ELFError, ValueError, IndexError, KeyError) as e:  # what pyelftools raises on malformed data
         raise InputError(f"{name}: not a readable ELF file ({e})") from None

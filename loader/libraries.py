@@ -15,10 +15,8 @@ import os
 import struct
 import time
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
 from common.errors import InputError, Refused
+from elfcore.binary import read_binary
 from elfcore.constants import ET_DYN, STT_FUNC
 from elfcore.headers import E_TYPE_END, elf_type
 from loader import dynlink, layout, x86_64 as arch
@@ -178,18 +176,14 @@ def _table(path: str) -> tuple[int, int]:
     """(link-time address, entry count) of the library's PATCH_REPLACE table, read from the file before
     anything of it runs in the target."""
     name = os.path.basename(path)
-    try:
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            if elf["e_machine"] != "EM_X86_64" or elf.elfclass != 64:
-                raise InputError(f"{name}: not an x86-64 shared library")
-            sec = elf.get_section_by_name(TABLE)
-            if sec is None:
-                raise InputError(f"{name}: no {TABLE} table: declare its replacements with PATCH_REPLACE(old, new) "
-                                 "from patch-replace.h")
-            addr, size = sec["sh_addr"], sec["sh_size"]
-    except (OSError, ELFError) as e:
-        raise InputError(f"{name}: not a readable ELF shared library ({e})") from None
+    lib = read_binary(path)
+    if not lib.x86_64:
+        raise InputError(f"{name}: not an x86-64 shared library")
+    table = lib.section(TABLE)
+    if table is None:
+        raise InputError(f"{name}: no {TABLE} table: declare its replacements with PATCH_REPLACE(old, new) "
+                         "from patch-replace.h")
+    addr, size = table
     if not size or size % ENTRY.size or size // ENTRY.size > TABLE_LIMIT or not addr:
         raise InputError(f"{name}: malformed {TABLE} table ({size} bytes, entries are {ENTRY.size})")
     return addr, size // ENTRY.size

@@ -40,8 +40,6 @@ ELF_LIBRARY_USERS = {
     "diffobj.linked": "reads a linked program into the differ's model",
     "loader.objects": "segments and sections of a mapped object",
     "loader.resolve": "dynamic relocations of a mapped object",
-    "loader.store": "a kernel module's .modinfo",
-    "loader.libraries": "a patch library's table section",
 }
 
 
