@@ -1,5 +1,5 @@
 """The symbol tables of a linked binary (`.symtab`, `.dynsym`), unpacked with `struct` once pyelftools has
-located them: libc's thousands of symbols then cost milliseconds."""
+located them: libc's thousands of symbols then cost milliseconds; and the GOT slots the dynamic linker binds."""
 from __future__ import annotations
 
 import os
@@ -12,6 +12,7 @@ from elftools.elf.elffile import ELFFile
 from common.errors import InputError
 from elfcore.constants import VERSYM_HIDDEN
 from elfcore.structs import SYM, st_bind, st_type
+from elfcore.x86_64 import R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT
 
 
 @dataclass(frozen=True)
@@ -59,3 +60,21 @@ def symbols_of(path: str | os.PathLike, table: str = ".symtab") -> list[ElfSymbo
             return symbol_table(elf, table) if elf.get_section_by_name(table) is not None else None
     except (OSError, ELFError, ValueError, struct.error) as e:
         raise InputError(f"{path}: cannot read its symbols ({e})") from None
+
+
+def got_slots(elf: ELFFile) -> dict[str, int]:
+    """Symbol name -> link-time address of the GOT slot the dynamic linker fills with its address
+    (R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT against `.dynsym`), the first slot of each name."""
+    from elftools.elf.relocation import RelocationSection
+
+    out: dict[str, int] = {}
+    for sec in elf.iter_sections():
+        if not isinstance(sec, RelocationSection) or sec["sh_type"] != "SHT_RELA" or not sec["sh_link"]:
+            continue
+        symbols = elf.get_section(sec["sh_link"])
+        if symbols.name != ".dynsym":
+            continue
+        for rel in sec.iter_relocations():
+            if rel["r_info_type"] in (R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT) and rel["r_info_sym"]:
+                out.setdefault(symbols.get_symbol(rel["r_info_sym"]).name, rel["r_offset"])
+    return out

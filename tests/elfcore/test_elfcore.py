@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import InputError
-from elfcore import ehframe, notes, x86_64
+from elfcore import ehframe, notes, symbols, x86_64
 from elfcore.binary import read_binary
 from elfcore.constants import ET_DYN, ET_EXEC, SHN_ABS, SHN_COMMON, SHN_UNDEF
 from elfcore.headers import check_header
@@ -123,6 +123,21 @@ def test_linked_symbol_tables(built):
             text = text[text.index("'.symtab'"):]
         assert ours == _symbols(text, versions_shown=table == ".dynsym")
     assert any(s[0] == "lib_get" for s in ours)
+
+
+def test_got_slots(built):
+    """The GOT slots the dynamic linker binds (what an IFUNC resolves through): readelf's GLOB_DAT and JUMP_SLOT
+    dynamic relocations, the first of each name."""
+    from elftools.elf.elffile import ELFFile
+
+    expected: dict[str, int] = {}
+    relocations = _relocations(built["exe"])
+    for offset, rtype, name, _ in relocations[".dyn"] + relocations[".plt"]:
+        if rtype in ("R_X86_64_GLOB_DAT", "R_X86_64_JUMP_SLOT"):
+            expected.setdefault(name.split("@")[0], offset)
+    assert "printf" in expected
+    with open(built["exe"], "rb") as f:
+        assert symbols.got_slots(ELFFile(f)) == expected
 
 
 _RELA = re.compile(r"^([0-9a-f]{16})\s+[0-9a-f]{16} (R_X86_64_\w+)\s+[0-9a-f]{16} (\S+) ([+-]) ([0-9a-f]+)$", re.M)

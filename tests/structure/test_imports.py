@@ -39,7 +39,6 @@ ELF_LIBRARY_USERS = {
     # not yet through elfcore (issue 11)
     "diffobj.linked": "reads a linked program into the differ's model",
     "loader.objects": "segments and sections of a mapped object",
-    "loader.resolve": "dynamic relocations of a mapped object",
 }
 
 
