@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import io
 import os
+import struct
 from dataclasses import dataclass, field
 
 from elftools.common.exceptions import ELFError
@@ -13,11 +14,12 @@ from elftools.elf.elffile import ELFFile
 from common.errors import InputError
 from common.inputfile import read_input
 from elfcore import notes
-from elfcore.constants import EM_X86_64, SHF_ALLOC
+from elfcore.constants import EM_X86_64, SHF_ALLOC, SHF_TLS
 from elfcore.headers import elf_type
 from elfcore.read import MAX_OBJECT_SIZE
 from elfcore.structs import EHDR
 from elfcore.symbols import ElfSymbol, symbol_table
+
 
 @dataclass
 class LinkedBinary:
@@ -27,7 +29,8 @@ class LinkedBinary:
     symtab: list[ElfSymbol]  # in table order, the null symbol first
     _blob: bytes = field(repr=False)
     _loads: list[tuple[int, int, int, int]] = field(repr=False)  # p_vaddr, p_offset, p_filesz, p_memsz
-    _sections: list[tuple[int, int, str]] = field(repr=False)  # sh_addr, sh_size, name of allocated sections
+    # sh_addr, sh_size, name of the sections that take addresses (a .tbss overlaps what follows it)
+    _sections: list[tuple[int, int, str]] = field(repr=False)
 
     def read(self, address: int, size: int) -> bytes:
         """Up to `size` bytes at `address` as the program is loaded (zeros past a segment's file contents);
@@ -61,9 +64,11 @@ def read_binary(path: str | os.PathLike) -> LinkedBinary:
         loads = sorted((seg["p_vaddr"], seg["p_offset"], seg["p_filesz"], seg["p_memsz"])
                        for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD")
         sections = sorted((sec["sh_addr"], sec["sh_size"], sec.name) for sec in elf.iter_sections()
-                          if sec["sh_flags"] & SHF_ALLOC and sec["sh_size"])
-        x86_64 = elf.elfclass == 64 and EHDR.unpack_from(blob)[2] == EM_X86_64
+                          if sec["sh_flags"] & SHF_ALLOC and sec["sh_size"]
+                          and not (sec["sh_flags"] & SHF_TLS and sec["sh_type"] == "SHT_NOBITS"))
+        _, _, e_machine, *_ = EHDR.unpack_from(blob)
+        x86_64 = elf.elfclass == 64 and e_machine == EM_X86_64
         return LinkedBinary(e_type=elf_type(blob), x86_64=x86_64, build_id=notes.build_id(elf),
                             symtab=symbol_table(elf, ".symtab"), _blob=blob, _loads=loads, _sections=sections)
-    except (ELFError, ValueError, IndexError, KeyError) as e:  # what pyelftools raises on malformed data
+    except (ELFError, ValueError, IndexError, KeyError, struct.error) as e:  # what pyelftools raises on bad data
         raise InputError(f"{name}: not a readable ELF file ({e})") from None

@@ -1,5 +1,5 @@
-"""A section of an ELF file by name, for the readers that need one section of a file (`.comment`, `.modinfo`)
-rather than a whole object's model."""
+"""A section of an ELF file by name, for the readers that need one section of a file (the compiler's
+`.comment`) rather than a whole object's model."""
 from __future__ import annotations
 
 import os
