@@ -27,7 +27,6 @@ CFLAGS = ["-O2"]
 CHILD = r"""
 import json, resource, sys, time
 from diffobj.diff import DiffOptions, diff_objects
-import lief  # noqa: F401  (imported lazily by the reader: load it before timing)
 orig, patched, out, repeat = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 best_diff = best_total = float("inf")

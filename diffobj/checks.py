@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from diffobj import names
-from diffobj.arch import x86_64 as arch
 from diffobj.compare import extent
 from diffobj.model import ObjectFile, Status
 from diffobj.problems import Problems
+from elfcore import x86_64 as arch
 
 # Kernel sections whose code or data exist only during boot or module load.
 INIT_SECTION_PREFIXES = (".init.", ".exit.", ".meminit.", ".head.text", ".ref.text")

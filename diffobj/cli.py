@@ -10,7 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from diffobj.console import entry_point, error, guarded, internal_error_reported, printable
+from common.messages import internal_error_reported, printable
+from diffobj.console import entry_point, error, guarded
 from diffobj.diff import DiffOptions, DiffResult, diff_objects
 from diffobj.struct_sizes import from_settings
 

@@ -20,6 +20,7 @@ from diffobj.model import (
     Symbol,
 )
 from diffobj.targets import Target, TargetResolver, string_at
+from elfcore.x86_64 import reloc_type
 
 
 
@@ -35,7 +36,7 @@ def extent(sym: Symbol) -> tuple[int, int]:
 def _masked(data: bytes, lo: int, rels: list[Relocation]) -> bytes:
     buf = bytearray(data)
     for r in rels:
-        size = arch.reloc_type(r.type).size
+        size = reloc_type(r.type).size
         start = r.offset - lo
         buf[start:start + size] = bytes(size)
     return bytes(buf)

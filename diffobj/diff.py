@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
+from common.errors import InputError
 from diffobj import checks, dyndbg, ehframe, kpatch_marks, names, runtime_const, special
 from diffobj.compare import Comparer, compare
 from diffobj.correlate import correlate
-from diffobj.errors import InputError
 from diffobj.include import Included, include
 from diffobj.line_numbers import LineShifts
 from diffobj.model import ObjectFile, OutputObject, Status, Symbol

@@ -1,10 +1,10 @@
 """The console scripts' entry points: signal handling is in place before anything heavy is imported.
 
-A signal that arrives while modules are still being imported (typer, lief, capstone: up to 2 s) cannot be
+A signal that arrives while modules are still being imported (typer, capstone: up to a second) cannot be
 unwound through safely (an exception raised inside a C++ extension's initialisation aborts the interpreter),
 and nothing needs cleaning up then: the command says so in one line and exits at once. Later, SIGINT,
 SIGTERM and SIGHUP raise `Interrupted` so that every `finally` runs (threads released, scratch trees
-removed); code that must not be interrupted blocks them (loader.signals) and acts on them where it is safe.
+removed); code that must not be interrupted blocks them (loader.critical) and acts on them where it is safe.
 """
 from __future__ import annotations
 
@@ -12,23 +12,7 @@ import importlib
 import os
 import signal
 
-HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT, SIGTERM or SIGHUP, raised where the command can unwind."""
-
-    last: Interrupted | None = None  # the latest raised: Typer turns one into a silent exit 130
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        self.reported = False
-        super().__init__(signal.Signals(signum).name)
-        Interrupted.last = self
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
+from common.interrupts import HANDLED, Interrupted
 
 
 def _importing(frame) -> bool:

@@ -30,9 +30,8 @@ from elftools.dwarf.structs import DWARFStructs
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from diffobj.arch import x86_64 as arch
-from diffobj.errors import InputError
-from diffobj.inputfile import read_input
+from common.errors import InputError
+from common.inputfile import read_input
 from diffobj.model import (
     SHF_ALLOC,
     SHF_EXECINSTR,
@@ -54,13 +53,13 @@ from diffobj.model import (
     Section,
     Symbol,
 )
-from diffobj.read import MAX_NOBITS_SIZE, MAX_OBJECT_SIZE, mark_aliases, read_object
+from diffobj.read import read_object
+from elfcore import x86_64 as arch
+from elfcore.constants import ET_DYN, ET_EXEC, SHT_X86_64_UNWIND
+from elfcore.headers import MAX_NOBITS_SIZE, elf_type
+from elfcore.read import MAX_OBJECT_SIZE, mark_aliases
 
-R_X86_64_PC32 = 2
-SHT_X86_64_UNWIND = 0x70000001  # how gcc types .eh_frame in objects
 _PCREL_SDATA4 = 0x1B  # DW_EH_PE_pcrel | DW_EH_PE_sdata4: gcc's pointer encoding in x86-64 .eh_frame
-_GOT_LOADS = (9, 41, 42)  # GOTPCREL, GOTPCRELX, REX_GOTPCRELX
-_LEA, _CALL, _JMP = 0x8D, 0xE8, 0xE9
 # Output sections of the C runtime and the dynamic linker's tables: never patched, never compared.
 _SKIPPED = (".init", ".fini", ".plt", ".plt.got", ".plt.sec", ".got", ".got.plt", ".dynamic", ".init_array",
             ".fini_array", ".eh_frame", ".eh_frame_hdr", ".gcc_except_table", ".interp", ".tm_clone_table")
@@ -227,9 +226,10 @@ class _Model:
                 raise InputError(f"{self.name}: unsupported relocation type {rtype} at {where:#x}")
             if where + kind.size > piece.end or not 0 < symidx < len(self.raw):
                 raise InputError(f"{self.name}: malformed relocation at {where:#x} in {rela.name}")
-            if rtype in _GOT_LOADS and offset >= 2 and (sec.data[offset - 2] == _LEA
-                                                        or sec.data[offset - 1] in (_CALL, _JMP)):
-                rtype = R_X86_64_PC32  # relaxed by the linker: a direct reference now
+            if kind.relaxes_to is not None and offset >= 2 and (sec.data[offset - 2] == arch.LEA
+                                                                or sec.data[offset - 1] in (arch.CALL_REL32,
+                                                                                            arch.JMP_REL32)):
+                rtype = kind.relaxes_to  # relaxed by the linker: a direct reference now
             symbol, addend = self._target(piece, offset, kind, symidx, addend)
             sec.relocations.append(Relocation(offset, rtype, symbol, addend))
             zeroed.setdefault(sec, bytearray(sec.data))[offset:offset + kind.size] = bytes(kind.size)
@@ -291,7 +291,7 @@ class _Model:
             struct.pack_into("<I", record, 4, at + 4 - cies[cie.offset])
             struct.pack_into("<i", record, 8, 0)
             out_data += record
-            relocations.append(Relocation(at + 8, R_X86_64_PC32, piece.section.section_symbol, 0))
+            relocations.append(Relocation(at + 8, arch.R_X86_64_PC32, piece.section.section_symbol, 0))
         if not relocations:
             return
         sec = Section(len(self.sections), ".eh_frame", SHT_X86_64_UNWIND, SHF_ALLOC, 8, 0, bytes(out_data + bytes(4)),
@@ -317,5 +317,4 @@ def read_model(path: str) -> ObjectFile:
     """An object file, or a linked program (link-diff): the model the differ diffed, for those reading it
     again (reports)."""
     blob = read_input(path, "object file", MAX_OBJECT_SIZE)
-    linked = len(blob) >= 18 and blob[:4] == b"\x7fELF" and int.from_bytes(blob[16:18], "little") in (2, 3)
-    return read_linked(path, blob) if linked else read_object(path, blob)
+    return read_linked(path, blob) if elf_type(blob) in (ET_EXEC, ET_DYN) else read_object(path, blob)

@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from common.errors import InternalError
 from diffobj import names
-from diffobj.arch import x86_64 as arch
 from diffobj.compare import extent
-from diffobj.errors import InternalError
 from diffobj.model import (
     SHF_ALLOC,
     SHF_GROUP,
@@ -37,6 +36,7 @@ from diffobj.model import (
     Symbol,
 )
 from diffobj.targets import TargetResolver
+from elfcore.x86_64 import R_X86_64_64
 from patchformat import sections as funcs_format
 from patchformat.names import reference_name
 
@@ -236,9 +236,10 @@ def _add_funcs_table(sections, symbols, copy_of, patched: ObjectFile,
         table += funcs_format.FuncRecord(0, ch.new_size, 0, ch.old_size, ch.sympos, 0, 0).pack()
         new_sym = copy_of[by_name[ch.name]]
         funcs.relocations += [
-            OutRelocation(base + funcs_format.OFFSET["new_addr"], arch.R_64, new_sym, 0),
-            OutRelocation(base + funcs_format.OFFSET["name"], arch.R_64, strtab.section_symbol, string(ch.old_name)),
-            OutRelocation(base + funcs_format.OFFSET["objname"], arch.R_64, strtab.section_symbol, string(ch.objname)),
+            OutRelocation(base + funcs_format.OFFSET["new_addr"], R_X86_64_64, new_sym, 0),
+            OutRelocation(base + funcs_format.OFFSET["name"], R_X86_64_64, strtab.section_symbol, string(ch.old_name)),
+            OutRelocation(base + funcs_format.OFFSET["objname"], R_X86_64_64, strtab.section_symbol,
+                          string(ch.objname)),
         ]
     strtab.data = bytes(strings)
     funcs.data = bytes(table)

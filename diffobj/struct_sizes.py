@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from diffobj.arch.x86_64_special import KPATCH_SIZE_VARIABLES
-from diffobj.errors import InputError
+from common.errors import InputError
 
 MAX_STRUCT_SIZE = 4096  # no table entry comes near it
 _VARIABLE_OF = {struct: var for var, struct in KPATCH_SIZE_VARIABLES.items()}

@@ -7,18 +7,15 @@ are told apart livepatch-style (sympos) using the STT_FILE blocks the linker kee
 from __future__ import annotations
 
 import bisect
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lief
-
-from diffobj.errors import InputError
-from diffobj.model import STB_GLOBAL, STT_FILE, ObjectFile, Symbol
+from common.errors import InputError
+from diffobj.model import ObjectFile, Symbol
 from diffobj.targets import TargetResolver
+from elfcore.binary import LinkedBinary, read_binary
+from elfcore.constants import ET_DYN, ET_EXEC, STB_GLOBAL, STB_LOCAL, STT_FILE, STT_FUNC
 from kbuild.samecode import difference
-
-lief.logging.disable()
 
 
 @dataclass
@@ -39,7 +36,7 @@ class DeployedBinary:
     build_id: str
     symbols: list[BinarySymbol]
     files: set[str]  # names of its STT_FILE symbols: the units linked into it
-    _binary: lief.ELF.Binary = field(repr=False)
+    _binary: LinkedBinary = field(repr=False)
 
     @property
     def name(self) -> str:
@@ -77,7 +74,7 @@ class DeployedBinary:
         return self._globals.get(name)
 
     def read(self, address: int, size: int) -> bytes:
-        return bytes(self._binary.get_content_from_virtual_address(address, size))
+        return self._binary.read(address, size)
 
     def symbol_at(self, address: int) -> tuple[str, int] | None:
         """(function name, offset) of the function covering `address`."""
@@ -94,35 +91,32 @@ class DeployedBinary:
         return self._names_at.get(address, set())
 
     def section_name(self, address: int) -> str:
-        sec = self._binary.section_from_virtual_address(address)
-        return sec.name if sec is not None else ""
+        return self._binary.section_name(address)
 
 
 def load_binary(path: Path) -> DeployedBinary:
     """Parse the deployed executable or shared library; InputError when it cannot serve as a target. A symlink
     (libfoo.so -> libfoo.so.1) is followed: the running process maps, and the module names, the file itself."""
     path = path.resolve()
-    binary = lief.ELF.parse(os.fspath(path)) if path.is_file() else None
-    if binary is None:
+    if not path.is_file():
         raise InputError(f"{path}: not a readable ELF file")
-    if binary.header.file_type not in (lief.ELF.Header.FILE_TYPE.EXEC, lief.ELF.Header.FILE_TYPE.DYN):
+    binary = read_binary(path)
+    if binary.e_type not in (ET_EXEC, ET_DYN):
         raise InputError(f"{path.name}: not an executable or shared library")
-    notes = [n for n in binary.notes if n.type == lief.ELF.Note.TYPE.GNU_BUILD_ID]
-    if not notes:
+    if not binary.build_id:
         raise InputError(f"{path.name}: has no GNU build-id note (link with -Wl,--build-id)")
     symbols, files, current_file, block = [], set(), "", 0
-    for i, sym in enumerate(binary.symtab_symbols):
-        if sym.type == lief.ELF.Symbol.TYPE.FILE:
+    for i, sym in enumerate(binary.symtab):
+        if sym.type == STT_FILE:
             current_file, block = sym.name, block + 1
             files.add(sym.name)
             continue
-        local = sym.binding == lief.ELF.Symbol.BINDING.LOCAL
-        symbols.append(BinarySymbol(i, sym.name, sym.type == lief.ELF.Symbol.TYPE.FUNC, local, sym.value, sym.size,
+        local = sym.bind == STB_LOCAL
+        symbols.append(BinarySymbol(i, sym.name, sym.type == STT_FUNC, local, sym.value, sym.size,
                                     current_file if local else "", block if local else -1))
     if not symbols:
         raise InputError(f"{path.name}: is stripped (no .symtab); give the unstripped binary with --target-binary")
-    return DeployedBinary(path=path, build_id=bytes(notes[0].description).hex(), symbols=symbols, files=files,
-                          _binary=binary)
+    return DeployedBinary(path=path, build_id=binary.build_id, symbols=symbols, files=files, _binary=binary)
 
 
 def unit_file(obj: ObjectFile) -> str:

@@ -15,8 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from diffobj.console import internal_error_reported
-from diffobj.errors import InputError, NoChange, PatchBuildError, Refused
+from common.messages import internal_error_reported
+from common.errors import InputError, NoChange, PatchBuildError, Refused
 from kbuild.goasm import GoFunction, changed_functions, disassembly, identity_uses, parse_listing
 from kbuild.gotool import BuildInfo, go_environment, go_list, read_build_info, run_go, toolchain_version
 from kbuild.options import BuildOptions, BuildResult

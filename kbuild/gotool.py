@@ -11,8 +11,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffobj.errors import InputError, Refused
-from kbuild.build import BuildFailed, TAIL_LINES
+from common.errors import InputError, Refused
+from common.buildcmd import BuildFailed, TAIL_LINES
 
 # Build settings of `go version -m` that are flags of `go build`, and those that are environment variables.
 _FLAG_SETTINGS = ("-asmflags", "-compiler", "-gcflags", "-ldflags", "-tags", "-trimpath", "-buildmode")

@@ -24,15 +24,15 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from diffobj.console import internal_error_reported
+from common.buildcmd import BuildFailed, build_environment, run_build
+from common.errors import InputError, NoChange, Refused
+from common.messages import internal_error_reported
 from diffobj.diff import DiffOptions, DiffResult, diff_objects
-from diffobj.errors import InputError, NoChange, Refused
 from diffobj.kpatch_marks import CALLBACK_ENTRY_SIZE, CALLBACKS_PREFIX
 from diffobj.model import ObjectFile, OutputObject, OutSection
 from diffobj.problems import Problem
 from diffobj.read import read_object
 from diffobj.struct_sizes import StructSizes
-from kbuild.build import BuildFailed, build_environment, run_build
 from kbuild.kernel_symbols import (
     STUB_MARK,
     Sympos,

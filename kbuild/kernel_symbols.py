@@ -12,8 +12,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffobj.errors import InputError
+from common.errors import InputError
 from diffobj.model import ObjectFile, Symbol
+from elfcore.constants import SHN_UNDEF, STB_LOCAL, STT_FUNC, STT_NOTYPE, STT_OBJECT
+from elfcore.symbols import symbols_of
 
 _MAP_LINE = re.compile(r"^([0-9a-fA-F]+)\s+(\S)\s+(\S+)(?:\s+\[(\S+)\])?\s*$")
 STUB_MARK = "The real System.map is in"
@@ -74,22 +76,11 @@ def read_system_map(path: Path) -> dict[str, SymbolTable]:
 
 def read_elf_symbols(path: Path, objname: str, by_address: bool) -> SymbolTable:
     """A vmlinux (by_address: kallsyms order) or a module .ko (symbol table order)."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-
-    try:
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            symtab = elf.get_section_by_name(".symtab")
-            if symtab is None:
-                raise InputError(f"{path}: has no symbol table")
-            syms = [KSym(s.name, s["st_value"], s["st_info"]["bind"] == "STB_LOCAL",
-                         s["st_info"]["type"] == "STT_FUNC")
-                    for s in symtab.iter_symbols()
-                    if s.name and s["st_shndx"] != "SHN_UNDEF"
-                    and s["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT", "STT_NOTYPE")]
-    except (OSError, ELFError) as e:
-        raise InputError(f"{path}: cannot read its symbols ({e})") from None
+    symtab = symbols_of(path)
+    if symtab is None:
+        raise InputError(f"{path}: has no symbol table")
+    syms = [KSym(s.name, s.value, s.bind == STB_LOCAL, s.type == STT_FUNC) for s in symtab
+            if s.name and s.shndx != SHN_UNDEF and s.type in (STT_FUNC, STT_OBJECT, STT_NOTYPE)]
     if by_address:
         syms.sort(key=lambda s: s.address)
     return SymbolTable(objname, syms)

@@ -12,20 +12,18 @@ always diffed so; --link-diff chooses it for any build (it also sees a change in
 """
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from elftools.elf.constants import SH_FLAGS
-from elftools.elf.elffile import ELFFile
-
+from common.errors import InputError, PatchBuildError
+from common.inputfile import read_input
 from diffobj.diff import DiffOptions, diff_models
-from diffobj.errors import InputError, PatchBuildError
-from diffobj.inputfile import read_input
-from diffobj.linked import ELF_READ_ERRORS, read_linked
+from diffobj.linked import read_linked
 from diffobj.model import ObjectFile, Symbol
-from diffobj.read import MAX_OBJECT_SIZE
+from elfcore.constants import SHF_EXECINSTR
+from elfcore.headers import check_header, section_names
+from elfcore.read import MAX_OBJECT_SIZE
 from kbuild.deployed import BinarySymbol, DeployedBinary, UnitSymbols
 from kbuild.units import UnitDiff, checked_diff, diff_explained
 from report.explain import UnitSources
@@ -60,12 +58,9 @@ def object_contents(path: Path) -> str:
     blob = read_input(path, "object file", MAX_OBJECT_SIZE)
     if blob[:4] in LLVM_BITCODE_MAGICS:
         return "IR only"
-    try:
-        sections = list(ELFFile(io.BytesIO(blob)).iter_sections())
-    except ELF_READ_ERRORS as e:
-        raise InputError(f"{path}: not a readable ELF object ({e})") from None
-    has_ir = any(s.name.startswith(GCC_IR_PREFIX) for s in sections)
-    has_code = any(s["sh_flags"] & SH_FLAGS.SHF_EXECINSTR and s["sh_size"] for s in sections)
+    headers = check_header(os.fspath(path), blob)
+    has_ir = any(name.startswith(GCC_IR_PREFIX) for name in section_names(os.fspath(path), blob, headers))
+    has_code = any(h[2] & SHF_EXECINSTR and h[5] for h in headers)
     if has_ir:
         return "IR and machine code" if has_code else "IR only"
     return "machine code"

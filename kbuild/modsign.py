@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from diffobj.errors import InputError
+from common.errors import InputError
 
 CERT_MAX = 1 << 20  # an X.509 certificate is a few KiB
 DEFAULT_HASH = "sha256"

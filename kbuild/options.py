@@ -2,7 +2,7 @@
 
 `kbuild.cli` parses options into `BuildOptions` and calls `kbuild.userspace.build_user_patch` or, when
 the source tree is a Linux tree, `kbuild.kernel.build_kernel_patch`; both return a `BuildResult` or raise
-a `diffobj.errors.PatchBuildError` subclass (its `exit_code` is the command's).
+a `common.errors.PatchBuildError` subclass (its `exit_code` is the command's).
 """
 from __future__ import annotations
 

@@ -19,10 +19,10 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from diffobj.errors import InputError
+from common.errors import InputError
 from kbuild.options import BuildResult
-from linker.integrity import read_module_bytes
 from loader.store import describe
+from patchformat.integrity import read_module_bytes
 
 ARCH = "amd64"  # the modules are x86-64 code
 MODULE_DIR = "usr/lib/patch-build/packages"

@@ -20,21 +20,12 @@ from functools import lru_cache
 
 import capstone
 
-from diffobj.arch import x86_64
 from diffobj.compare import short_text
 from diffobj.model import SHF_MERGE, Relocation, Section, Symbol
 from diffobj.targets import TargetResolver, string_at
+from elfcore import x86_64
 
-# Bytes around a relocation site that the static linker may rewrite (relaxation), as (before, after) the
-# site's own bytes: GOTPCRELX turns `call *foo@GOTPCREL` into `addr32 call foo` and `mov foo@GOTPCREL` into
-# `lea`, changing the opcode (and REX) bytes; TLS accesses are relaxed as whole instruction sequences.
-_RELAXED = {
-    9: (2, 0), 41: (2, 0), 42: (3, 0),  # GOTPCREL, GOTPCRELX, REX_GOTPCRELX
-    19: (4, 8), 20: (3, 5), 22: (3, 0),  # TLSGD (leaq + call), TLSLD (leaq + call), GOTTPOFF
-}
 _PLT_SECTIONS = {".plt", ".plt.sec", ".plt.got", ".iplt"}
-# Direct references to an address (R_X86_64_64, PC32, 32, 32S); GOT and TLS accesses name their symbol instead.
-_DATA_RELOCS = {1, 2, 10, 11}
 
 
 @lru_cache(maxsize=1)
@@ -167,7 +158,7 @@ def difference(sym: Symbol, address: int, size: int, binary, resolver: TargetRes
             if mine != deployed and not (mine[0] != "insn" and mine[0] in binary.names(b.target - mine[1])):
                 return f"+{a.offset:#x}: {a.mnemonic} to {mine} built, to {deployed} deployed"
             continue
-        got = [r for r in inside if r.type in (9, 41, 42)]
+        got = [r for r in inside if x86_64.reloc_type(r.type).relaxes_to is not None]
         if got and b.target is not None:  # `jmp *foo@GOTPCREL(%rip)` relaxed to `jmp foo; nop`
             if binary.symbol_at(b.target) != (got[0].symbol.name, 0):
                 return f"+{a.offset:#x}: {a.mnemonic} through the GOT to {got[0].symbol.name} built, elsewhere deployed"
@@ -176,15 +167,15 @@ def difference(sym: Symbol, address: int, size: int, binary, resolver: TargetRes
             return f"+{a.offset:#x}: {a.mnemonic} ({a.size} bytes) built, {b.mnemonic} ({b.size} bytes) deployed"
         mask = bytearray(a.size)
         for r in inside:
-            before, after = _RELAXED.get(r.type, (0, 0))
+            before, after = x86_64.reloc_type(r.type).relaxed
             lo = r.offset - start - before
             for i in range(max(lo, 0), min(r.offset - start + x86_64.reloc_type(r.type).size + after, a.size)):
                 mask[i] = 1
         if any(x != y for x, y, m in zip(a.code, b.code, mask) if not m):
             return f"+{a.offset:#x}: {a.mnemonic} differs"
         for r in inside:
-            if r.type in _DATA_RELOCS:
-                rtype = x86_64.reloc_type(r.type)
+            rtype = x86_64.reloc_type(r.type)
+            if rtype.data_address:
                 pos = r.offset - start
                 value = int.from_bytes(b.code[pos:pos + rtype.size], "little", signed=rtype.signed)
                 # A PC-relative field in x86-64 code is a RIP-relative displacement: from the next instruction.

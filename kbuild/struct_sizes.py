@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 from diffobj.arch.x86_64_special import STRUCT_HEADERS
-from diffobj.errors import InputError
+from common.errors import InputError
 from diffobj.read import read_object
 from diffobj.struct_sizes import StructSizes, parse_size
 

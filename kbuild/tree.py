@@ -10,15 +10,15 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from diffobj.errors import InputError
+from common.errors import InputError
+from elfcore.constants import ET_REL
+from elfcore.headers import E_TYPE_END, elf_type
 from report.patches import touched_files
 
 # Build products a copied tree must not carry: the scratch build is configured and built by us from scratch,
 # with our compiler wrappers, never from a cache that names the real compilers or SRCDIR's paths.
 _CACHE_FILES = {"CMakeCache.txt"}
 _CACHE_DIRS = {"CMakeFiles"}
-_ELF_MAGIC = b"\x7fELF"
-_ET_REL = 1
 
 
 def _is_object(path: Path) -> bool:
@@ -26,10 +26,10 @@ def _is_object(path: Path) -> bool:
     libraries and programs depend on them), while prebuilt libraries a project ships stay."""
     try:
         with open(path, "rb") as f:
-            head = f.read(18)
+            head = f.read(E_TYPE_END)
     except OSError:
         return False
-    return head.startswith(_ELF_MAGIC) and len(head) == 18 and int.from_bytes(head[16:18], "little") == _ET_REL
+    return elf_type(head) == ET_REL
 
 
 def copy_tree(srcdir: Path, dest: Path) -> None:

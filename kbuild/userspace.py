@@ -14,10 +14,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from diffobj.console import internal_error_reported
-from diffobj.errors import InputError, NoChange, PatchBuildError, Refused
+from common.buildcmd import build_environment, run_build
+from common.errors import InputError, NoChange, PatchBuildError, Refused
+from common.messages import internal_error_reported
 from diffobj.read import read_object
-from kbuild.build import build_environment, run_build
 from kbuild.buildreport import build_file_warning, write_build_report
 from kbuild.deployed import DeployedBinary, load_binary
 from kbuild.lto import describe, diff_linked, lto_unit
@@ -25,9 +25,9 @@ from kbuild.options import BuildOptions, BuildResult
 from kbuild.tree import apply_patch, build_files, check_patch, copy_tree, in_scratch
 from kbuild.units import UnitDiff, UnitJob, diff_unit
 from kbuild.wrapper import CompiledObject, install_wrappers, read_log
-from linker.module import Target, read_module
-from linker.integrity import load_private_key
 from linker.user import link_user_module
+from patchformat.integrity import load_private_key
+from patchformat.module import Target, read_module
 from report.explain import UnitSources, all_left_out_message, left_out_note, unexplained_changes
 from report.patches import line_shifts, read_hunks, touched_files
 

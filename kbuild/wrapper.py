@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from diffobj.errors import InputError
+from common.errors import InputError
 
 EXTRA_FLAGS = ("-ffunction-sections", "-fdata-sections")
 # the headers a user-space patch may include: patch-hooks.h, patch-shadow.h (after the project's own -I)

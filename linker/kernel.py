@@ -16,8 +16,8 @@ from pathlib import Path
 
 import jinja2
 
-from diffobj.errors import InputError
-from kbuild.build import run_build
+from common.buildcmd import run_build
+from common.errors import InputError
 from linker.kernel_klp import weaken_klp_symbols, write_klp_relocations
 
 HOOK, DIFFS, LDS = "patch_hook", "patch_diffs", "kernel.lds"

@@ -13,24 +13,27 @@ global again. New sections are appended after the existing ones, so no section i
 from __future__ import annotations
 
 import os
-import struct
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffobj.errors import InputError
+from common.errors import InputError
+from elfcore.constants import (
+    ELFMAG,
+    SHF_ALLOC,
+    SHF_INFO_LINK,
+    SHF_RELA_LIVEPATCH,
+    SHN_LIVEPATCH,
+    SHN_UNDEF,
+    SHT_RELA,
+    SHT_SYMTAB,
+    STB_GLOBAL,
+    STB_WEAK,
+)
+from elfcore.structs import EHDR, RELA, SHDR, SYM, r_sym, st_info, st_type
 from patchformat.names import is_reference, parse_reference
 
 KLP_RELA = ".klp.rela."
-SHF_ALLOC, SHF_INFO_LINK, SHF_RELA_LIVEPATCH = 0x2, 0x40, 0x00100000
-SHN_LIVEPATCH = 0xFF20
-SHT_SYMTAB, SHT_RELA = 2, 4
-STB_GLOBAL, STB_WEAK = 1, 2
-
-_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-_SHDR = struct.Struct("<IIQQQQIIQQ")
-_SYM = struct.Struct("<IBBHQQ")
-_RELA = struct.Struct("<QQq")
 
 
 @dataclass
@@ -47,7 +50,7 @@ class _Shdr:
     entsize: int
 
     def pack(self) -> bytes:
-        return _SHDR.pack(self.name, self.type, self.flags, self.addr, self.offset, self.size, self.link,
+        return SHDR.pack(self.name, self.type, self.flags, self.addr, self.offset, self.size, self.link,
                           self.info, self.addralign, self.entsize)
 
 
@@ -55,11 +58,11 @@ class _Elf:
     def __init__(self, path: Path):
         self.path = path
         self.blob = bytearray(path.read_bytes())
-        if self.blob[:4] != b"\x7fELF" or len(self.blob) < _EHDR.size:
+        if not self.blob.startswith(ELFMAG) or len(self.blob) < EHDR.size:
             raise InputError(f"{path.name}: not an ELF file")
-        self.ehdr = list(_EHDR.unpack_from(self.blob))
+        self.ehdr = list(EHDR.unpack_from(self.blob))
         shoff, shnum, shstrndx = self.ehdr[6], self.ehdr[12], self.ehdr[13]
-        self.shdrs = [_Shdr(*_SHDR.unpack_from(self.blob, shoff + i * _SHDR.size)) for i in range(shnum)]
+        self.shdrs = [_Shdr(*SHDR.unpack_from(self.blob, shoff + i * SHDR.size)) for i in range(shnum)]
         self.shstrndx = shstrndx
         symtabs = [i for i, s in enumerate(self.shdrs) if s.type == SHT_SYMTAB]
         if len(symtabs) != 1:
@@ -81,9 +84,9 @@ class _Elf:
     def symbols(self):
         """(index, name, file offset of the entry, unpacked fields) of each symbol."""
         st = self.shdrs[self.symtab]
-        for i in range(st.size // _SYM.size):
-            off = st.offset + i * _SYM.size
-            fields = _SYM.unpack_from(self.blob, off)
+        for i in range(st.size // SYM.size):
+            off = st.offset + i * SYM.size
+            fields = SYM.unpack_from(self.blob, off)
             yield i, self.string(st.link, fields[0]), off, fields
 
 
@@ -97,8 +100,8 @@ def weaken_klp_symbols(path: Path) -> int:
     elf = _Elf(path)
     count = 0
     for _, name, off, (st_name, info, other, shndx, value, size) in elf.symbols():
-        if is_reference(name, kernel=True) and shndx == 0:
-            elf.blob[off:off + _SYM.size] = _SYM.pack(st_name, (STB_WEAK << 4) | (info & 0xF), other, shndx, value,
+        if is_reference(name, kernel=True) and shndx == SHN_UNDEF:
+            elf.blob[off:off + SYM.size] = SYM.pack(st_name, st_info(STB_WEAK, st_type(info)), other, shndx, value,
                                                       size)
             count += 1
     if count:
@@ -113,7 +116,7 @@ def write_klp_relocations(path: Path) -> list[str]:
     for i, name, off, (st_name, info, other, shndx, value, size) in elf.symbols():
         if is_reference(name, kernel=True):
             klp_syms[i] = name
-            elf.blob[off:off + _SYM.size] = _SYM.pack(st_name, (STB_GLOBAL << 4) | (info & 0xF), other,
+            elf.blob[off:off + SYM.size] = SYM.pack(st_name, st_info(STB_GLOBAL, st_type(info)), other,
                                                       SHN_LIVEPATCH, 0, size)
     if not klp_syms:
         return []
@@ -124,9 +127,9 @@ def write_klp_relocations(path: Path) -> list[str]:
             continue
         kept, moved = bytearray(), defaultdict(bytearray)
         raw = elf.data(index)
-        for off in range(0, len(raw) - len(raw) % _RELA.size, _RELA.size):
-            entry = raw[off:off + _RELA.size]
-            symbol = _RELA.unpack(entry)[1] >> 32
+        for off in range(0, len(raw) - len(raw) % RELA.size, RELA.size):
+            entry = raw[off:off + RELA.size]
+            symbol = r_sym(RELA.unpack(entry)[1])
             if symbol in klp_syms:
                 moved[klp_objname(klp_syms[symbol])] += entry
             else:
@@ -152,12 +155,12 @@ def write_klp_relocations(path: Path) -> list[str]:
         name_off = len(shstr)
         shstr += name.encode() + b"\0"
         elf.shdrs.append(_Shdr(name_off, SHT_RELA, SHF_ALLOC | SHF_INFO_LINK | SHF_RELA_LIVEPATCH, 0,
-                               append(entries, 8), len(entries), elf.symtab, target, 8, _RELA.size))
+                               append(entries, 8), len(entries), elf.symtab, target, 8, RELA.size))
     strtab = elf.shdrs[elf.shstrndx]
     strtab.offset, strtab.size = append(bytes(shstr), 1), len(shstr)
     shoff = append(b"".join(s.pack() for s in elf.shdrs), 8)
     elf.ehdr[6], elf.ehdr[12] = shoff, len(elf.shdrs)
-    elf.blob[:_EHDR.size] = _EHDR.pack(*elf.ehdr)
+    elf.blob[:EHDR.size] = EHDR.pack(*elf.ehdr)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(elf.blob)
     os.replace(tmp, path)

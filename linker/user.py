@@ -9,9 +9,9 @@ import jinja2
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from diffobj.errors import PatchBuildError
-from linker import integrity
-from linker.module import Target
+from common.errors import PatchBuildError
+from patchformat import integrity
+from patchformat.module import Target
 from patchformat.sections import MODULE_VERSION
 
 

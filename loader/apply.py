@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 import time
 
-from diffobj.errors import Refused
-from linker.module import Func, ModuleInfo
+from common.errors import Refused
+from patchformat.module import Func, ModuleInfo
 from loader import faults, layout, x86_64 as arch
 from loader.frames import register_frames
 from loader.hooks import POST_APPLY, PRE_APPLY, run_hooks
@@ -39,7 +39,7 @@ from loader.undo import discard
 
 def apply_patch(pid: int, path: str, timeout: float = 10.0, stack_check: bool = True,
                 trusted: dict | None = None) -> tuple[PatchRecord, Stats]:
-    """`trusted`: fingerprint -> public key (linker.integrity.load_trusted_keys); only modules one of them
+    """`trusted`: fingerprint -> public key (patchformat.integrity.load_trusted_keys); only modules one of them
     signed are applied."""
     check_process(pid)  # before the (slower) module reading: a wrong PID fails at once
     info, obj = load_module(path, trusted)

@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from diffobj.console import entry_point, error, guarded, printable
+from common.messages import printable
+from diffobj.console import entry_point, error, guarded
 
 PROG = "patch-ctl"
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -68,7 +69,7 @@ def apply(module: Path = typer.Argument(..., help="NAME.kpatch, NAME.gopatch, or
                                                       help="Only apply modules signed by a key of DIR/*.pem "
                                                            "(Ed25519 public keys).")):
     """Patch a running process (with a built NAME.kpatch or NAME.gopatch, or a hand-written patch library NAME.so)."""
-    from linker.integrity import load_trusted_keys
+    from patchformat.integrity import load_trusted_keys
     from loader.libraries import apply_library, is_shared_library
     from loader.apply import apply_patch
 
@@ -266,7 +267,7 @@ def install(module: Path = typer.Argument(..., help="NAME.kpatch or NAME.ko"), s
                                                         help="Only install user-space modules signed by a key of "
                                                              "DIR/*.pem.")):
     """Install a patch module into the store (verified), where it stays until `uninstall`."""
-    from linker.integrity import load_trusted_keys
+    from patchformat.integrity import load_trusted_keys
     from loader.store import Store
 
     trusted = _guarded(lambda: load_trusted_keys(trusted_keys)) if trusted_keys is not None else None
@@ -289,7 +290,7 @@ def uninstall(name: str = typer.Argument(..., help="The module name."), store: O
 def installed(store: Optional[Path] = StoreOption,
               json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
     """The patches in the store, each verified (exit 2 when one is not intact)."""
-    from diffobj.errors import PatchBuildError
+    from common.errors import PatchBuildError
     from loader.store import Store
 
     target = Store(store)

@@ -11,7 +11,7 @@ import bisect
 import time
 from dataclasses import dataclass
 
-from diffobj.errors import Refused
+from common.errors import Refused
 from loader.critical import Critical
 from loader.ptrace import Stopped, thread_ids
 from loader.session import RETRY_PAUSE, Session

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 
-from diffobj.entry import HANDLED, Interrupted
+from common.interrupts import HANDLED, Interrupted
 
 
 class Critical:

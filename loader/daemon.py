@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from diffobj.entry import Interrupted
-from diffobj.errors import InputError, PatchBuildError
+from common.interrupts import Interrupted
+from common.errors import InputError, PatchBuildError
+from elfcore.binary import read_binary
+from elfcore.constants import ELFMAG
 from loader.apply import apply_patch
-from loader.objects import build_id
 from loader.procfs import Memory, read_maps
 from loader.ptrace import ThreadGone
 from loader.state import MAPPING_PREFIX, PatchRecord, find_patches
@@ -125,12 +126,13 @@ class Daemon:
             key = (m.path, m.inode)
             if key not in self.build_ids:
                 self.build_ids[key] = ""
+                path = f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}"
                 try:
-                    with open(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", "rb") as f:
-                        if f.read(4) == b"\x7fELF":
-                            f.seek(0)
-                            self.build_ids[key] = build_id(ELFFile(f))
-                except (OSError, ELFError, ValueError):
+                    with open(path, "rb") as f:
+                        elf = f.read(4) == ELFMAG
+                    if elf:
+                        self.build_ids[key] = read_binary(path).build_id or ""
+                except (OSError, InputError):
                     pass
             if self.build_ids[key]:
                 out[self.build_ids[key]] = os.path.basename(m.path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from diffobj.errors import Refused
+from common.errors import Refused
 from loader.frames import ALLOCATOR, Avoid, entry_ranges
 from loader.objects import LoadedObject
 from loader.remote import RemoteCaller

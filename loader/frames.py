@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from diffobj.errors import Refused
+from common.errors import Refused
 from loader import faults
 from loader.objects import LoadedObject
 from loader.ptrace import NotStopping, ThreadGone, TraceError

@@ -12,11 +12,12 @@ import re
 import time
 from dataclasses import dataclass
 
-from diffobj.errors import InputError, Refused
+from common.errors import InputError, Refused
+from elfcore.constants import SHN_UNDEF, STB_LOCAL
 from loader import faults
 from loader.dwarftypes import BOOL, FLOAT, INT, VarType
 from loader.frames import registry_of
-from loader.objects import STB_LOCAL, SHN_UNDEF, LoadedObject
+from loader.objects import LoadedObject
 from loader.recovery import changing
 from loader.session import Session, Stats, in_clear_thread, run
 from loader.remote import RemoteCaller

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 
-from diffobj.errors import InputError, Refused
+from common.errors import InputError, Refused
 from loader import layout, x86_64 as arch
 from loader.critical import Critical
 from loader.patcher import commit, current_patches, discard, free_addresses_near, map_near, recover

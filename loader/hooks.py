@@ -7,7 +7,7 @@ fails after the pre_apply one (faults, does not return) cannot stop what is unde
 """
 from __future__ import annotations
 
-from diffobj.errors import Refused
+from common.errors import Refused
 from loader.frames import registry_of
 from loader.ptrace import NotStopping
 from loader.remote import RemoteError

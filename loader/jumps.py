@@ -3,7 +3,7 @@ stopped and the record saying what is under way before the first write (a write-
 killed midway leaves, the next one finishes; loader.recovery)."""
 from __future__ import annotations
 
-from diffobj.errors import Refused
+from common.errors import Refused
 from loader import faults, x86_64 as arch
 from loader.consistency import Range, until_consistent
 from loader.critical import Critical

@@ -14,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from diffobj.model import SHN_ABS, SHT_NOBITS, SHT_PROGBITS, ObjectFile, Section, Symbol
+from elfcore.constants import SHF_TLS, SHN_ABS, SHT_NOBITS, SHT_PROGBITS, SHT_X86_64_UNWIND
+from elfcore.model import ObjectFile, Section, Symbol
 from loader import x86_64 as arch
 from loader.ehframe import EH_FRAME, unwind_section
 from loader.remote import PROT_EXEC, PROT_READ, PROT_WRITE
 
 PAGE = 4096
-SHF_TLS = 0x400
 FRAME_OBJECT_SIZE = 64  # libgcc's struct object (6 words), what __register_frame_info links in its lists
 
 
@@ -48,7 +48,7 @@ class Plan:
 
 
 def loaded_sections(obj: ObjectFile) -> list[Section]:
-    return [s for s in obj.sections if s.is_alloc and s.type in (SHT_PROGBITS, SHT_NOBITS, arch.SHT_UNWIND)]
+    return [s for s in obj.sections if s.is_alloc and s.type in (SHT_PROGBITS, SHT_NOBITS, SHT_X86_64_UNWIND)]
 
 
 def _unwritten_pointers(sec: Section) -> bool:

@@ -16,14 +16,14 @@ import struct
 import time
 from collections.abc import Callable
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
-from diffobj.errors import InputError, Refused
+from common.errors import InputError, Refused
+from elfcore.binary import read_binary
+from elfcore.constants import ET_DYN, STT_FUNC
+from elfcore.headers import E_TYPE_END, elf_type
 from loader import dynlink, layout, x86_64 as arch
 from loader.critical import Critical
 from loader.jumps import commit
-from loader.objects import STT_FUNC, LoadedObject
+from loader.objects import LoadedObject
 from loader.placement import free_addresses_near, map_near
 from loader.procfs import check_process
 from loader.recovery import changing
@@ -38,17 +38,16 @@ TABLE = "patch_replace"  # the section PATCH_REPLACE puts its entries in
 ENTRY = struct.Struct("<QQ")  # struct patch_replace { const char *old_function; void (*new_function)(void); }
 TABLE_LIMIT = 4096  # entries
 NAME_LIMIT = 256  # bytes of an old function's name read from the target
-ET_DYN = 3
 
 
 def is_shared_library(path: str) -> bool:
     """An ELF shared object (what `apply` takes as a hand-written patch library, not a module)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(18)
+            head = f.read(E_TYPE_END)
     except OSError:
         return False
-    return len(head) == 18 and head[:4] == b"\x7fELF" and int.from_bytes(head[16:18], "little") == ET_DYN
+    return elf_type(head) == ET_DYN
 
 
 # ---- lib load / unload ----------------------------------------------------------------------------------
@@ -177,18 +176,14 @@ def _table(path: str) -> tuple[int, int]:
     """(link-time address, entry count) of the library's PATCH_REPLACE table, read from the file before
     anything of it runs in the target."""
     name = os.path.basename(path)
-    try:
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            if elf["e_machine"] != "EM_X86_64" or elf.elfclass != 64:
-                raise InputError(f"{name}: not an x86-64 shared library")
-            sec = elf.get_section_by_name(TABLE)
-            if sec is None:
-                raise InputError(f"{name}: no {TABLE} table: declare its replacements with PATCH_REPLACE(old, new) "
-                                 "from patch-replace.h")
-            addr, size = sec["sh_addr"], sec["sh_size"]
-    except (OSError, ELFError) as e:
-        raise InputError(f"{name}: not a readable ELF shared library ({e})") from None
+    lib = read_binary(path)
+    if not lib.x86_64:
+        raise InputError(f"{name}: not an x86-64 shared library")
+    table = lib.section(TABLE)
+    if table is None:
+        raise InputError(f"{name}: no {TABLE} table: declare its replacements with PATCH_REPLACE(old, new) "
+                         "from patch-replace.h")
+    addr, size = table
     if not size or size % ENTRY.size or size // ENTRY.size > TABLE_LIMIT or not addr:
         raise InputError(f"{name}: malformed {TABLE} table ({size} bytes, entries are {ENTRY.size})")
     return addr, size // ENTRY.size

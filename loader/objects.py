@@ -1,36 +1,21 @@
 """The ELF objects loaded in a process: where each is mapped, its build-id and its symbol tables.
 
 Files are opened through /proc/PID/map_files, so the object read is the one mapped even when the file on
-disk has since been replaced. Symbol tables are unpacked with `struct` (pyelftools locates the sections):
-libc's thousands of symbols then cost milliseconds.
+disk has since been replaced. Symbol tables and the build-id are elfcore's reading.
 """
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from elfcore import notes
+from elfcore.constants import ELFMAG, SHN_UNDEF, STB_GLOBAL, STB_GNU_UNIQUE, STB_LOCAL, STB_WEAK, STT_FILE
+from elfcore.symbols import ElfSymbol, symbol_table
 from loader.procfs import Mapping, proc_dir
-
-_SYM = struct.Struct("<IBBHQQ")
-STT_FUNC, STT_FILE, STT_TLS, STT_GNU_IFUNC = 2, 4, 6, 10
-STB_LOCAL, STB_GLOBAL, STB_WEAK, STB_GNU_UNIQUE = 0, 1, 2, 10
-SHN_UNDEF, SHN_ABS = 0, 0xFFF1
-VERSYM_HIDDEN = 0x8000
-
-
-@dataclass(frozen=True)
-class ElfSymbol:
-    name: str
-    value: int  # link-time address (add the object's load base)
-    size: int
-    type: int
-    bind: int
-    shndx: int
 
 
 @dataclass
@@ -71,35 +56,15 @@ class LoadedObject:
 
     @cached_property
     def build_id(self) -> str:
-        return build_id(self.elf)
-
-    def _symbols(self, table: str) -> list[ElfSymbol]:
-        sec = self.elf.get_section_by_name(table)
-        if sec is None:
-            return []
-        strtab = self.elf.get_section(sec["sh_link"]).data()
-        hidden = []
-        if table == ".dynsym":
-            versym = self.elf.get_section_by_name(".gnu.version")
-            if versym is not None:
-                raw = versym.data()
-                hidden = [v & VERSYM_HIDDEN for v in struct.unpack(f"<{len(raw) // 2}H", raw)]
-        out = []
-        for i, (st_name, info, _other, shndx, value, size) in enumerate(_SYM.iter_unpack(sec.data())):
-            if i < len(hidden) and hidden[i]:
-                continue  # a non-default version (memcpy@GLIBC_2.2.5): never what an unversioned name binds to
-            end = strtab.find(b"\0", st_name)
-            out.append(ElfSymbol(strtab[st_name:end].decode("utf-8", "replace"), value, size, info & 0xF,
-                                 info >> 4, shndx))
-        return out
+        return notes.build_id(self.elf) or ""
 
     @cached_property
     def symtab(self) -> list[ElfSymbol]:
-        return self._symbols(".symtab")
+        return symbol_table(self.elf, ".symtab")
 
     @cached_property
     def dynsym(self) -> list[ElfSymbol]:
-        return self._symbols(".dynsym")
+        return symbol_table(self.elf, ".dynsym")
 
     @cached_property
     def exports(self) -> dict[str, ElfSymbol]:
@@ -130,16 +95,6 @@ class LoadedObject:
             self._elf[1].close()
 
 
-def build_id(elf: ELFFile) -> str:
-    """The file's GNU build-id (lowercase hex), or ''."""
-    for sec in elf.iter_sections():
-        if sec["sh_type"] == "SHT_NOTE":
-            for note in sec.iter_notes():
-                if note["n_type"] == "NT_GNU_BUILD_ID":
-                    return note["n_desc"]
-    return ""
-
-
 def loaded_objects(pid: int, maps: list[Mapping]) -> list[LoadedObject]:
     """The ELF files mapped in the process, in map order (the executable first, as the dynamic linker
     orders its global scope), with their load bias."""
@@ -155,7 +110,7 @@ def loaded_objects(pid: int, maps: list[Mapping]) -> list[LoadedObject]:
             file = f"{proc_dir(pid)}/root{path}"
         try:
             with open(file, "rb") as f:
-                if f.read(4) != b"\x7fELF":
+                if f.read(len(ELFMAG)) != ELFMAG:
                     continue
             obj = LoadedObject(path, file, 0, sorted(ms, key=lambda m: m.start))
             loads = [seg for seg in obj.elf.iter_segments() if seg["p_type"] == "PT_LOAD"]

@@ -1,7 +1,7 @@
 """A patch module as the loader takes it: read once (bounded), its digest and any signature checked, parsed
 once into diffobj's model, and checked for what the loader must act on before anything reaches a target.
 
-The reader (`diffobj.read`) already holds every relocation to its section's bounds, its symbol index and a
+The reader (`elfcore.read`) already holds every relocation to its section's bounds, its symbol index and a
 known type, and every symbol to its section's bounds. Here: relocations only patch sections with contents,
 their symbols lie in sections with code or data (or are absolute or undefined: resolved in the target), and
 each replacement function lies in an executable section with the size the module's metadata claims.
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 
-from diffobj.errors import InputError, Refused
-from diffobj.model import BOOKKEEPING_TYPES, SHN_ABS, SHN_UNDEF, SHT_NOBITS, ObjectFile, Symbol
-from linker.integrity import check_trusted, read_module_bytes
-from linker.module import ModuleInfo, read_module, read_module_object
+from common.errors import InputError, Refused
+from elfcore.constants import BOOKKEEPING_TYPES, SHN_ABS, SHN_UNDEF, SHT_NOBITS
+from elfcore.model import ObjectFile, Symbol
+from patchformat.integrity import check_trusted, read_module_bytes
+from patchformat.module import ModuleInfo, read_module, read_module_object
 
 
 def module_info(path: str) -> ModuleInfo:
@@ -25,7 +26,7 @@ def module_info(path: str) -> ModuleInfo:
 
 def load_module(path: str, trusted: dict | None = None) -> tuple[ModuleInfo, ObjectFile]:
     """The module's metadata and contents, from one read and one parse of the file: InputError when it is
-    not a well-formed patch module (digest included); Refused when `trusted` keys (linker.integrity) are
+    not a well-formed patch module (digest included); Refused when `trusted` keys (patchformat.integrity) are
     given and none of them signed it, or when the loader cannot apply its relocations."""
     info, obj = read_module_object(path, read_module_bytes(path))
     if info.problems:

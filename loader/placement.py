@@ -7,8 +7,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from diffobj.errors import Refused
-from linker.module import ModuleInfo
+from common.errors import Refused
+from patchformat.module import ModuleInfo
 from loader import layout
 from loader.objects import LoadedObject
 from loader.procfs import Mapping

@@ -6,7 +6,7 @@ import os
 import signal
 from dataclasses import dataclass
 
-from diffobj.errors import InputError
+from common.errors import InputError
 from loader.ptrace import ThreadGone, exited, live_thread_ids
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 
-from diffobj.errors import Refused
+from common.errors import Refused
 from loader.critical import Critical
 from loader.ptrace import ThreadGone
 from loader.remote import RemoteCaller

@@ -6,13 +6,13 @@ every loaded object's exports in map order, as the dynamic linker's global scope
 """
 from __future__ import annotations
 
-from diffobj.model import STB_WEAK, Symbol
-from linker.module import Func, Target
-from loader.objects import STT_FUNC, STT_GNU_IFUNC, STT_TLS, ElfSymbol, LoadedObject
+from elfcore.constants import STB_WEAK, STT_FUNC, STT_GNU_IFUNC, STT_TLS
+from elfcore.model import Symbol
+from elfcore.symbols import ElfSymbol, got_slots
+from loader.objects import LoadedObject
 from loader.procfs import Memory
+from patchformat.module import Func, Target
 from patchformat.names import is_reference, parse_reference
-
-R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT = 6, 7
 
 
 class ResolveError(Exception):
@@ -102,19 +102,10 @@ class Resolver:
     def _ifunc(self, name: str, what: str) -> int:
         """An IFUNC's implementation is what the process already bound it to: read a GOT slot of an
         object that imports it (a lazy slot still points to a PLT entry, which is callable too)."""
-        from elftools.elf.relocation import RelocationSection
-
         for obj in self.objects:
-            for sec in obj.elf.iter_sections():
-                if not isinstance(sec, RelocationSection) or sec["sh_type"] != "SHT_RELA" or not sec["sh_link"]:
-                    continue
-                if obj.elf.get_section(sec["sh_link"]).name != ".dynsym":
-                    continue
-                syms = obj.elf.get_section(sec["sh_link"])
-                for rel in sec.iter_relocations():
-                    if rel["r_info_type"] in (R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT) and rel["r_info_sym"] \
-                            and syms.get_symbol(rel["r_info_sym"]).name == name:
-                        return self.mem.read_u64(obj.base + rel["r_offset"])
+            slot = got_slots(obj.elf).get(name)
+            if slot is not None:
+                return self.mem.read_u64(obj.base + slot)
         raise ResolveError(f"{what}: indirect function (IFUNC) that no loaded object imports")
 
 

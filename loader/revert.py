@@ -6,7 +6,7 @@ function it replaced, or reaches its code: `PatchRecord.depends`); each record i
 """
 from __future__ import annotations
 
-from diffobj.errors import InputError, Refused
+from common.errors import InputError, Refused
 from loader.critical import Critical
 from loader.recovery import changing, recover
 from loader.session import Session, Stats, run

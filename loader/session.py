@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from diffobj.errors import InputError, PatchBuildError, Refused
+from common.errors import InputError, PatchBuildError, Refused
 from loader import layout, x86_64 as arch
 from loader.lock import TargetLock
 from loader.objects import LoadedObject, loaded_objects

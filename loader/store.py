@@ -10,22 +10,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import io
 import json
 import os
 import re
 import stat
-import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
-from diffobj.errors import InputError, Refused
-from diffobj.inputfile import MIB, read_input
-from linker.integrity import check_trusted, read_module_bytes
-from linker.module import read_module
+from common.errors import InputError, Refused
+from common.inputfile import MIB, read_input
+from elfcore.headers import check_header, section_names
+from patchformat.integrity import check_trusted, read_module_bytes
+from patchformat.module import read_module
 
 DEFAULT_ROOT = Path("/var/lib/patch-build")
 ROOT_ENV = "PATCH_BUILD_STORE"
@@ -65,18 +61,14 @@ def store_root(root: str | os.PathLike | None = None) -> Path:
 
 def _modinfo(base: str, data: bytes) -> dict[str, str]:
     """The key=value strings of a kernel module's `.modinfo` section."""
-    try:
-        elf = ELFFile(io.BytesIO(data))
-        if elf["e_type"] != "ET_REL" or elf["e_machine"] != "EM_X86_64":
-            raise InputError(f"{base}: not an x86-64 kernel module (ELF relocatable object)")
-        sec = elf.get_section_by_name(".modinfo")
-        if sec is None:
-            raise InputError(f"{base}: not a kernel module (no .modinfo section)")
-        if sec["sh_size"] > MAX_MODINFO_BYTES:
-            raise InputError(f"{base}: .modinfo larger than {MAX_MODINFO_BYTES} bytes")
-        raw = sec.data()
-    except (ELFError, ValueError, struct.error) as e:  # what pyelftools raises on malformed or truncated data
-        raise InputError(f"{base}: malformed ELF file ({e})") from None
+    headers = check_header(base, data)  # an x86-64 relocatable object whose sections lie inside the file
+    names = section_names(base, data, headers)
+    if ".modinfo" not in names:
+        raise InputError(f"{base}: not a kernel module (no .modinfo section)")
+    _, _, _, _, offset, size, *_ = headers[names.index(".modinfo")]
+    if size > MAX_MODINFO_BYTES:
+        raise InputError(f"{base}: .modinfo larger than {MAX_MODINFO_BYTES} bytes")
+    raw = data[offset:offset + size]
     info = {}
     for item in raw.split(b"\0"):
         key, sep, value = item.decode("utf-8", "replace").partition("=")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from diffobj.errors import Refused
+from common.errors import Refused
 from loader import dynlink, faults, x86_64 as arch
 from loader.consistency import Range, until_consistent
 from loader.critical import Critical

@@ -9,13 +9,12 @@ safe side.
 from __future__ import annotations
 
 import bisect
-import io
 import struct
 from dataclasses import dataclass
 
-from elftools.dwarf.callframe import FDE, CallFrameInfo, RegisterRule
-from elftools.dwarf.structs import DWARFStructs
+from elftools.dwarf.callframe import RegisterRule
 
+from elfcore.ehframe import EH_FRAME, EH_FRAME_HDR, decode_fde, fdes, search_table
 from loader.objects import LoadedObject
 from loader.procfs import Mapping, Memory, read_maps
 
@@ -43,32 +42,23 @@ class ObjectCfi:
         self.obj = obj
         self.starts: list[int] = []
         self.fdes: list[int] = []  # offsets of FDEs in .eh_frame, parallel to starts
-        self.cfi = None
+        self.eh_frame: tuple[int, bytes] | None = obj.section_data(EH_FRAME)  # (address, contents)
         self._rows: dict[int, tuple[int, int, list[tuple[int, Row | None]]] | None] = {}
-        sec = obj.elf.get_section_by_name(".eh_frame")
-        if sec is None or sec["sh_type"] == "SHT_NOBITS":
+        if self.eh_frame is None:
             return
-        self.eh_frame_addr = sec["sh_addr"]
-        structs = DWARFStructs(little_endian=True, dwarf_format=32, address_size=8)
-        self.cfi = CallFrameInfo(io.BytesIO(sec.data()), sec["sh_size"], sec["sh_addr"], structs, for_eh_frame=True)
-        hdr = obj.section_data(".eh_frame_hdr")
-        if hdr is not None and hdr[1][:4] == b"\x01\x1b\x03\x3b":
-            # version 1, eh_frame_ptr pcrel|sdata4, fde_count udata4, table datarel|sdata4
-            addr, data = hdr
-            (count,) = struct.unpack_from("<I", data, 8)
-            for start, fde in struct.iter_unpack("<ii", data[12:12 + 8 * count]):
-                self.starts.append(addr + start)
-                self.fdes.append(addr + fde - self.eh_frame_addr)
-        else:
-            entries = sorted((e.header["initial_location"], e.offset) for e in self.cfi.get_entries()
-                             if isinstance(e, FDE))
-            self.starts = [s for s, _ in entries]
-            self.fdes = [o for _, o in entries]
+        self.eh_frame_addr = self.eh_frame[0]
+        hdr = obj.section_data(EH_FRAME_HDR)
+        entries = search_table(*hdr, self.eh_frame_addr) if hdr is not None else None
+        if entries is None:
+            entries = sorted((e.header["initial_location"], e.offset) for e in fdes(self.eh_frame[1],
+                                                                                     self.eh_frame_addr))
+        self.starts = [s for s, _ in entries]
+        self.fdes = [o for _, o in entries]
 
     def row(self, vaddr: int) -> Row | None | bool:
         """The CFI row for `vaddr`; False when the object has no FDE covering it."""
         i = bisect.bisect_right(self.starts, vaddr) - 1
-        if i < 0 or self.cfi is None:
+        if i < 0 or self.eh_frame is None:
             return False
         table = self._rows.get(i, 0)
         if table == 0:
@@ -83,9 +73,8 @@ class ObjectCfi:
 
     def _decode(self, fde_offset: int):
         try:
-            # pyelftools has no public "parse the entry at this offset"; the table gives us the offset
-            fde = self.cfi._parse_entry_at(fde_offset)
-            if not isinstance(fde, FDE):
+            fde = decode_fde(self.eh_frame[1], self.eh_frame_addr, fde_offset)
+            if fde is None:
                 return None
             decoded = fde.get_decoded()
         except Exception:  # malformed or unsupported CFI: treated as none, i.e. a conservative scan

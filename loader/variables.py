@@ -20,12 +20,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from diffobj.errors import InputError, Refused
+from common.errors import InputError, Refused
+from elfcore.constants import SHN_UNDEF, STB_LOCAL, STT_FILE, STT_OBJECT, STT_TLS
+from elfcore.symbols import ElfSymbol
 from loader import faults
 from loader.critical import Critical
 from loader.dwarftypes import BOOL, CHARS, CSTRING, ENUM, FLOAT, INT, STDSTRING, Variable, VarType, variables
 from loader.frames import registry_of
-from loader.objects import SHN_UNDEF, STB_LOCAL, STT_FILE, STT_TLS, ElfSymbol, LoadedObject
+from loader.objects import LoadedObject
 from loader.procfs import Mapping, Memory, read_maps
 from loader.recovery import changing
 from loader.remote import RemoteCaller
@@ -40,7 +42,6 @@ LOG_PATH = "/memfd:" + LOG_NAME
 LOG_SIZE = 64 << 10
 SETTING, SET = "setting", "set"  # a set noted but perhaps not written yet (a patch-ctl killed there); done
 STRING_LIMIT = 4096  # bytes of a string shown; longer ones are cut with "..."
-STT_OBJECT = 1
 STD_STRING = VarType(STDSTRING, 32, "std::string")  # libstdc++'s (the C++11 ABI)
 # --type for a variable without DWARF: (kind, size or 0 for the symbol's, signed)
 TYPES = {"int": (INT, 0, True), "uint": (INT, 0, False), "bool": (BOOL, 1, False), "float": (FLOAT, 4, False),

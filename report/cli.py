@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
+from common.errors import InputError
 from diffobj.console import entry_point, guarded
-from diffobj.errors import InputError
 from report.model import read_report
 from report.render import FORMATS, render
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from diffobj.include import Included
 from diffobj.linked import read_model
+from diffobj.problems import Problem
 from report import identity
 from report.demangle import demangle
 from report.disasm import function_diff
@@ -21,11 +23,9 @@ from report.model import (
     Compiler,
     Function,
     FunctionRef,
-    Included,
     ObjectReport,
     PatchFile,
     PatchHunk,
-    Problem,
     Report,
     ReportWarning,
     Target,

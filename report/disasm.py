@@ -10,8 +10,9 @@ from __future__ import annotations
 import difflib
 import re
 
-from diffobj.arch import x86_64
-from diffobj.model import STT_NOTYPE, ObjectFile, Relocation, Section, Symbol
+from elfcore import x86_64
+from elfcore.constants import STT_NOTYPE
+from elfcore.model import ObjectFile, Relocation, Section, Symbol
 from report.model import DisasmRow, FunctionDiff
 
 MAX_ROWS = 2000  # longer functions are cut: a release engineer reads the first screens, not 50k lines
@@ -41,10 +42,7 @@ def _offset_text(value: int) -> str:
 
 def relocation_target(rela: Relocation, insn_end: int) -> str:
     """The relocation's target as a reader would name it: symbol+offset, or a string literal."""
-    try:
-        rtype = x86_64.reloc_type(rela.type)
-    except ValueError:
-        rtype = None
+    rtype = x86_64.RELOC_TYPES.get(rela.type)
     # A PC-relative field is relative to its own address, the CPU's to the next instruction's.
     value = rela.addend + (insn_end - rela.offset if rtype is not None and rtype.pc_relative else 0)
     sym = rela.symbol
@@ -57,8 +55,7 @@ def relocation_target(rela: Relocation, insn_end: int) -> str:
             inner = section.symbol_at(offset)
             if inner is not None:
                 return inner.name + _offset_text(offset - inner.value)
-    suffix = f"@{rtype.name[len('R_X86_64_'):]}" if rtype is not None and rtype.got else ""
-    return sym.display + _offset_text(value) + suffix
+    return sym.display + _offset_text(value) + (rtype.display_suffix if rtype is not None else "")
 
 
 def _insn_text(mnemonic: str, op_str: str, target: str | None) -> tuple[str, str]:
@@ -88,7 +85,7 @@ def disassemble(func: Symbol) -> list[tuple[int, str, str]]:
     relocs = [r for r in section.relocations if start <= r.offset < start + len(code)]
     lines = []
     ri = 0
-    for address, size, mnemonic, op_str in x86_64._disassembler().disasm_lite(code, 0):
+    for address, size, mnemonic, op_str in x86_64.disassembler().disasm_lite(code, 0):
         end = address + size
         while ri < len(relocs) and relocs[ri].offset - start < address:
             ri += 1

@@ -16,18 +16,15 @@ import io
 import os
 import struct
 
-from diffobj.errors import InputError
-from diffobj.inputfile import read_input
-from diffobj.read import MAX_OBJECT_SIZE
+from common.errors import InputError
+from common.inputfile import read_input
+from elfcore.constants import SHF_COMPRESSED, SHF_EXECINSTR, SHN_LORESERVE, SHT_RELA, SHT_SYMTAB
+from elfcore.read import MAX_OBJECT_SIZE
+from elfcore.structs import EHDR, RELA, SHDR, SYM, r_sym, r_type
+from elfcore.x86_64 import R_X86_64_32, R_X86_64_32S, R_X86_64_64, reloc_type
 
-_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-_SHDR = struct.Struct("<IIQQQQIIQQ")
-_SYM = struct.Struct("<IBBHQQ")
-_RELA = struct.Struct("<QQq")
-SHT_SYMTAB, SHT_RELA, SHF_EXECINSTR, SHF_COMPRESSED = 2, 4, 0x4, 0x800
-SHN_LORESERVE = 0xFF00
-R_X86_64_64, R_X86_64_32, R_X86_64_32S = 1, 10, 11
-_FIELD = {R_X86_64_64: "<Q", R_X86_64_32: "<I", R_X86_64_32S: "<i"}
+# The absolute relocations debug sections use; any other makes the file go pyelftools' way.
+_DEBUG_RELOCATIONS = {t: reloc_type(t) for t in (R_X86_64_64, R_X86_64_32, R_X86_64_32S)}
 
 
 def text_address(shndx: int, value: int) -> int:
@@ -37,8 +34,8 @@ def text_address(shndx: int, value: int) -> int:
 
 def _relocated_debug_image(blob: bytes) -> bytes | None:
     """The file with the relocations of its .debug_* sections applied, or None if it needs pyelftools' way."""
-    e_shoff, e_shnum, e_shstrndx = (_EHDR.unpack_from(blob)[i] for i in (6, 12, 13))
-    headers = [_SHDR.unpack_from(blob, e_shoff + i * _SHDR.size) for i in range(e_shnum)]
+    *_, e_shoff, _, _, _, _, _, e_shnum, e_shstrndx = EHDR.unpack_from(blob)
+    headers = [SHDR.unpack_from(blob, e_shoff + i * SHDR.size) for i in range(e_shnum)]
     strtab = headers[e_shstrndx]
 
     def name(h) -> bytes:
@@ -49,7 +46,7 @@ def _relocated_debug_image(blob: bytes) -> bytes | None:
     if symtab is None:
         return None
     values = [text_address(s[3], s[4]) if s[3] < min(e_shnum, SHN_LORESERVE) and headers[s[3]][2] & SHF_EXECINSTR
-              else s[4] for s in _SYM.iter_unpack(blob[symtab[4]:symtab[4] + symtab[5]])]
+              else s[4] for s in SYM.iter_unpack(blob[symtab[4]:symtab[4] + symtab[5]])]
     image = bytearray(blob)
     for h in headers:
         if h[1] != SHT_RELA or not 0 < h[7] < e_shnum:
@@ -59,14 +56,16 @@ def _relocated_debug_image(blob: bytes) -> bytes | None:
             continue
         if target[2] & SHF_COMPRESSED:
             return None
-        for r_offset, r_info, r_addend in _RELA.iter_unpack(blob[h[4]:h[4] + h[5] // _RELA.size * _RELA.size]):
-            fmt = _FIELD.get(r_info & 0xFFFFFFFF)
-            sym = r_info >> 32
-            if fmt is None or sym >= len(values):
+        for r_offset, r_info, r_addend in RELA.iter_unpack(blob[h[4]:h[4] + h[5] // RELA.size * RELA.size]):
+            rtype = _DEBUG_RELOCATIONS.get(r_type(r_info))
+            sym = r_sym(r_info)
+            if rtype is None or sym >= len(values) or r_offset + rtype.size > target[5]:
                 return None
-            value = values[sym] + r_addend
-            struct.pack_into(fmt, image, target[4] + r_offset,
-                             value if fmt == "<i" else value & (0xFFFFFFFFFFFFFFFF if fmt == "<Q" else 0xFFFFFFFF))
+            value = rtype.value(S=values[sym], A=r_addend)
+            if not rtype.signed:  # an unsigned field keeps the low bits (text addresses here exceed 32 bits)
+                value &= (1 << (rtype.size * 8)) - 1
+            at = target[4] + r_offset
+            image[at:at + rtype.size] = rtype.encode(value)  # ValueError when a signed one does not fit
     return bytes(image)
 
 

@@ -10,6 +10,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from elfcore.notes import build_id_of
+from elfcore.sections import section_contents
 from report.dwarf import dwarf_errors, read_dwarf
 from report.model import Artifact, Compiler, Target, Tool
 
@@ -51,32 +53,12 @@ def source_date_epoch(env=None) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _elf(path):
-    from elftools.elf.elffile import ELFFile
-
-    return ELFFile(open(path, "rb"))
-
-
-def build_id(path: str | os.PathLike) -> str | None:
-    """The GNU build-id of an ELF file as lowercase hex, or None."""
-    elf = _elf(path)
-    try:
-        for section in elf.iter_sections():
-            if section.header.sh_type == "SHT_NOTE":
-                for note in section.iter_notes():
-                    if note["n_type"] == "NT_GNU_BUILD_ID":
-                        return note["n_desc"]
-    finally:
-        elf.stream.close()
-    return None
-
-
 def user_target(path: str | os.PathLike) -> Target:
-    return Target(name=Path(path).name, build_id=build_id(path))
+    return Target(name=Path(path).name, build_id=build_id_of(path))
 
 
 def kernel_target(name: str, release: str, vmlinux: str | os.PathLike | None = None) -> Target:
-    return Target(name=name, kernel_release=release, build_id=build_id(vmlinux) if vmlinux else None)
+    return Target(name=name, kernel_release=release, build_id=build_id_of(vmlinux) if vmlinux else None)
 
 
 def _producer_flags(producer: str) -> list[str]:
@@ -86,14 +68,10 @@ def _producer_flags(producer: str) -> list[str]:
 def compiler_of(path: str | os.PathLike) -> Compiler | None:
     """The compiler an object records in `.comment`, with its flags from DW_AT_producer (built with -g)."""
     with dwarf_errors(str(path)):
-        elf = _elf(path)
-        try:
-            comment = elf.get_section_by_name(".comment")
-            if comment is None:
-                return None
-            version = next((s for s in comment.data().decode("utf-8", "replace").split("\0") if s), "")
-        finally:
-            elf.stream.close()
+        comment = section_contents(path, ".comment")
+        if comment is None:
+            return None
+        version = next((s for s in comment.decode("utf-8", "replace").split("\0") if s), "")
         flags: list[str] = []
         dwarf = read_dwarf(str(path))
         for cu in dwarf.iter_CUs() if dwarf is not None else ():

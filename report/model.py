@@ -14,8 +14,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from diffobj.errors import InputError
-from diffobj.inputfile import MIB, read_input
+from common.errors import InputError
+from common.inputfile import MIB, read_input
+from diffobj.include import Included  # what a report lists as included and rejected is the differ's finding
+from diffobj.problems import Problem
 
 SCHEMA_VERSION = 1
 MAX_REPORT_SIZE = 64 * MIB
@@ -75,19 +77,6 @@ class Function:
     explained_by: list[Explanation] = field(default_factory=list)  # the hunks that explain a changed/new function
     unexplained: str | None = None  # no hunk explains it: the likely cause
     left_out: bool = False  # unexplained and kept out of the module (--only-explained)
-
-
-@dataclass
-class Included:
-    symbol: str
-    kind: str  # function | object | section
-    reason: str
-
-
-@dataclass
-class Problem:
-    symbol: str
-    reason: str
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import unidiff
 
-from diffobj.errors import InputError
+from common.errors import InputError
 from diffobj.line_numbers import Hunk, LineShifts
 
 MAX_PATCH_BYTES = 64 << 20  # a patch larger than this is not a live patch

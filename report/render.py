@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
-from diffobj.console import printable
+from common.messages import printable
 from report.model import Report
 from report.overview import overview
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+from elfcore.constants import ET_REL, SHN_LORESERVE, SHN_UNDEF, STT_FUNC
+from elfcore.headers import E_TYPE_END, elf_type
+from elfcore.symbols import symbols_of
 from report.dwarf import dwarf_errors, read_dwarf, text_address
 from report.patches import same_file
 
@@ -99,19 +102,14 @@ def _walk_inlined(die, out: set[str]) -> None:
 
 def _function_ranges(path: str) -> dict[str, tuple[int, int]]:
     """symbol -> [start, end) in the addresses `read_dwarf` gives, for each sized function symbol."""
-    from elftools.elf.elffile import ELFFile
-
     with open(path, "rb") as f:
-        elf = ELFFile(f)
-        relocatable = elf.header.e_type == "ET_REL"
-        symtab = elf.get_section_by_name(".symtab")
-        ranges = {}
-        for sym in symtab.iter_symbols() if symtab is not None else ():
-            shndx = sym["st_shndx"]
-            if sym["st_info"]["type"] != "STT_FUNC" or not isinstance(shndx, int) or not sym["st_size"]:
-                continue
-            start = text_address(shndx, sym["st_value"]) if relocatable else sym["st_value"]
-            ranges.setdefault(sym.name, (start, start + sym["st_size"]))
+        relocatable = elf_type(f.read(E_TYPE_END)) == ET_REL
+    ranges = {}
+    for sym in symbols_of(path) or ():
+        if sym.type != STT_FUNC or not SHN_UNDEF < sym.shndx < SHN_LORESERVE or not sym.size:
+            continue
+        start = text_address(sym.shndx, sym.value) if relocatable else sym.value
+        ranges.setdefault(sym.name, (start, start + sym.size))
     return ranges
 
 

@@ -5,9 +5,9 @@ import json
 import os
 from pathlib import Path
 
+from common.errors import InputError
 from report.build import report_path
 from report.identity import sha256_file
-from diffobj.errors import InputError
 from report.model import STATUS_EXIT, Report, read_report
 from report.render import FORMATS, SUFFIXES
 

@@ -1,111 +1,11 @@
-"""x86-64: relocation types, instruction facts and the jump used to redirect a function."""
+"""x86-64 facts of the differ's own: calls that take a source line number (the relocation table and the
+instruction encodings are elfcore.x86_64's)."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 
-E_MACHINE = 62
-
-
-@dataclass(frozen=True)
-class RelocType:
-    number: int
-    name: str
-    size: int  # bytes patched at the relocation site
-    pc_relative: bool
-    got: bool = False  # needs a GOT entry
-    signed: bool = True  # value must fit a signed field (else unsigned)
-
-
-_TYPES = [
-    RelocType(0, "R_X86_64_NONE", 0, False),
-    RelocType(1, "R_X86_64_64", 8, False),
-    RelocType(2, "R_X86_64_PC32", 4, True),
-    RelocType(3, "R_X86_64_GOT32", 4, False, got=True),
-    RelocType(4, "R_X86_64_PLT32", 4, True),
-    RelocType(9, "R_X86_64_GOTPCREL", 4, True, got=True),
-    RelocType(10, "R_X86_64_32", 4, False, signed=False),
-    RelocType(11, "R_X86_64_32S", 4, False),
-    RelocType(12, "R_X86_64_16", 2, False, signed=False),
-    RelocType(13, "R_X86_64_PC16", 2, True),
-    RelocType(14, "R_X86_64_8", 1, False, signed=False),
-    RelocType(15, "R_X86_64_PC8", 1, True),
-    RelocType(19, "R_X86_64_TLSGD", 4, True),
-    RelocType(20, "R_X86_64_TLSLD", 4, True),
-    RelocType(21, "R_X86_64_DTPOFF32", 4, False),
-    RelocType(22, "R_X86_64_GOTTPOFF", 4, True),
-    RelocType(23, "R_X86_64_TPOFF32", 4, False),
-    RelocType(24, "R_X86_64_PC64", 8, True),
-    RelocType(25, "R_X86_64_GOTOFF64", 8, False),
-    RelocType(26, "R_X86_64_GOTPC32", 4, True),
-    RelocType(32, "R_X86_64_SIZE32", 4, False),
-    RelocType(33, "R_X86_64_SIZE64", 8, False),
-    RelocType(41, "R_X86_64_GOTPCRELX", 4, True, got=True),
-    RelocType(42, "R_X86_64_REX_GOTPCRELX", 4, True, got=True),
-]
-RELOC_TYPES = {t.number: t for t in _TYPES}
-R_64, R_PC32, R_PLT32 = 1, 2, 4
-
-
-def reloc_type(number: int) -> RelocType:
-    try:
-        return RELOC_TYPES[number]
-    except KeyError:
-        raise ValueError(f"unsupported x86-64 relocation type {number}") from None
-
-
-# Redirecting an old function: `jmp rel32`, after an `endbr64` landing pad when there is one.
-JMP_REL32_SIZE = 5
-ENDBR64 = bytes.fromhex("f30f1efa")
-
-
-def jmp_rel32(from_addr: int, to_addr: int) -> bytes:
-    disp = to_addr - (from_addr + JMP_REL32_SIZE)
-    if not -(1 << 31) <= disp < (1 << 31):
-        raise ValueError(f"jump from {from_addr:#x} to {to_addr:#x} is out of rel32 range")
-    return b"\xe9" + disp.to_bytes(4, "little", signed=True)
-
-
-def redirect_offset(code: bytes) -> int:
-    """Where the redirecting jump goes in a function: after its endbr64, if it starts with one."""
-    return len(ENDBR64) if code.startswith(ENDBR64) else 0
-
-
-def min_redirect_size(code: bytes) -> int:
-    return redirect_offset(code) + JMP_REL32_SIZE
-
-
-@lru_cache(maxsize=1)
-def _disassembler():
-    import capstone
-
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    md.skipdata = True
-    return md
-
-
-def instruction_ends(code: bytes) -> list[tuple[int, int]]:
-    """(start, end) of each instruction of a function's code, decoded linearly."""
-    return [(a, a + n) for a, n, _, _ in _disassembler().disasm_lite(code, 0)]
-
-
-def pc_relative_bias(code_insns: list[tuple[int, int]], reloc_offset: int, size: int) -> int:
-    """How far the instruction's end lies past a PC-relative field: target = S + A + bias.
-
-    The CPU adds a displacement to the address of the next instruction, so an assembler writes
-    `A = target - field_end - (bytes of immediate after the field)`. Usually the bias is the field
-    size; it is larger when an immediate follows the displacement (`movl $1, x(%rip)`).
-    """
-    import bisect
-
-    i = bisect.bisect_right(code_insns, (reloc_offset, 1 << 62)) - 1
-    if i >= 0:
-        start, end = code_insns[i]
-        if start <= reloc_offset < end:
-            return end - reloc_offset
-    return size
-
+from elfcore.x86_64 import disassembler
 
 # Integer arguments in registers (System V ABI), by position, as a 32-bit value (a line number) loads them.
 ARGUMENT_REGISTERS = ("edi", "esi", "edx", "ecx", "r8d", "r9d")
@@ -127,7 +27,7 @@ def immediate_changes(old: bytes, new: bytes, calls_old: dict[int, str],
     """Where two same-size code bodies differ, when every differing instruction differs only in immediate
     operands (the same operation on the same registers and memory); None otherwise. `calls_*`: relocation
     offset -> the symbol named there."""
-    md = _disassembler()
+    md = disassembler()
     a, b = list(md.disasm_lite(old, 0)), list(md.disasm_lite(new, 0))
     if len(a) != len(b):
         return None

@@ -10,7 +10,7 @@ import sys
 from buildenv import FIXTURES, REPO, assert_one_line_error, build_id, copy_fixture, make, tree_digest
 from support import elfcheck
 
-from linker.module import read_module
+from patchformat.module import read_module
 
 
 def test_module_of_c_program(patch_build, tmp_path):

@@ -14,7 +14,7 @@ from buildenv import FIXTURES, REPO, assert_one_line_error, copy_fixture, make
 from support import elfcheck
 
 from kbuild.lto import lto_flag, object_contents
-from linker.module import read_module
+from patchformat.module import read_module
 
 pytestmark = pytest.mark.slow  # LTO builds of whole programs, fixed live: about a minute
 

@@ -1,4 +1,4 @@
-"""linker.module.read_module on modules assembled with the real `as` and linked by linker.user."""
+"""patchformat.module.read_module on modules assembled with the real `as` and linked by linker.user."""
 from __future__ import annotations
 
 import subprocess
@@ -6,10 +6,10 @@ import subprocess
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from diffobj.errors import InputError
-from linker import integrity
-from linker.module import Target, read_module
+from common.errors import InputError
 from linker.user import link_user_module
+from patchformat import integrity
+from patchformat.module import Target, read_module
 
 # A differ output in miniature: one replacement function and its .kpatch.funcs entry.
 PATCH_OBJECT = """

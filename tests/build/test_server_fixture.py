@@ -11,7 +11,7 @@ from buildenv import FIXTURES, build_id, copy_fixture, make
 
 from kbuild.options import BuildOptions
 from kbuild.userspace import build_user_patch
-from linker.module import read_module
+from patchformat.module import read_module
 
 
 def test_server_runs_and_its_fix_builds(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from common.errors import InternalError
 from diffobj.diff import DiffOptions, diff_objects
-from diffobj.errors import InternalError
 from diffobj.output import ReferenceNamer, check_references
 from support import elfcheck
 from support.diffcases import OBJNAME

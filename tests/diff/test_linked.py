@@ -8,9 +8,9 @@ import subprocess
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from diffobj.ehframe import _records as ehframe_records
-from diffobj.errors import InputError
+from common.errors import InputError
 from diffobj.linked import read_linked
+from elfcore import ehframe
 
 SOURCE = """#include <stdio.h>
 static int hits;
@@ -83,8 +83,8 @@ def test_unwind_information_of_a_linked_program(programs):
     described = {r.symbol.section.name for r in eh_frame.relocations}
     assert {".text.twice", ".text.main"} <= described
     assert all(r.addend == 0 and eh_frame.data[r.offset:r.offset + 4] == bytes(4) for r in eh_frame.relocations)
-    records = ehframe_records(eh_frame)  # every FDE points back at a CIE copied before it
-    assert records is not None and sum(cie >= 0 for _, _, cie in records) == len(eh_frame.relocations)
+    found = ehframe.records(eh_frame.data)  # every FDE points back at a CIE copied before it (else Malformed)
+    assert sum(not r.is_cie for r in found) == len(eh_frame.relocations)
     assert eh_frame.data.endswith(bytes(4))  # the terminator
 
 

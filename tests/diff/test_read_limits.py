@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from diffobj.errors import InputError
+from common.errors import InputError
 from diffobj.read import read_object
 
 SOURCE = "int zeroed[64]; int filled = 7; int use(int i) { return zeroed[i] + filled; }\n"

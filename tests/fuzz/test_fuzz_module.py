@@ -20,10 +20,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loader"))
 
-from diffobj.errors import InputError  # noqa: E402
+from common.errors import InputError  # noqa: E402
 from kbuild.options import BuildOptions  # noqa: E402
 from kbuild.userspace import build_user_patch  # noqa: E402
-from linker import integrity  # noqa: E402
+from patchformat import integrity  # noqa: E402
 from livetarget import FIXTURE, Server  # noqa: E402
 from support.fuzzing import Runner, check_outcome, describe, mutations  # noqa: E402
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, go_env, tool
-from diffobj.errors import Refused
+from common.errors import Refused
 from loader.golang import agent_dir, ask_agent
 from server import Load, Server
 

@@ -21,7 +21,7 @@ sys.path.insert(0, os.fspath(Path(__file__).parent))
 from debian_kernel import LINES, KernelEnv, kernel_env  # noqa: E402
 
 from diffobj.struct_sizes import StructSizes  # noqa: E402
-from kbuild.build import build_environment  # noqa: E402
+from common.buildcmd import build_environment  # noqa: E402
 from kbuild.struct_sizes import struct_sizes  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "kernel"

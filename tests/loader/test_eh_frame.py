@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from diffobj.read import read_object
+from elfcore.ehframe import TERMINATOR, records
+from elfcore.read import read_object
 from kbuild.options import BuildOptions
 from kbuild.userspace import build_user_patch
-from linker import integrity
+from patchformat import integrity
 from livetarget import REPO, assert_one_line_error, patch_ctl
-from loader.ehframe import TERMINATOR, records, unwind_section
+from loader.ehframe import unwind_section
 
 FIXTURE = REPO / "fixtures" / "cxx-throw"
 ORIGINAL = {"5": "OK 10", "-5": "ERR negative: -5", "abc": "ERR not a number", "13": "FAIL unlucky",

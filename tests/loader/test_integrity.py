@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from elftools.elf.elffile import ELFFile
 
-from linker import integrity
+from patchformat import integrity
 from patchformat.sections import FUNCS, OFFSET
 from livetarget import FIXTURE, Server, assert_one_line_error, patch_ctl, patch_ctl_env
 

@@ -12,12 +12,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from diffobj.errors import InputError
+from common.errors import InputError
 from livetarget import assert_one_line_error, patch_ctl, patch_ctl_argv, patch_ctl_env
 from loader.store import Store
 from support.kmodule import kernel_module
 
-from linker.module import read_module
+from patchformat.module import read_module
 
 pytestmark = pytest.mark.slow  # builds modules and installs them into stores
 
@@ -176,7 +176,7 @@ def test_bad_modules(builds, store, tmp_path):
     truncated = tmp_path / "livepatch_t.ko"
     truncated.write_bytes(kernel_module(tmp_path / "k" / "livepatch_t.ko", "livepatch_t", "6.1.0-1-amd64")
                           .read_bytes()[:600])
-    assert_one_line_error(patch_ctl("install", "--store", store, truncated), 2, "livepatch_t.ko", "malformed ELF")
+    assert_one_line_error(patch_ctl("install", "--store", store, truncated), 2, "livepatch_t.ko", "truncated")
     assert not (store / "index.json").exists()
 
 

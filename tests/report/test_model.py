@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from report.patches import lines_by_file, read_hunks
 from report.model import Report
+from report.patches import lines_by_file, read_hunks
 from report.render import to_json
 
 from reportenv import CFLAGS, build_pair, diff_and_report
@@ -191,7 +191,7 @@ def test_a_change_from_date_and_time_is_flagged_with_its_cause(tmp_path):
 def test_a_broken_patch_is_bad_input_naming_the_file(tmp_path):
     import pytest
 
-    from diffobj.errors import InputError
+    from common.errors import InputError
     from report.patches import touched_files
 
     cut = tmp_path / "cut.patch"

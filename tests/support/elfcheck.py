@@ -1,4 +1,5 @@
-"""Checks of ELF objects with the real binutils (readelf, ld), independent of the code under test."""
+"""Checks of ELF objects with the real binutils (readelf, ld), independent of the code under test; the
+`.kpatch.funcs` records are decoded by the patch formats' own reader (patchformat.module), their contract."""
 from __future__ import annotations
 
 import os
@@ -8,9 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
-from elftools.elf.relocation import RelocationSection
 
-from patchformat.sections import FUNCS, OFFSET, RECORD, records
+from patchformat.module import Func, read_funcs
 
 _SYMLINE = re.compile(r"^\s*\d+:\s+([0-9a-f]+)\s+(\d+|0x[0-9a-f]+)\s+(\w+)\s+(\w+)\s+(\w+)\s+(\w+)\s*(\S*)")
 
@@ -88,52 +88,9 @@ def comdat_groups(path: str | os.PathLike) -> set[str]:
     return set(re.findall(r"COMDAT group section \[\s*\d+\] `[^']*' \[([^\]]+)\]", out))
 
 
-@dataclass(frozen=True)
-class FuncEntry:
-    """One `.kpatch.funcs` entry of an unlinked object, read through its relocations."""
-
-    new_symbol: str
-    new_size: int
-    old_addr: int
-    old_size: int
-    sympos: int
-    name: str
-    objname: str
-
-
-def kpatch_funcs(path: str | os.PathLike) -> list[FuncEntry]:
-    """Decode `.kpatch.funcs` of a relocatable object: values from its bytes, pointers from its RELA."""
-    with open(path, "rb") as f:
-        elf = ELFFile(f)
-        funcs = elf.get_section_by_name(FUNCS)
-        if funcs is None:
-            raise AssertionError(f"{path}: no {FUNCS} section")
-        table = records(funcs.data())
-        idx = [i for i, s in enumerate(elf.iter_sections()) if s.name == FUNCS][0]
-        symtab = elf.get_section_by_name(".symtab")
-        sections = list(elf.iter_sections())
-        relocs = {}
-        for sec in elf.iter_sections():
-            if isinstance(sec, RelocationSection) and sec.header.sh_info == idx:
-                for r in sec.iter_relocations():
-                    relocs[r["r_offset"]] = (r["r_info_type"], symtab.get_symbol(r["r_info_sym"]), r["r_addend"])
-
-        def string(offset: int) -> str:
-            typ, sym, addend = relocs[offset]
-            assert typ == 1, f"pointer at .kpatch.funcs+{offset:#x} is relocation type {typ}, not R_X86_64_64"
-            target = sections[sym["st_shndx"]]
-            data = target.data()
-            start = sym["st_value"] + addend
-            return data[start:data.index(b"\0", start)].decode()
-
-        entries = []
-        for i, entry in enumerate(table):
-            base = i * RECORD.size
-            typ, new_sym, addend = relocs[base + OFFSET["new_addr"]]
-            assert typ == 1 and addend == 0, f"new_addr of entry {i}: type {typ} addend {addend}"
-            new_name = new_sym.name
-            if new_sym["st_info"]["type"] == "STT_SECTION":
-                new_name = sections[new_sym["st_shndx"]].name
-            entries.append(FuncEntry(new_name, entry.new_size, entry.old_addr, entry.old_size, entry.sympos,
-                                     string(base + OFFSET["name"]), string(base + OFFSET["objname"])))
-        return entries
+def kpatch_funcs(path: str | os.PathLike) -> list[Func]:
+    """`.kpatch.funcs` of a relocatable object, decoded by the contract module (values from its bytes,
+    pointers through its relocations); a problem it finds fails the test."""
+    funcs, problems = read_funcs(path)
+    assert not problems, f"{path}: {problems}"
+    return funcs

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 
-from diffobj.errors import InputError
+from common.errors import InputError
 
 MIB = 1 << 20
 

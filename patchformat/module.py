@@ -11,14 +11,13 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from diffobj.errors import InputError
-from diffobj.model import ObjectFile, Relocation, Section
-from diffobj.read import read_object
-from linker.integrity import Seal, examine, read_module_bytes
+from common.errors import InputError
+from elfcore.model import ObjectFile, Relocation, Section
+from elfcore.read import read_object
+from elfcore.x86_64 import R_X86_64_64
+from patchformat.integrity import Seal, examine, read_module_bytes
 from patchformat.sections import (FUNCS, HOOK_ENTRY, HOOK_STAGES, HOOKS_PREFIX, MODULE, MODULE_ENTRY, MODULE_VERSION,
                                   OFFSET, RECORD, STRINGS, TARGET_ENTRY, TARGETS)
-
-R_X86_64_64 = 1
 
 
 @dataclass
@@ -52,7 +51,7 @@ class ModuleInfo:
     targets: list[Target] = field(default_factory=list)
     funcs: list[Func] = field(default_factory=list)  # one per replaced function (identical duplicates merged)
     problems: list[str] = field(default_factory=list)  # why the module is not well-formed; empty when valid
-    seal: Seal | None = None  # its integrity record (linker.integrity)
+    seal: Seal | None = None  # its integrity record (patchformat.integrity)
     hooks: list[Hook] = field(default_factory=list)  # by stage, in run order
 
     @property
@@ -61,7 +60,7 @@ class ModuleInfo:
 
 
 class _Module:
-    """The object (diffobj's model: every relocation, symbol and section bound already checked) with what is
+    """The object (elfcore's model: every relocation, symbol and section bound already checked) with what is
     needed to resolve pointers: the relocation at each offset of each section."""
 
     def __init__(self, obj: ObjectFile):
@@ -140,16 +139,41 @@ def read_module(path: str | os.PathLike, data: bytes | None = None) -> ModuleInf
 
 
 def read_module_object(path: str | os.PathLike, data: bytes | None = None) -> tuple[ModuleInfo, ObjectFile]:
-    """read_module, and the module as diffobj's model of an object (what the loader maps): one parse."""
+    """read_module, and the module as elfcore's model of an object (what the loader maps): one parse."""
     path = os.fspath(path)
     if data is None:
         data = read_module_bytes(path)
     seal = examine(path, data)  # validates the ELF and section headers first
-    obj = read_object(path, data)
-    mod = _Module(obj)
+    mod = _open(path, data)
+    return _read(path, mod, seal), mod.obj
+
+
+def read_funcs(path: str | os.PathLike) -> tuple[list[Func], list[str]]:
+    """The `.kpatch.funcs` records of any relocatable object that holds them (a differ's output, a module), in
+    order, their pointers followed; with the inconsistencies found. InputError as `read_module`."""
+    path = os.fspath(path)
+    problems: list[str] = []
+    return _funcs(_open(path, read_module_bytes(path)), problems), problems
+
+
+def _open(path: str, data: bytes) -> _Module:
+    """The module read through elfcore, which checks every field against the file first (InputError)."""
+    mod = _Module(read_object(path, data))
     if mod.section(FUNCS) is None:
         raise InputError(f"{os.path.basename(path)}: not a patch module (no {FUNCS} section)")
-    return _read(path, mod, seal), obj
+    return mod
+
+
+def _funcs(mod: _Module, problems: list[str]) -> list[Func]:
+    funcs = []
+    for sec, off, (_, new_size, old_addr, old_size, sympos, _, _) in _entries(mod, FUNCS, RECORD, problems):
+        what = f"{FUNCS} entry {len(funcs)}"
+        funcs.append(Func(name=mod.string(sec, off + OFFSET["name"], what + " name", problems),
+                          objname=mod.string(sec, off + OFFSET["objname"], what + " objname", problems),
+                          sympos=sympos, old_size=old_size, new_size=new_size,
+                          new_symbol=mod.function_symbol(sec, off + OFFSET["new_addr"], what, problems),
+                          old_addr=old_addr))
+    return funcs
 
 
 def _read(path: str, mod: _Module, seal: Seal) -> ModuleInfo:
@@ -175,15 +199,7 @@ def _read(path: str, mod: _Module, seal: Seal) -> ModuleInfo:
         if t.build_id and not all(c in "0123456789abcdef" for c in t.build_id):
             problems.append(f"target {t.name}: build-id {t.build_id!r} is not lowercase hex")
 
-    funcs = []
-    for sec, off, (_, new_size, old_addr, old_size, sympos, _, _) in _entries(mod, FUNCS, RECORD, problems):
-        what = f"{FUNCS} entry {len(funcs)}"
-        func = Func(name=mod.string(sec, off + OFFSET["name"], what + " name", problems),
-                    objname=mod.string(sec, off + OFFSET["objname"], what + " objname", problems),
-                    sympos=sympos, old_size=old_size, new_size=new_size,
-                    new_symbol=mod.function_symbol(sec, off + OFFSET["new_addr"], what, problems),
-                    old_addr=old_addr)
-        funcs.append(func)
+    funcs = _funcs(mod, problems)
     if not funcs:
         problems.append(f"{FUNCS} is empty")
     names = {t.name for t in targets}

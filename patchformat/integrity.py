@@ -22,10 +22,10 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from diffobj.errors import InputError, Refused
-from diffobj.inputfile import MIB, read_input
-from diffobj.model import SHT_PROGBITS
-from diffobj.read import check_header
+from common.errors import InputError, Refused
+from common.inputfile import MIB, read_input
+from elfcore.constants import SHT_PROGBITS
+from elfcore.headers import check_header
 
 SECTION = ".kpatch.integrity"
 MAGIC = b"KPSHA256"

@@ -1,4 +1,4 @@
-"""Errors the differ raises; each maps to an exit code of ../docs/design.md."""
+"""The errors every command raises; each maps to an exit code of ../docs/design.md."""
 
 
 class PatchBuildError(Exception):

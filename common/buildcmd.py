@@ -1,4 +1,4 @@
-"""Running the project's own build command in the scratch tree."""
+"""Running a build command (the project's own build in the scratch tree, kbuild for a kernel module)."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from diffobj.errors import InputError
+from common.errors import InputError
 
 TAIL_LINES = 15
 _DIAGNOSTIC = re.compile(r"(?:^|\s)(?:fatal )?error:|undefined reference|No rule to make target|not found")

@@ -1,0 +1,117 @@
+"""The ELF header and section header table of a relocatable object, checked before anything is read through
+them: a file's own numbers say where everything else lies, and an untrusted file may lie."""
+from __future__ import annotations
+
+import os
+
+from common.errors import InputError
+from common.inputfile import MIB
+from elfcore.constants import (
+    EI_CLASS,
+    EI_DATA,
+    ELFCLASS64,
+    ELFDATA2LSB,
+    ELFMAG,
+    EM_X86_64,
+    ET_CORE,
+    ET_DYN,
+    ET_EXEC,
+    ET_REL,
+    MAX_SECTIONS,
+    SHT_NOBITS,
+    SHT_RELA,
+    SHT_STRTAB,
+    SHT_SYMTAB,
+)
+from elfcore.structs import EHDR, RELA, SHDR, SYM, string_at
+
+MAX_NOBITS_SIZE = 256 * MIB  # a NOBITS section is read as zeros: its size is memory the reader allocates
+MAX_ALIGN = 2 * MIB  # the differ's output pads to each section's alignment; x86-64 uses at most huge-page alignment
+ENTRY_SIZE = SYM.size  # of an ELF64 symbol and of a RELA entry
+assert RELA.size == ENTRY_SIZE
+
+_ET_NAMES = {ET_EXEC: "an executable", ET_DYN: "a shared object", ET_CORE: "a core dump"}
+
+
+E_TYPE_END = 18  # e_type: the two bytes after e_ident, all that tells an object from a linked binary
+
+
+def elf_type(head: bytes) -> int | None:
+    """The e_type of a file whose first bytes (E_TYPE_END suffice) are `head`; None when it is not ELF."""
+    if not head.startswith(ELFMAG) or len(head) < E_TYPE_END:
+        return None
+    return int.from_bytes(head[16:E_TYPE_END], "little")
+
+
+def check_header(path: str, blob: bytes) -> list[tuple]:
+    """Check that `blob` is an x86-64 relocatable object whose section headers can be trusted: every section
+    within the file (NOBITS ones within a bound), whole symbol and relocation entries, links to existing
+    sections, string tables that end with a NUL, names inside the section name table. Return the raw section
+    headers (SHDR fields); InputError naming the file otherwise."""
+    name = os.path.basename(path)
+    if not blob.startswith(ELFMAG):
+        raise InputError(f"{name}: not an ELF file")
+    if len(blob) < EHDR.size:
+        raise InputError(f"{name}: truncated ELF header")
+    ident, e_type, e_machine, *_, e_shoff, _, _, _, _, e_shentsize, e_shnum, e_shstrndx = \
+        EHDR.unpack_from(blob)
+    if ident[EI_CLASS] != ELFCLASS64 or ident[EI_DATA] != ELFDATA2LSB:
+        raise InputError(f"{name}: not a 64-bit little-endian ELF file")
+    if e_machine != EM_X86_64:
+        raise InputError(f"{name}: unsupported machine (e_machine {e_machine}); only x86-64 is supported")
+    if e_type != ET_REL:
+        what = _ET_NAMES.get(e_type, f"ELF type {e_type}")
+        raise InputError(f"{name}: is {what}, not a relocatable object (.o)")
+    if e_shoff == 0:
+        raise InputError(f"{name}: has no section header table")
+    if e_shnum == 0:
+        # The real count lives in section 0's sh_size (SHN_XINDEX numbering).
+        if len(blob) >= e_shoff + SHDR.size:
+            count = SHDR.unpack_from(blob, e_shoff)[5]
+            raise InputError(f"{name}: has {count} sections; objects with more than {MAX_SECTIONS:,} "
+                             "sections are not supported (split the compilation unit)")
+        raise InputError(f"{name}: truncated section header table")
+    if e_shentsize != SHDR.size or e_shoff + e_shnum * e_shentsize > len(blob):
+        raise InputError(f"{name}: truncated or corrupt section header table")
+    headers = list(SHDR.iter_unpack(blob[e_shoff:e_shoff + e_shnum * e_shentsize]))
+    for i, (_, sh_type, _, _, sh_offset, sh_size, sh_link, _, sh_addralign, sh_entsize) in enumerate(headers):
+        if sh_type == SHT_NOBITS:
+            if sh_size > MAX_NOBITS_SIZE:
+                raise InputError(f"{name}: section {i} is a NOBITS section of {sh_size:,} bytes "
+                                 f"(the limit is {MAX_NOBITS_SIZE:,})")
+        elif sh_offset + sh_size > len(blob):
+            raise InputError(f"{name}: truncated (section {i} runs past the end of the file)")
+        if sh_addralign & (sh_addralign - 1) or sh_addralign > MAX_ALIGN:
+            raise InputError(f"{name}: section {i} has alignment {sh_addralign:#x} "
+                             f"(a power of two up to {MAX_ALIGN:#x} expected)")
+        if sh_type in (SHT_SYMTAB, SHT_RELA):
+            if sh_entsize != ENTRY_SIZE or sh_size % ENTRY_SIZE:
+                raise InputError(f"{name}: section {i} has entries of {sh_entsize} bytes in {sh_size} "
+                                 f"(whole entries of {ENTRY_SIZE} expected)")
+            if not 0 < sh_link < e_shnum:
+                raise InputError(f"{name}: section {i} links to section {sh_link}, which does not exist")
+        if sh_type == SHT_SYMTAB and headers[sh_link][1] != SHT_STRTAB:
+            raise InputError(f"{name}: symbol table (section {i}) links to section {sh_link}, not a string table")
+    if not 0 < e_shstrndx < e_shnum or headers[e_shstrndx][1] != SHT_STRTAB:
+        raise InputError(f"{name}: the section name table index {e_shstrndx} is not a string table")
+    for i, h in enumerate(headers):
+        if h[1] == SHT_STRTAB and h[5] and blob[h[4] + h[5] - 1] != 0:
+            raise InputError(f"{name}: string table (section {i}) does not end with a NUL byte")
+        if h[0] >= headers[e_shstrndx][5]:
+            raise InputError(f"{name}: section {i}'s name lies outside the section name table")
+    return headers
+
+
+def section_names(path: str, blob: bytes, headers: list[tuple]) -> list[str]:
+    """The name of each section of a file `check_header` accepted; InputError when one is not UTF-8."""
+    *_, e_shstrndx = EHDR.unpack_from(blob)
+    table = blob[headers[e_shstrndx][4]:headers[e_shstrndx][4] + headers[e_shstrndx][5]]
+    return [text(path, string_at(table, h[0]), f"section {i}") for i, h in enumerate(headers)]
+
+
+def text(path: str, raw: bytes, what: str) -> str:
+    """A name read from the file, as text; InputError naming the file when it is not UTF-8."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise InputError(f"{os.path.basename(path)}: the name of {what} is not valid UTF-8 ({raw[:40]!r})") from None

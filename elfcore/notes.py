@@ -1,0 +1,22 @@
+"""The notes of an ELF file that identify it: the GNU build-id, which the linker derives from the contents."""
+from __future__ import annotations
+
+import os
+
+from elftools.elf.elffile import ELFFile
+
+
+def build_id(elf: ELFFile) -> str | None:
+    """The GNU build-id as lowercase hex, or None when the file records none."""
+    for section in elf.iter_sections():
+        if section["sh_type"] == "SHT_NOTE":
+            for note in section.iter_notes():
+                if note["n_type"] == "NT_GNU_BUILD_ID" and note["n_name"] == "GNU":
+                    return note["n_desc"]
+    return None
+
+
+def build_id_of(path: str | os.PathLike) -> str | None:
+    """The GNU build-id of the ELF file at `path`."""
+    with open(path, "rb") as f:
+        return build_id(ELFFile(f))

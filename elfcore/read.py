@@ -1,0 +1,159 @@
+"""Read an x86-64 ELF relocatable object into the model (`elfcore.model`), every field checked against the
+file's bounds first (`elfcore.headers`): sections with their contents (NOBITS ones as zeros), symbols tied to
+their sections, and relocation entries tied to the exact section they apply to (names need not be unique).
+Unpacked with `struct`: a kernel object's hundred thousand relocations and symbols then cost milliseconds.
+"""
+from __future__ import annotations
+
+import os
+
+from common.errors import InputError
+from common.inputfile import MIB, read_input
+from elfcore import x86_64
+from elfcore.constants import (
+    SHN_ABS,
+    SHN_COMMON,
+    SHN_LORESERVE,
+    SHN_UNDEF,
+    SHT_GROUP,
+    SHT_NOBITS,
+    SHT_REL,
+    SHT_RELA,
+    SHT_SYMTAB,
+    STB_GLOBAL,
+    STB_GNU_UNIQUE,
+    STB_LOCAL,
+    STB_WEAK,
+    STT_COMMON,
+    STT_FILE,
+    STT_FUNC,
+    STT_GNU_IFUNC,
+    STT_NOTYPE,
+    STT_OBJECT,
+    STT_SECTION,
+    STT_TLS,
+)
+from elfcore.headers import check_header, section_names, text
+from elfcore.model import ObjectFile, Relocation, Section, Symbol
+from elfcore.structs import RELA, SYM, U32, r_sym, r_type, st_bind, st_type, string_at
+
+MAX_OBJECT_SIZE = 1024 * MIB
+_SYMBOL_TYPES = {STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE, STT_COMMON, STT_TLS, STT_GNU_IFUNC}
+_SYMBOL_BINDINGS = {STB_LOCAL, STB_GLOBAL, STB_WEAK, STB_GNU_UNIQUE}
+
+
+def read_object(path: str, blob: bytes | None = None, section_type: type[Section] = Section,
+                symbol_type: type[Symbol] = Symbol) -> ObjectFile:
+    """Read the object at `path`, or its bytes `blob` when the caller has read (and checked) them, into
+    `section_type` and `symbol_type` (the differ's model extends elfcore's)."""
+    if blob is None:
+        blob = read_input(path, "ELF object", MAX_OBJECT_SIZE)
+    headers = check_header(path, blob)
+    name = os.path.basename(path)
+
+    sections = []
+    for i, (section_name, (_, stype, flags, _, offset, size, link, info, align, entsize)) in enumerate(
+            zip(section_names(path, blob, headers), headers)):
+        data = bytes(size) if stype == SHT_NOBITS else blob[offset:offset + size]
+        sections.append(section_type(index=i, name=section_name, type=stype, flags=flags, addralign=align,
+                                     entsize=entsize, data=data, link=link, info=info))
+
+    symbols = []
+    source_file = ""
+    symtabs = [h for h in headers if h[1] == SHT_SYMTAB]
+    if len(symtabs) > 1:
+        raise InputError(f"{name}: malformed symbol table")
+    table = blob[symtabs[0][4]:symtabs[0][4] + symtabs[0][5]] if symtabs else b""
+    strtab = headers[symtabs[0][6]] if symtabs else None
+    symbol_names = blob[strtab[4]:strtab[4] + strtab[5]] if strtab else b""
+    for i, (st_name, info, other, shndx, value, size) in enumerate(SYM.iter_unpack(table)):
+        stype, bind = st_type(info), st_bind(info)
+        sym = symbol_type(index=i, name=_name(path, symbol_names, st_name, f"symbol {i}"), type=stype, bind=bind,
+                          other=other, shndx=shndx, value=value, size=size)
+        if shndx >= SHN_LORESERVE and shndx not in (SHN_ABS, SHN_COMMON):
+            raise InputError(f"{name}: symbol {sym.name!r} has unsupported section index {shndx:#x}")
+        if stype not in _SYMBOL_TYPES or bind not in _SYMBOL_BINDINGS:
+            raise InputError(f"{name}: symbol {sym.name!r} has unsupported type {stype} or binding {bind}")
+        if stype in (STT_FUNC, STT_SECTION) and shndx >= SHN_LORESERVE:
+            raise InputError(f"{name}: symbol {sym.name!r} is a function or section outside any section")
+        if shndx != SHN_UNDEF and shndx < SHN_LORESERVE:
+            if shndx >= len(sections):
+                raise InputError(f"{name}: symbol {sym.name!r} has bad section index {shndx}")
+            sym.section = sections[shndx]
+            if sym.value + sym.size > sym.section.size:
+                raise InputError(f"{name}: symbol {sym.name!r} ({sym.value:#x}, {sym.size} bytes) lies outside "
+                                 f"its section {sym.section.name} ({sym.section.size} bytes)")
+            if stype == STT_SECTION:
+                sym.section.section_symbol = sym
+            else:
+                sym.section.symbols.append(sym)
+        if stype == STT_FILE and not source_file:
+            source_file = sym.name
+        symbols.append(sym)
+
+    for sec in sections:
+        if sec.type == SHT_REL:
+            raise InputError(f"{name}: SHT_REL section {sec.name}: only RELA is used on x86-64")
+        if sec.type == SHT_RELA:
+            if not 0 < sec.info < len(sections):
+                raise InputError(f"{name}: relocation section {sec.name} has bad target")
+            target = sections[sec.info]
+            for r_offset, info, r_addend in RELA.iter_unpack(sec.data):
+                symidx, rtype = r_sym(info), r_type(info)
+                if not 0 < symidx < len(symbols) or symbols[symidx].type == STT_FILE:
+                    raise InputError(f"{name}: relocation at {r_offset:#x} in {sec.name} names bad symbol {symidx}")
+                kind = x86_64.RELOC_TYPES.get(rtype)
+                if kind is None:
+                    raise InputError(f"{name}: unsupported relocation type {rtype} in {sec.name}")
+                if r_offset + kind.size > target.size:
+                    raise InputError(f"{name}: relocation at {r_offset:#x} in {sec.name} lies outside "
+                                     f"{target.name} ({target.size} bytes)")
+                target.relocations.append(Relocation(r_offset, rtype, symbols[symidx], r_addend))
+        elif sec.type == SHT_GROUP:
+            for (idx,) in list(U32.iter_unpack(sec.data[:len(sec.data) // 4 * 4]))[1:]:  # a flag word, then members
+                if 0 < idx < len(sections):
+                    sections[idx].group = sec
+    for sec in sections:
+        sec.relocations.sort(key=lambda r: r.offset)
+        mark_aliases(sec)
+        mark_prefixes(sec)
+    return ObjectFile(path=path, sections=sections, symbols=symbols, source_file=source_file)
+
+
+def _name(path: str, table: bytes, offset: int, what: str) -> str:
+    """The name at `offset` of a string table, as text."""
+    try:
+        raw = string_at(table, offset)
+    except ValueError:
+        raise InputError(f"{os.path.basename(path)}: the name of {what} lies outside its string table") from None
+    return text(path, raw, what)
+
+
+def mark_aliases(sec: Section) -> None:
+    """Several function symbols with one address and size are one function (gcc adds `NAME.localalias`
+    for -fPIC code): the global, or else the undotted, name is the function; the others alias it."""
+    by_extent: dict[tuple[int, int], list[Symbol]] = {}
+    for sym in sec.symbols:
+        if sym.type == STT_FUNC:
+            by_extent.setdefault((sym.value, sym.size), []).append(sym)
+    for syms in by_extent.values():
+        if len(syms) > 1:
+            primary = min(syms, key=lambda s: (s.is_local, "." in s.name, s.index))
+            for sym in syms:
+                if sym is not primary:
+                    sym.alias_of = primary
+
+
+PADDING_PREFIXES = ("__pfx_", "__cfi_")  # kernel symbols naming the padding before a function (mark_prefixes)
+
+
+def mark_prefixes(sec: Section) -> None:
+    """The kernel's CALL_PADDING (6.2+) puts NOPs before each function, and objtool names them `__pfx_NAME`
+    (`__cfi_NAME` with clang's CFI): a symbol of its own in NAME's section, ending where NAME starts."""
+    starts = {(s.name, s.value): s for s in sec.symbols if s.type == STT_FUNC}
+    for sym in sec.symbols:
+        prefix = next((p for p in PADDING_PREFIXES if sym.name.startswith(p)), None)
+        if sym.type == STT_FUNC and prefix is not None:
+            owner = starts.get((sym.name[len(prefix):], sym.value + sym.size))
+            if owner is not None:
+                sym.prefix_of = owner

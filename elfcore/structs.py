@@ -1,0 +1,45 @@
+"""The ELF64 little-endian records, as `struct` layouts (x86-64 is the only architecture): where pyelftools'
+per-field parsing would cost too much (a kernel object's hundred thousand relocations, libc's symbols) or
+where a file is rewritten in place."""
+from __future__ import annotations
+
+import struct
+
+# e_ident e_type e_machine e_version e_entry e_phoff e_shoff e_flags e_ehsize e_phentsize e_phnum
+# e_shentsize e_shnum e_shstrndx
+EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+# sh_name sh_type sh_flags sh_addr sh_offset sh_size sh_link sh_info sh_addralign sh_entsize
+SHDR = struct.Struct("<IIQQQQIIQQ")
+# st_name st_info st_other st_shndx st_value st_size
+SYM = struct.Struct("<IBBHQQ")
+# r_offset r_info r_addend
+RELA = struct.Struct("<QQq")
+U32 = struct.Struct("<I")
+
+
+def st_info(bind: int, type: int) -> int:
+    return (bind << 4) | (type & 0xF)
+
+
+def st_type(info: int) -> int:
+    return info & 0xF
+
+
+def st_bind(info: int) -> int:
+    return info >> 4
+
+
+def r_sym(info: int) -> int:
+    return info >> 32
+
+
+def r_type(info: int) -> int:
+    return info & 0xFFFFFFFF
+
+
+def string_at(table: bytes, offset: int) -> bytes:
+    """The NUL-terminated string at `offset` of a string table's contents; ValueError when it lies outside."""
+    end = table.find(b"\0", offset)
+    if not 0 <= offset < len(table) or end < 0:
+        raise ValueError(f"string offset {offset:#x} lies outside its table ({len(table)} bytes)")
+    return table[offset:end]
