@@ -168,9 +168,12 @@ def main(
     """
     if debug:
         os.environ["PATCH_BUILD_DEBUG"] = "1"
-    if lang not in (None, "c", "go"):
-        with guarded(PROG):
+    with guarded(PROG):
+        if lang not in (None, "c", "go"):
             raise InputError(f"--lang {lang}: unknown language (c or go)")
+        from kbuild.golang import is_go_module
+        if package is not None and (lang == "go" or (lang is None and is_go_module(srcdir))):
+            raise InputError("--package: Go patches (.gopatch) are not packaged (the store takes .kpatch and .ko)")
     epoch = _check_package(package, package_version, patches)
     progress = RichProgress() if sys.stderr.isatty() else PlainProgress()
     options = BuildOptions(patches=patches, srcdir=srcdir, targets=target, name=name, outdir=outdir, jobs=jobs,

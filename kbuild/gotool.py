@@ -25,13 +25,17 @@ def cache_dir() -> Path:
 
 
 def go_environment(scratch: Path) -> dict[str, str]:
-    """The go command's environment: only the standard library and what the module cache already holds
-    (GOPROXY=off), the local toolchain only, the build cache under patch-build's cache directory."""
+    """The go command's environment: only the standard library and what the user's module cache already
+    holds (GOPROXY=off: where the program's dependencies were fetched when it was built; read only), the
+    local toolchain only, the build cache under patch-build's cache directory."""
     env = dict(os.environ)
-    cache = cache_dir()
+    try:
+        modcache = subprocess.run(["go", "env", "GOMODCACHE"], env=env, capture_output=True, text=True).stdout.strip()
+    except FileNotFoundError:
+        modcache = ""  # toolchain_version says so
     env.update(GOPROXY="off", GOTOOLCHAIN="local", GOFLAGS="", GOWORK="off", GO111MODULE="on",
-               GOCACHE=os.fspath(cache / "go-build"), GOPATH=os.fspath(scratch / "gopath"), LC_ALL="C")
-    env.setdefault("GOMODCACHE", os.fspath(cache / "go-mod"))
+               GOCACHE=os.fspath(cache_dir() / "go-build"), GOPATH=os.fspath(scratch / "gopath"), LC_ALL="C")
+    env["GOMODCACHE"] = modcache or os.fspath(cache_dir() / "go-mod")
     return env
 
 

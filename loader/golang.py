@@ -169,16 +169,21 @@ def _apply(s: Session, patch: GoPatch, plugin: bytes, path: str, timeout: float)
 
         critical.safe_point()
         ours, inside = _place_plugin(s.pid, directory, patch.name, plugin)
+        with GoBinary(ours) as built:  # checked before the program loads it
+            missing = [f.new for f, _, _, _ in olds if f.new not in built.functions]
+            if missing:
+                raise InputError(f"{path}: malformed .gopatch: its plugin has no {missing[0]}")
+            new_offsets = [built.functions[f.new].addr for f, _, _, _ in olds]
+            bind_offsets = [(built.functions[b.copy].addr, exe.base + program.functions[b.host].addr)
+                            for b in patch.binds if b.copy in built.functions and b.host in program.functions]
         ask_agent(s.pid, directory, inside)
         s.refresh()
         loaded = [o for o in s.objects if o.path.removesuffix(" (deleted)") == inside]
         if not loaded:
             raise Refused([(patch.name, f"the program says it loaded {inside}, but it is not mapped")])
-        with GoBinary(ours) as built:
-            base = loaded[0].base
-            new_addrs = [base + built.functions[f.new].addr for f, _, _, _ in olds]
-            binds = [(base + built.functions[b.copy].addr, exe.base + program.functions[b.host].addr)
-                     for b in patch.binds if b.copy in built.functions and b.host in program.functions]
+        plugin_base = loaded[0].base
+        new_addrs = [plugin_base + offset for offset in new_offsets]
+        binds = [(plugin_base + offset, host) for offset, host in bind_offsets]
         _bind(s, binds)
 
         seq = max((r.seq for r in s.patches), default=0) + 1

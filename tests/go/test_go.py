@@ -181,6 +181,8 @@ def test_bad_targets_are_one_line(go_tree, tmp_path):
     one_line_error(go_tree.build("fix.patch", binary=Path("/bin/ls")), 2, "not a Go program with build info")
     one_line_error(tool("kbuild", "--lang", "rust", "-s", go_tree.src, "-t", go_tree.counter,
                         FIXTURES / "fix.patch"), 2, "--lang rust")
+    one_line_error(tool("kbuild", "--package", "deb", "-s", go_tree.src, "-t", go_tree.counter,
+                        FIXTURES / "fix.patch"), 2, "Go patches (.gopatch) are not packaged")
 
 
 def test_report_explains_each_function_with_its_hunk(go_tree, fixes):
