@@ -8,7 +8,6 @@ Data is compared first so that a function using changed read-only data is itself
 from __future__ import annotations
 
 from diffobj import line_numbers, names
-from diffobj.arch import x86_64 as arch
 from diffobj.model import (
     BOOKKEEPING_TYPES,
     SHF_MERGE,

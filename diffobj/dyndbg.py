@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from diffobj import names
-from diffobj.arch import x86_64 as arch
+from elfcore import x86_64 as arch
 from diffobj.model import ObjectFile, Relocation, Section, Status, Symbol
 from diffobj.targets import Target, TargetResolver, string_at
 

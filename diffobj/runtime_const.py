@@ -10,7 +10,7 @@ which no same-size instruction can load from memory: a function using one is ref
 """
 from __future__ import annotations
 
-from diffobj.arch.x86_64 import R_PC32
+from elfcore.x86_64 import R_X86_64_PC32
 from diffobj.model import SHN_UNDEF, STB_GLOBAL, STT_NOTYPE, ObjectFile, Relocation, Section, Symbol
 from diffobj.problems import Problems
 
@@ -62,4 +62,4 @@ def _load_from_memory(patched: ObjectFile, code: Section, start: int, name: str,
         target = Symbol(len(patched.symbols), name, STT_NOTYPE, STB_GLOBAL, 0, SHN_UNDEF, 0, 0)
         patched.symbols.append(target)
     field = start + _MOV_RIP_LEN - 4
-    code.relocations = sorted(code.relocations + [Relocation(field, R_PC32, target, -4)], key=lambda r: r.offset)
+    code.relocations = sorted(code.relocations + [Relocation(field, R_X86_64_PC32, target, -4)], key=lambda r: r.offset)

@@ -16,13 +16,14 @@ import time
 
 from common.errors import InputError, Refused
 from loader import layout, x86_64 as arch
-from loader.critical import Critical
-from loader.patcher import commit, current_patches, discard, free_addresses_near, map_near, recover
+from loader.jumps import commit
+from loader.placement import free_addresses_near, map_near
 from loader.procfs import check_process
+from loader.recovery import changing
 from loader.remote import PROT_EXEC, PROT_READ, RemoteCaller
-from loader.session import Session, Stats, in_target, run, still_alive
-from loader.ptrace import ThreadGone
-from loader.state import PENDING, PatchedFunc, PatchRecord
+from loader.session import Session, Stats, in_target, run
+from loader.state import PENDING, PatchedFunc, PatchRecord, current_patches
+from loader.undo import discard
 from patchformat.gobinary import GoBinary, NotGo, stack_check_size
 from patchformat.gopatch import BadGoPatch, GoPatch, read_gopatch
 
@@ -140,13 +141,11 @@ def _check_program(s: Session, patch: GoPatch) -> GoBinary:
 
 
 def _apply(s: Session, patch: GoPatch, plugin: bytes, path: str, timeout: float):
-    t0 = time.perf_counter()
     directory = agent_dir(s.pid)
     if not os.path.exists(os.path.join(directory, "agent.sock")):
         raise Refused([(f"process {s.pid}", "no patch-build agent in the program (it must import "
                                             f"patchbuild.local/go/agent; {directory}/agent.sock is missing)")])
-    with _check_program(s, patch) as program, Critical() as critical:
-        recover(s, timeout, critical)
+    with _check_program(s, patch) as program, changing(s, timeout) as critical:
         if any(r.module == patch.name for r in s.patches):
             raise Refused([(patch.name, f"already applied in process {s.pid} (revert it first)")])
         exe_path = os.readlink(f"/proc/{s.pid}/exe")
@@ -230,10 +229,6 @@ def _apply(s: Session, patch: GoPatch, plugin: bytes, path: str, timeout: float)
             if record is None or record.state != "active":
                 discard(s, record, [(base, size)] if base else [], timeout)
             raise
-    if not still_alive(s.pid):
-        raise ThreadGone(s.pid)
-    s.stats.late_signal = critical.late
-    s.stats.elapsed = time.perf_counter() - t0
     return record, s.stats
 
 
