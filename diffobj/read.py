@@ -1,13 +1,13 @@
-"""Read an x86-64 ELF relocatable object into the model (LIEF), guarding LIEF's known limits.
+"""Read an x86-64 ELF relocatable object into the model.
 
-LIEF reads sections and symbols; relocation entries are unpacked from the raw SHT_RELA contents so each
-one is tied to the exact section it applies to (names need not be unique). The ELF header is checked by
-hand first, because LIEF quietly returns nothing for inputs it cannot handle: more than 65,280
-sections (SHN_XINDEX numbering), truncated files, other machines.
+The fixed-size ELF64 records (header, section headers, symbols, RELA entries) are unpacked with `struct`
+from the bytes read once, each field checked before it is used: more than 65,280 sections (SHN_XINDEX
+numbering), truncated files and other machines are refused by name. LIEF is not used here: importing it
+costs more than reading a large object (issue 11), and a relocatable object needs nothing it adds.
+Relocation entries are tied to the exact section they apply to (names need not be unique).
 """
 from __future__ import annotations
 
-import io
 import os
 import struct
 
@@ -44,6 +44,7 @@ _ET_NAMES = {ET_EXEC: "an executable", ET_DYN: "a shared object", ET_CORE: "a co
 _ELF64_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _ELF64_SHDR = struct.Struct("<IIQQQQIIQQ")
 _RELA = struct.Struct("<QQq")
+_ELF64_SYM = struct.Struct("<IBBHQQ")
 _ENTRY_SIZE = 24  # of an ELF64 symbol and of a RELA entry
 _SYMBOL_TYPES = {0, 1, 2, 3, 4, 5, 6, 10}  # NOTYPE..TLS, GNU_IFUNC
 _SYMBOL_BINDINGS = {0, 1, 2, 10}  # LOCAL, GLOBAL, WEAK, GNU_UNIQUE
@@ -111,38 +112,25 @@ def read_object(path: str, blob: bytes | None = None) -> ObjectFile:
         blob = read_input(path, "ELF object", MAX_OBJECT_SIZE)
     headers = check_header(path, blob)
     name = os.path.basename(path)
-    machine = arch.for_machine(_ELF64_EHDR.unpack_from(blob)[2])
-
-    import lief
-
-    lief.logging.disable()
-    binary = lief.ELF.parse(io.BytesIO(blob))  # the bytes checked above, not the path read again
-    if binary is None or len(binary.sections) != len(headers):
-        raise InputError(f"{name}: could not be parsed as an ELF relocatable object")
-
-    # Names come from LIEF; numeric fields and contents from the headers checked above: LIEF's
-    # `content` costs time linear in the section count per call (quadratic over a large object) and
-    # reads garbage for NOBITS sections, which must read as zeros.
+    ehdr = _ELF64_EHDR.unpack_from(blob)
+    machine, shstrtab = arch.for_machine(ehdr[2]), headers[ehdr[13]]
     sections = []
-    for i, (s, hdr) in enumerate(zip(list(binary.sections), headers)):
-        _, stype, flags, _, offset, size, link, info, align, entsize = hdr
+    for i, (sh_name, stype, flags, _, offset, size, link, info, align, entsize) in enumerate(headers):
         data = bytes(size) if stype == SHT_NOBITS else blob[offset:offset + size]
-        sections.append(Section(index=i, name=_checked_name(name, s.name, f"section {i}"), type=stype,
+        sections.append(Section(index=i, name=_string(name, blob, shstrtab, sh_name, f"section {i}"), type=stype,
                                 flags=flags, addralign=align, entsize=entsize, data=data, link=link, info=info))
 
     symbols = []
     source_file = ""
-    raw_symbols = list(binary.symtab_symbols)
     symtabs = [h for h in headers if h[1] == SHT_SYMTAB]
-    if len(symtabs) > 1 or len(raw_symbols) != sum(h[5] // _ENTRY_SIZE for h in symtabs):
-        raise InputError(f"{name}: malformed symbol table")
-    for i, s in enumerate(raw_symbols):
-        # Type and binding from the raw st_info: LIEF warns on stderr about values outside its enums.
-        st_info = blob[symtabs[0][4] + i * _ENTRY_SIZE + 4]
+    if len(symtabs) > 1:
+        raise InputError(f"{name}: malformed symbol table (more than one)")
+    raw_symbols = _ELF64_SYM.iter_unpack(blob[symtabs[0][4]:symtabs[0][4] + symtabs[0][5]]) if symtabs else ()
+    strtab = headers[symtabs[0][6]] if symtabs else None
+    for i, (st_name, st_info, other, shndx, value, size) in enumerate(raw_symbols):
         stype, bind = st_info & 0xF, st_info >> 4
-        shndx = int(s.shndx)
-        sym = Symbol(index=i, name=_checked_name(name, s.name, f"symbol {i}"), type=stype, bind=bind,
-                     other=int(s.other), shndx=shndx, value=int(s.value), size=int(s.size))
+        sym = Symbol(index=i, name=_string(name, blob, strtab, st_name, f"symbol {i}"), type=stype, bind=bind,
+                     other=other, shndx=shndx, value=value, size=size)
         if shndx >= SHN_LORESERVE and shndx not in (SHN_ABS, SHN_COMMON):
             raise InputError(f"{name}: symbol {sym.name!r} has unsupported section index {shndx:#x}")
         if stype not in _SYMBOL_TYPES or bind not in _SYMBOL_BINDINGS:
@@ -192,11 +180,17 @@ def read_object(path: str, blob: bytes | None = None) -> ObjectFile:
     return ObjectFile(path=path, sections=sections, symbols=symbols, source_file=source_file)
 
 
-def _checked_name(file: str, name, what: str) -> str:
-    """LIEF returns the bytes of a name that is not UTF-8; the differ needs text."""
-    if not isinstance(name, str):
-        raise InputError(f"{file}: the name of {what} is not valid UTF-8 ({bytes(name)[:40]!r})")
-    return name
+def _string(file: str, blob: bytes, table: tuple, offset: int, what: str) -> str:
+    """The name at `offset` in the string table with section header `table` (checked by `check_header`
+    to end with a NUL byte, so the search stops inside it)."""
+    if offset >= table[5]:
+        raise InputError(f"{file}: the name of {what} lies outside its string table")
+    start = table[4] + offset
+    raw = blob[start:blob.index(b"\0", start)]
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise InputError(f"{file}: the name of {what} is not valid UTF-8 ({raw[:40]!r})") from None
 
 
 def mark_aliases(sec: Section) -> None:
