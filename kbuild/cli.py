@@ -13,14 +13,14 @@ from typing import List, Optional
 
 import typer
 
-from diffobj.console import entry_point, guarded, internal_error_message
+from diffobj.console import command_app, entry_point, guarded, internal_error_message
 from diffobj.errors import InputError, PatchBuildError
 from kbuild.build import BuildFailed
 from kbuild.package import build_deb, check_version, maintainer, package_epoch, require_dpkg_deb
 from kbuild.options import BuildOptions, BuildResult
 from report.summary import build_summary
 
-app = typer.Typer(add_completion=True, help=__doc__, pretty_exceptions_enable=False)
+app = command_app(__doc__, add_completion=True)
 PROG = "patch-build"
 
 

@@ -120,6 +120,8 @@ def only_line_numbers_differ(old: bytes, new: bytes, call_targets_old: dict[int,
     """True when two same-size function bodies differ only in `mov $imm, %reg` that load the line
     argument of a following call to a function with a line parameter. `call_targets_*`: relocation
     offset -> symbol name."""
+    if not any(name in LINE_PARAMETER_REGISTER for name in call_targets_new.values()):
+        return False  # no call that takes a line number: no need to disassemble (nor import capstone)
     md = _disassembler()
     a, b = list(md.disasm_lite(old, 0)), list(md.disasm_lite(new, 0))
     if len(a) != len(b):
