@@ -8,6 +8,7 @@ Objects compare by identity: two sections with the same bytes are still two sect
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass, field
 
 # ELF constants used across passes (values from the ELF gABI).
@@ -17,6 +18,11 @@ SHF_INFO_LINK, SHF_GROUP, SHF_TLS = 0x40, 0x200, 0x400
 STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE, STT_COMMON, STT_TLS = 0, 1, 2, 3, 4, 5, 6
 STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
 SHN_UNDEF, SHN_ABS, SHN_COMMON = 0, 0xFFF1, 0xFFF2
+# The ELF64 little-endian records the reader unpacks and the writer packs.
+ELF64_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+ELF64_SHDR = struct.Struct("<IIQQQQIIQQ")
+ELF64_SYM = struct.Struct("<IBBHQQ")
+ELF64_RELA = struct.Struct("<QQq")
 # Sections that describe other sections rather than hold code or data.
 BOOKKEEPING_TYPES = (SHT_NULL, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_REL, SHT_GROUP)
 

@@ -15,6 +15,10 @@ from diffobj import arch
 from diffobj.errors import InputError
 from diffobj.inputfile import MIB, read_input
 from diffobj.model import (
+    ELF64_EHDR,
+    ELF64_RELA,
+    ELF64_SHDR,
+    ELF64_SYM,
     SHN_ABS,
     SHN_COMMON,
     SHN_UNDEF,
@@ -41,10 +45,6 @@ MAX_NOBITS_SIZE = 256 * MIB  # a NOBITS section is read as zeros: its size is me
 MAX_ALIGN = 2 * MIB  # the output pads to each section's alignment; x86-64 uses at most huge-page alignment
 
 _ET_NAMES = {ET_EXEC: "an executable", ET_DYN: "a shared object", ET_CORE: "a core dump"}
-_ELF64_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-_ELF64_SHDR = struct.Struct("<IIQQQQIIQQ")
-_RELA = struct.Struct("<QQq")
-_ELF64_SYM = struct.Struct("<IBBHQQ")
 _ENTRY_SIZE = 24  # of an ELF64 symbol and of a RELA entry
 _SYMBOL_TYPES = {0, 1, 2, 3, 4, 5, 6, 10}  # NOTYPE..TLS, GNU_IFUNC
 _SYMBOL_BINDINGS = {0, 1, 2, 10}  # LOCAL, GLOBAL, WEAK, GNU_UNIQUE
@@ -55,10 +55,10 @@ def check_header(path: str, blob: bytes) -> list[tuple]:
     name = os.path.basename(path)
     if len(blob) < 4 or blob[:4] != b"\x7fELF":
         raise InputError(f"{name}: not an ELF file")
-    if len(blob) < _ELF64_EHDR.size:
+    if len(blob) < ELF64_EHDR.size:
         raise InputError(f"{name}: truncated ELF header")
     ident, e_type, e_machine, *_, e_shoff, _, _, _, _, e_shentsize, e_shnum, e_shstrndx = \
-        _ELF64_EHDR.unpack_from(blob)
+        ELF64_EHDR.unpack_from(blob)
     if ident[4] != 2 or ident[5] != 1:
         raise InputError(f"{name}: not a 64-bit little-endian ELF file")
     if arch.for_machine(e_machine) is None:
@@ -70,14 +70,14 @@ def check_header(path: str, blob: bytes) -> list[tuple]:
         raise InputError(f"{name}: has no section header table")
     if e_shnum == 0:
         # The real count lives in section 0's sh_size: LIEF returns no sections for such files.
-        if len(blob) >= e_shoff + _ELF64_SHDR.size:
-            count = _ELF64_SHDR.unpack_from(blob, e_shoff)[5]
+        if len(blob) >= e_shoff + ELF64_SHDR.size:
+            count = ELF64_SHDR.unpack_from(blob, e_shoff)[5]
             raise InputError(f"{name}: has {count} sections; objects with more than {MAX_SECTIONS:,} "
                              "sections are not supported (split the compilation unit)")
         raise InputError(f"{name}: truncated section header table")
-    if e_shentsize != _ELF64_SHDR.size or e_shoff + e_shnum * e_shentsize > len(blob):
+    if e_shentsize != ELF64_SHDR.size or e_shoff + e_shnum * e_shentsize > len(blob):
         raise InputError(f"{name}: truncated or corrupt section header table")
-    headers = list(_ELF64_SHDR.iter_unpack(blob[e_shoff:e_shoff + e_shnum * e_shentsize]))
+    headers = list(ELF64_SHDR.iter_unpack(blob[e_shoff:e_shoff + e_shnum * e_shentsize]))
     for i, (_, sh_type, _, _, sh_offset, sh_size, sh_link, _, sh_addralign, sh_entsize) in enumerate(headers):
         if sh_type == SHT_NOBITS:
             if sh_size > MAX_NOBITS_SIZE:
@@ -112,7 +112,7 @@ def read_object(path: str, blob: bytes | None = None) -> ObjectFile:
         blob = read_input(path, "ELF object", MAX_OBJECT_SIZE)
     headers = check_header(path, blob)
     name = os.path.basename(path)
-    ehdr = _ELF64_EHDR.unpack_from(blob)
+    ehdr = ELF64_EHDR.unpack_from(blob)
     machine, shstrtab = arch.for_machine(ehdr[2]), headers[ehdr[13]]
     sections = []
     for i, (sh_name, stype, flags, _, offset, size, link, info, align, entsize) in enumerate(headers):
@@ -125,7 +125,7 @@ def read_object(path: str, blob: bytes | None = None) -> ObjectFile:
     symtabs = [h for h in headers if h[1] == SHT_SYMTAB]
     if len(symtabs) > 1:
         raise InputError(f"{name}: malformed symbol table (more than one)")
-    raw_symbols = _ELF64_SYM.iter_unpack(blob[symtabs[0][4]:symtabs[0][4] + symtabs[0][5]]) if symtabs else ()
+    raw_symbols = ELF64_SYM.iter_unpack(blob[symtabs[0][4]:symtabs[0][4] + symtabs[0][5]]) if symtabs else ()
     strtab = headers[symtabs[0][6]] if symtabs else None
     for i, (st_name, st_info, other, shndx, value, size) in enumerate(raw_symbols):
         stype, bind = st_info & 0xF, st_info >> 4
@@ -159,7 +159,7 @@ def read_object(path: str, blob: bytes | None = None) -> ObjectFile:
             if not 0 < sec.info < len(sections):
                 raise InputError(f"{name}: relocation section {sec.name} has bad target")
             target = sections[sec.info]
-            for r_offset, r_info, r_addend in _RELA.iter_unpack(sec.data):
+            for r_offset, r_info, r_addend in ELF64_RELA.iter_unpack(sec.data):
                 symidx, rtype = r_info >> 32, r_info & 0xFFFFFFFF
                 if not 0 < symidx < len(symbols) or symbols[symidx].type == STT_FILE:
                     raise InputError(f"{name}: relocation at {r_offset:#x} in {sec.name} names bad symbol {symidx}")
