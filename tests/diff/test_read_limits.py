@@ -6,11 +6,13 @@ import re
 import struct
 import subprocess
 import sys
+import tracemalloc
 
 import pytest
 
 from diffobj.errors import InputError
-from diffobj.read import read_object
+from diffobj.inputfile import read_input
+from diffobj.read import MAX_OBJECT_SIZE, read_object
 
 SOURCE = "int zeroed[64]; int filled = 7; int use(int i) { return zeroed[i] + filled; }\n"
 
@@ -85,3 +87,21 @@ def test_more_than_65280_sections_is_a_clear_error(small_object, tmp_path):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out.o").exists()
+
+
+def test_reading_allocates_the_file_not_the_limit(small_object):
+    """The bound (1 GiB for objects) is checked, not allocated: reading a small object costs its size."""
+    tracemalloc.start()
+    try:
+        data = read_input(small_object, "ELF object", MAX_OBJECT_SIZE)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert data == small_object.read_bytes()
+    assert peak < 64 * len(data) + (1 << 20), peak
+
+
+def test_a_file_over_the_limit_is_refused_unread(small_object):
+    with pytest.raises(InputError, match="too large"):
+        read_input(small_object, "ELF object", small_object.stat().st_size - 1)
+    assert read_input(small_object, "ELF object", small_object.stat().st_size) == small_object.read_bytes()
