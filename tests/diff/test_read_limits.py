@@ -12,6 +12,7 @@ import pytest
 
 from diffobj.errors import InputError
 from diffobj.inputfile import read_input
+from diffobj.model import STB_GLOBAL, STB_LOCAL, STT_FUNC, STT_NOTYPE, Symbol
 from diffobj.read import MAX_OBJECT_SIZE, read_object
 
 SOURCE = "int zeroed[64]; int filled = 7; int use(int i) { return zeroed[i] + filled; }\n"
@@ -105,3 +106,13 @@ def test_a_file_over_the_limit_is_refused_unread(small_object):
     with pytest.raises(InputError, match="too large"):
         read_input(small_object, "ELF object", small_object.stat().st_size - 1)
     assert read_input(small_object, "ELF object", small_object.stat().st_size) == small_object.read_bytes()
+
+
+def test_named_symbols_leave_out_labels_and_follow_appends(small_object):
+    obj = read_object(str(small_object))
+    text = obj.section_named(".text.use")
+    assert [s.name for s in text.named_symbols()] == ["use"]
+    label = Symbol(len(obj.symbols), ".L5", STT_NOTYPE, STB_LOCAL, 0, text.index, 0, 0, text)
+    named = Symbol(len(obj.symbols) + 1, "use2", STT_FUNC, STB_GLOBAL, 0, text.index, 0, 1, text)
+    text.symbols += [label, named]
+    assert [s.name for s in text.named_symbols()] == ["use", "use2"]
