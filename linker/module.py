@@ -11,16 +11,15 @@ import io
 import os
 import struct
 from dataclasses import dataclass, field
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.relocation import RelocationSection
-from elftools.elf.sections import SymbolTableSection
+from typing import TYPE_CHECKING
 
 from diffobj.errors import InputError
 from linker.integrity import Seal, examine, read_module_bytes
 from patchformat.sections import (FUNCS, MODULE, MODULE_ENTRY, MODULE_VERSION, OFFSET, RECORD, STRINGS, TARGET_ENTRY,
                                   TARGETS)
+
+if TYPE_CHECKING:  # pyelftools is imported by the first module read (`patch-ctl list` reads none)
+    from elftools.elf.elffile import ELFFile
 
 R_X86_64_64 = 1
 EM_X86_64 = 62
@@ -62,6 +61,9 @@ class _Module:
     """The ELF file with what is needed to resolve pointers: symbols and relocations per section."""
 
     def __init__(self, elf: ELFFile):
+        from elftools.elf.relocation import RelocationSection
+        from elftools.elf.sections import SymbolTableSection
+
         self.elf = elf
         self.symtab = next((s for s in elf.iter_sections() if isinstance(s, SymbolTableSection)), None)
         self.symbols = list(self.symtab.iter_symbols()) if self.symtab is not None else []
@@ -165,6 +167,9 @@ def read_module(path: str | os.PathLike, data: bytes | None = None) -> ModuleInf
     if data is None:
         data = read_module_bytes(path)
     seal = examine(path, data)  # validates the ELF and section headers first
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     try:
         elf = ELFFile(io.BytesIO(data))
         if elf["e_type"] != "ET_REL" or elf["e_machine"] != "EM_X86_64" or elf.elfclass != 64:

@@ -11,12 +11,17 @@ import struct
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
+from typing import TYPE_CHECKING
 
+from diffobj.model import ELF64_EHDR
 from loader.procfs import Mapping, proc_dir
 
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
+
 _SYM = struct.Struct("<IBBHQQ")
+_PHDR = struct.Struct("<IIQQQQQQ")  # ELF64 program header
+PT_LOAD = 1
 STT_FUNC, STT_FILE, STT_TLS, STT_GNU_IFUNC = 2, 4, 6, 10
 STB_LOCAL, STB_GLOBAL, STB_WEAK, STB_GNU_UNIQUE = 0, 1, 2, 10
 SHN_UNDEF, SHN_ABS = 0, 0xFFF1
@@ -56,6 +61,8 @@ class LoadedObject:
 
     @cached_property
     def _elf(self) -> tuple[ELFFile, object]:
+        from elftools.elf.elffile import ELFFile  # not for `patch-ctl list`, which needs only the segments
+
         f = open(self.file, "rb")
         return ELFFile(f), f
 
@@ -135,6 +142,20 @@ class LoadedObject:
             self._elf[1].close()
 
 
+def _load_segments(f) -> list[tuple[int, int]]:
+    """(p_offset, p_vaddr) of each PT_LOAD segment of the 64-bit ELF file `f`; none when it is not one."""
+    head = f.read(ELF64_EHDR.size)
+    if len(head) < ELF64_EHDR.size or head[:5] != b"\x7fELF\x02":
+        return []
+    e_phoff, e_phentsize, e_phnum = (ELF64_EHDR.unpack(head)[i] for i in (5, 9, 10))
+    if e_phentsize != _PHDR.size:
+        return []
+    f.seek(e_phoff)
+    table = f.read(e_phnum * _PHDR.size)  # at most 65,535 entries
+    return [(p[2], p[3]) for p in _PHDR.iter_unpack(table[:len(table) - len(table) % _PHDR.size])
+            if p[0] == PT_LOAD]
+
+
 def loaded_objects(pid: int, maps: list[Mapping]) -> list[LoadedObject]:
     """The ELF files mapped in the process, in map order (the executable first, as the dynamic linker
     orders its global scope), with their load bias."""
@@ -150,20 +171,18 @@ def loaded_objects(pid: int, maps: list[Mapping]) -> list[LoadedObject]:
             file = f"{proc_dir(pid)}/root{path}"
         try:
             with open(file, "rb") as f:
-                if f.read(4) != b"\x7fELF":
-                    continue
-            obj = LoadedObject(path, file, 0, sorted(ms, key=lambda m: m.start))
-            loads = [seg for seg in obj.elf.iter_segments() if seg["p_type"] == "PT_LOAD"]
-        except (OSError, ELFError):
+                loads = _load_segments(f)
+        except OSError:
             continue
         if not loads:
             continue
+        obj = LoadedObject(path, file, 0, sorted(ms, key=lambda m: m.start))
         page = 4096
-        ref = min(loads, key=lambda s: s["p_offset"])
+        ref_offset, ref_vaddr = min(loads)
         # the mapping of the file page that holds the first loadable segment gives the bias
         for m in obj.maps:
-            if m.offset == ref["p_offset"] & ~(page - 1):
-                obj.base = m.start - (ref["p_vaddr"] & ~(page - 1))
+            if m.offset == ref_offset & ~(page - 1):
+                obj.base = m.start - (ref_vaddr & ~(page - 1))
                 break
         else:
             continue

@@ -13,9 +13,6 @@ import io
 import struct
 from dataclasses import dataclass
 
-from elftools.dwarf.callframe import FDE, CallFrameInfo, RegisterRule
-from elftools.dwarf.structs import DWARFStructs
-
 from loader.objects import LoadedObject
 from loader.procfs import Mapping, Memory, read_maps
 
@@ -49,6 +46,10 @@ class ObjectCfi:
         self.fdes: list[int] = []  # offsets of FDEs in .eh_frame, parallel to starts
         self.cfi = None
         self._rows: dict[int, tuple[int, int, list[tuple[int, Row | None]]] | None] = {}
+        # pyelftools' DWARF support is imported by the first walk: `patch-ctl list` and `info` walk none.
+        from elftools.dwarf.callframe import FDE, CallFrameInfo
+        from elftools.dwarf.structs import DWARFStructs
+
         sec = obj.elf.get_section_by_name(".eh_frame")
         if sec is None or sec["sh_type"] == "SHT_NOBITS":
             return
@@ -86,6 +87,8 @@ class ObjectCfi:
         return rows[j][1] if j >= 0 else False
 
     def _decode(self, fde_offset: int):
+        from elftools.dwarf.callframe import FDE, RegisterRule
+
         try:
             # pyelftools has no public "parse the entry at this offset"; the table gives us the offset
             fde = self.cfi._parse_entry_at(fde_offset)

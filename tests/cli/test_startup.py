@@ -43,7 +43,7 @@ def test_help_imports_no_heavy_library(prog):
     assert result["imported"] == []
 
 
-def test_list_imports_no_lief_capstone_or_rich():
+def test_list_imports_only_typers_pydantic():
     target = subprocess.Popen(["sleep", "60"])
     try:
         result = imported("patch-ctl", "list", "-p", str(target.pid))
@@ -51,4 +51,4 @@ def test_list_imports_no_lief_capstone_or_rich():
         target.kill()
         target.wait()
     assert result["code"] == 0 and f"no patches in process {target.pid}" in result["out"]
-    assert not {"lief", "capstone", "rich", "jinja2"} & set(result["imported"]), result["imported"]
+    assert result["imported"] == ["pydantic"]  # typer converts every argument but a flag through pydantic
