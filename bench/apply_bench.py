@@ -17,10 +17,15 @@ whole process (best of --repeat; bytecode cached as in an installed package).
 Targets (issue 4): pause under 10 ms for 10 functions, overhead under 2%. Issue 11: pause under 2 ms for 10
 functions; `patch-ctl list` and `info` under 0.3 s.
 
-Figures for 10 functions, 16 threads (2 shared, loaded cores), before the issue-11 work -> after: pause
-1.77 ms -> 1.35 ms median (stop 0.46 -> 0.42, check 0.50 -> 0.28, write 0.40 -> 0.20, release ~0.3: the
-state header's JSON was encoded twice inside the pause through asdict, and each stack word was a read of
-/proc/PID/mem of its own); patch-ctl list 0.33 s -> 0.25 s CPU, info 0.28 s -> 0.27 s.
+Figures (this bench, 2 shared and loaded cores), before the issue-11 work -> after, medians:
+  pause, 10 functions   1.78 ms -> 1.41 ms: stop 0.47 -> 0.39, check 0.54 -> 0.31, write 0.42 -> 0.22,
+                        release 0.25 -> 0.36 (run-to-run noise: its code only lost ctypes casts)
+  pause, 100 functions  4.89 ms -> 3.38 ms (write 2.94 -> 1.54)
+  patch-ctl list        0.286 s -> 0.229 s CPU (callgrind: 1,186 -> 901 million instructions)
+  patch-ctl info        0.268 s -> 0.295 s in that run; best of 10, twice: 0.267-0.277 -> 0.240-0.259 s
+                        (callgrind: 1,265 -> 1,026 million instructions)
+The check walked each thread's stack with one read of /proc/PID/mem per word (now a page at a time) and
+looked objects and mappings up linearly; the write encoded the state header twice through `asdict`.
 """
 from __future__ import annotations
 
