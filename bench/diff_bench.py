@@ -1,15 +1,51 @@
-"""Differ benchmark: diff time and peak memory for units of 100, 1,000 and 10,000 functions, one changed.
+"""Differ benchmark: patch-diff's time and memory on generated units and on kernel units, beside
+create-diff-object's when kpatch's source is on the machine.
 
-Run by hand (`make bench` or `python3 bench/diff_bench.py [COUNTS...]`); prints a table. Each diff runs in
-a fresh subprocess so the figures are its own: time of `diff_objects` alone (imports excluded), time of
-`diff_objects` plus writing OUT.o, and the peak resident set size of the process (ru_maxrss) after
-subtracting the size it had once the imports were done. Target: the 1,000-function pair in under 1 s.
+Run by hand (`make bench` or `python3 bench/diff_bench.py [--units UNIT ...] [--counts N ...]`); prints tables.
+
+1. Generated units of 100, 1,000 and 10,000 functions, one changed: `diff_objects` alone (imports excluded)
+   and with writing OUT.o, in a fresh process each, best of --repeat; peak RSS after the imports.
+2. Kernel units (--units, of fs/ext4/symlink.c, fs/ext4/inode.c, kernel/sched/core.c), compiled twice
+   from the cached, prepared Debian 6.1 tree of the kernel tests (~/.cache/patch-build/kernel/release.json,
+   made by tests/kernel/debian_kernel.py) with kbuild's own command line and objtool, into a scratch directory: the
+   tree is left as it is. The patched copy changes one string literal of a function. For each pair:
+   - whole `patch-diff --kernel` process: CPU time (user + system, best of --repeat) and peak RSS, against
+     `interp`: the same command refused on /dev/null (start-up, imports, argument parsing: the process
+     without its inputs). Memory target: peak - interp <= 3 x the two inputs.
+   - per pair within one process (patch-build diffs many units in one): `diff_objects` + write, best of
+     --repeat, imports excluded.
+   - create-diff-object's CPU time and peak RSS on the same pair, built from kpatch's source if
+     $KPATCH_SRC (or --kpatch-src) names a kpatch checkout (libelf-dev needed; nothing is copied into this
+     repository). It needs the parent's symbol table: the unit's module .ko from the cached image, or
+     --vmlinux for units of vmlinux; otherwise that column says why it is missing.
+3. Start-up: `patch-diff --help`, CPU time.
+
+Python's bytecode is cached for the runs (PYTHONPYCACHEPREFIX in a scratch directory), as an installed
+package has it. Figures are CPU time, not wall time: the machine may be shared.
+
+Targets (issue 11): whole process <= 1.5 x create-diff-object's CPU on a ~2 MB pair and <= 0.25 s on a small
+one; per pair in one process <= create-diff-object's; `--help` <= 0.2 s; peak memory as above.
+
+Figures (this bench, 2 shared and loaded cores; Python 3.11, typer 0.29; no kpatch source on the machine),
+before the issue-11 work -> after, CPU seconds and peak RSS of the whole `patch-diff` process:
+  kernel/sched/core.c (2.5 MB x 2)  1.258 s -> 0.544 s   133.6 -> 67.5 MiB   in one process 0.351 -> 0.211 s
+  fs/ext4/inode.c (1.5 MB x 2)      0.967 s -> 0.317 s   108.4 -> 48.1 MiB   in one process 0.099 -> 0.066 s
+  fs/ext4/symlink.c (0.2 MB x 2)    0.774 s -> 0.235 s    88.7 -> 35.1 MiB
+  generated, 100 functions          0.802 s -> 0.249 s    96.9 -> 38.0 MiB
+  patch-diff --help                 0.206 s -> 0.089 s    38.6 -> 21.7 MiB
+("in one process" excludes imports, LIEF's too before.) Of the 0.25 s a small pair still costs, about 0.09 s
+is pydantic, which typer 0.29 imports to convert every argument but a flag. Memory: (peak - interp) /
+inputs is 7.0x on the largest pair (target 3x); most of it is relocations (~50,000 a unit, 83% of them in
+.debug_* sections, which the differ never compares).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,25 +53,38 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the generator and compile helper the tests use
+sys.path.insert(0, str(REPO / "tests" / "kernel"))
 
+from debian_kernel import CACHE  # noqa: E402
+from measure import best_of, child_env  # noqa: E402
 from support import generate, toolchain  # noqa: E402
 
 TARGET_COUNT, TARGET_SECONDS = 1000, 1.0
 CFLAGS = ["-O2"]
+# The kernel units, and the string literal each pair changes (in a function's code, so the diff has work).
+KERNEL_CHANGES = {
+    "fs/ext4/symlink.c": ('"bad symlink.");\n\t\t\treturn ERR_PTR(-EFSCORRUPTED);\n\t\t}\n\t\tcaddr',
+                          '"bad symlink (bench).");\n\t\t\treturn ERR_PTR(-EFSCORRUPTED);\n\t\t}\n\t\tcaddr'),
+    "fs/ext4/inode.c": ('"xattr delete (err %d)"', '"xattr delete failed (err %d)"'),
+    "kernel/sched/core.c": ('"process %d (%s) no longer affine to cpu%d\\n"',
+                            '"process %d (%s) is no longer affine to cpu%d\\n"'),
+}
+KCFLAGS = f"-ffunction-sections -fdata-sections -I{REPO / 'templates' / 'kernel' / 'include'}"  # as kbuild.kernel
 
 # Runs in the child: imports first (not timed), then the diff, several times, best time kept.
 CHILD = r"""
 import json, resource, sys, time
 from diffobj.diff import DiffOptions, diff_objects
-orig, patched, out, repeat = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+orig, patched, out, repeat, kernel = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
+diff_objects(orig, patched, DiffOptions(kernel=kernel))  # lazily imported modules (capstone) load here
 base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 best_diff = best_total = float("inf")
 for _ in range(repeat):
-    t0 = time.perf_counter()
-    result = diff_objects(orig, patched, DiffOptions(objname="bench"))
-    t1 = time.perf_counter()
+    t0 = time.process_time()
+    result = diff_objects(orig, patched, DiffOptions(objname="bench", kernel=kernel))
+    t1 = time.process_time()
     result.write(out)
-    t2 = time.perf_counter()
+    t2 = time.process_time()
     best_diff, best_total = min(best_diff, t1 - t0), min(best_total, t2 - t0)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"diff": best_diff, "total": best_total, "rss_kb": peak, "base_kb": base_rss,
@@ -43,7 +92,17 @@ print(json.dumps({"diff": best_diff, "total": best_total, "rss_kb": peak, "base_
 """
 
 
-def build_pair(count: int, workdir: Path) -> tuple[Path, Path]:
+def in_process(orig: Path, patched: Path, out: Path, repeat: int, kernel: bool, env: dict) -> dict:
+    run = subprocess.run([sys.executable, "-c", CHILD, str(orig), str(patched), str(out), str(repeat),
+                          "1" if kernel else "0"], capture_output=True, text=True, env=env)
+    if run.returncode:
+        raise SystemExit(f"diff_bench: the differ failed on {orig}:\n{run.stderr}")
+    return json.loads(run.stdout)
+
+
+# ---- generated units ------------------------------------------------------------------------------------
+
+def generated_pair(count: int, workdir: Path) -> tuple[Path, Path]:
     changed = count // 2
     (workdir / "orig.c").write_text(generate.many_functions(count))
     (workdir / "patched.c").write_text(generate.many_functions(count, changed=changed))
@@ -52,44 +111,182 @@ def build_pair(count: int, workdir: Path) -> tuple[Path, Path]:
     return orig, patched
 
 
-def measure(orig: Path, patched: Path, out: Path, repeat: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    run = subprocess.run([sys.executable, "-c", CHILD, str(orig), str(patched), str(out), str(repeat)],
-                         capture_output=True, text=True, env=env)
-    if run.returncode:
-        raise SystemExit(f"diff_bench: the differ failed on {orig}:\n{run.stderr}")
-    return json.loads(run.stdout)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("counts", nargs="*", type=int, default=[100, 1000, 10000])
-    parser.add_argument("--repeat", type=int, default=3, help="diffs per size; the best time is kept")
-    args = parser.parse_args()
-
+def bench_generated(counts: list[int], repeat: int, tmp: Path, env: dict) -> None:
     rows = []
-    with tempfile.TemporaryDirectory(prefix="diff-bench-") as tmp:
-        for count in args.counts:
-            work = Path(tmp) / str(count)
-            work.mkdir()
-            print(f"compiling {count:,} functions twice (gcc {' '.join(CFLAGS)}) ...", file=sys.stderr, flush=True)
-            orig, patched = build_pair(count, work)
-            m = measure(orig, patched, work / "out.o", args.repeat)
-            expected = [f"f{count // 2}"]
-            if m["changed"] != expected or m["errors"]:
-                raise SystemExit(f"diff_bench: wrong result for {count}: changed {m['changed']}, "
-                                 f"{m['errors']} errors (expected {expected})")
-            rows.append((count, orig.stat().st_size, m))
+    for count in counts:
+        work = tmp / f"gen{count}"
+        work.mkdir()
+        print(f"compiling {count:,} functions twice (gcc {' '.join(CFLAGS)}) ...", file=sys.stderr, flush=True)
+        orig, patched = generated_pair(count, work)
+        m = in_process(orig, patched, work / "out.o", repeat, False, env)
+        expected = [f"f{count // 2}"]
+        if m["changed"] != expected or m["errors"]:
+            raise SystemExit(f"diff_bench: wrong result for {count}: changed {m['changed']}, "
+                             f"{m['errors']} errors (expected {expected})")
+        cpu, rss = best_of(repeat, [sys.executable, "-m", "diffobj", str(orig), str(patched), "-o",
+                                    str(work / "out.o")], env)
+        rows.append((count, orig.stat().st_size, m, cpu, rss))
 
-    print(f"{'functions':>10} {'object':>10} {'diff':>9} {'diff+write':>11} {'peak RSS':>10} {'diff RSS':>10}")
-    for count, size, m in rows:
-        print(f"{count:>10,} {size / 1024:>8.0f}KB {m['diff']:>8.3f}s {m['total']:>10.3f}s "
-              f"{m['rss_kb'] / 1024:>8.1f}MB {(m['rss_kb'] - m['base_kb']) / 1024:>8.1f}MB")
-    for count, _, m in rows:
+    print("\ngenerated units (one function changed), CPU seconds:")
+    print(f"{'functions':>10} {'object':>9} {'diff':>8} {'diff+write':>11} {'process':>8} {'peak RSS':>9} "
+          f"{'diff RSS':>9}")
+    for count, size, m, cpu, rss in rows:
+        print(f"{count:>10,} {size / 1024:>7.0f}KB {m['diff']:>7.3f}s {m['total']:>10.3f}s {cpu:>7.3f}s "
+              f"{rss / 1024:>7.1f}MB {(m['rss_kb'] - m['base_kb']) / 1024:>7.1f}MB")
+    for count, _, m, _, _ in rows:
         if count == TARGET_COUNT:
             verdict = "met" if m["total"] < TARGET_SECONDS else "MISSED"
             print(f"target: {TARGET_COUNT:,}-function pair in under {TARGET_SECONDS:.0f} s: {verdict} "
                   f"({m['total']:.3f} s)")
+
+
+# ---- kernel units ---------------------------------------------------------------------------------------
+
+def kernel_release() -> dict | None:
+    """The release the kernel tests chose ({"release", "version"}, CACHE/release.json), None before any ran."""
+    try:
+        return json.loads((CACHE / "release.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def kernel_tree() -> Path | None:
+    release = kernel_release()
+    tree = CACHE / f"linux-source-{release['version']}" if release else None
+    if tree is None or not (tree / "include" / "generated" / "autoconf.h").is_file():
+        return None
+    return tree
+
+
+def compile_command(tree: Path, unit: str) -> tuple[str, str]:
+    """kbuild's gcc and objtool command lines for `unit` (from `make -n`, which builds nothing)."""
+    obj = unit[:-2] + ".o"
+    text = subprocess.run(["make", "-n", obj, f"KCFLAGS={KCFLAGS}"], cwd=tree, capture_output=True,
+                          text=True).stdout
+    gcc = re.search(rf"(gcc -Wp[^;]* -c -o {re.escape(obj)} {re.escape(unit)})", text)
+    objtool = re.search(rf"(\./tools/objtool/objtool [^;']* {re.escape(obj)})", text)
+    if gcc is None:
+        raise SystemExit(f"diff_bench: no compile command for {unit} in `make -n {obj}` of {tree}")
+    return gcc.group(1), objtool.group(1) if objtool else ""
+
+
+def kernel_pair(tree: Path, unit: str, workdir: Path) -> tuple[Path, Path]:
+    """Compile `unit` and a copy with one string literal changed into workdir, as kbuild does."""
+    gcc, objtool = compile_command(tree, unit)
+    obj = unit[:-2] + ".o"
+    source = (tree / unit).read_text()
+    old, new = KERNEL_CHANGES[unit]
+    if source.count(old) != 1:
+        raise SystemExit(f"diff_bench: {unit} does not hold {old} once")
+    outputs = []
+    for stem, text in (("orig", source), ("patched", source.replace(old, new))):
+        src, out = workdir / f"{stem}.c", workdir / f"{stem}.o"
+        src.write_text(text)
+        cmd = re.sub(r"-Wp,-MMD,\S+ ", "", gcc).replace(
+            f" -c -o {obj} {unit}", f" -iquote {shlex.quote(os.path.dirname(unit))} -c -o {out} {src}")
+        if objtool:
+            cmd += " && " + objtool.replace(f" {obj}", f" {out}")
+        subprocess.run(["sh", "-ec", cmd], cwd=tree, check=True, capture_output=True)
+        outputs.append(out)
+    return outputs[0], outputs[1]
+
+
+def build_create_diff_object(kpatch_src: Path, tmp: Path) -> Path:
+    """kpatch's create-diff-object, built from its source in a scratch copy."""
+    copy = tmp / "kpatch-build"
+    shutil.copytree(kpatch_src / "kpatch-build", copy)
+    run = subprocess.run(["make", "-C", str(copy), "create-diff-object"], capture_output=True, text=True)
+    if run.returncode:
+        raise SystemExit(f"diff_bench: building create-diff-object failed:\n{run.stderr[-2000:]}")
+    return copy / "create-diff-object"
+
+
+def parent_of(tree: Path, unit: str, vmlinux: Path | None) -> tuple[str, Path] | str:
+    """(parent name, parent ELF) create-diff-object needs for `unit`, or why there is none."""
+    obj = unit[:-2] + ".o"
+    makefile = (tree / os.path.dirname(unit) / "Makefile").read_text(errors="replace").replace("\\\n", " ")
+    module = next((m for m in re.findall(r"^obj-\$\(CONFIG_\w+\)\s*\+=\s*(\w+)\.o", makefile, re.M)
+                   if re.search(rf"^{m}-y\s*[:+]?=.*\b{re.escape(os.path.basename(obj))}", makefile, re.M)), None)
+    if module is None or module == "built-in":
+        if vmlinux is None:
+            return "vmlinux unit: give --vmlinux"
+        return "vmlinux", vmlinux
+    kos = sorted(CACHE.glob(f"image-{kernel_release()['release']}/lib/modules/*/kernel/**/{module}.ko"))
+    return (module, kos[-1]) if kos else f"{module}.ko not in the cached image"
+
+
+def bench_kernel(units: list[str], repeat: int, tmp: Path, env: dict, cdo: Path | None,
+                 vmlinux: Path | None) -> None:
+    tree = kernel_tree()
+    if tree is None:
+        print(f"\nkernel units: no prepared tree in {CACHE} (run the kernel tests once to make it)")
+        return
+    interp = None
+    rows = []
+    for unit in units:
+        work = tmp / unit.replace("/", "_")
+        work.mkdir()
+        print(f"compiling {unit} twice ...", file=sys.stderr, flush=True)
+        orig, patched = kernel_pair(tree, unit, work)
+        out = work / "out.o"
+        diff_cmd = [sys.executable, "-m", "diffobj", "--kernel", str(orig), str(patched), "-o", str(out)]
+        best_of(1, diff_cmd, env)  # bytecode cached
+        if interp is None:
+            _, interp = best_of(repeat, [sys.executable, "-m", "diffobj", "--kernel", "/dev/null", "/dev/null",
+                                         "-o", str(out)], env, expect=(2,))
+        cpu, rss = best_of(repeat, diff_cmd, env)
+        m = in_process(orig, patched, out, repeat, True, env)
+        theirs = "no kpatch source ($KPATCH_SRC)"
+        if cdo is not None:
+            parent = parent_of(tree, unit, vmlinux)
+            if isinstance(parent, str):
+                theirs = parent
+            else:
+                name, elf = parent
+                symtab = work / f"{name}.symtab"
+                symtab.write_text(subprocess.run(["readelf", "-s", "--wide", str(elf)], capture_output=True,
+                                                 text=True, check=True).stdout)
+                symvers = work / "Module.symvers"
+                symvers.write_text("")
+                theirs = best_of(repeat, [str(cdo), str(orig), str(patched), name, str(symtab), str(symvers),
+                                          "bench", str(work / "cdo.o")], expect=(0, 3))
+        rows.append((unit, orig.stat().st_size + patched.stat().st_size, cpu, rss, m, theirs))
+
+    print(f"\nkernel units (one string literal changed); CPU seconds; interp = the process without inputs "
+          f"({interp / 1024:.1f} MiB):")
+    print(f"{'unit':<22} {'inputs':>8} {'process':>8} {'peak RSS':>9} {'(RSS-interp)/inputs':>20} "
+          f"{'in one process':>15}   create-diff-object (process, peak RSS)")
+    for unit, size, cpu, rss, m, theirs in rows:
+        ratio = (rss - interp) * 1024 / size
+        cdo_text = theirs if isinstance(theirs, str) else f"{theirs[0]:.3f}s {theirs[1] / 1024:.1f}MB"
+        print(f"{unit:<22} {size / 2**20:>6.1f}MB {cpu:>7.3f}s {rss / 1024:>7.1f}MB {ratio:>19.1f}x "
+              f"{m['total']:>14.3f}s   {cdo_text}")
+
+
+def bench_startup(repeat: int, env: dict) -> None:
+    cpu, rss = best_of(repeat, [sys.executable, "-m", "diffobj", "--help"], env)
+    print(f"\npatch-diff --help: {cpu:.3f} s CPU, {rss / 1024:.1f} MiB (target <= 0.2 s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--counts", nargs="*", type=int, default=[100, 1000, 10000],
+                        help="sizes of the generated units")
+    parser.add_argument("--units", nargs="*", default=list(KERNEL_CHANGES), choices=list(KERNEL_CHANGES),
+                        help="kernel units")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measure; the best is kept")
+    parser.add_argument("--kpatch-src", type=Path, default=os.environ.get("KPATCH_SRC"),
+                        help="a kpatch checkout to build create-diff-object from (default $KPATCH_SRC)")
+    parser.add_argument("--vmlinux", type=Path, help="an unstripped vmlinux, for create-diff-object on its units")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="diff-bench-") as tmp:
+        tmp = Path(tmp)
+        env = child_env(tmp / "pycache")
+        cdo = build_create_diff_object(args.kpatch_src, tmp) if args.kpatch_src else None
+        bench_startup(args.repeat, env)
+        bench_generated(args.counts, args.repeat, tmp, env)
+        bench_kernel(args.units, args.repeat, tmp, env, cdo, args.vmlinux)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,10 @@ def read_input(path: str | os.PathLike, what: str, limit: int) -> bytes:
         if st.st_size > limit:
             raise InputError(f"{name}: {what} too large ({st.st_size:,} bytes; the limit is {limit:,})")
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
+            # Its size, and a byte more to see it grow: read(n) allocates n bytes up front.
+            data = f.read(st.st_size + 1)
+            if len(data) > st.st_size:
+                data += f.read(limit + 1 - len(data))
     except OSError as e:
         raise InputError(f"{name}: {e.strerror}") from None
     finally:

@@ -6,16 +6,18 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from common.messages import internal_error_reported, printable
-from diffobj.console import entry_point, error, guarded
-from diffobj.diff import DiffOptions, DiffResult, diff_objects
+from diffobj.console import command_app, entry_point, error, guarded
 from diffobj.struct_sizes import from_settings
 
-app = typer.Typer(add_completion=True, help=__doc__, pretty_exceptions_enable=False)
+if TYPE_CHECKING:
+    from diffobj.diff import DiffResult
+
+app = command_app(__doc__, add_completion=True)
 PROG = "patch-diff"
 
 
@@ -59,6 +61,8 @@ def main(
     Exit codes: 0 written, 1 change refused, 2 bad input, 3 no functional change, 4 internal error (the
     --report says so too).
     """
+    from diffobj.diff import DiffOptions, diff_objects  # not for --help: imports capstone, elftools
+
     reported = (internal_error_reported(lambda message: write_error_report(report, patched.stem, message))
                 if report is not None else contextlib.nullcontext())
     with guarded(PROG), reported:

@@ -26,8 +26,7 @@ from elfcore.x86_64 import reloc_type
 def extent(sym: Symbol) -> tuple[int, int]:
     """The byte range a symbol owns: its whole section when it is the section's only symbol."""
     sec = sym.section
-    named = [s for s in sec.symbols if not (s.type == STT_NOTYPE and s.name.startswith(".L"))]
-    if len(named) == 1:
+    if len(sec.named_symbols()) == 1:
         return 0, sec.size
     return sym.value, sym.value + sym.size
 

@@ -66,6 +66,13 @@ def _version() -> str:
         return "(not installed)"
 
 
+def command_app(help: str, **options) -> typer.Typer:
+    """A Typer application as every console script builds it: plain help text (Typer's rich help imports
+    rich's whole rendering stack, half the time of `--help`) and no pretty tracebacks (`guarded` prints one
+    line instead)."""
+    return typer.Typer(help=help, rich_markup_mode=None, pretty_exceptions_enable=False, **options)
+
+
 def entry_point(app: typer.Typer, prog: str):
     """A console-script entry point for `app` whose usage errors are one line with exit code 2; `PROG
     --version` prints the version (shell completion: `PROG --install-completion`, from Typer)."""

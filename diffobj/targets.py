@@ -72,7 +72,7 @@ class TargetResolver:
             return Target(sym, sym.section, rel.addend, rel.addend)
         target_sec = sym.section
         base_off = sym.value if anonymous_label else 0
-        named = [s for s in target_sec.symbols if not (s.type == STT_NOTYPE and s.name.startswith(".L"))]
+        named = target_sec.named_symbols()
         if len(named) == 1 and not target_sec.is_strings and named[0].value == 0 \
                 and named[0].size >= target_sec.size:
             only = named[0]  # the section is this one object: no need to locate the address

@@ -1,4 +1,4 @@
-"""Write an `OutputObject` as an x86-64 ELF relocatable object, serialised with pyelftools' ELFStructs.
+"""Write an `OutputObject` as an x86-64 ELF relocatable object, packed with the reader's record layouts.
 
 Layout: ELF header, section contents (each aligned), relocation sections, .symtab, .strtab, .shstrtab,
 then the section header table. Local symbols come first, as ELF requires; .symtab's sh_info is the index
@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-
-from elftools.construct import Container
-from elftools.elf.structs import ELFStructs
 
 from diffobj.model import (
     SHF_INFO_LINK,
@@ -23,11 +20,12 @@ from diffobj.model import (
     OutputObject,
     OutSection,
 )
+from elfcore.structs import EHDR, RELA, SHDR, SYM
 
-_STRUCTS = ELFStructs(little_endian=True, elfclass=64)
-_STRUCTS.create_basic_structs()
-_STRUCTS.create_advanced_structs(1, 62, "ELFOSABI_SYSV")  # ET_REL, EM_X86_64
-EHDR_SIZE, SHDR_SIZE, SYM_SIZE, RELA_SIZE = 64, 64, 24, 24
+EHDR_SIZE, SHDR_SIZE, SYM_SIZE, RELA_SIZE = EHDR.size, SHDR.size, SYM.size, RELA.size
+# ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ELFOSABI_SYSV, ABI version 0, padding
+E_IDENT = b"\x7fELF" + bytes([2, 1, 1, 0, 0]) + bytes(7)
+ET_REL, EM_X86_64, EV_CURRENT = 1, 62, 1
 
 
 class _StringTable:
@@ -47,7 +45,6 @@ def _align(n: int, a: int) -> int:
 
 
 def serialise(obj: OutputObject) -> bytes:
-    s = _STRUCTS
     shstrtab, strtab = _StringTable(), _StringTable()
     content = obj.sections
     # Section indices: 1..n contents, each followed by its relocations when it has any.
@@ -75,18 +72,14 @@ def serialise(obj: OutputObject) -> bytes:
             shndx = index[sym.section]
         else:
             shndx = sym.shndx or 0
-        symdata += s.Elf_Sym.build(Container(
-            st_name=0 if sym.type == STT_SECTION else strtab.add(sym.name),
-            st_info=Container(bind=sym.bind, type=sym.type),
-            st_other=Container(local=0, visibility=sym.other & 3),
-            st_shndx=shndx, st_value=sym.value, st_size=sym.size))
+        symdata += SYM.pack(0 if sym.type == STT_SECTION else strtab.add(sym.name), sym.bind << 4 | sym.type,
+                                  sym.other & 3, shndx, sym.value, sym.size)
 
     for h in headers:
         if h["type"] == SHT_RELA and h["data"] is None:
             owner: OutSection = h["owner"]
-            h["data"] = b"".join(s.Elf_Rela.build(Container(
-                r_offset=r.offset, r_info=(sym_index[r.symbol] << 32) | r.type, r_info_sym=0, r_info_type=0,
-                r_addend=r.addend)) for r in owner.relocations)
+            h["data"] = b"".join(RELA.pack(r.offset, (sym_index[r.symbol] << 32) | r.type, r.addend)
+                                 for r in owner.relocations)
             h["link"] = symtab_index
             h["size"] = len(h["data"])
     headers.append(dict(name=".symtab", type=SHT_SYMTAB, flags=0, data=bytes(symdata), link=strtab_index,
@@ -112,16 +105,10 @@ def serialise(obj: OutputObject) -> bytes:
     shoff = _align(len(body), 8)
     body += bytes(shoff - len(body))
     for i, h in enumerate(headers):
-        body += s.Elf_Shdr.build(Container(
-            sh_name=h.get("name_off", 0), sh_type=h["type"], sh_flags=h["flags"], sh_addr=0,
-            sh_offset=h.get("offset", 0), sh_size=h.get("size", 0), sh_link=h["link"] or 0, sh_info=h["info"],
-            sh_addralign=h["align"], sh_entsize=h["entsize"]))
-    body[:EHDR_SIZE] = s.Elf_Ehdr.build(Container(
-        e_ident=Container(EI_MAG=[0x7F, 0x45, 0x4C, 0x46], EI_CLASS="ELFCLASS64", EI_DATA="ELFDATA2LSB",
-                          EI_VERSION="EV_CURRENT", EI_OSABI="ELFOSABI_SYSV", EI_ABIVERSION=0),
-        e_type="ET_REL", e_machine="EM_X86_64", e_version="EV_CURRENT", e_entry=0, e_phoff=0, e_shoff=shoff,
-        e_flags=0, e_ehsize=EHDR_SIZE, e_phentsize=0, e_phnum=0, e_shentsize=SHDR_SIZE, e_shnum=len(headers),
-        e_shstrndx=shstrtab_index))
+        body += SHDR.pack(h.get("name_off", 0), h["type"], h["flags"], 0, h.get("offset", 0), h.get("size", 0),
+                                h["link"] or 0, h["info"], h["align"], h["entsize"])
+    body[:EHDR_SIZE] = EHDR.pack(E_IDENT, ET_REL, EM_X86_64, EV_CURRENT, 0, 0, shoff, 0, EHDR_SIZE, 0, 0,
+                                       SHDR_SIZE, len(headers), shstrtab_index)
     return bytes(body)
 
 

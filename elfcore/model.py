@@ -23,7 +23,7 @@ from elfcore.constants import (
 )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: an object holds tens of thousands (most in .debug_*)
 class Relocation:
     offset: int  # within the section it applies to
     type: int  # arch relocation type number
@@ -49,6 +49,15 @@ class Section:
     symbols: list[Symbol] = field(default_factory=list)  # non-section symbols defined here
     section_symbol: Symbol | None = None
     group: Section | None = None  # the SHT_GROUP section it belongs to
+    _named: tuple[int, list[Symbol]] = field(default=(-1, []), init=False, repr=False)
+
+    def named_symbols(self) -> list[Symbol]:
+        """`symbols` without the assembler's local labels (.L*). Asked for once per relocation and per
+        compared symbol: computed again only when `symbols` has grown (readers only append to it)."""
+        if self._named[0] != len(self.symbols):
+            self._named = (len(self.symbols), [s for s in self.symbols
+                                                if not (s.type == STT_NOTYPE and s.name.startswith(".L"))])
+        return self._named[1]
 
     @property
     def size(self) -> int:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from elftools.elf.elffile import ELFFile
+if TYPE_CHECKING:  # pyelftools is imported by the first file opened
+    from elftools.elf.elffile import ELFFile
 
 
 def build_id(elf: ELFFile) -> str | None:
@@ -18,5 +20,7 @@ def build_id(elf: ELFFile) -> str | None:
 
 def build_id_of(path: str | os.PathLike) -> str | None:
     """The GNU build-id of the ELF file at `path`."""
+    from elftools.elf.elffile import ELFFile
+
     with open(path, "rb") as f:
         return build_id(ELFFile(f))

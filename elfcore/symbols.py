@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
+from typing import TYPE_CHECKING
 
 from common.errors import InputError
 from elfcore.constants import VERSYM_HIDDEN
 from elfcore.structs import SYM, st_bind, st_type
 from elfcore.x86_64 import R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT
+
+if TYPE_CHECKING:  # pyelftools is imported by the first file opened (`patch-ctl list` opens none)
+    from elftools.elf.elffile import ELFFile
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ def symbol_table(elf: ELFFile, table: str) -> list[ElfSymbol]:
 def symbols_of(path: str | os.PathLike, table: str = ".symtab") -> list[ElfSymbol] | None:
     """The symbols of `table` of the ELF file at `path`; None when it has no such table, InputError when the
     file cannot be read as ELF."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)

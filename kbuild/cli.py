@@ -16,12 +16,12 @@ import typer
 from common.buildcmd import BuildFailed
 from common.errors import InputError, PatchBuildError
 from common.messages import internal_error_message
-from diffobj.console import entry_point, guarded
+from diffobj.console import command_app, entry_point, guarded
 from kbuild.options import BuildOptions, BuildResult
 from kbuild.package import build_deb, check_version, maintainer, package_epoch, require_dpkg_deb
 from report.summary import build_summary
 
-app = typer.Typer(add_completion=True, help=__doc__, pretty_exceptions_enable=False)
+app = command_app(__doc__, add_completion=True)
 PROG = "patch-build"
 
 

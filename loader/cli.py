@@ -10,11 +10,11 @@ from typing import Optional
 import typer
 
 from common.messages import printable
-from diffobj.console import entry_point, error, guarded
+from diffobj.console import command_app, entry_point, error, guarded
 
 PROG = "patch-ctl"
-app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Apply, revert and list live patches in running user-space processes.")
+app = command_app("Apply, revert and list live patches in running user-space processes.", add_completion=True,
+                  no_args_is_help=True)
 
 PidOption = typer.Option(..., "-p", "--pid", help="The target process.")
 TimeoutOption = typer.Option(10.0, "--timeout", help="Seconds to retry the consistency check.")
@@ -220,8 +220,8 @@ def restore(old: str = typer.Argument(..., help="[OBJ:]FUNCTION redirected."), p
     _late(stats, "the function is restored")
 
 
-lib_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                      help="Load and unload shared libraries in a running process (its own dlopen/dlclose).")
+lib_app = command_app("Load and unload shared libraries in a running process (its own dlopen/dlclose).",
+                      add_completion=False, no_args_is_help=True)
 app.add_typer(lib_app, name="lib")
 
 
@@ -345,8 +345,8 @@ def status(json_output: bool = typer.Option(False, "--json", help="Print JSON.")
         _say(f"{pid} {program}: " + ", ".join(f"{r.module} [{r.state}]" for r in records))
 
 
-var_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                      help="Read and set global and static variables of a running process.")
+var_app = command_app("Read and set global and static variables of a running process.", add_completion=False,
+                      no_args_is_help=True)
 app.add_typer(var_app, name="var")
 TypeOption = typer.Option(None, "--type", help="The type of a variable no DWARF describes: int, uint, i8..u64, "
                                                "bool, float, double (int and uint take the symbol's size).")
@@ -402,8 +402,8 @@ def var_list(pid: int = PidOption, pattern: Optional[str] = typer.Argument(None,
                    f"  [{printable(found.object.name)} {found.address:#x}]")
 
 
-flags_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                        help="List, read and set the gflags of a running process, through gflags itself.")
+flags_app = command_app("List, read and set the gflags of a running process, through gflags itself.",
+                        add_completion=False, no_args_is_help=True)
 app.add_typer(flags_app, name="flags")
 FlagName = typer.Argument(..., help="The flag: port, --port or FLAGS_port.")
 

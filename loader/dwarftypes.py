@@ -9,9 +9,11 @@ defined at the top), and skipping the standard library's types keeps a C++ unit 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING
 
-from elftools.dwarf.dwarf_expr import DWARFExprParser
-from elftools.dwarf.enums import ENUM_DW_ATE
+if TYPE_CHECKING:  # pyelftools' DWARF support is imported by the first read (`patch-ctl list` needs none)
+    from elftools.dwarf.dwarf_expr import DWARFExprParser
 
 _WALKED = ("DW_TAG_namespace", "DW_TAG_subprogram", "DW_TAG_lexical_block")
 _SCOPES = {"DW_TAG_namespace", "DW_TAG_subprogram", "DW_TAG_structure_type", "DW_TAG_class_type",
@@ -19,7 +21,6 @@ _SCOPES = {"DW_TAG_namespace", "DW_TAG_subprogram", "DW_TAG_structure_type", "DW
 _SIGNED = {"DW_ATE_signed", "DW_ATE_signed_char"}
 _INTEGER = _SIGNED | {"DW_ATE_unsigned", "DW_ATE_unsigned_char", "DW_ATE_UTF"}
 _CHAR = {"DW_ATE_signed_char", "DW_ATE_unsigned_char"}
-_ATE = {v: k for k, v in ENUM_DW_ATE.items()}
 _TYPE_DEPTH = 16  # qualifiers and typedefs followed before a type is called unknown
 
 # kinds of type patch-ctl reads and writes
@@ -120,7 +121,7 @@ def describe(die) -> VarType:
     size = die.attributes["DW_AT_byte_size"].value if "DW_AT_byte_size" in die.attributes else 0
     tag, name = die.tag, _name(die)
     if tag == "DW_TAG_base_type":
-        ate = _ATE.get(die.attributes["DW_AT_encoding"].value, "")
+        ate = _ate_names().get(die.attributes["DW_AT_encoding"].value, "")
         kind = BOOL if ate == "DW_ATE_boolean" else FLOAT if ate == "DW_ATE_float" else INT if ate in _INTEGER else OTHER
         return VarType(kind, size, prefix + (spelled or name), signed=ate in _SIGNED, const=const)
     if tag == "DW_TAG_enumeration_type":
@@ -169,8 +170,17 @@ def _walk(die, parser: DWARFExprParser, unit: str, out: list[Variable]) -> None:
                                 static, linkage.value.decode("utf-8", "replace") if linkage else name))
 
 
+@cache
+def _ate_names() -> dict[int, str]:
+    from elftools.dwarf.enums import ENUM_DW_ATE
+
+    return {v: k for k, v in ENUM_DW_ATE.items()}
+
+
 def variables(elf) -> list[Variable]:
     """Every global and static variable the object's DWARF describes, by address; [] without DWARF."""
+    from elftools.dwarf.dwarf_expr import DWARFExprParser
+
     if elf.get_section_by_name(".debug_info") is None or not elf.has_dwarf_info():
         return []
     dwarf = elf.get_dwarf_info()

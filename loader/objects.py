@@ -8,14 +8,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
+from typing import TYPE_CHECKING
 
 from elfcore import notes
-from elfcore.constants import ELFMAG, SHN_UNDEF, STB_GLOBAL, STB_GNU_UNIQUE, STB_LOCAL, STB_WEAK, STT_FILE
+from elfcore.constants import SHN_UNDEF, STB_GLOBAL, STB_GNU_UNIQUE, STB_LOCAL, STB_WEAK, STT_FILE
+from elfcore.segments import load_segments
 from elfcore.symbols import ElfSymbol, symbol_table
 from loader.procfs import Mapping, proc_dir
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
 
 
 @dataclass
@@ -41,6 +43,8 @@ class LoadedObject:
 
     @cached_property
     def _elf(self) -> tuple[ELFFile, object]:
+        from elftools.elf.elffile import ELFFile  # not for `patch-ctl list`, which needs only the segments
+
         f = open(self.file, "rb")
         return ELFFile(f), f
 
@@ -110,20 +114,18 @@ def loaded_objects(pid: int, maps: list[Mapping]) -> list[LoadedObject]:
             file = f"{proc_dir(pid)}/root{path}"
         try:
             with open(file, "rb") as f:
-                if f.read(len(ELFMAG)) != ELFMAG:
-                    continue
-            obj = LoadedObject(path, file, 0, sorted(ms, key=lambda m: m.start))
-            loads = [seg for seg in obj.elf.iter_segments() if seg["p_type"] == "PT_LOAD"]
-        except (OSError, ELFError):
+                loads = load_segments(f)
+        except OSError:
             continue
         if not loads:
             continue
+        obj = LoadedObject(path, file, 0, sorted(ms, key=lambda m: m.start))
         page = 4096
-        ref = min(loads, key=lambda s: s["p_offset"])
+        ref_offset, ref_vaddr = min(loads)
         # the mapping of the file page that holds the first loadable segment gives the bias
         for m in obj.maps:
-            if m.offset == ref["p_offset"] & ~(page - 1):
-                obj.base = m.start - (ref["p_vaddr"] & ~(page - 1))
+            if m.offset == ref_offset & ~(page - 1):
+                obj.base = m.start - (ref_vaddr & ~(page - 1))
                 break
         else:
             continue

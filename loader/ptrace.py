@@ -60,9 +60,10 @@ class NotStopping(Exception):
         super().__init__(f"thread {tid} did not stop within {STOP_LIMIT:g} s (uninterruptible sleep?)")
 
 
-def _ptrace(request: int, tid: int, addr: int = 0, data=0) -> int:
-    res = _libc.ptrace(request, tid, ctypes.c_void_p(addr), data if isinstance(data, ctypes.c_void_p)
-                       else ctypes.c_void_p(data))
+def _ptrace(request: int, tid: int, addr: int = 0, data: int = 0) -> int:
+    """ptrace(2); `data` is a number or the address of a ctypes buffer (`ctypes.addressof`). Plain integers
+    (argtypes convert them) keep the calls made with every thread stopped cheap."""
+    res = _libc.ptrace(request, tid, addr, data)
     if res == -1:
         err = ctypes.get_errno()
         if err == errno.ESRCH:
@@ -79,11 +80,11 @@ class Thread:
 
     def get_regs(self) -> Regs:
         regs = Regs()
-        _ptrace(PTRACE_GETREGS, self.tid, 0, ctypes.cast(ctypes.pointer(regs), ctypes.c_void_p))
+        _ptrace(PTRACE_GETREGS, self.tid, 0, ctypes.addressof(regs))
         return regs
 
     def set_regs(self, regs: Regs) -> None:
-        _ptrace(PTRACE_SETREGS, self.tid, 0, ctypes.cast(ctypes.pointer(regs), ctypes.c_void_p))
+        _ptrace(PTRACE_SETREGS, self.tid, 0, ctypes.addressof(regs))
 
     def get_fpstate(self) -> tuple[int, bytes]:
         """The thread's floating-point and vector registers, (note type, raw): what a called function may
@@ -92,7 +93,7 @@ class Thread:
             buf = ctypes.create_string_buffer(_XSTATE_MAX)
             iov = _IoVec(ctypes.cast(buf, ctypes.c_void_p), _XSTATE_MAX)
             try:
-                _ptrace(PTRACE_GETREGSET, self.tid, note, ctypes.cast(ctypes.pointer(iov), ctypes.c_void_p))
+                _ptrace(PTRACE_GETREGSET, self.tid, note, ctypes.addressof(iov))
             except TraceError as e:
                 if e.errno in (errno.EINVAL, errno.ENODEV) and note == NT_X86_XSTATE:
                     continue  # a kernel or CPU without XSAVE
@@ -104,7 +105,7 @@ class Thread:
         note, raw = state
         buf = ctypes.create_string_buffer(raw, len(raw))
         iov = _IoVec(ctypes.cast(buf, ctypes.c_void_p), len(raw))
-        _ptrace(PTRACE_SETREGSET, self.tid, note, ctypes.cast(ctypes.pointer(iov), ctypes.c_void_p))
+        _ptrace(PTRACE_SETREGSET, self.tid, note, ctypes.addressof(iov))
 
     def wait_stop(self, limit: float = STOP_LIMIT) -> int:
         """Wait for the next stop; returns its signal; a signal-delivery stop other than SIGTRAP is

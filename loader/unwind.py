@@ -12,8 +12,6 @@ import bisect
 import struct
 from dataclasses import dataclass
 
-from elftools.dwarf.callframe import RegisterRule
-
 from elfcore.ehframe import EH_FRAME, EH_FRAME_HDR, decode_fde, fdes, search_table
 from loader.objects import LoadedObject
 from loader.procfs import Mapping, Memory, read_maps
@@ -33,6 +31,10 @@ class Row:
     cfa_offset: int
     ra_offset: int | None  # None: outermost frame (return address undefined)
     rbp_offset: int | None  # saved rbp at CFA + offset, None: unchanged
+
+
+def _row_pc(row: tuple[int, Row | None]) -> int:
+    return row[0]
 
 
 class ObjectCfi:
@@ -68,10 +70,12 @@ class ObjectCfi:
         start, end, rows = table
         if not start <= vaddr < end:
             return False
-        j = bisect.bisect_right([pc for pc, _ in rows], vaddr) - 1
+        j = bisect.bisect_right(rows, vaddr, key=_row_pc) - 1
         return rows[j][1] if j >= 0 else False
 
     def _decode(self, fde_offset: int):
+        from elftools.dwarf.callframe import RegisterRule  # pyelftools: not before the first walk
+
         try:
             fde = decode_fde(self.eh_frame[1], self.eh_frame_addr, fde_offset)
             if fde is None:
@@ -101,21 +105,57 @@ class ObjectCfi:
         return start, start + fde.header["address_range"], rows
 
 
+class _StackWords:
+    """The 8-byte words a walk reads from one thread's stack, read a page-sized window at a time: one read
+    of /proc/PID/mem costs about as much for a page as for a word, and a walk reads one or two words a
+    frame. Words outside the stack mapping (a frame pointer gone astray) are read one by one."""
+
+    WINDOW = 4096
+
+    def __init__(self, mem: Memory, stack_end: int):
+        self.mem = mem
+        self.stack_end = stack_end
+        self.lo = 0
+        self.data = b""
+
+    def u64(self, addr: int) -> int:
+        off = addr - self.lo
+        if not 0 <= off <= len(self.data) - 8:
+            size = min(self.WINDOW, self.stack_end - addr)
+            try:
+                if size < 8:
+                    raise OSError
+                self.data, self.lo, off = self.mem.read(addr, size), addr, 0
+            except OSError:  # not within the stack: only the word itself, as if the window were not there
+                return self.mem.read_u64(addr)
+        return int.from_bytes(self.data[off:off + 8], "little")
+
+
 class Unwinder:
     """Return addresses on threads' stacks, for one stop of the process."""
 
     def __init__(self, objects: list[LoadedObject], maps: list[Mapping], mem: Memory,
                  cfi_cache: dict[str, ObjectCfi], pid: int):
+        # Looked up by bisection: the walks run with every thread stopped (the apply pause).
         self.objects = sorted(objects, key=lambda o: o.start)
         self.starts = [o.start for o in self.objects]
-        self.maps = maps
+        self.ends = [o.end for o in self.objects]
+        self._set_maps(maps)
         self.mem = mem
         self.cfi_cache = cfi_cache
         self.pid = pid
 
+    def _set_maps(self, maps: list[Mapping]) -> None:
+        self.maps = sorted(maps, key=lambda m: m.start)
+        self.map_starts = [m.start for m in self.maps]
+
+    def _mapping_at(self, addr: int) -> Mapping | None:
+        i = bisect.bisect_right(self.map_starts, addr) - 1
+        return self.maps[i] if i >= 0 and addr in self.maps[i] else None
+
     def _row(self, pc: int) -> Row | None | bool:
         i = bisect.bisect_right(self.starts, pc) - 1
-        if i < 0 or pc >= self.objects[i].end:
+        if i < 0 or pc >= self.ends[i]:
             return False
         obj = self.objects[i]
         cfi = self.cfi_cache.get(obj.path)
@@ -126,11 +166,12 @@ class Unwinder:
     def code_addresses(self, rip: int, rsp: int, rbp: int) -> tuple[list[int], tuple[int, int] | None]:
         """The PCs of the thread's frames, innermost first, and the stack range [from, to) still to scan
         conservatively when the walk could not reach the outermost frame (None when it did)."""
-        stack = next((m for m in self.maps if rsp in m), None)
+        stack = self._mapping_at(rsp)
         if stack is None:  # a thread stack mapped since the maps were read
-            self.maps = read_maps(self.pid)
-            stack = next((m for m in self.maps if rsp in m), None)
+            self._set_maps(read_maps(self.pid))
+            stack = self._mapping_at(rsp)
         stack_end = stack.end if stack else rsp
+        words = _StackWords(self.mem, stack_end)
         pcs = [rip]
         pc, first = rip, True
         for _ in range(MAX_FRAMES):
@@ -141,9 +182,9 @@ class Unwinder:
             if row.ra_offset is None:
                 return pcs, None
             try:
-                pc = self.mem.read_u64(cfa + row.ra_offset)
+                pc = words.u64(cfa + row.ra_offset)
                 if row.rbp_offset is not None:
-                    rbp = self.mem.read_u64(cfa + row.rbp_offset)
+                    rbp = words.u64(cfa + row.rbp_offset)
             except OSError:
                 return pcs, (rsp, stack_end)
             if pc == 0:

@@ -17,10 +17,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from common.errors import InputError, Refused
 from common.inputfile import MIB, read_input
@@ -35,6 +32,11 @@ SIGNED_PREFIX = b"patch-build module digest v1\0"  # what is signed is never mis
 MAX_MODULE_BYTES = 256 * MIB  # patch modules are kilobytes; nothing larger is read
 MAX_KEY_BYTES = MIB
 _SHSTRNDX = struct.Struct("<H")
+
+# cryptography is imported where a key or a signature is at hand: an unsigned module (and `patch-ctl list`)
+# never needs it, and its import costs a short command a tenth of its time.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 _SHSTRNDX_OFFSET = 0x3E
 
 
@@ -61,8 +63,12 @@ class Seal:
 
 def fingerprint(key: Ed25519PublicKey | bytes) -> str:
     """`sha256:HEX` of the raw 32-byte public key."""
-    raw = key if isinstance(key, bytes) else key.public_bytes(serialization.Encoding.Raw,
-                                                                serialization.PublicFormat.Raw)
+    if isinstance(key, bytes):
+        raw = key
+    else:
+        from cryptography.hazmat.primitives import serialization
+
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
@@ -106,6 +112,9 @@ def examine(path: str | os.PathLike, data: bytes) -> Seal:
         return Seal(digest="", intact=False)
     seal = Seal(digest=digest.hex(), intact=_digest(data, offset) == digest)
     if signer != bytes(32) or signature != bytes(64):
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         seal.signer = fingerprint(signer)
         try:
             Ed25519PublicKey.from_public_bytes(signer).verify(signature, SIGNED_PREFIX + digest)
@@ -122,6 +131,8 @@ def seal(path: str | os.PathLike, key: Ed25519PrivateKey | None = None) -> Seal:
     digest = _digest(bytes(data), offset)
     signer, signature = bytes(32), bytes(64)
     if key is not None:
+        from cryptography.hazmat.primitives import serialization
+
         signer = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         signature = key.sign(SIGNED_PREFIX + digest)
     record = RECORD.pack(MAGIC, digest, signer, signature)
@@ -135,6 +146,10 @@ def seal(path: str | os.PathLike, key: Ed25519PrivateKey | None = None) -> Seal:
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """The Ed25519 private key in PEM file `path` (unencrypted PKCS#8, as `openssl genpkey -algorithm ed25519`
     writes it)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     pem = read_input(path, "PEM private key", MAX_KEY_BYTES)
     try:
         key = serialization.load_pem_private_key(pem, password=None)
@@ -149,6 +164,10 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 def load_trusted_keys(directory: Path) -> dict[str, Ed25519PublicKey]:
     """The Ed25519 public keys in the `*.pem` files of `directory`, by fingerprint."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     if not directory.is_dir():
         raise InputError(f"trusted keys {directory}: no such directory")
     keys = {}

@@ -7,11 +7,11 @@ from typing import Optional
 import typer
 
 from common.errors import InputError
-from diffobj.console import entry_point, guarded
+from diffobj.console import command_app, entry_point, guarded
 from report.model import read_report
 from report.render import FORMATS, render
 
-app = typer.Typer(add_completion=True, help="Re-render a patch-build report (NAME.report.json).")
+app = command_app("Re-render a patch-build report (NAME.report.json).", add_completion=True)
 PROG = "patch-report"
 
 

@@ -59,7 +59,7 @@ class Editor:
 
     def symbol(self, name: str, field: str, value: int) -> None:
         offset = self.section(".symtab")["sh_offset"] + self.symbol_index(name) * 24
-        at, fmt = {"st_info": (4, "<B"), "st_shndx": (6, "<H"), "st_value": (8, "<Q")}[field]
+        at, fmt = {"st_name": (0, "<I"), "st_info": (4, "<B"), "st_shndx": (6, "<H"), "st_value": (8, "<Q")}[field]
         struct.pack_into(fmt, self.blob, offset + at, value)
 
     def rela(self, section: str, field: str, value: int, entry: int = 0) -> None:
@@ -89,6 +89,8 @@ CASES = {
     "unterminated-strtab": (lambda e: e.contents(".shstrtab", last_byte(e, ".shstrtab"), b"A"), 2,
                             "does not end with a NUL byte"),
     "non-utf8-name": (lambda e: e.rename_symbol("use", b"\xff\xfe"), 2, "is not valid UTF-8"),
+    "name-past-string-table": (lambda e: e.symbol("use", "st_name", 0xFFFFFF), 2,
+                               "lies outside its string table"),
     "reserved-section-index": (lambda e: e.symbol("use", "st_shndx", 0xFF00), 2,
                                "unsupported section index 0xff00"),
     "absolute-function": (lambda e: e.symbol("use", "st_shndx", SHN_ABS), 2, "outside any section"),

@@ -1,6 +1,12 @@
 """The loader's pure parts on real inputs: reference names, relocation formulas, the far-call stub, the
-layout of a module patch-build made, the state header."""
+layout of a module patch-build made, the state header, the unwinder's reads of this process's memory."""
 from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import os
+import struct
 
 import capstone
 import pytest
@@ -9,7 +15,9 @@ from diffobj.read import read_object
 from loader import layout, x86_64 as arch
 from loader.remote import PROT_EXEC, PROT_READ
 from loader.resolve import ResolveError, split_local
+from loader.procfs import Memory, read_maps
 from loader.state import PatchedFunc, PatchRecord
+from loader.unwind import Unwinder, _StackWords
 
 
 @pytest.mark.parametrize("name, objs, expected", [
@@ -102,3 +110,48 @@ def test_state_header_round_trip():
     assert PatchRecord.decode(data) == rec and rec.start == 0x1000
     assert PatchRecord.decode(b"NOTMAGIC" + data[8:]) is None
     assert PatchRecord.decode(data[:40]) is None
+
+
+def test_state_header_is_the_records_fields_as_json():
+    """encode() reads the fields without asdict's copies (it runs with every thread stopped): same bytes."""
+    rec = PatchRecord("fix", 3, "/x/fix.kpatch", 1.5, [[0x1000, 0x3000]], [[0x2000, 0x2100]], "applying",
+                      [{"name": "server", "build_id": "ab"}],
+                      [PatchedFunc(f"f{i}", "server", i, 0x10, 20, 0x2000, 30, 0x14, "e900000000") for i in range(3)],
+                      [[0x2000, 0x3000, 0x4000, 1]], ["older"], "libfix.so", 0x5000)
+    blob = json.dumps(dataclasses.asdict(rec), separators=(",", ":")).encode()
+    assert rec.encode()[16:] == blob and PatchRecord.decode(rec.encode()) == rec
+
+
+def test_stack_words_match_word_by_word_reads():
+    """A walk's reads come from page-sized windows of the stack: the same words as one read each, within
+    the window, across its end, and for words past the stack's end (read alone)."""
+    words = list(range(0x1111_0000_0000_0000, 0x1111_0000_0000_0000 + 1500))
+    buf = (ctypes.c_uint64 * len(words))(*words)
+    lo = ctypes.addressof(buf)
+    mem = Memory(os.getpid())
+    try:
+        end = lo + 8 * 1000  # the "stack" ends inside the buffer: the words after it are read one by one
+        reader = _StackWords(mem, end)
+        for i in (0, 1, 511, 512, 513, 999, 1000, 1200, 5, 998):
+            assert reader.u64(lo + 8 * i) == words[i] == mem.read_u64(lo + 8 * i)
+        assert reader.u64(lo + 4) == struct.unpack_from("<Q", bytes(buf), 4)[0]  # unaligned too
+        with pytest.raises(OSError):
+            _StackWords(mem, 16).u64(0)  # unmapped: an error, as a single read gives
+    finally:
+        mem.close()
+
+
+def test_unwinder_finds_the_mapping_of_an_address():
+    pid = os.getpid()
+    maps = read_maps(pid)
+    mem = Memory(pid)
+    try:
+        unwinder = Unwinder([], list(reversed(maps)), mem, {}, pid)
+        for m in maps:
+            assert unwinder._mapping_at(m.start) is unwinder._mapping_at(m.end - 1)
+            assert unwinder._mapping_at(m.start).start == m.start
+        gaps = [a.end for a, b in zip(maps, maps[1:]) if a.end < b.start]
+        assert gaps and all(unwinder._mapping_at(g) is None for g in gaps)
+        assert unwinder._mapping_at(0) is None
+    finally:
+        mem.close()

@@ -35,7 +35,6 @@ ELF_LIBRARY_USERS = {
     "report.dwarf": "DWARF, which elfcore does not read",
     "loader.dwarftypes": "DWARF",
     "loader.unwind": "DWARF call frame rules",
-    "diffobj.writer": "writes an object with pyelftools' record layouts",
     # not yet through elfcore (issue 11)
     "diffobj.linked": "reads a linked program into the differ's model",
     "loader.objects": "segments and sections of a mapped object",

@@ -1,0 +1,54 @@
+"""What a short command imports: nothing heavy it does not use (issue 11). `import lief` alone costs more than
+a whole `patch-ctl list`; capstone, pyelftools and rich's help rendering cost a `--help` more than its own
+work. Each command runs through its console-script entry point in a fresh interpreter, which then names the
+libraries it ended up importing. Times are the benchmarks' business (bench/), not these tests'."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("lief", "capstone", "elftools", "rich", "pydantic", "cryptography", "jinja2")
+
+# Runs the entry point with the given argv, then prints which of HEAVY were imported.
+CHILD = """
+import contextlib, io, json, sys
+from diffobj import entry
+prog, args, heavy = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+sys.argv = [prog, *args]
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        getattr(entry, prog.replace("-", "_"))()
+    except SystemExit as e:
+        code = e.code
+print(json.dumps({"code": code, "out": out.getvalue(),
+                  "imported": sorted({m.split(".")[0] for m in sys.modules} & set(heavy))}))
+"""
+
+
+def imported(prog: str, *args: str) -> dict:
+    run = subprocess.run([sys.executable, "-c", CHILD, prog, json.dumps(args), json.dumps(HEAVY)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+@pytest.mark.parametrize("prog", ["patch-diff", "patch-ctl", "patch-report"])
+def test_help_imports_no_heavy_library(prog):
+    result = imported(prog, "--help")
+    assert result["code"] == 0 and "Usage:" in result["out"]
+    assert result["imported"] == []
+
+
+def test_list_imports_only_typers_pydantic():
+    target = subprocess.Popen(["sleep", "60"])
+    try:
+        result = imported("patch-ctl", "list", "-p", str(target.pid))
+    finally:
+        target.kill()
+        target.wait()
+    assert result["code"] == 0 and f"no patches in process {target.pid}" in result["out"]
+    assert result["imported"] == ["pydantic"]  # typer converts every argument but a flag through pydantic
