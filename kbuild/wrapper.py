@@ -2,9 +2,7 @@
 needs and record every object they produce.
 
 Each wrapper is a small POSIX shell script (a compile must not pay for a Python start-up) that runs the real
-compiler with `-ffunction-sections -fdata-sections` appended (so they win over the project's flags; not to a
-link-time optimised run, where they would change the layout of the program the link makes, which then is not
-the deployed one: link-diff cuts the linked program by its symbols anyway), plus a
+compiler with `-ffunction-sections -fdata-sections` appended (so they win over the project's flags), plus a
 -ffile-prefix-map that makes the scratch tree's objects name SRCDIR (reproducible, and as a build in SRCDIR), and,
 for a successful `-c`, appends one line per object to the log: cwd, object, source, compiler, arguments. Any
 other run (a link) gets `-Wl,--emit-relocs`, for link-diff (kbuild.lto); gcc ignores it when it does not link.
@@ -28,7 +26,7 @@ ARG_SEP = "\x1f"  # separates a recorded command's arguments (they may hold spac
 _SCRIPT = """#!/bin/sh
 # patch-build compiler wrapper for {real}
 log={log}
-compile= out= prev= sections={sections}
+compile= out= prev=
 for a in "$@"; do
   case $prev in
     -o) out=$a ;;
@@ -36,15 +34,13 @@ for a in "$@"; do
   case $a in
     -c) compile=1 ;;
     -o?*) out=${{a#-o}} ;;
-    -flto|-flto=*) sections= ;;
-    -fno-lto) sections={sections} ;;
   esac
   prev=$a
 done
 if [ -z "$compile" ]; then
-  exec {real} "$@" $sections {flags} {link_flags}
+  exec {real} "$@" {flags} {link_flags}
 fi
-{real} "$@" $sections {flags} || exit $?
+{real} "$@" {flags} || exit $?
 args=$(printf '%s\\037' "$@")
 prev=
 for a in "$@"; do
@@ -82,7 +78,7 @@ def install_wrappers(wrap_dir: Path, log: Path, env: dict[str, str],
     """Write wrappers into `wrap_dir` for the standard compilers and those $CC/$CXX name; return the build
     environment: PATH with the wrappers first, CC/CXX pointing at them. `prefix_map` (scratch tree, SRCDIR)
     makes the objects record SRCDIR's paths (debug info, __FILE__), as a build in SRCDIR would."""
-    flags = []
+    flags = [*EXTRA_FLAGS]
     if prefix_map is not None:
         flags.append(f"-ffile-prefix-map={prefix_map[0]}={prefix_map[1]}")
     wrap_dir.mkdir(parents=True, exist_ok=True)
@@ -98,8 +94,7 @@ def install_wrappers(wrap_dir: Path, log: Path, env: dict[str, str],
             continue
         script = wrap_dir / name
         script.write_text(_SCRIPT.format(real=shlex.quote(real), log=shlex.quote(os.fspath(log)),
-                                         sections=shlex.quote(" ".join(EXTRA_FLAGS)), flags=shlex.join(flags),
-                                         link_flags=shlex.join(LINK_FLAGS)))
+                                         flags=shlex.join(flags), link_flags=shlex.join(LINK_FLAGS)))
         script.chmod(0o755)
     out = dict(env)
     out["PATH"] = f"{wrap_dir}{os.pathsep}{search_path}"

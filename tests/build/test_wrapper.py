@@ -31,24 +31,3 @@ def test_records_objects_and_adds_sections(tmp_path):
     linked = subprocess.run(["readelf", "-SW", str(tmp_path / "prog")], capture_output=True, text=True).stdout
     assert ".rela.text" in linked  # the link got -Wl,--emit-relocs (link-diff reads the program's relocations)
     assert end == log.stat().st_size and read_log(log, end)[0] == {}
-
-
-def test_link_time_optimised_runs_keep_their_layout(tmp_path):
-    # -ffunction-sections at an LTO compile or link changes the layout of the program the link makes (redis's
-    # -O3 -flto build: code and data at other addresses than in the deployed binary, every replaced function's
-    # data "mismatched"). An LTO run gets only --emit-relocs, and the linked program is the deployed one.
-    (tmp_path / "a.c").write_text("static int big(int x) { return x * 3; }\nint a(int x) { return big(x) + 1; }\n"
-                                  "int main(void) { return a(2); }\n")
-    env = install_wrappers(tmp_path / "wrap", tmp_path / "objects.log", {"PATH": os.environ["PATH"]})
-    flags = ["-O2", "-flto", "-ffat-lto-objects"]
-    for name, run_env in (("wrapped", env), ("plain", dict(os.environ))):
-        subprocess.run(["gcc", *flags, "-c", "a.c", "-o", f"{name}.o"], cwd=tmp_path, env=run_env, check=True)
-        subprocess.run(["gcc", *flags, "-o", name, f"{name}.o"], cwd=tmp_path, env=run_env, check=True)
-    sections = subprocess.run(["readelf", "-SW", str(tmp_path / "wrapped.o")], capture_output=True, text=True).stdout
-    assert ".text.a" not in sections  # the fat object's code: no function sections
-    for name in ("wrapped", "plain"):
-        subprocess.run(["objcopy", "-O", "binary", "--only-section=.text", name, f"{name}.text"], cwd=tmp_path,
-                       check=True)
-    assert (tmp_path / "wrapped.text").read_bytes() == (tmp_path / "plain.text").read_bytes()
-    linked = subprocess.run(["readelf", "-SW", str(tmp_path / "wrapped")], capture_output=True, text=True).stdout
-    assert ".rela.text" in linked
