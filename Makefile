@@ -27,6 +27,7 @@ bench: deps
 	$(PYTHON) bench/apply_bench.py
 	$(PYTHON) bench/kernel_build_bench.py
 	$(PYTHON) bench/build_bench.py
+	$(PYTHON) bench/lto_build_bench.py
 
 # Fuzzing soak by hand: INPUTS mutated objects and reports (default 20,000), SEED (default 1).
 soak: deps

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffobj.read import read_object
+from diffobj.linked import read_model
 from report.disasm import function_diff
 from report.model import Explanation, FunctionDiff
 from report.patches import SourceHunk, same_file
@@ -202,7 +202,7 @@ def explain_object(orig_path: str, patched_path: str, functions: list[tuple[str,
             result[symbol] = (found, None)
             continue
         if symbol not in diffs:
-            objects = objects or (read_object(orig_path), read_object(patched_path))
+            objects = objects or (read_model(orig_path), read_model(patched_path))
             diffs[symbol] = function_diff(objects[0] if old else None, old, objects[1], symbol)
         result[symbol] = ([], likely_cause(symbol, unit, patched, diffs[symbol], sources))
     return result
