@@ -1,10 +1,11 @@
 """`build_kernel_patch`: from fix.patch files and a Linux source tree to a livepatch module NAME.ko (issue 5).
 
 Fast, kpatch-build without the two whole-kernel builds: prepare the tree once (`make olddefconfig prepare`
-without what only a vmlinux link needs, kept for later runs), compile only the units the patches touch, original then patched, with
-`-ffunction-sections -fdata-sections`, diff them in kernel mode against the running kernel's symbols, and
-link the outputs with a generated hook against the kernel's headers (linker.kernel). The patches are
-reverted whatever happens, so KSRC keeps its sources (it does keep the objects kbuild made).
+without what only a vmlinux link needs, kept for later runs), compile only the units the patches touch,
+original then patched, with `-ffunction-sections -fdata-sections`, diff them in kernel mode against the
+running kernel's symbols, and link the outputs with a generated hook against the kernel's headers
+(linker.kernel). The patches are reverted whatever happens, so KSRC keeps its sources (it does keep the
+objects kbuild made).
 """
 from __future__ import annotations
 
