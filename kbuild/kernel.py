@@ -1,10 +1,11 @@
 """`build_kernel_patch`: from fix.patch files and a Linux source tree to a livepatch module NAME.ko (issue 5).
 
-Fast, kpatch-build without the two whole-kernel builds: prepare the tree once (`make olddefconfig prepare`,
-kept for later runs), compile only the units the patches touch, original then patched, with
-`-ffunction-sections -fdata-sections`, diff them in kernel mode against the running kernel's symbols, and
-link the outputs with a generated hook against the kernel's headers (linker.kernel). The patches are
-reverted whatever happens, so KSRC keeps its sources (it does keep the objects kbuild made).
+Fast, kpatch-build without the two whole-kernel builds: prepare the tree once (`make olddefconfig prepare`
+without what only a vmlinux link needs, kept for later runs), compile only the units the patches touch,
+original then patched, with `-ffunction-sections -fdata-sections`, diff them in kernel mode against the
+running kernel's symbols, and link the outputs with a generated hook against the kernel's headers
+(linker.kernel). The patches are reverted whatever happens, so KSRC keeps its sources (it does keep the
+objects kbuild made).
 """
 from __future__ import annotations
 
@@ -66,6 +67,11 @@ MODULE_LIST_MAX = 64 << 20  # bytes read of each modules.* list (Debian's are un
 KEYED_SECTIONS = {"__jump_table": "jump label", ".static_call_sites": "static call"}
 MODULE_COMPRESSIONS = {".xz": lzma.open, ".gz": gzip.open}  # of a distribution's NAME.ko.EXT
 MODULE_SIZE_MAX = 256 << 20  # bytes read of a decompressed module (Debian's largest are under 20 MiB)
+# Targets of `make prepare` that neither compiling a unit nor linking the module (against the headers) needs,
+# kept out with make's -o: the BTF tool of a vmlinux link (libbpf: 40% of prepare's CPU) and the vmlinux
+# relocation tool. Once prepared, objtool is not re-checked either (a second of make per build).
+NOT_PREPARED = ("tools/bpf/resolve_btfids", "archscripts")
+NOT_REBUILT = (*NOT_PREPARED, "tools/objtool")
 
 
 @dataclass
@@ -165,6 +171,10 @@ def new_globals(originals: list[ObjectFile], patched: list[ObjectFile]) -> set[s
     return defined(patched) - defined(originals)
 
 
+def _assume_old(targets: tuple[str, ...]) -> str:
+    return " ".join(f"-o {t}" for t in targets)
+
+
 def _callback_tables(output: OutputObject | None) -> list[OutSection]:
     """The livepatch callback tables (kpatch-macros.h) a diff output carries."""
     return [s for s in output.sections if s.name.startswith(CALLBACKS_PREFIX)] if output is not None else []
@@ -178,6 +188,9 @@ class _KernelBuild:
         self.ksrc = options.srcdir.resolve()
         self.jobs = options.jobs or os.cpu_count() or 1
         self.env = build_environment(dict(os.environ), self.jobs)
+        # The tree's makes, prepare included: kbuild compiles bounds.s, asm-offsets.s and modpost's empty.o with
+        # KCFLAGS too, and would redo them (and relink modpost) at the first unit build if they changed.
+        self.tree_env = dict(self.env, KCFLAGS=(self.env.get("KCFLAGS", "") + " " + KCFLAGS).strip())
         self.progress = options.progress
         self.timings: dict[str, float] = {}
         self.klp_sections: list[str] = []
@@ -211,7 +224,7 @@ class _KernelBuild:
         units: list[Unit] = []
         try:
             with internal_error_reported(lambda message: self._report(units, "error", message)):
-                units.extend(self._units())
+                units.extend(self._timed("units", self._units))
                 return self._build(units)
         except Refused as e:
             self._report(units, "refused", f"unsupported change: {e}")
@@ -221,8 +234,8 @@ class _KernelBuild:
             raise
 
     def _build(self, units: list[Unit]) -> BuildResult:
-        tables = self._symbol_tables()
-        exports = self._exports()
+        tables = self._timed("symbols", self._symbol_tables)
+        exports = self._timed("symbols", self._exports)
         self.progress.step("preparing the kernel tree")
         self._timed("prepare", self._prepare)
         sizes = self._timed("struct sizes", struct_sizes, self.ksrc, self.env, self.jobs, self.scratch)
@@ -321,10 +334,31 @@ class _KernelBuild:
             if m and not (self.ksrc / m.group(1)).exists():
                 text = text.replace(m.group(0), f'{key}=""')
         dot.write_text(text)
-        run_build(f"make -j{self.jobs} olddefconfig prepare", self.ksrc, self.env, self.scratch / "prepare.log",
-                  "preparing the kernel tree (make olddefconfig prepare)")
+        skipped = NOT_REBUILT if self._objtool_from_headers(objtool) else NOT_PREPARED
+        # Two makes: prepare's variables (CONFIG_OBJTOOL...) are read from what olddefconfig writes.
+        run_build(f"make -j{self.jobs} olddefconfig && make -j{self.jobs} {_assume_old(skipped)} prepare",
+                  self.ksrc, self.tree_env, self.scratch / "prepare.log", "preparing the kernel tree (make prepare)")
         if config.resolve() != dot.resolve():
             stamp.write_text(wanted)
+
+    def _objtool_from_headers(self, objtool: Path) -> bool:
+        """Copy the headers' objtool (Debian's linux-kbuild) into a tree that has none, when both are of the same
+        kernel version: it is built from the same sources, and building it is a third of prepare's CPU."""
+        theirs = self.headers / "tools" / "objtool" / "objtool"
+        if objtool.exists() or not os.access(theirs, os.X_OK):
+            return objtool.exists()
+        try:
+            with open(self.ksrc / "Makefile", errors="replace") as f:
+                head = f.read(4096)
+            release = (self.headers / "include" / "config" / "kernel.release").read_text(errors="replace")
+        except OSError:
+            return False
+        numbers = [re.search(rf"^{key} = (\d+)$", head, re.M) for key in ("VERSION", "PATCHLEVEL", "SUBLEVEL")]
+        if not all(numbers) or not re.match(re.escape(".".join(m.group(1) for m in numbers)) + r"(?!\d)", release):
+            return False
+        objtool.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(theirs, objtool)
+        return True
 
     def _compile(self, units: list[Unit], what: str) -> None:
         """Build the units' objects. A unit kbuild already compiled with our flags is compiled again by its
@@ -371,12 +405,12 @@ class _KernelBuild:
                                       self.scratch / f"build-{what}.log")
 
     def _make(self, units: list[Unit], what: str) -> None:
-        env = dict(self.env, KCFLAGS=(self.env.get("KCFLAGS", "") + " " + KCFLAGS).strip())
         objs = " ".join(u.obj for u in units)
         log = self.scratch / f"build-{what}.log"
         keep_going = "-k " if any(u.optional for u in units) else ""
         try:
-            run_build(f"make {keep_going}-j{self.jobs} {objs}", self.ksrc, env, log, f"{what} build of {objs}")
+            run_build(f"make {keep_going}-j{self.jobs} {_assume_old(NOT_REBUILT)} {objs}", self.ksrc, self.tree_env,
+                      log, f"{what} build of {objs}")
         except BuildFailed:
             text = log.read_text(errors="replace")
             unknown = set(re.findall(r"No rule to make target '([^']+)'", text))

@@ -56,6 +56,8 @@ def link_kernel_module(outputs: list[Path], name: str, headers: Path, workdir: P
     (moddir / f".{DIFFS}.o.cmd").write_text(f"cmd_{DIFFS}.o := prebuilt by patch-build\n")
     for fname, text in render_module_source(name, replace).items():
         (moddir / fname).write_text(text)
+    # The scratch directory's random name would reach the hook's DWARF: same inputs, same module bytes.
+    env = dict(env, KCFLAGS=f"{env.get('KCFLAGS', '')} -ffile-prefix-map={moddir}=.".strip())
     run_build(f"make -C '{headers}' M='{moddir}' -j{jobs} modules", moddir, env, workdir / "module-build.log",
               "building the livepatch module")
     module = moddir / f"{name}.ko"

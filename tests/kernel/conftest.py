@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, os.fspath(Path(__file__).parent))
 
-from debian_kernel import LINES, KernelEnv, kernel_env  # noqa: E402
+from debian_kernel import LINES, KernelEnv, debug_vmlinux, kernel_env  # noqa: E402
 
 from diffobj.struct_sizes import StructSizes  # noqa: E402
 from common.buildcmd import build_environment  # noqa: E402
@@ -50,13 +50,21 @@ def kenv(request) -> KernelEnv:
 
 
 @pytest.fixture(scope="session")
+def vmlinux_dbg(kenv: KernelEnv) -> Path:
+    """The vmlinux of Debian's linux-image-RELEASE-dbg (downloaded once, cached beside the tree)."""
+    return debug_vmlinux(kenv)
+
+
+@pytest.fixture(scope="session")
 def patch_build(kenv: KernelEnv):
-    """Run the real `patch-build` CLI on the cached tree: build(patch, outdir, *extra) -> Built."""
+    """Run the real `patch-build` CLI on the cached tree: build(patch, outdir, *extra) -> Built. The symbols
+    are the booted kernel's kallsyms unless `extra` gives -v VMLINUX."""
 
     def build(patch: str, outdir: Path, *extra: str) -> Built:
         name = extra[extra.index("-n") + 1] if "-n" in extra else "livepatch_" + Path(patch).stem.replace("-", "_")
-        proc = subprocess.run([sys.executable, "-m", "kbuild", "-s", os.fspath(kenv.source),
-                               "--system-map", os.fspath(kenv.kallsyms), "--headers", os.fspath(kenv.headers),
+        symbols = [] if "-v" in extra else ["--system-map", os.fspath(kenv.kallsyms)]
+        proc = subprocess.run([sys.executable, "-m", "kbuild", "-s", os.fspath(kenv.source), *symbols,
+                               "--headers", os.fspath(kenv.headers),
                                "-o", os.fspath(outdir), *extra, os.fspath(fixture_patch(kenv, patch))],
                               capture_output=True, text=True, stdin=subprocess.DEVNULL)
         return Built(proc.returncode, proc.stderr, outdir / f"{name}.ko")

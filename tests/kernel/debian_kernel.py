@@ -8,7 +8,9 @@ ${XDG_CACHE_HOME:-~/.cache}/patch-build)/kernel, so fresh clones and CI reuse it
   its image package, which would install a kernel (and build an initramfs) on the test machine;
 - the image package is unpacked (vmlinuz, System.map, config, the modules) in CACHE/image-RELEASE;
 - the source package of the same version is unpacked and prepared (`make olddefconfig prepare` with the
-  image's config) in CACHE/linux-source-VERSION.
+  image's config) in CACHE/linux-source-VERSION;
+- on demand (`debug_vmlinux`), the vmlinux of linux-image-RELEASE-dbg, with its full symbol table, as
+  CACHE/vmlinux-RELEASE: the ~860 MB package is downloaded once and only the vmlinux is kept.
 Everything is idempotent: a stamp file records each finished step, so later runs cost nothing; the
 release chosen first is kept (CACHE/release-LINE.json) so that a new Debian kernel upload does not
 invalidate the cache mid-way. Delete CACHE to move to the current one.
@@ -76,6 +78,12 @@ class KernelEnv:
     def kallsyms(self) -> Path:
         """/proc/kallsyms of the booted image with KALLSYMS_MODULES loaded: Debian's System.map is a stub."""
         return CACHE / f"symbols-with-{'-'.join(KALLSYMS_MODULES)}" / f"kallsyms-{self.release}"
+
+    @property
+    def debug_vmlinux(self) -> Path:
+        """The vmlinux of linux-image-RELEASE-dbg (fetched by `debug_vmlinux`): what a CI job without the
+        target kernel gives `patch-build -v`."""
+        return CACHE / f"vmlinux-{self.release}"
 
     def module(self, name: str) -> Path:
         """The module NAME.ko, decompressed next to the image's NAME.ko.xz (6.12's) on first use."""
@@ -193,6 +201,35 @@ def kernel_env(name: str) -> KernelEnv:
         if not env.kallsyms.exists():
             _dump_kallsyms(env)
         return env
+
+
+def debug_vmlinux(env: KernelEnv) -> Path:
+    """env.debug_vmlinux, downloaded and extracted the first time: the package goes once the vmlinux is out."""
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if env.debug_vmlinux.exists():
+            return env.debug_vmlinux
+        staging = CACHE / "debug-download.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            deb = _download(f"linux-image-{env.release}-dbg={env.version}", staging)
+            tmp = env.debug_vmlinux.with_name(env.debug_vmlinux.name + ".tmp")
+            member = f"./usr/lib/debug/boot/vmlinux-{env.release}"
+            # tar stops at the first match (the file is near the start): not decompressing the other 4 GB of
+            # debug modules saves minutes; dpkg-deb then dies of the closed pipe, which is expected.
+            with open(tmp, "wb") as out:
+                unpack = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", os.fspath(deb)], stdout=subprocess.PIPE,
+                                          stderr=subprocess.DEVNULL)
+                tar = subprocess.run(["tar", "-xO", "--occurrence=1", member], stdin=unpack.stdout, stdout=out,
+                                     stderr=subprocess.PIPE, text=True)
+                unpack.stdout.close()
+                unpack.wait()
+            if tar.returncode or tmp.stat().st_size == 0:
+                raise RuntimeError(f"no {member} in {deb.name}: {tar.stderr.strip()}")
+            tmp.rename(env.debug_vmlinux)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return env.debug_vmlinux
 
 
 def _dump_kallsyms(env: KernelEnv) -> None:

@@ -7,7 +7,8 @@ One VM boot runs every check in sequence (its init script prints `R key=value` l
    vfs-read-special: vfs_read, with BUG, retpoline and return-thunk sites, refuses 4093-byte reads;
 3. binfmt-status: a function of the binfmt_misc module, loaded first; ttyprintk-prefix: functions of the
    ttyprintk module, loaded AFTER the livepatch (the livepatch core patches it as it comes, resolving the
-   module's own klp relocations then);
+   module's own klp relocations then); vmlinux-and-module: one patch changing version_proc_show (vmlinux) and
+   bm_status_read (binfmt_misc), both effects seen at once, both gone when disabled;
 4. atomic replace: meminfo-string, then cmdline-prefix: only the second stays in effect; then
    stat-static-call built with --non-replace joins it instead of replacing it.
 """
@@ -32,6 +33,7 @@ MODULES = {  # fixture patch -> livepatch name
     "fdinfo-sympos.patch": "fdinfo_sympos",
     "ttyprintk-prefix.patch": "ttyprintk_prefix",
     "vfs-read-special.patch": "vfs_read_special",
+    "vmlinux-and-module.patch": "vmlinux_and_module",
 }
 SHF_RELA_LIVEPATCH, SHN_LIVEPATCH = 0x00100000, 0xFF20
 
@@ -84,6 +86,15 @@ if [ -f /binfmt_status.ko ]; then
     insmod /binfmt_status.ko; echo "R module.insmod=$?"
     echo "R module.transition=$(wait_transition binfmt_status)"
     echo "R module.patched=$(cat /proc/sys/fs/binfmt_misc/status)"
+    if [ -f /vmlinux_and_module.ko ]; then
+        insmod /vmlinux_and_module.ko; echo "R both.insmod=$?"
+        echo "R both.transition=$(wait_transition vmlinux_and_module)"
+        echo "R both.vmlinux=$(cut -c1-22 /proc/version)"
+        echo "R both.module=$(cat /proc/sys/fs/binfmt_misc/status)"
+        echo "R both.objects=$(cd /sys/kernel/livepatch/vmlinux_and_module && ls -d */ | tr -d / | tr '\n' ' ')"
+        disable vmlinux_and_module both
+        echo "R both.restored=$(cut -c1-13 /proc/version) $(cat /proc/sys/fs/binfmt_misc/status)"
+    fi
 fi
 
 if [ -f /ttyprintk_prefix.ko ]; then
@@ -200,6 +211,18 @@ def test_module_function(modules, vm):
     built_module(modules, "binfmt_status")
     check_results(vm, {"module.target_insmod": "0", "module.before": "enabled", "module.insmod": "0",
                 "module.transition": "0", "module.patched": "ENABLED (patched)"})
+
+
+def test_vmlinux_and_module_in_one_patch(modules, vm):
+    # One module, two klp objects: vmlinux and binfmt_misc (loaded by then); it replaces binfmt_status.
+    path = built_module(modules, "vmlinux_and_module")
+    report = json.loads(path.with_suffix(".report.json").read_text())
+    changed = {(o["source"], f["name"]) for o in report["objects"] for f in o["functions"]
+               if f["status"] == "changed"}
+    assert changed == {("fs/proc/version.c", "version_proc_show"), ("fs/binfmt_misc.c", "bm_status_read")}
+    check_results(vm, {"both.insmod": "0", "both.transition": "0", "both.vmlinux": "klp-both Linux version",
+                       "both.module": "enabled (both)", "both.objects": "binfmt_misc vmlinux ",
+                       "both.disabled": "gone", "both.rmmod": "0", "both.restored": "Linux version enabled"})
 
 
 def test_module_loaded_after_the_patch(modules, vm):
