@@ -27,11 +27,12 @@ from elftools.elf.elffile import ELFFile
 from diffobj.entry import Interrupted
 from diffobj.errors import InputError, PatchBuildError
 from loader.apply import apply_patch
+from loader.entry import at_entry
 from loader.objects import build_id
 from loader.procfs import Memory, read_maps
 from loader.ptrace import ThreadGone
 from loader.state import MAPPING_PREFIX, PatchRecord, find_patches
-from loader.store import Store
+from loader.store import Installed, Store
 
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = CN_VAL_PROC = 1
@@ -115,6 +116,7 @@ class Daemon:
         self.starting: dict[int, _Starting] = {}
         self.build_ids: dict[tuple[str, int], str] = {}  # (path, inode) -> build-id
         self.programs: dict[tuple[str, int], tuple[bool, int]] = {}  # (path, inode) -> _program()
+        self.exe_build_ids: dict[tuple[int, int], str] = {}  # (device, inode) -> build-id
 
     def _build_ids(self, pid: int, maps) -> dict[str, str]:
         """build-id -> object name of each ELF file the process maps, read once per file (path, inode)."""
@@ -161,9 +163,41 @@ class Daemon:
         grown, state.maps = len(maps) != state.maps, len(maps)
         return not dynamic or (len(files) - 2 >= needed and not grown)
 
+    def _user_entries(self) -> list[Installed]:
+        return [e for e in self.store.entries() if e.kind == "user" and (not self.only or e.name in self.only)]
+
+    def _may_need(self, pid: int) -> bool:
+        """Whether a new process may need an installed patch: its program is a target, or a patch targets a
+        shared library (which any program may map)."""
+        entries = self._user_entries()
+        if any(".so" in t["name"] for e in entries for t in e.targets):
+            return True
+        st = os.stat(f"/proc/{pid}/exe")
+        key = (st.st_dev, st.st_ino)
+        if key not in self.exe_build_ids:
+            with open(f"/proc/{pid}/exe", "rb") as f:
+                self.exe_build_ids[key] = build_id(ELFFile(f))
+        return any(t["build_id"] == self.exe_build_ids[key] for e in entries for t in e.targets)
+
     def started(self, pid: int) -> None:
-        if pid != os.getpid():
-            self.starting[pid] = _Starting(time.monotonic())
+        """A process exec'd: stopped at once (the sooner, the likelier it is still in the dynamic linker),
+        then patched at its entry point if it may need a patch (loader.entry); else, or if it is already
+        past its entry point, once its libraries are mapped (`poll`)."""
+        if pid == os.getpid():
+            return
+        since = time.monotonic()
+
+        def wanted() -> bool:
+            try:
+                return self._may_need(pid)
+            except (OSError, ELFError, ValueError, InputError):
+                return False
+
+        with at_entry(pid, wanted) as held:
+            if held:
+                self.patch(pid, since, held=True)
+                return
+        self.starting[pid] = _Starting(since)
 
     def poll(self) -> float:
         """Patch the starting processes that are ready; the seconds until the next look is due."""
@@ -177,15 +211,14 @@ class Daemon:
                 self.patch(pid, state.since)
         return SETTLE_POLL if self.starting else 1.0
 
-    def patch(self, pid: int, since: float | None = None) -> None:
+    def patch(self, pid: int, since: float | None = None, held: bool = False) -> None:
         """Apply to `pid` each installed patch that targets an object it has mapped and it does not carry;
-        `since`: when its exec was seen (time.monotonic()), for the log."""
+        `since`: when its exec was seen (time.monotonic()), `held`: it is stopped at its entry point; both
+        for the log."""
         try:
             maps = read_maps(pid)
             mapped = self._build_ids(pid, maps)
-            wanted = {e.name: e for e in self.store.entries()
-                      if e.kind == "user" and (not self.only or e.name in self.only)
-                      and any(t["build_id"] in mapped for t in e.targets)}
+            wanted = {e.name: e for e in self._user_entries() if any(t["build_id"] in mapped for t in e.targets)}
             if not wanted:
                 return
             with Memory(pid) as mem:
@@ -206,6 +239,7 @@ class Daemon:
                 self.log(f"not applied {name} to process {pid} ({program}), left running unpatched: {e}")
                 continue
             after = f", {(time.monotonic() - since) * 1000:.0f} ms after its exec" if since is not None else ""
+            after += ", at its entry point" if held else ""
             self.log(f"applied {name} to process {pid} ({program}): {len(record.funcs)} function(s) redirected, "
                      f"pause {stats.pause * 1000:.2f} ms{after}")
             for warning in stats.warnings:
