@@ -29,7 +29,7 @@ from diffobj.errors import InputError, PatchBuildError
 from loader.apply import apply_patch
 from loader.entry import at_entry
 from loader.objects import build_id
-from loader.procfs import Memory, read_maps
+from loader.procfs import Memory, read_maps, tracer_of
 from loader.ptrace import ThreadGone
 from loader.state import MAPPING_PREFIX, PatchRecord, find_patches
 from loader.store import Installed, Store
@@ -154,10 +154,13 @@ class Daemon:
 
     def _settled(self, pid: int, state: _Starting) -> bool:
         """The dynamic linker has mapped the libraries the program needs (as many files besides the program
-        and the linker as it has DT_NEEDED entries) and the mappings stopped growing; or it is late."""
+        and the linker as it has DT_NEEDED entries), the mappings stopped growing and no one traces it; or it
+        is late."""
         maps = read_maps(pid)
         if time.monotonic() - state.since > SETTLE_LIMIT:
             return True
+        if tracer_of(pid):
+            return False  # held by another (the daemon of another package, at its entry point): for a while
         dynamic, needed = self._program(pid, maps)
         files = {m.path for m in maps if m.path.startswith("/") and m.inode}
         grown, state.maps = len(maps) != state.maps, len(maps)
