@@ -20,6 +20,7 @@ import struct
 import time
 from collections.abc import Callable
 
+from diffobj.errors import InputError
 from loader import ptrace
 from loader.procfs import Mapping, Memory, read_maps
 from loader.ptrace import DEFERRED_SIGNALS, NotStopping, Thread, ThreadGone, TraceError
@@ -167,7 +168,7 @@ def at_entry(pid: int, wanted: Callable[[], bool]):
     try:
         try:
             held = hold.run_to_entry(wanted)
-        except (ThreadGone, TraceError, NotStopping, OSError, ValueError):
+        except (ThreadGone, TraceError, NotStopping, OSError, ValueError, InputError):
             held = False
         if held:
             ptrace.held[pid] = hold.thread
