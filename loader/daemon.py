@@ -3,13 +3,16 @@ whose program or library they target, and what each process carries.
 
 The daemon first subscribes to the kernel's process-event connector (netlink, CAP_NET_ADMIN), so that no
 exec is missed, then applies what matches to every process already running, then to each process that
-execs, once the dynamic linker has mapped the libraries the program needs (polled through /proc/PID/maps:
-the connector tells of the exec, not of the libraries; a program that starts serving within a few
-milliseconds may serve its first requests unpatched). A process is matched by the GNU build-ids of the
+execs: stopped at once and, when it may need a patch and is still in the dynamic linker, held at its
+program's entry point while the patch is applied (loader.entry), so that its main runs patched from the
+first line. The connector's event comes asynchronously: a process already past its entry point is let go
+and patched once the dynamic linker has mapped the libraries it needs (polled through /proc/PID/maps), as
+it runs (it may serve its first requests unpatched). A process is matched by the GNU build-ids of the
 objects it has mapped (`Store.for_build_id`); each module is verified (`Store.verify`) before each apply.
 Whatever the outcome it logs one line to stdout (the journal, under systemd) and moves on: a patch that
-cannot be applied leaves that process running unpatched, and no process waits for the daemon. The store is
-read afresh for every process, so an install or uninstall takes effect for the next process to start.
+cannot be applied leaves that process running unpatched, and no process waits for the daemon longer than
+an apply takes. The store is
+read again whenever it changed, so an install or uninstall takes effect for the next process to start.
 """
 from __future__ import annotations
 
@@ -117,6 +120,8 @@ class Daemon:
         self.build_ids: dict[tuple[str, int], str] = {}  # (path, inode) -> build-id
         self.programs: dict[tuple[str, int], tuple[bool, int]] = {}  # (path, inode) -> _program()
         self.exe_build_ids: dict[tuple[int, int], str] = {}  # (device, inode) -> build-id
+        self.user: list[Installed] = []  # _user_entries(), as of the store's index `index_key`
+        self.index_key: tuple | None = None
 
     def _build_ids(self, pid: int, maps) -> dict[str, str]:
         """build-id -> object name of each ELF file the process maps, read once per file (path, inode)."""
@@ -167,7 +172,19 @@ class Daemon:
         return not dynamic or (len(files) - 2 >= needed and not grown)
 
     def _user_entries(self) -> list[Installed]:
-        return [e for e in self.store.entries() if e.kind == "user" and (not self.only or e.name in self.only)]
+        """The installed user-space patches (of `only`), read again whenever the store's index has changed
+        (its inode, size, modification or status change time): a look that costs microseconds, not the
+        index's parsing, between a process's exec and its stop."""
+        try:
+            st = os.stat(self.store.index)
+            key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        except FileNotFoundError:
+            key = None
+        if key != self.index_key or key is None:
+            self.user = [e for e in self.store.entries()
+                         if e.kind == "user" and (not self.only or e.name in self.only)]
+            self.index_key = key
+        return self.user
 
     def _may_need(self, pid: int) -> bool:
         """Whether a new process may need an installed patch: its program is a target, or a patch targets a
@@ -189,6 +206,8 @@ class Daemon:
         if pid == os.getpid():
             return
         since = time.monotonic()
+        if not self._user_entries():
+            return  # nothing to apply: the process is not stopped
 
         def wanted() -> bool:
             try:
