@@ -3,13 +3,16 @@ whose program or library they target, and what each process carries.
 
 The daemon first subscribes to the kernel's process-event connector (netlink, CAP_NET_ADMIN), so that no
 exec is missed, then applies what matches to every process already running, then to each process that
-execs, once the dynamic linker has mapped the libraries the program needs (polled through /proc/PID/maps:
-the connector tells of the exec, not of the libraries; a program that starts serving within a few
-milliseconds may serve its first requests unpatched). A process is matched by the GNU build-ids of the
+execs: stopped at once and, when it may need a patch and is still in the dynamic linker, held at its
+program's entry point while the patch is applied (loader.entry), so that its main runs patched from the
+first line. The connector's event comes asynchronously: a process already past its entry point is let go
+and patched once the dynamic linker has mapped the libraries it needs (polled through /proc/PID/maps), as
+it runs (it may serve its first requests unpatched). A process is matched by the GNU build-ids of the
 objects it has mapped (`Store.for_build_id`); each module is verified (`Store.verify`) before each apply.
 Whatever the outcome it logs one line to stdout (the journal, under systemd) and moves on: a patch that
-cannot be applied leaves that process running unpatched, and no process waits for the daemon. The store is
-read afresh for every process, so an install or uninstall takes effect for the next process to start.
+cannot be applied leaves that process running unpatched, and no process waits for the daemon longer than
+an apply takes. The store is
+read again whenever it changed, so an install or uninstall takes effect for the next process to start.
 """
 from __future__ import annotations
 
@@ -26,13 +29,15 @@ from elftools.elf.elffile import ELFFile
 
 from common.interrupts import Interrupted
 from common.errors import InputError, PatchBuildError
+from elfcore import notes
 from elfcore.binary import read_binary
 from elfcore.constants import ELFMAG
 from loader.apply import apply_patch
-from loader.procfs import Memory, read_maps
+from loader.entry import at_entry
+from loader.procfs import Memory, read_maps, tracer_of
 from loader.ptrace import ThreadGone
 from loader.state import MAPPING_PREFIX, PatchRecord, find_patches
-from loader.store import Store
+from loader.store import Installed, Store
 
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = CN_VAL_PROC = 1
@@ -116,6 +121,9 @@ class Daemon:
         self.starting: dict[int, _Starting] = {}
         self.build_ids: dict[tuple[str, int], str] = {}  # (path, inode) -> build-id
         self.programs: dict[tuple[str, int], tuple[bool, int]] = {}  # (path, inode) -> _program()
+        self.exe_build_ids: dict[tuple[int, int], str] = {}  # (device, inode) -> build-id
+        self.user: list[Installed] = []  # _user_entries(), as of the store's index `index_key`
+        self.index_key: tuple | None = None
 
     def _build_ids(self, pid: int, maps) -> dict[str, str]:
         """build-id -> object name of each ELF file the process maps, read once per file (path, inode)."""
@@ -154,18 +162,66 @@ class Daemon:
 
     def _settled(self, pid: int, state: _Starting) -> bool:
         """The dynamic linker has mapped the libraries the program needs (as many files besides the program
-        and the linker as it has DT_NEEDED entries) and the mappings stopped growing; or it is late."""
+        and the linker as it has DT_NEEDED entries), the mappings stopped growing and no one traces it; or it
+        is late."""
         maps = read_maps(pid)
         if time.monotonic() - state.since > SETTLE_LIMIT:
             return True
+        if tracer_of(pid):
+            return False  # held by another (the daemon of another package, at its entry point): for a while
         dynamic, needed = self._program(pid, maps)
         files = {m.path for m in maps if m.path.startswith("/") and m.inode}
         grown, state.maps = len(maps) != state.maps, len(maps)
         return not dynamic or (len(files) - 2 >= needed and not grown)
 
+    def _user_entries(self) -> list[Installed]:
+        """The installed user-space patches (of `only`), read again whenever the store's index has changed
+        (its inode, size, modification or status change time): a look that costs microseconds, not the
+        index's parsing, between a process's exec and its stop."""
+        try:
+            st = os.stat(self.store.index)
+            key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        except FileNotFoundError:
+            key = None
+        if key != self.index_key or key is None:
+            self.user = [e for e in self.store.entries()
+                         if e.kind == "user" and (not self.only or e.name in self.only)]
+            self.index_key = key
+        return self.user
+
+    def _may_need(self, pid: int) -> bool:
+        """Whether a new process may need an installed patch: its program is a target, or a patch targets a
+        shared library (which any program may map)."""
+        entries = self._user_entries()
+        if any(".so" in t["name"] for e in entries for t in e.targets):
+            return True
+        st = os.stat(f"/proc/{pid}/exe")
+        key = (st.st_dev, st.st_ino)
+        if key not in self.exe_build_ids:
+            self.exe_build_ids[key] = notes.build_id_of(f"/proc/{pid}/exe") or ""
+        return any(t["build_id"] == self.exe_build_ids[key] for e in entries for t in e.targets)
+
     def started(self, pid: int) -> None:
-        if pid != os.getpid():
-            self.starting[pid] = _Starting(time.monotonic())
+        """A process exec'd: stopped at once (the sooner, the likelier it is still in the dynamic linker),
+        then patched at its entry point if it may need a patch (loader.entry); else, or if it is already
+        past its entry point, once its libraries are mapped (`poll`)."""
+        if pid == os.getpid():
+            return
+        since = time.monotonic()
+        if not self._user_entries():
+            return  # nothing to apply: the process is not stopped
+
+        def wanted() -> bool:
+            try:
+                return self._may_need(pid)
+            except (OSError, ELFError, ValueError, InputError):
+                return False
+
+        with at_entry(pid, wanted) as held:
+            if held:
+                self.patch(pid, since, held=True)
+                return
+        self.starting[pid] = _Starting(since)
 
     def poll(self) -> float:
         """Patch the starting processes that are ready; the seconds until the next look is due."""
@@ -179,15 +235,14 @@ class Daemon:
                 self.patch(pid, state.since)
         return SETTLE_POLL if self.starting else 1.0
 
-    def patch(self, pid: int, since: float | None = None) -> None:
+    def patch(self, pid: int, since: float | None = None, held: bool = False) -> None:
         """Apply to `pid` each installed patch that targets an object it has mapped and it does not carry;
-        `since`: when its exec was seen (time.monotonic()), for the log."""
+        `since`: when its exec was seen (time.monotonic()), `held`: it is stopped at its entry point; both
+        for the log."""
         try:
             maps = read_maps(pid)
             mapped = self._build_ids(pid, maps)
-            wanted = {e.name: e for e in self.store.entries()
-                      if e.kind == "user" and (not self.only or e.name in self.only)
-                      and any(t["build_id"] in mapped for t in e.targets)}
+            wanted = {e.name: e for e in self._user_entries() if any(t["build_id"] in mapped for t in e.targets)}
             if not wanted:
                 return
             with Memory(pid) as mem:
@@ -208,6 +263,7 @@ class Daemon:
                 self.log(f"not applied {name} to process {pid} ({program}), left running unpatched: {e}")
                 continue
             after = f", {(time.monotonic() - since) * 1000:.0f} ms after its exec" if since is not None else ""
+            after += ", at its entry point" if held else ""
             self.log(f"applied {name} to process {pid} ({program}): {len(record.funcs)} function(s) redirected, "
                      f"pause {stats.pause * 1000:.2f} ms{after}")
             for warning in stats.warnings:

@@ -2,7 +2,9 @@
 
 Threads are seized (PTRACE_SEIZE) only while they are stopped: `stop` seizes and interrupts, `release`
 detaches. Between two stops nothing is attached, so a signal sent to the target never waits for us.
-A signal that arrives while a thread is stopped is remembered and handed back to it on detach.
+A signal that arrives while a thread is stopped is remembered and handed back to it on detach. A thread
+already held stopped by this process (`held`: a new process at its entry point, loader.entry) is used as
+it is and left stopped.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ PTRACE_EVENT_STOP = 128
 WALL = 0x40000000
 STOP_LIMIT = 2.0  # seconds a thread may take to stop
 DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # handled once no thread is stopped
+
+held: dict[int, Thread] = {}  # tid -> a thread this process holds stopped (loader.entry): Stopped leaves it so
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
@@ -148,9 +152,9 @@ class Thread:
         _ptrace(PTRACE_SINGLESTEP, self.tid, 0, 0)
         return self.wait_stop()
 
-    def cont(self) -> None:
-        """Let the thread run (any signal of the stop it is in is not delivered)."""
-        _ptrace(PTRACE_CONT, self.tid, 0, 0)
+    def cont(self, deliver: int = 0) -> None:
+        """Let the thread run, delivering signal `deliver` (0: the signal of the stop it is in is not)."""
+        _ptrace(PTRACE_CONT, self.tid, 0, deliver)
 
     def interrupt(self) -> None:
         _ptrace(PTRACE_INTERRUPT, self.tid, 0, 0)
@@ -215,6 +219,10 @@ class Stopped:
             for tid in tids:
                 if tid in self.threads:
                     continue
+                if tid in held:
+                    held[tid].regs = held[tid].get_regs()
+                    self.threads[tid] = held[tid]
+                    continue
                 thread = Thread(tid)
                 try:
                     thread.seize_and_interrupt()
@@ -245,6 +253,8 @@ class Stopped:
     def release(self) -> None:
         try:
             for thread in self.threads.values():
+                if held.get(thread.tid) is thread:
+                    continue
                 try:
                     if thread.regs is None:  # seized and interrupted, stop not collected yet
                         thread.wait_interrupted(limit=0.1)

@@ -1,0 +1,179 @@
+"""A new process held at its program's entry point (AT_ENTRY): the dynamic linker has mapped every library
+the program needs and run their constructors, the program has run none of its own code. The daemon applies
+patches there, so that the first work a process does is already patched.
+
+Seen at its exec, the process is seized and interrupted (loader.ptrace). Unless it has already run past its
+entry point (the daemon saw the exec late: then it is let go at once, `held` False), a breakpoint (int3) is
+written at the entry point and the process let run to it; the byte is put back, the thread set back to the
+entry point and held stopped there (loader.ptrace.held: the apply's stops use it as it is) until the block
+ends. Whatever goes wrong, the byte is put back and the process detached, to run on as if never stopped;
+signals it receives meanwhile are delivered. What remains: a daemon killed by SIGKILL while the breakpoint
+is in place (the time the dynamic linker takes, about a millisecond) leaves the process to die of SIGTRAP at
+its entry point.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import struct
+import time
+from collections.abc import Callable
+
+from common.errors import InputError
+from loader import ptrace
+from loader.procfs import Mapping, Memory, read_maps
+from loader.ptrace import DEFERRED_SIGNALS, NotStopping, Thread, ThreadGone, TraceError
+
+AT_BASE, AT_ENTRY = 7, 9  # <elf.h>: the dynamic linker's load address, the program's entry point
+INT3 = b"\xcc"
+RUN_LIMIT = 1.0  # seconds the dynamic linker may take to reach the entry point; then the process is let go
+STACK_LIMIT = 1 << 20  # bytes of the process's stack looked at: more than the dynamic linker uses
+_AUXV_LIMIT = 4096
+
+
+def auxv(pid: int) -> dict[int, int]:
+    """The process's auxiliary vector (/proc/PID/auxv): type -> value."""
+    with open(f"/proc/{pid}/auxv", "rb") as f:
+        data = f.read(_AUXV_LIMIT)
+    out = {}
+    for key, value in struct.iter_unpack("<QQ", data[:len(data) // 16 * 16]):
+        if key == 0:
+            break
+        out[key] = value
+    return out
+
+
+def start_stack(pid: int) -> int:
+    """Where the stack began at exec (/proc/PID/stat's startstack: the address of argc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read(4096)
+    return int(stat[stat.rindex(")") + 2:].split()[25])
+
+
+class _Hold:
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.thread = Thread(pid)
+        self.seized = self.stopped = False
+        self.mem: Memory | None = None
+        self.entry = 0
+        self.byte = b""  # the entry point's first byte while the breakpoint is in place
+
+    def run_to_entry(self, wanted: Callable[[], bool]) -> bool:
+        """True with the process stopped at its entry point; False when it is not `wanted()` (asked once it
+        is stopped), past its entry point, or cannot get there."""
+        self.thread.seize_and_interrupt()
+        self.seized = True
+        self.thread.wait_interrupted()
+        self.stopped = True
+        if not wanted():
+            return False
+        aux = auxv(self.pid)
+        entry = aux.get(AT_ENTRY, 0)
+        self.mem = Memory(self.pid)
+        if self.thread.regs.rip == entry:
+            return True
+        if not self._before_entry(entry, aux.get(AT_BASE, 0)):
+            return False
+        self.byte = self.mem.read(entry, 1)
+        self.mem.write(entry, INT3)
+        self.entry = entry
+        deadline = time.monotonic() + RUN_LIMIT
+        deliver = 0
+        while True:
+            self.thread.cont(deliver)
+            self.stopped = False
+            sig = self.thread.wait_stop(max(deadline - time.monotonic(), 0.0))
+            self.stopped = True
+            if sig == signal.SIGTRAP and self._trapped():
+                self._remove_breakpoint()
+                self.thread.regs = self.thread.get_regs()
+                return True
+            if sig in (0, signal.SIGTRAP):  # stopped by a signal (SIGSTOP), or a trap of its own: let it be
+                if sig == signal.SIGTRAP:
+                    self.thread.pending_signal = signal.SIGTRAP
+                return False
+            deliver, self.thread.pending_signal = self.thread.pending_signal, 0  # its own signal, delivered
+
+    def _before_entry(self, entry: int, interp_base: int) -> bool:
+        """The process runs the dynamic linker's start-up: it stands in the dynamic linker, and its stack
+        holds no address of the program's code but the entry point (which the dynamic linker keeps): once
+        the program has started, its _start's return address is there. A wrong guess either way is safe:
+        past the entry point the breakpoint is never reached (the process is let go after RUN_LIMIT), and
+        before it, the process is patched as it runs."""
+        regs = self.thread.regs
+        maps = read_maps(self.pid)
+        interp = next((m.path for m in maps if interp_base in m and m.path), None)
+        if not interp_base or not any(m.path == interp and regs.rip in m for m in maps):
+            return False
+        top = start_stack(self.pid)
+        low = (regs.rsp + 7) & ~7
+        if not low <= top <= low + STACK_LIMIT:
+            return False
+        program = _program_code(self.pid, maps)
+        words = struct.unpack(f"<{(top - low) // 8}Q", self.mem.read(low, (top - low) // 8 * 8))
+        return not any(w != entry and any(w in m for m in program) for w in words)
+
+    def _trapped(self) -> bool:
+        """Stopped by the breakpoint: then set back to run the entry point's own instruction."""
+        regs = self.thread.get_regs()
+        if regs.rip != self.entry + 1:
+            return False
+        regs.rip = self.entry
+        self.thread.set_regs(regs)
+        return True
+
+    def _remove_breakpoint(self) -> None:
+        if self.byte:
+            self.mem.write(self.entry, self.byte)
+            self.byte = b""
+
+    def release(self) -> None:
+        """The breakpoint removed (first: that needs no stop) and the process detached, whatever happened."""
+        try:
+            if self.byte:
+                try:
+                    self._remove_breakpoint()
+                except (OSError, ThreadGone):
+                    self.byte = b""  # gone: nothing left to put back
+            if self.seized and not self.stopped:
+                self.thread.interrupt()
+                self.thread.wait_stop()
+                self.stopped = True
+            if self.seized and self.entry:
+                self._trapped()  # by the breakpoint, just before it was removed
+        except (ThreadGone, TraceError, NotStopping, OSError):
+            pass
+        finally:
+            if self.seized:
+                self.thread.detach()
+            if self.mem is not None:
+                self.mem.close()
+
+
+def _program_code(pid: int, maps: list[Mapping]) -> list[Mapping]:
+    exe = os.readlink(f"/proc/{pid}/exe")
+    return [m for m in maps if m.executable and m.path == exe]
+
+
+@contextlib.contextmanager
+def at_entry(pid: int, wanted: Callable[[], bool]):
+    """with at_entry(pid, wanted) as held: `held` True while the process is stopped at its entry point, False
+    when it is not `wanted()` (asked while it is stopped, before anything else is done) or could not be
+    (past it, traced by another, gone): it then runs. Let go on the way out, whatever
+    happened; SIGINT/SIGTERM/SIGHUP are held meanwhile, so that a stop asked for never leaves it stopped."""
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED_SIGNALS)
+    hold = _Hold(pid)
+    try:
+        try:
+            held = hold.run_to_entry(wanted)
+        except (ThreadGone, TraceError, NotStopping, OSError, ValueError, InputError):
+            held = False
+        if held:
+            ptrace.held[pid] = hold.thread
+        yield held
+    finally:
+        ptrace.held.pop(pid, None)
+        hold.release()
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
