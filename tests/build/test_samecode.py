@@ -112,8 +112,8 @@ def test_calls_resolved_inside_one_section(tmp_path):
     assert not [r for r in tick.section.relocations if tick.value <= r.offset < tick.value + tick.size
                 and r.symbol.name == "step"]
     assert mismatches(ours, ["tick", "step"], UnitSymbols(load_binary(tmp_path / "ours"), ours)) == []
-    (tmp_path / "unit.c").write_text("static int pad(int x) { return x * 7 + 1; }\nint use_pad(int x) { return pad(x); }\n"
-                                     + SOURCE)
+    (tmp_path / "unit.c").write_text("static int pad(int x) { return x * 7 + 1; }\n"
+                                     "int use_pad(int x) { return pad(x); }\n" + SOURCE)
     subprocess.run(["gcc", "-O2", "-fPIC", "-c", str(tmp_path / "unit.c"), "-o", str(tmp_path / "other.o")], check=True)
     subprocess.run(["gcc", "-pie", str(tmp_path / "other.o"), "-o", str(tmp_path / "other")], check=True)
     problems = mismatches(ours, ["tick"], UnitSymbols(load_binary(tmp_path / "other"), ours))
