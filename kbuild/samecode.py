@@ -147,6 +147,13 @@ def difference(sym: Symbol, address: int, size: int, binary, resolver: TargetRes
                     mine = ("insn", _index_at(ours, off))
                 else:
                     mine = (name, off)
+            elif not 0 <= a.target < sym.size:
+                # a call the assembler resolved inside one section (code built without -ffunction-sections, such
+                # as a library a link-diff reads): no relocation, so the same code has the same distance deployed
+                built = a.target - (1 << 64) if a.target >= 1 << 63 else a.target  # disassembled at 0
+                if built == b.target - address:
+                    continue
+                return f"+{a.offset:#x}: {a.mnemonic} to {built:+#x} built, to {b.target - address:+#x} deployed"
             else:
                 mine = ("insn", _index_at(ours, a.target))
             if address <= b.target < address + size:

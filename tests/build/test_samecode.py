@@ -101,3 +101,20 @@ def test_referenced_function_address_is_compared(tmp_path):
     [problem] = mismatches(ours, ["pick"], UnitSymbols(load_binary(tmp_path / "other"), ours))
     assert problem.startswith("pick (+0x") and problem.endswith(
         "lea the address of first+0x0 built, of second+0x0 deployed)")
+
+
+def test_calls_resolved_inside_one_section(tmp_path):
+    # Code built without -ffunction-sections (a library a link-diff reads, such as redis's lua): tick's tail call
+    # to the static step() has no relocation; the same distance deployed is the same code (it was reported as
+    # "jmp to ('insn', None) built, to ('step', 0) deployed"), another distance is not.
+    ours = read_object(str(build(tmp_path, [], "ours")))
+    tick = next(s for s in ours.symbols if s.name == "tick")
+    assert not [r for r in tick.section.relocations if tick.value <= r.offset < tick.value + tick.size
+                and r.symbol.name == "step"]
+    assert mismatches(ours, ["tick", "step"], UnitSymbols(load_binary(tmp_path / "ours"), ours)) == []
+    (tmp_path / "unit.c").write_text("static int pad(int x) { return x * 7 + 1; }\n"
+                                     "int use_pad(int x) { return pad(x); }\n" + SOURCE)
+    subprocess.run(["gcc", "-O2", "-fPIC", "-c", str(tmp_path / "unit.c"), "-o", str(tmp_path / "other.o")], check=True)
+    subprocess.run(["gcc", "-pie", str(tmp_path / "other.o"), "-o", str(tmp_path / "other")], check=True)
+    problems = mismatches(ours, ["tick"], UnitSymbols(load_binary(tmp_path / "other"), ours))
+    assert problems and "tick (" in problems[0] and " built, to -0x" in problems[0], problems
