@@ -42,11 +42,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kbuild.options import BuildOptions  # noqa: E402
-from kbuild.userspace import build_user_patch  # noqa: E402
-from loader import consistency, jumps, ptrace  # noqa: E402
-from loader.apply import apply_patch  # noqa: E402
-from loader.revert import revert_patches  # noqa: E402
+from patch_build.kbuild.options import BuildOptions  # noqa: E402
+from patch_build.kbuild.userspace import build_user_patch  # noqa: E402
+from patch_build.loader import consistency, jumps, ptrace  # noqa: E402
+from patch_build.loader.apply import apply_patch  # noqa: E402
+from patch_build.loader.revert import revert_patches  # noqa: E402
 from measure import best_of, child_env  # noqa: E402
 
 FUNCS = 100
@@ -197,7 +197,7 @@ def bench_commands(binary: Path, module: Path, repeat: int, env: dict) -> None:
         apply_patch(proc.pid, str(module))
         print("\nshort commands, CPU seconds of the whole process (target <= 0.3 s):")
         for args in (["list", "-p", str(proc.pid)], ["info", str(module)]):
-            cmd = [sys.executable, "-m", "loader", *args]
+            cmd = [sys.executable, "-m", "patch_build.loader", *args]
             best_of(1, cmd, env, REPO)  # bytecode cached
             cpu, rss = best_of(repeat, cmd, env, REPO)
             print(f"  patch-ctl {args[0]:<5} {cpu:.3f} s, peak RSS {rss / 1024:.1f} MiB")
@@ -231,7 +231,7 @@ def bench_apply(binary: Path, modules: dict[int, Path], repeat: int) -> None:
                     revert_patches(proc.pid, None)
             for _ in range(max(1, repeat // 3)):
                 t = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "loader", "apply", "-p", str(proc.pid), str(module)],
+                subprocess.run([sys.executable, "-m", "patch_build.loader", "apply", "-p", str(proc.pid), str(module)],
                                check=True, capture_output=True, cwd=REPO)
                 walls.append(time.perf_counter() - t)
                 revert_patches(proc.pid, None)

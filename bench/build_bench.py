@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kbuild.options import BuildOptions  # noqa: E402
-from kbuild.userspace import build_user_patch  # noqa: E402
+from patch_build.kbuild.options import BuildOptions  # noqa: E402
+from patch_build.kbuild.userspace import build_user_patch  # noqa: E402
 
 MAKEFILE = """CFLAGS ?= -O2 -g -Wall
 SRCS := $(wildcard src/*.c)

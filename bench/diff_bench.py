@@ -74,7 +74,7 @@ KCFLAGS = f"-ffunction-sections -fdata-sections -I{REPO / 'templates' / 'kernel'
 # Runs in the child: imports first (not timed), then the diff, several times, best time kept.
 CHILD = r"""
 import json, resource, sys, time
-from diffobj.diff import DiffOptions, diff_objects
+from patch_build.diffobj.diff import DiffOptions, diff_objects
 orig, patched, out, repeat, kernel = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
 diff_objects(orig, patched, DiffOptions(kernel=kernel))  # lazily imported modules (capstone) load here
 base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -123,7 +123,7 @@ def bench_generated(counts: list[int], repeat: int, tmp: Path, env: dict) -> Non
         if m["changed"] != expected or m["errors"]:
             raise SystemExit(f"diff_bench: wrong result for {count}: changed {m['changed']}, "
                              f"{m['errors']} errors (expected {expected})")
-        cpu, rss = best_of(repeat, [sys.executable, "-m", "diffobj", str(orig), str(patched), "-o",
+        cpu, rss = best_of(repeat, [sys.executable, "-m", "patch_build.diffobj", str(orig), str(patched), "-o",
                                     str(work / "out.o")], env)
         rows.append((count, orig.stat().st_size, m, cpu, rss))
 
@@ -229,10 +229,10 @@ def bench_kernel(units: list[str], repeat: int, tmp: Path, env: dict, cdo: Path 
         print(f"compiling {unit} twice ...", file=sys.stderr, flush=True)
         orig, patched = kernel_pair(tree, unit, work)
         out = work / "out.o"
-        diff_cmd = [sys.executable, "-m", "diffobj", "--kernel", str(orig), str(patched), "-o", str(out)]
+        diff_cmd = [sys.executable, "-m", "patch_build.diffobj", "--kernel", str(orig), str(patched), "-o", str(out)]
         best_of(1, diff_cmd, env)  # bytecode cached
         if interp is None:
-            _, interp = best_of(repeat, [sys.executable, "-m", "diffobj", "--kernel", "/dev/null", "/dev/null",
+            _, interp = best_of(repeat, [sys.executable, "-m", "patch_build.diffobj", "--kernel", "/dev/null", "/dev/null",
                                          "-o", str(out)], env, expect=(2,))
         cpu, rss = best_of(repeat, diff_cmd, env)
         m = in_process(orig, patched, out, repeat, True, env)
@@ -264,7 +264,7 @@ def bench_kernel(units: list[str], repeat: int, tmp: Path, env: dict, cdo: Path 
 
 
 def bench_startup(repeat: int, env: dict) -> None:
-    cpu, rss = best_of(repeat, [sys.executable, "-m", "diffobj", "--help"], env)
+    cpu, rss = best_of(repeat, [sys.executable, "-m", "patch_build.diffobj", "--help"], env)
     print(f"\npatch-diff --help: {cpu:.3f} s CPU, {rss / 1024:.1f} MiB (target <= 0.2 s)")
 
 

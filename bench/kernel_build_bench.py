@@ -25,8 +25,8 @@ sys.path.insert(0, os.fspath(ROOT))
 
 from debian_kernel import CACHE, LINES, KernelEnv, kernel_env  # noqa: E402
 
-from kbuild.kernel import build_kernel_patch  # noqa: E402
-from kbuild.options import BuildOptions  # noqa: E402
+from patch_build.kbuild.kernel import build_kernel_patch  # noqa: E402
+from patch_build.kbuild.options import BuildOptions  # noqa: E402
 
 PATCH = ROOT / "fixtures" / "kernel" / "meminfo-string.patch"
 TARGETS = {"unprepared tree": 60.0, "prepared tree": 15.0}  # seconds, wall

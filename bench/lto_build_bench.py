@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from kbuild.options import BuildOptions  # noqa: E402
-from kbuild.userspace import build_user_patch  # noqa: E402
+from patch_build.kbuild.options import BuildOptions  # noqa: E402
+from patch_build.kbuild.userspace import build_user_patch  # noqa: E402
 from support.debian_redis import BUILD_CMD, FIX, TARGET, redis_tree  # noqa: E402
 
 

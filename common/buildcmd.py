@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from common.errors import InputError
+from patch_build.common.errors import InputError
 
 TAIL_LINES = 15
 _DIAGNOSTIC = re.compile(r"(?:^|\s)(?:fatal )?error:|undefined reference|No rule to make target|not found")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 
-from common.errors import InputError
+from patch_build.common.errors import InputError
 
 MIB = 1 << 20
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from common.errors import PatchBuildError
+from patch_build.common.errors import PatchBuildError
 
 
 def printable(text: str, keep: str = "") -> str:

@@ -1,3 +1,3 @@
-from diffobj.entry import patch_diff
+from patch_build.diffobj.entry import patch_diff
 
 patch_diff()

@@ -1,11 +1,11 @@
 """Patchability checks: changes the running program cannot take, each named with its reason."""
 from __future__ import annotations
 
-from diffobj import names
-from diffobj.compare import extent
-from diffobj.model import ObjectFile, Status
-from diffobj.problems import Problems
-from elfcore import x86_64 as arch
+from patch_build.diffobj import names
+from patch_build.diffobj.compare import extent
+from patch_build.diffobj.model import ObjectFile, Status
+from patch_build.diffobj.problems import Problems
+from patch_build.elfcore import x86_64 as arch
 
 # Kernel sections whose code or data exist only during boot or module load.
 INIT_SECTION_PREFIXES = (".init.", ".exit.", ".meminit.", ".head.text", ".ref.text")

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from common.messages import internal_error_reported, printable
-from diffobj.console import command_app, entry_point, error, guarded
-from diffobj.struct_sizes import from_settings
+from patch_build.common.messages import internal_error_reported, printable
+from patch_build.diffobj.console import command_app, entry_point, error, guarded
+from patch_build.diffobj.struct_sizes import from_settings
 
 if TYPE_CHECKING:
-    from diffobj.diff import DiffResult
+    from patch_build.diffobj.diff import DiffResult
 
 app = command_app(__doc__, add_completion=True)
 PROG = "patch-diff"
@@ -23,8 +23,8 @@ PROG = "patch-diff"
 
 def write_error_report(path: Path, name: str, message: str) -> None:
     """The report of a run that ended in an internal error: its status and message, nothing else known."""
-    from report.collect import build_report
-    from report.render import to_json
+    from patch_build.report.collect import build_report
+    from patch_build.report.render import to_json
 
     path.write_text(to_json(build_report(name, "diff", [], status="error", message=message)))
 
@@ -32,8 +32,8 @@ def write_error_report(path: Path, name: str, message: str) -> None:
 def write_report(result: DiffResult, path: Path) -> None:
     """The shared report model (what patch-build writes, patch-report renders), with the differ's own
     summary keys (changed_functions, new_functions, included, errors, warnings) beside it."""
-    from report.collect import diff_report
-    from report.render import to_json
+    from patch_build.report.collect import diff_report
+    from patch_build.report.render import to_json
 
     data = json.loads(to_json(diff_report(result)))
     data.update(result.report())
@@ -61,14 +61,14 @@ def main(
     Exit codes: 0 written, 1 change refused, 2 bad input, 3 no functional change, 4 internal error (the
     --report says so too).
     """
-    from diffobj.diff import DiffOptions, diff_objects  # not for --help: imports capstone, elftools
+    from patch_build.diffobj.diff import DiffOptions, diff_objects  # not for --help: imports capstone, elftools
 
     reported = (internal_error_reported(lambda message: write_error_report(report, patched.stem, message))
                 if report is not None else contextlib.nullcontext())
     with guarded(PROG), reported:
         shifts = None
         if patches:
-            from report.patches import line_shifts
+            from patch_build.report.patches import line_shifts
 
             shifts = line_shifts(patches)
         sizes = from_settings(struct_size, os.environ)

@@ -7,8 +7,8 @@ Data is compared first so that a function using changed read-only data is itself
 """
 from __future__ import annotations
 
-from diffobj import line_numbers, names
-from diffobj.model import (
+from patch_build.diffobj import line_numbers, names
+from patch_build.diffobj.model import (
     BOOKKEEPING_TYPES,
     SHF_MERGE,
     STT_NOTYPE,
@@ -18,8 +18,8 @@ from diffobj.model import (
     Status,
     Symbol,
 )
-from diffobj.targets import Target, TargetResolver, string_at
-from elfcore.x86_64 import reloc_type
+from patch_build.diffobj.targets import Target, TargetResolver, string_at
+from patch_build.elfcore.x86_64 import reloc_type
 
 
 

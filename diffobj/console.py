@@ -9,9 +9,9 @@ import traceback
 
 import typer
 
-from common.errors import PatchBuildError
-from common.interrupts import HANDLED, Interrupted
-from common.messages import internal_error_message, printable
+from patch_build.common.errors import PatchBuildError
+from patch_build.common.interrupts import HANDLED, Interrupted
+from patch_build.common.messages import internal_error_message, printable
 
 INTERNAL_ERROR = 4  # a bug of ours (docs/design.md, exit codes)
 
@@ -58,12 +58,9 @@ def _report(prog: str, e: Interrupted) -> None:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import version
 
-    try:
-        return version("patch-build")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "(not installed)"
+    return version("patch-build")  # the code runs only installed (its packages live under patch_build.*)
 
 
 def command_app(help: str, **options) -> typer.Typer:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from diffobj import dyndbg, names
-from diffobj.model import (
+from patch_build.diffobj import dyndbg, names
+from patch_build.diffobj.model import (
     BOOKKEEPING_TYPES,
     STT_COMMON,
     STT_FILE,
@@ -21,8 +21,8 @@ from diffobj.model import (
     ObjectFile,
     Symbol,
 )
-from diffobj.problems import Problems
-from diffobj.targets import TargetResolver
+from patch_build.diffobj.problems import Problems
+from patch_build.diffobj.targets import TargetResolver
 
 
 

@@ -11,19 +11,19 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-from common.errors import InputError
-from diffobj import checks, dyndbg, ehframe, kpatch_marks, names, runtime_const, special
-from diffobj.compare import Comparer, compare
-from diffobj.correlate import correlate
-from diffobj.include import Included, include
-from diffobj.line_numbers import LineShifts
-from diffobj.model import ObjectFile, OutputObject, Status, Symbol
-from diffobj.output import FunctionChange, ReferenceNamer, build_output, redirected_functions
-from diffobj.problems import Problem, Problems
-from diffobj.read import read_object
-from diffobj.struct_sizes import StructSizes
-from diffobj.targets import TargetResolver
-from diffobj.writer import write_object
+from patch_build.common.errors import InputError
+from patch_build.diffobj import checks, dyndbg, ehframe, kpatch_marks, names, runtime_const, special
+from patch_build.diffobj.compare import Comparer, compare
+from patch_build.diffobj.correlate import correlate
+from patch_build.diffobj.include import Included, include
+from patch_build.diffobj.line_numbers import LineShifts
+from patch_build.diffobj.model import ObjectFile, OutputObject, Status, Symbol
+from patch_build.diffobj.output import FunctionChange, ReferenceNamer, build_output, redirected_functions
+from patch_build.diffobj.problems import Problem, Problems
+from patch_build.diffobj.read import read_object
+from patch_build.diffobj.struct_sizes import StructSizes
+from patch_build.diffobj.targets import TargetResolver
+from patch_build.diffobj.writer import write_object
 
 
 @dataclass

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from diffobj import names
-from elfcore import x86_64 as arch
-from diffobj.model import ObjectFile, Relocation, Section, Status, Symbol
-from diffobj.targets import Target, TargetResolver, string_at
+from patch_build.diffobj import names
+from patch_build.elfcore import x86_64 as arch
+from patch_build.diffobj.model import ObjectFile, Relocation, Section, Status, Symbol
+from patch_build.diffobj.targets import Target, TargetResolver, string_at
 
 SECTION = "__dyndbg"
 # struct _ddebug (6.1, 6.12): modname, function, filename, format pointers, then `unsigned int lineno:18` first

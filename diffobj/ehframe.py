@@ -7,9 +7,9 @@ each FDE's CIE pointer recomputed. The loader registers the frames in the target
 """
 from __future__ import annotations
 
-from diffobj.include import Included, Inclusion
-from diffobj.model import ObjectFile, Relocation, Section
-from elfcore.ehframe import EH_FRAME, MalformedEhFrame, keep_fdes, pc_begin, records, relocations_by_record
+from patch_build.diffobj.include import Included, Inclusion
+from patch_build.diffobj.model import ObjectFile, Relocation, Section
+from patch_build.elfcore.ehframe import EH_FRAME, MalformedEhFrame, keep_fdes, pc_begin, records, relocations_by_record
 
 
 def keep_unwind_info(patched: ObjectFile, inclusion: Inclusion) -> None:

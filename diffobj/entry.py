@@ -12,7 +12,7 @@ import importlib
 import os
 import signal
 
-from common.interrupts import HANDLED, Interrupted
+from patch_build.common.interrupts import HANDLED, Interrupted
 
 
 def _importing(frame) -> bool:
@@ -49,16 +49,16 @@ def _run(prog: str, module: str) -> None:
 
 
 def patch_build() -> None:
-    _run("patch-build", "kbuild.cli")
+    _run("patch-build", "patch_build.kbuild.cli")
 
 
 def patch_diff() -> None:
-    _run("patch-diff", "diffobj.cli")
+    _run("patch-diff", "patch_build.diffobj.cli")
 
 
 def patch_ctl() -> None:
-    _run("patch-ctl", "loader.cli")
+    _run("patch-ctl", "patch_build.loader.cli")
 
 
 def patch_report() -> None:
-    _run("patch-report", "report.cli")
+    _run("patch-report", "patch_build.report.cli")

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from diffobj.model import ObjectFile, Section, Status, Symbol
-from diffobj.problems import Problems
-from diffobj.targets import Target, TargetResolver
+from patch_build.diffobj.model import ObjectFile, Section, Status, Symbol
+from patch_build.diffobj.problems import Problems
+from patch_build.diffobj.targets import Target, TargetResolver
 
 
 @dataclass(frozen=True)

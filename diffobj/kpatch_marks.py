@@ -12,10 +12,10 @@ the target) are the user-space equivalent: roots of the inclusion in user mode, 
 """
 from __future__ import annotations
 
-from diffobj.model import ObjectFile, Section, Status, Symbol
-from diffobj.problems import Problems
-from diffobj.targets import TargetResolver, string_at
-from patchformat.sections import HOOKS_PREFIX
+from patch_build.diffobj.model import ObjectFile, Section, Status, Symbol
+from patch_build.diffobj.problems import Problems
+from patch_build.diffobj.targets import TargetResolver, string_at
+from patch_build.patchformat.sections import HOOKS_PREFIX
 
 IGNORE_FUNCTIONS = ".kpatch.ignore.functions"
 IGNORE_SECTIONS = ".kpatch.ignore.sections"

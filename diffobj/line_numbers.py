@@ -17,7 +17,7 @@ import bisect
 import re
 from dataclasses import dataclass, field
 
-from diffobj.arch import x86_64 as arch
+from patch_build.diffobj.arch import x86_64 as arch
 
 # Reporting functions with a line-number parameter, by its position (0-based).
 LINE_ARGUMENT = {

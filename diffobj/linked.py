@@ -30,9 +30,9 @@ from elftools.dwarf.structs import DWARFStructs
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from common.errors import InputError
-from common.inputfile import read_input
-from diffobj.model import (
+from patch_build.common.errors import InputError
+from patch_build.common.inputfile import read_input
+from patch_build.diffobj.model import (
     SHF_ALLOC,
     SHF_EXECINSTR,
     SHF_TLS,
@@ -53,11 +53,11 @@ from diffobj.model import (
     Section,
     Symbol,
 )
-from diffobj.read import read_object
-from elfcore import x86_64 as arch
-from elfcore.constants import ET_DYN, ET_EXEC, SHT_X86_64_UNWIND
-from elfcore.headers import MAX_NOBITS_SIZE, elf_type
-from elfcore.read import MAX_OBJECT_SIZE, mark_aliases
+from patch_build.diffobj.read import read_object
+from patch_build.elfcore import x86_64 as arch
+from patch_build.elfcore.constants import ET_DYN, ET_EXEC, SHT_X86_64_UNWIND
+from patch_build.elfcore.headers import MAX_NOBITS_SIZE, elf_type
+from patch_build.elfcore.read import MAX_OBJECT_SIZE, mark_aliases
 
 _PCREL_SDATA4 = 0x1B  # DW_EH_PE_pcrel | DW_EH_PE_sdata4: gcc's pointer encoding in x86-64 .eh_frame
 # Output sections of the C runtime and the dynamic linker's tables: never patched, never compared.

@@ -11,8 +11,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from elfcore import model as elf
-from elfcore.constants import (  # noqa: F401  the passes' names for the gABI's numbers
+from patch_build.elfcore import model as elf
+from patch_build.elfcore.constants import (  # noqa: F401  the passes' names for the gABI's numbers
     BOOKKEEPING_TYPES,
     SHF_ALLOC,
     SHF_EXECINSTR,
@@ -40,7 +40,7 @@ from elfcore.constants import (  # noqa: F401  the passes' names for the gABI's 
     STT_SECTION,
     STT_TLS,
 )
-from elfcore.model import ObjectFile, Relocation  # noqa: F401  the passes use them as read
+from patch_build.elfcore.model import ObjectFile, Relocation  # noqa: F401  the passes use them as read
 
 
 class Status(str, enum.Enum):

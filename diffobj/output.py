@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from common.errors import InternalError
-from diffobj import names
-from diffobj.compare import extent
-from diffobj.model import (
+from patch_build.common.errors import InternalError
+from patch_build.diffobj import names
+from patch_build.diffobj.compare import extent
+from patch_build.diffobj.model import (
     SHF_ALLOC,
     SHF_GROUP,
     SHF_MERGE,
@@ -35,10 +35,10 @@ from diffobj.model import (
     Status,
     Symbol,
 )
-from diffobj.targets import TargetResolver
-from elfcore.x86_64 import R_X86_64_64
-from patchformat import sections as funcs_format
-from patchformat.names import reference_name
+from patch_build.diffobj.targets import TargetResolver
+from patch_build.elfcore.x86_64 import R_X86_64_64
+from patch_build.patchformat import sections as funcs_format
+from patch_build.patchformat.names import reference_name
 
 
 

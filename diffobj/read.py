@@ -2,8 +2,8 @@
 symbols the passes annotate."""
 from __future__ import annotations
 
-from diffobj.model import ObjectFile, Section, Symbol
-from elfcore import read
+from patch_build.diffobj.model import ObjectFile, Section, Symbol
+from patch_build.elfcore import read
 
 
 def read_object(path: str, blob: bytes | None = None) -> ObjectFile:

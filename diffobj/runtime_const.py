@@ -10,9 +10,9 @@ which no same-size instruction can load from memory: a function using one is ref
 """
 from __future__ import annotations
 
-from elfcore.x86_64 import R_X86_64_PC32
-from diffobj.model import SHN_UNDEF, STB_GLOBAL, STT_NOTYPE, ObjectFile, Relocation, Section, Symbol
-from diffobj.problems import Problems
+from patch_build.elfcore.x86_64 import R_X86_64_PC32
+from patch_build.diffobj.model import SHN_UNDEF, STB_GLOBAL, STT_NOTYPE, ObjectFile, Relocation, Section, Symbol
+from patch_build.diffobj.problems import Problems
 
 PTR_PREFIX, SHIFT_PREFIX = "runtime_ptr_", "runtime_shift_"
 NOP3 = bytes.fromhex("0f1f00")

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from diffobj import names
-from diffobj.arch import x86_64_special as layout
-from diffobj.model import STT_NOTYPE, ObjectFile, Relocation, Section, Status, Symbol
-from diffobj.problems import Problems
-from diffobj.struct_sizes import StructSizes
+from patch_build.diffobj import names
+from patch_build.diffobj.arch import x86_64_special as layout
+from patch_build.diffobj.model import STT_NOTYPE, ObjectFile, Relocation, Section, Status, Symbol
+from patch_build.diffobj.problems import Problems
+from patch_build.diffobj.struct_sizes import StructSizes
 
 CARRIED = frozenset({layout.ALT_AUX})  # code sections the include pass carries whole once included code uses them
 

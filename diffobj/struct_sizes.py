@@ -11,8 +11,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from diffobj.arch.x86_64_special import KPATCH_SIZE_VARIABLES
-from common.errors import InputError
+from patch_build.diffobj.arch.x86_64_special import KPATCH_SIZE_VARIABLES
+from patch_build.common.errors import InputError
 
 MAX_STRUCT_SIZE = 4096  # no table entry comes near it
 _VARIABLE_OF = {struct: var for var, struct in KPATCH_SIZE_VARIABLES.items()}

@@ -11,8 +11,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from diffobj.model import STT_NOTYPE, ObjectFile, Relocation, Section, Symbol
-from elfcore import x86_64 as arch
+from patch_build.diffobj.model import STT_NOTYPE, ObjectFile, Relocation, Section, Symbol
+from patch_build.elfcore import x86_64 as arch
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from diffobj.model import (
+from patch_build.diffobj.model import (
     SHF_INFO_LINK,
     SHT_NOBITS,
     SHT_RELA,
@@ -20,7 +20,7 @@ from diffobj.model import (
     OutputObject,
     OutSection,
 )
-from elfcore.structs import EHDR, RELA, SHDR, SYM
+from patch_build.elfcore.structs import EHDR, RELA, SHDR, SYM
 
 EHDR_SIZE, SHDR_SIZE, SYM_SIZE, RELA_SIZE = EHDR.size, SHDR.size, SYM.size, RELA.size
 # ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ELFOSABI_SYSV, ABI version 0, padding

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from common.errors import InputError
-from common.inputfile import read_input
-from elfcore import notes
-from elfcore.constants import EM_X86_64, SHF_ALLOC, SHF_TLS
-from elfcore.headers import elf_type
-from elfcore.read import MAX_OBJECT_SIZE
-from elfcore.structs import EHDR
-from elfcore.symbols import ElfSymbol, symbol_table
+from patch_build.common.errors import InputError
+from patch_build.common.inputfile import read_input
+from patch_build.elfcore import notes
+from patch_build.elfcore.constants import EM_X86_64, SHF_ALLOC, SHF_TLS
+from patch_build.elfcore.headers import elf_type
+from patch_build.elfcore.read import MAX_OBJECT_SIZE
+from patch_build.elfcore.structs import EHDR
+from patch_build.elfcore.symbols import ElfSymbol, symbol_table
 
 
 @dataclass

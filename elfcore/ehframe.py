@@ -15,7 +15,7 @@ import io
 import struct
 from typing import NamedTuple
 
-from elfcore.structs import U32
+from patch_build.elfcore.structs import U32
 
 EH_FRAME = ".eh_frame"
 TERMINATOR = bytes(4)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from common.errors import InputError
-from common.inputfile import MIB
-from elfcore.constants import (
+from patch_build.common.errors import InputError
+from patch_build.common.inputfile import MIB
+from patch_build.elfcore.constants import (
     EI_CLASS,
     EI_DATA,
     ELFCLASS64,
@@ -23,7 +23,7 @@ from elfcore.constants import (
     SHT_STRTAB,
     SHT_SYMTAB,
 )
-from elfcore.structs import EHDR, RELA, SHDR, SYM, string_at
+from patch_build.elfcore.structs import EHDR, RELA, SHDR, SYM, string_at
 
 MAX_NOBITS_SIZE = 256 * MIB  # a NOBITS section is read as zeros: its size is memory the reader allocates
 MAX_ALIGN = 2 * MIB  # the differ's output pads to each section's alignment; x86-64 uses at most huge-page alignment

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from elfcore.constants import (
+from patch_build.elfcore.constants import (
     SHF_ALLOC,
     SHF_EXECINSTR,
     SHF_STRINGS,

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 
-from common.errors import InputError
-from common.inputfile import MIB, read_input
-from elfcore import x86_64
-from elfcore.constants import (
+from patch_build.common.errors import InputError
+from patch_build.common.inputfile import MIB, read_input
+from patch_build.elfcore import x86_64
+from patch_build.elfcore.constants import (
     SHN_ABS,
     SHN_COMMON,
     SHN_LORESERVE,
@@ -33,9 +33,9 @@ from elfcore.constants import (
     STT_SECTION,
     STT_TLS,
 )
-from elfcore.headers import check_header, section_names, text
-from elfcore.model import ObjectFile, Relocation, Section, Symbol
-from elfcore.structs import RELA, SYM, U32, r_sym, r_type, st_bind, st_type, string_at
+from patch_build.elfcore.headers import check_header, section_names, text
+from patch_build.elfcore.model import ObjectFile, Relocation, Section, Symbol
+from patch_build.elfcore.structs import RELA, SYM, U32, r_sym, r_type, st_bind, st_type, string_at
 
 MAX_OBJECT_SIZE = 1024 * MIB
 _SYMBOL_TYPES = {STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE, STT_COMMON, STT_TLS, STT_GNU_IFUNC}

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import struct
 
-from elfcore.constants import ELFMAG
-from elfcore.structs import EHDR
+from patch_build.elfcore.constants import ELFMAG
+from patch_build.elfcore.structs import EHDR
 
 PHDR = struct.Struct("<IIQQQQQQ")  # ELF64 program header
 PT_LOAD = 1

@@ -7,10 +7,10 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from common.errors import InputError
-from elfcore.constants import VERSYM_HIDDEN
-from elfcore.structs import SYM, st_bind, st_type
-from elfcore.x86_64 import R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT
+from patch_build.common.errors import InputError
+from patch_build.elfcore.constants import VERSYM_HIDDEN
+from patch_build.elfcore.structs import SYM, st_bind, st_type
+from patch_build.elfcore.x86_64 import R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT
 
 if TYPE_CHECKING:  # pyelftools is imported by the first file opened (`patch-ctl list` opens none)
     from elftools.elf.elffile import ELFFile

@@ -1,3 +1,3 @@
-from diffobj.entry import patch_build
+from patch_build.diffobj.entry import patch_build
 
 patch_build()

@@ -10,9 +10,9 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-from report.build import write_reports
-from report.collect import build_report, object_report
-from report.model import ReportWarning, Target
+from patch_build.report.build import write_reports
+from patch_build.report.collect import build_report, object_report
+from patch_build.report.model import ReportWarning, Target
 
 
 def tool_identity() -> dict:

@@ -13,13 +13,13 @@ from typing import List, Optional
 
 import typer
 
-from common.buildcmd import BuildFailed
-from common.errors import InputError, PatchBuildError
-from common.messages import internal_error_message
-from diffobj.console import command_app, entry_point, guarded
-from kbuild.options import BuildOptions, BuildResult
-from kbuild.package import build_deb, check_version, maintainer, package_epoch, require_dpkg_deb
-from report.summary import build_summary
+from patch_build.common.buildcmd import BuildFailed
+from patch_build.common.errors import InputError, PatchBuildError
+from patch_build.common.messages import internal_error_message
+from patch_build.diffobj.console import command_app, entry_point, guarded
+from patch_build.kbuild.options import BuildOptions, BuildResult
+from patch_build.kbuild.package import build_deb, check_version, maintainer, package_epoch, require_dpkg_deb
+from patch_build.report.summary import build_summary
 
 app = command_app(__doc__, add_completion=True)
 PROG = "patch-build"
@@ -35,13 +35,13 @@ def is_kernel_tree(srcdir: Path) -> bool:
 
 def build(options: BuildOptions) -> BuildResult:
     """Dispatch to the kernel, the Go or the user-space (C/C++) builder."""
-    from kbuild.golang import build_go_patch, is_go_module
+    from patch_build.kbuild.golang import build_go_patch, is_go_module
     if options.lang == "go" or (options.lang is None and is_go_module(options.srcdir)):
         return build_go_patch(options)
     if options.srcdir.is_dir() and is_kernel_tree(options.srcdir):
-        from kbuild.kernel import build_kernel_patch
+        from patch_build.kbuild.kernel import build_kernel_patch
         return build_kernel_patch(options)
-    from kbuild.userspace import build_user_patch
+    from patch_build.kbuild.userspace import build_user_patch
     return build_user_patch(options)
 
 
@@ -171,7 +171,7 @@ def main(
     with guarded(PROG):
         if lang not in (None, "c", "go"):
             raise InputError(f"--lang {lang}: unknown language (c or go)")
-        from kbuild.golang import is_go_module
+        from patch_build.kbuild.golang import is_go_module
         if package is not None and (lang == "go" or (lang is None and is_go_module(srcdir))):
             raise InputError("--package: Go patches (.gopatch) are not packaged (the store takes .kpatch and .ko)")
     epoch = _check_package(package, package_version, patches)

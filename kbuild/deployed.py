@@ -10,12 +10,12 @@ import bisect
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import InputError
-from diffobj.model import ObjectFile, Symbol
-from diffobj.targets import TargetResolver
-from elfcore.binary import LinkedBinary, read_binary
-from elfcore.constants import ET_DYN, ET_EXEC, STB_GLOBAL, STB_LOCAL, STT_FILE, STT_FUNC
-from kbuild.samecode import difference
+from patch_build.common.errors import InputError
+from patch_build.diffobj.model import ObjectFile, Symbol
+from patch_build.diffobj.targets import TargetResolver
+from patch_build.elfcore.binary import LinkedBinary, read_binary
+from patch_build.elfcore.constants import ET_DYN, ET_EXEC, STB_GLOBAL, STB_LOCAL, STT_FILE, STT_FUNC
+from patch_build.kbuild.samecode import difference
 
 
 @dataclass

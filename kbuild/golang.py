@@ -15,20 +15,20 @@ import subprocess
 import time
 from pathlib import Path
 
-from common.messages import internal_error_reported
-from common.errors import InputError, NoChange, PatchBuildError, Refused
-from kbuild.goasm import GoFunction, changed_functions, disassembly, identity_uses, parse_listing
-from kbuild.gotool import BuildInfo, go_environment, go_list, read_build_info, run_go, toolchain_version
-from kbuild.options import BuildOptions, BuildResult
-from kbuild.tree import apply_patch, check_patch, copy_tree, in_scratch
-from kbuild.userspace import module_name
-from patchformat.gobinary import GoBinary, NotGo, stack_check_size
-from patchformat.gopatch import SUFFIX, GoBind, GoFunc, GoPatch, write_gopatch
-from report.build import write_reports
-from report.collect import build_report
-from report.disasm import MAX_ROWS, side_by_side
-from report.model import Explanation, Function, FunctionDiff, ObjectReport, Problem, Target
-from report.patches import read_hunks, same_file
+from patch_build.common.messages import internal_error_reported
+from patch_build.common.errors import InputError, NoChange, PatchBuildError, Refused
+from patch_build.kbuild.goasm import GoFunction, changed_functions, disassembly, identity_uses, parse_listing
+from patch_build.kbuild.gotool import BuildInfo, go_environment, go_list, read_build_info, run_go, toolchain_version
+from patch_build.kbuild.options import BuildOptions, BuildResult
+from patch_build.kbuild.tree import apply_patch, check_patch, copy_tree, in_scratch
+from patch_build.kbuild.userspace import module_name
+from patch_build.patchformat.gobinary import GoBinary, NotGo, stack_check_size
+from patch_build.patchformat.gopatch import SUFFIX, GoBind, GoFunc, GoPatch, write_gopatch
+from patch_build.report.build import write_reports
+from patch_build.report.collect import build_report
+from patch_build.report.disasm import MAX_ROWS, side_by_side
+from patch_build.report.model import Explanation, Function, FunctionDiff, ObjectReport, Problem, Target
+from patch_build.report.patches import read_hunks, same_file
 
 GO_SOURCES = Path(__file__).resolve().parent.parent / "go"  # the agent and gocopy
 JUMP_SIZE = 5  # jmp rel32, written over the stack-bound check

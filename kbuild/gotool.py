@@ -11,8 +11,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import InputError, Refused
-from common.buildcmd import BuildFailed, TAIL_LINES
+from patch_build.common.errors import InputError, Refused
+from patch_build.common.buildcmd import BuildFailed, TAIL_LINES
 
 # Build settings of `go version -m` that are flags of `go build`, and those that are environment variables.
 _FLAG_SETTINGS = ("-asmflags", "-compiler", "-gcflags", "-ldflags", "-tags", "-trimpath", "-buildmode")

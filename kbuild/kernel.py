@@ -25,16 +25,16 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from common.buildcmd import BuildFailed, build_environment, run_build
-from common.errors import InputError, NoChange, Refused
-from common.messages import internal_error_reported
-from diffobj.diff import DiffOptions, DiffResult, diff_objects
-from diffobj.kpatch_marks import CALLBACK_ENTRY_SIZE, CALLBACKS_PREFIX
-from diffobj.model import ObjectFile, OutputObject, OutSection
-from diffobj.problems import Problem
-from diffobj.read import read_object
-from diffobj.struct_sizes import StructSizes
-from kbuild.kernel_symbols import (
+from patch_build.common.buildcmd import BuildFailed, build_environment, run_build
+from patch_build.common.errors import InputError, NoChange, Refused
+from patch_build.common.messages import internal_error_reported
+from patch_build.diffobj.diff import DiffOptions, DiffResult, diff_objects
+from patch_build.diffobj.kpatch_marks import CALLBACK_ENTRY_SIZE, CALLBACKS_PREFIX
+from patch_build.diffobj.model import ObjectFile, OutputObject, OutSection
+from patch_build.diffobj.problems import Problem
+from patch_build.diffobj.read import read_object
+from patch_build.diffobj.struct_sizes import StructSizes
+from patch_build.kbuild.kernel_symbols import (
     STUB_MARK,
     Sympos,
     SymbolTable,
@@ -42,21 +42,21 @@ from kbuild.kernel_symbols import (
     read_module_symvers,
     read_system_map,
 )
-from kbuild.modsign import read_signer, sign_file_tool, sign_module, signing_hash
-from kbuild.options import BuildOptions, BuildResult
-from kbuild.struct_sizes import struct_sizes
-from kbuild.tree import apply_patch, in_scratch, is_build_file
-from kbuild.userspace import module_name
-from linker.kernel import link_kernel_module
-from patchformat.names import parse_reference
-from report.build import write_reports
-from report.collect import build_report, object_report
-from report.explain import UnitSources, all_left_out_message, left_out_note, unexplained_changes
-from report.model import Target
-from report.patches import line_shifts, read_hunks, touched_files
+from patch_build.kbuild.modsign import read_signer, sign_file_tool, sign_module, signing_hash
+from patch_build.kbuild.options import BuildOptions, BuildResult
+from patch_build.kbuild.struct_sizes import struct_sizes
+from patch_build.kbuild.tree import apply_patch, in_scratch, is_build_file
+from patch_build.kbuild.userspace import module_name
+from patch_build.linker.kernel import link_kernel_module
+from patch_build.patchformat.names import parse_reference
+from patch_build.report.build import write_reports
+from patch_build.report.collect import build_report, object_report
+from patch_build.report.explain import UnitSources, all_left_out_message, left_out_note, unexplained_changes
+from patch_build.report.model import Target
+from patch_build.report.patches import line_shifts, read_hunks, touched_files
 
 # kpatch's patch macros (kpatch-macros.h, kpatch-syscall.h), found as kpatch-build's patches expect.
-KPATCH_INCLUDE = Path(os.fspath(resources.files("templates").joinpath("kernel", "include")))
+KPATCH_INCLUDE = Path(os.fspath(resources.files("patch_build.templates").joinpath("kernel", "include")))
 KCFLAGS = f"-ffunction-sections -fdata-sections -I{shlex.quote(os.fspath(KPATCH_INCLUDE))}"  # kbuild runs it by sh
 SOURCE_SUFFIXES = (".c",)
 ASSEMBLY_SUFFIXES = (".S", ".s")

@@ -12,10 +12,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import InputError
-from diffobj.model import ObjectFile, Symbol
-from elfcore.constants import SHN_UNDEF, STB_LOCAL, STT_FUNC, STT_NOTYPE, STT_OBJECT
-from elfcore.symbols import symbols_of
+from patch_build.common.errors import InputError
+from patch_build.diffobj.model import ObjectFile, Symbol
+from patch_build.elfcore.constants import SHN_UNDEF, STB_LOCAL, STT_FUNC, STT_NOTYPE, STT_OBJECT
+from patch_build.elfcore.symbols import symbols_of
 
 _MAP_LINE = re.compile(r"^([0-9a-fA-F]+)\s+(\S)\s+(\S+)(?:\s+\[(\S+)\])?\s*$")
 STUB_MARK = "The real System.map is in"

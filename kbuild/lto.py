@@ -16,18 +16,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import InputError, PatchBuildError
-from common.inputfile import read_input
-from diffobj.diff import DiffOptions, diff_models
-from diffobj.linked import read_linked
-from diffobj.model import ObjectFile, Symbol
-from elfcore.constants import SHF_EXECINSTR
-from elfcore.headers import check_header, section_names
-from elfcore.read import MAX_OBJECT_SIZE
-from kbuild.deployed import BinarySymbol, DeployedBinary, UnitSymbols
-from kbuild.units import UnitDiff, checked_diff, diff_explained
-from report.explain import UnitSources
-from kbuild.wrapper import CompiledObject
+from patch_build.common.errors import InputError, PatchBuildError
+from patch_build.common.inputfile import read_input
+from patch_build.diffobj.diff import DiffOptions, diff_models
+from patch_build.diffobj.linked import read_linked
+from patch_build.diffobj.model import ObjectFile, Symbol
+from patch_build.elfcore.constants import SHF_EXECINSTR
+from patch_build.elfcore.headers import check_header, section_names
+from patch_build.elfcore.read import MAX_OBJECT_SIZE
+from patch_build.kbuild.deployed import BinarySymbol, DeployedBinary, UnitSymbols
+from patch_build.kbuild.units import UnitDiff, checked_diff, diff_explained
+from patch_build.report.explain import UnitSources
+from patch_build.kbuild.wrapper import CompiledObject
 
 GCC_IR_PREFIX = ".gnu.lto_"
 LLVM_BITCODE_MAGICS = (b"BC\xc0\xde", b"\xde\xc0\x17\x0b")  # raw bitcode, bitcode wrapper

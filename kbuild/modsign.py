@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from common.errors import InputError
+from patch_build.common.errors import InputError
 
 CERT_MAX = 1 << 20  # an X.509 certificate is a few KiB
 DEFAULT_HASH = "sha256"

@@ -19,10 +19,10 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from common.errors import InputError
-from kbuild.options import BuildResult
-from loader.store import describe
-from patchformat.integrity import read_module_bytes
+from patch_build.common.errors import InputError
+from patch_build.kbuild.options import BuildResult
+from patch_build.loader.store import describe
+from patch_build.patchformat.integrity import read_module_bytes
 
 ARCH = "amd64"  # the modules are x86-64 code
 MODULE_DIR = "usr/lib/patch-build/packages"

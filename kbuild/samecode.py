@@ -20,10 +20,10 @@ from functools import lru_cache
 
 import capstone
 
-from diffobj.compare import short_text
-from diffobj.model import SHF_MERGE, Relocation, Section, Symbol
-from diffobj.targets import TargetResolver, string_at
-from elfcore import x86_64
+from patch_build.diffobj.compare import short_text
+from patch_build.diffobj.model import SHF_MERGE, Relocation, Section, Symbol
+from patch_build.diffobj.targets import TargetResolver, string_at
+from patch_build.elfcore import x86_64
 
 _PLT_SECTIONS = {".plt", ".plt.sec", ".plt.got", ".iplt"}
 

@@ -16,10 +16,10 @@ import struct
 import subprocess
 from pathlib import Path
 
-from diffobj.arch.x86_64_special import STRUCT_HEADERS
-from common.errors import InputError
-from diffobj.read import read_object
-from diffobj.struct_sizes import StructSizes, parse_size
+from patch_build.diffobj.arch.x86_64_special import STRUCT_HEADERS
+from patch_build.common.errors import InputError
+from patch_build.diffobj.read import read_object
+from patch_build.diffobj.struct_sizes import StructSizes, parse_size
 
 PROBE_SYMBOL = "patch_build_sizeof"
 CACHE_NAME = "patch-build.struct-sizes.json"  # in KSRC/include/config, beside kbuild's own state

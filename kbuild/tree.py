@@ -10,10 +10,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from common.errors import InputError
-from elfcore.constants import ET_REL
-from elfcore.headers import E_TYPE_END, elf_type
-from report.patches import touched_files
+from patch_build.common.errors import InputError
+from patch_build.elfcore.constants import ET_REL
+from patch_build.elfcore.headers import E_TYPE_END, elf_type
+from patch_build.report.patches import touched_files
 
 # Build products a copied tree must not carry: the scratch build is configured and built by us from scratch,
 # with our compiler wrappers, never from a cache that names the real compilers or SRCDIR's paths.

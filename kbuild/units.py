@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from diffobj.diff import DiffOptions, DiffResult, diff_objects
-from diffobj.line_numbers import LineShifts
-from diffobj.read import read_object
-from kbuild.deployed import DeployedBinary, UnitSymbols, load_binary, mismatches
-from report.explain import UnitSources, unexplained_changes
+from patch_build.diffobj.diff import DiffOptions, DiffResult, diff_objects
+from patch_build.diffobj.line_numbers import LineShifts
+from patch_build.diffobj.read import read_object
+from patch_build.kbuild.deployed import DeployedBinary, UnitSymbols, load_binary, mismatches
+from patch_build.report.explain import UnitSources, unexplained_changes
 
 
 @dataclass

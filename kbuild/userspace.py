@@ -14,22 +14,22 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from common.buildcmd import build_environment, run_build
-from common.errors import InputError, NoChange, PatchBuildError, Refused
-from common.messages import internal_error_reported
-from diffobj.read import read_object
-from kbuild.buildreport import build_file_warning, write_build_report
-from kbuild.deployed import DeployedBinary, load_binary
-from kbuild.lto import describe, diff_linked, lto_unit
-from kbuild.options import BuildOptions, BuildResult
-from kbuild.tree import apply_patch, build_files, check_patch, copy_tree, in_scratch
-from kbuild.units import UnitDiff, UnitJob, diff_unit
-from kbuild.wrapper import CompiledObject, install_wrappers, read_log
-from linker.user import link_user_module
-from patchformat.integrity import load_private_key
-from patchformat.module import Target, read_module
-from report.explain import UnitSources, all_left_out_message, left_out_note, unexplained_changes
-from report.patches import line_shifts, read_hunks, touched_files
+from patch_build.common.buildcmd import build_environment, run_build
+from patch_build.common.errors import InputError, NoChange, PatchBuildError, Refused
+from patch_build.common.messages import internal_error_reported
+from patch_build.diffobj.read import read_object
+from patch_build.kbuild.buildreport import build_file_warning, write_build_report
+from patch_build.kbuild.deployed import DeployedBinary, load_binary
+from patch_build.kbuild.lto import describe, diff_linked, lto_unit
+from patch_build.kbuild.options import BuildOptions, BuildResult
+from patch_build.kbuild.tree import apply_patch, build_files, check_patch, copy_tree, in_scratch
+from patch_build.kbuild.units import UnitDiff, UnitJob, diff_unit
+from patch_build.kbuild.wrapper import CompiledObject, install_wrappers, read_log
+from patch_build.linker.user import link_user_module
+from patch_build.patchformat.integrity import load_private_key
+from patch_build.patchformat.module import Target, read_module
+from patch_build.report.explain import UnitSources, all_left_out_message, left_out_note, unexplained_changes
+from patch_build.report.patches import line_shifts, read_hunks, touched_files
 
 
 # Files whose regeneration by the build changes code: sources, headers and what they include.

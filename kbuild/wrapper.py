@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from common.errors import InputError
+from patch_build.common.errors import InputError
 
 EXTRA_FLAGS = ("-ffunction-sections", "-fdata-sections")
 # the headers a user-space patch may include: patch-hooks.h, patch-shadow.h (after the project's own -I)
-PATCH_INCLUDE = Path(os.fspath(resources.files("templates").joinpath("user", "include")))
+PATCH_INCLUDE = Path(os.fspath(resources.files("patch_build.templates").joinpath("user", "include")))
 LINK_FLAGS = ("-Wl,--emit-relocs",)  # the linked program keeps its code's relocations: link-diff reads it
 STANDARD_COMPILERS = ("cc", "gcc", "c++", "g++")
 ARG_SEP = "\x1f"  # separates a recorded command's arguments (they may hold spaces)

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import jinja2
 
-from common.buildcmd import run_build
-from common.errors import InputError
-from linker.kernel_klp import weaken_klp_symbols, write_klp_relocations
+from patch_build.common.buildcmd import run_build
+from patch_build.common.errors import InputError
+from patch_build.linker.kernel_klp import weaken_klp_symbols, write_klp_relocations
 
 HOOK, DIFFS, LDS = "patch_hook", "patch_diffs", "kernel.lds"
 
 
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.PackageLoader("templates", "kernel"), undefined=jinja2.StrictUndefined,
+    return jinja2.Environment(loader=jinja2.PackageLoader("patch_build.templates", "kernel"), undefined=jinja2.StrictUndefined,
                               keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
 
@@ -34,7 +34,7 @@ def render_module_source(name: str, replace: bool) -> dict[str, str]:
     return {
         f"{HOOK}.c": env.get_template("livepatch.c.j2").render(name=name, replace=replace),
         "Kbuild": env.get_template("Kbuild.j2").render(name=name, hook=HOOK, objects=[f"{DIFFS}.o"], lds=LDS),
-        LDS: resources.files("linker").joinpath(LDS).read_text(),
+        LDS: resources.files("patch_build.linker").joinpath(LDS).read_text(),
     }
 
 

@@ -17,8 +17,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import InputError
-from elfcore.constants import (
+from patch_build.common.errors import InputError
+from patch_build.elfcore.constants import (
     ELFMAG,
     SHF_ALLOC,
     SHF_INFO_LINK,
@@ -30,8 +30,8 @@ from elfcore.constants import (
     STB_GLOBAL,
     STB_WEAK,
 )
-from elfcore.structs import EHDR, RELA, SHDR, SYM, r_sym, st_info, st_type
-from patchformat.names import is_reference, parse_reference
+from patch_build.elfcore.structs import EHDR, RELA, SHDR, SYM, r_sym, st_info, st_type
+from patch_build.patchformat.names import is_reference, parse_reference
 
 KLP_RELA = ".klp.rela."
 

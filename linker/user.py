@@ -9,10 +9,10 @@ import jinja2
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.errors import PatchBuildError
-from patchformat import integrity
-from patchformat.module import Target
-from patchformat.sections import MODULE_VERSION
+from patch_build.common.errors import PatchBuildError
+from patch_build.patchformat import integrity
+from patch_build.patchformat.module import Target
+from patch_build.patchformat.sections import MODULE_VERSION
 
 
 def _asm_string(text: str) -> str:
@@ -20,7 +20,7 @@ def _asm_string(text: str) -> str:
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("templates", "user"), undefined=jinja2.StrictUndefined,
+    env = jinja2.Environment(loader=jinja2.PackageLoader("patch_build.templates", "user"), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["asm_string"] = _asm_string
     return env

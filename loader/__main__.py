@@ -1,3 +1,3 @@
-from diffobj.entry import patch_ctl
+from patch_build.diffobj.entry import patch_ctl
 
 patch_ctl()

@@ -20,21 +20,21 @@ from __future__ import annotations
 import os
 import time
 
-from common.errors import Refused
-from patchformat.module import Func, ModuleInfo
-from loader import faults, layout, x86_64 as arch
-from loader.frames import register_frames
-from loader.hooks import POST_APPLY, PRE_APPLY, run_hooks
-from loader.jumps import commit
-from loader.patchmodule import load_module
-from loader.placement import map_near, placements as plan_placements
-from loader.procfs import check_process
-from loader.recovery import changing
-from loader.remote import PROT_READ, PROT_WRITE, RemoteCaller
-from loader.resolve import Resolver, match_targets
-from loader.session import Session, Stats, in_target, run
-from loader.state import ACTIVE, PENDING, PatchedFunc, PatchRecord, current_patches
-from loader.undo import discard
+from patch_build.common.errors import Refused
+from patch_build.patchformat.module import Func, ModuleInfo
+from patch_build.loader import faults, layout, x86_64 as arch
+from patch_build.loader.frames import register_frames
+from patch_build.loader.hooks import POST_APPLY, PRE_APPLY, run_hooks
+from patch_build.loader.jumps import commit
+from patch_build.loader.patchmodule import load_module
+from patch_build.loader.placement import map_near, placements as plan_placements
+from patch_build.loader.procfs import check_process
+from patch_build.loader.recovery import changing
+from patch_build.loader.remote import PROT_READ, PROT_WRITE, RemoteCaller
+from patch_build.loader.resolve import Resolver, match_targets
+from patch_build.loader.session import Session, Stats, in_target, run
+from patch_build.loader.state import ACTIVE, PENDING, PatchedFunc, PatchRecord, current_patches
+from patch_build.loader.undo import discard
 
 
 def apply_patch(pid: int, path: str, timeout: float = 10.0, stack_check: bool = True,

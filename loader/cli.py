@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from common.messages import printable
-from diffobj.console import command_app, entry_point, error, guarded
+from patch_build.common.messages import printable
+from patch_build.diffobj.console import command_app, entry_point, error, guarded
 
 PROG = "patch-ctl"
 app = command_app("Apply, revert and list live patches in running user-space processes.", add_completion=True,
@@ -69,13 +69,13 @@ def apply(module: Path = typer.Argument(..., help="NAME.kpatch, NAME.gopatch, or
                                                       help="Only apply modules signed by a key of DIR/*.pem "
                                                            "(Ed25519 public keys).")):
     """Patch a running process (with a built NAME.kpatch or NAME.gopatch, or a hand-written patch library NAME.so)."""
-    from patchformat.integrity import load_trusted_keys
-    from loader.libraries import apply_library, is_shared_library
-    from loader.apply import apply_patch
+    from patch_build.patchformat.integrity import load_trusted_keys
+    from patch_build.loader.libraries import apply_library, is_shared_library
+    from patch_build.loader.apply import apply_patch
 
     trusted = _guarded(lambda: load_trusted_keys(trusted_keys)) if trusted_keys is not None else None
     if module.name.endswith(".gopatch"):
-        from loader.golang import apply_gopatch
+        from patch_build.loader.golang import apply_gopatch
         if trusted is not None:
             _fail(f"{module.name}: a Go patch carries no signature (--trusted-keys given)", 1)
         record, stats = _guarded(lambda: apply_gopatch(pid, str(module), timeout))
@@ -95,7 +95,7 @@ def revert(name: Optional[str] = typer.Argument(None, help="The patch (module na
            pid: int = PidOption, all_: bool = typer.Option(False, "--all", help="Revert every patch, newest first."),
            timeout: float = TimeoutOption):
     """Undo a patch (or all of them, newest first)."""
-    from loader.revert import revert_patches
+    from patch_build.loader.revert import revert_patches
 
     if (name is None) == (not all_):
         _fail("give a patch NAME or --all", 2)
@@ -113,9 +113,9 @@ def revert(name: Optional[str] = typer.Argument(None, help="The patch (module na
 @app.command("list")
 def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
     """The patches applied in a process, newest last."""
-    from loader.revert import list_patches
+    from patch_build.loader.revert import list_patches
 
-    from loader.variables import recorded_sets
+    from patch_build.loader.variables import recorded_sets
 
     records, stats = _guarded(lambda: list_patches(pid))
     sets = _guarded(lambda: recorded_sets(pid))
@@ -147,10 +147,10 @@ def list_(pid: int = PidOption, json_output: bool = typer.Option(False, "--json"
 def info(module: Path = typer.Argument(..., help="NAME.kpatch"),
          json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
     """What a patch module holds: targets, build-ids, functions and sizes, hooks, its digest and signer."""
-    from loader.patchmodule import module_info
+    from patch_build.loader.patchmodule import module_info
 
     if module.name.endswith(".gopatch"):
-        from loader.golang import gopatch_info
+        from patch_build.loader.golang import gopatch_info
         patch = _guarded(lambda: gopatch_info(str(module)))
         if json_output:
             typer.echo(json.dumps(dataclasses.asdict(patch), indent=2))
@@ -198,7 +198,7 @@ def redirect_(old: str = typer.Argument(..., help="[OBJ:]FUNCTION of the program
               no_stack_check: bool = typer.Option(False, "--no-stack-check",
                                                   help="Do not require OLD to be off every stack.")):
     """Send calls of a function to a function of a loaded library (undo with `restore`)."""
-    from loader.libraries import redirect
+    from patch_build.loader.libraries import redirect
 
     record, stats = _guarded(lambda: redirect(pid, old, new, timeout, not no_stack_check))
     _warn(stats)
@@ -211,7 +211,7 @@ def redirect_(old: str = typer.Argument(..., help="[OBJ:]FUNCTION of the program
 def restore(old: str = typer.Argument(..., help="[OBJ:]FUNCTION redirected."), pid: int = PidOption,
             timeout: float = TimeoutOption):
     """Undo a redirect: calls of the function run its own code again."""
-    from loader.libraries import restore as restore_
+    from patch_build.loader.libraries import restore as restore_
 
     record, stats = _guarded(lambda: restore_(pid, old, timeout))
     _warn(stats)
@@ -229,7 +229,7 @@ app.add_typer(lib_app, name="lib")
 def lib_load(library: Path = typer.Argument(..., help="LIB.so"), pid: int = PidOption,
              timeout: float = TimeoutOption):
     """dlopen a library in the process (one thread makes the call, the others run on)."""
-    from loader.libraries import load_library
+    from patch_build.loader.libraries import load_library
 
     record, stats = _guarded(lambda: load_library(pid, str(library), timeout))
     _warn(stats)
@@ -241,7 +241,7 @@ def lib_load(library: Path = typer.Argument(..., help="LIB.so"), pid: int = PidO
 def lib_unload(library: str = typer.Argument(..., help="The library `lib load` loaded: its name or path."),
                pid: int = PidOption, timeout: float = TimeoutOption):
     """dlclose a library `lib load` loaded; refused while a redirect leads into it."""
-    from loader.libraries import unload_library
+    from patch_build.loader.libraries import unload_library
 
     record, stats = _guarded(lambda: unload_library(pid, library, timeout))
     _warn(stats)
@@ -267,8 +267,8 @@ def install(module: Path = typer.Argument(..., help="NAME.kpatch or NAME.ko"), s
                                                         help="Only install user-space modules signed by a key of "
                                                              "DIR/*.pem.")):
     """Install a patch module into the store (verified), where it stays until `uninstall`."""
-    from patchformat.integrity import load_trusted_keys
-    from loader.store import Store
+    from patch_build.patchformat.integrity import load_trusted_keys
+    from patch_build.loader.store import Store
 
     trusted = _guarded(lambda: load_trusted_keys(trusted_keys)) if trusted_keys is not None else None
     target = Store(store)
@@ -279,7 +279,7 @@ def install(module: Path = typer.Argument(..., help="NAME.kpatch or NAME.ko"), s
 @app.command()
 def uninstall(name: str = typer.Argument(..., help="The module name."), store: Optional[Path] = StoreOption):
     """Remove a patch module from the store (a patch applied in a process or the kernel stays applied)."""
-    from loader.store import Store
+    from patch_build.loader.store import Store
 
     target = Store(store)
     entry = _guarded(lambda: target.uninstall(name))
@@ -290,8 +290,8 @@ def uninstall(name: str = typer.Argument(..., help="The module name."), store: O
 def installed(store: Optional[Path] = StoreOption,
               json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
     """The patches in the store, each verified (exit 2 when one is not intact)."""
-    from common.errors import PatchBuildError
-    from loader.store import Store
+    from patch_build.common.errors import PatchBuildError
+    from patch_build.loader.store import Store
 
     target = Store(store)
     problems = {}
@@ -321,8 +321,8 @@ def daemon(store: Optional[Path] = StoreOption, timeout: float = TimeoutOption,
                                                     help="Keep only this installed patch applied (repeatable).")):
     """Keep installed patches applied: to every running process they target, and to each new one as it starts
     (in the foreground, one line per action on stdout; needs root)."""
-    from loader.daemon import run_daemon
-    from loader.store import Store
+    from patch_build.loader.daemon import run_daemon
+    from patch_build.loader.store import Store
 
     target = Store(store)
     _guarded(lambda: run_daemon(target, timeout, _say, only))
@@ -331,7 +331,7 @@ def daemon(store: Optional[Path] = StoreOption, timeout: float = TimeoutOption,
 @app.command()
 def status(json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Which processes carry which patches."""
-    from loader.daemon import carried_patches
+    from patch_build.loader.daemon import carried_patches
 
     carried = _guarded(carried_patches)
     if json_output:
@@ -356,7 +356,7 @@ VarName = typer.Argument(..., help="NAME, file.c:NAME or function::NAME (statics
 @var_app.command("get")
 def var_get(name: str = VarName, pid: int = PidOption, type_name: Optional[str] = TypeOption):
     """Print a variable's value."""
-    from loader.variables import get_values
+    from patch_build.loader.variables import get_values
 
     _, value = _guarded(lambda: get_values(pid, name, type_name))
     typer.echo(printable(value))
@@ -366,7 +366,7 @@ def var_get(name: str = VarName, pid: int = PidOption, type_name: Optional[str] 
 def var_set(name: str = VarName, value: str = typer.Argument(..., help="The new value."), pid: int = PidOption,
             type_name: Optional[str] = TypeOption, timeout: float = TimeoutOption):
     """Set a variable (every thread stopped meanwhile); recorded in the target for `var undo`."""
-    from loader.variables import set_value
+    from patch_build.loader.variables import set_value
 
     entry, stats = _guarded(lambda: set_value(pid, name, value, type_name, timeout))
     _warn(stats)
@@ -379,7 +379,7 @@ def var_set(name: str = VarName, value: str = typer.Argument(..., help="The new 
 def var_undo(name: str = VarName, pid: int = PidOption, type_name: Optional[str] = TypeOption,
              timeout: float = TimeoutOption):
     """Put back the value the newest `var set` of NAME replaced."""
-    from loader.variables import undo_set
+    from patch_build.loader.variables import undo_set
 
     entry, stats = _guarded(lambda: undo_set(pid, name, type_name, timeout))
     _warn(stats)
@@ -391,7 +391,7 @@ def var_undo(name: str = VarName, pid: int = PidOption, type_name: Optional[str]
 @var_app.command("list")
 def var_list(pid: int = PidOption, pattern: Optional[str] = typer.Argument(None, help="A glob on the names.")):
     """Variables DWARF describes, with their types and current values."""
-    from loader.variables import list_values
+    from patch_build.loader.variables import list_values
 
     found_values = _guarded(lambda: list_values(pid, pattern))
     if not found_values:
@@ -411,7 +411,7 @@ FlagName = typer.Argument(..., help="The flag: port, --port or FLAGS_port.")
 @flags_app.command("list")
 def flags_list(pid: int = PidOption):
     """The process's flags, with their types and current values."""
-    from loader.gflags import list_flags
+    from patch_build.loader.gflags import list_flags
 
     for flag, value in _guarded(lambda: list_flags(pid)):
         typer.echo(f"--{flag.name} ({flag.type.name}) = {printable(value)}  [{printable(flag.object.name)}]")
@@ -420,7 +420,7 @@ def flags_list(pid: int = PidOption):
 @flags_app.command("get")
 def flags_get(name: str = FlagName, pid: int = PidOption):
     """Print a flag's value."""
-    from loader.gflags import get_flag
+    from patch_build.loader.gflags import get_flag
 
     typer.echo(printable(_guarded(lambda: get_flag(pid, name))))
 
@@ -430,7 +430,7 @@ def flags_set(name: str = FlagName, value: str = typer.Argument(..., help="The n
               timeout: float = TimeoutOption):
     """Set a flag with gflags' SetCommandLineOption run in the target (validators apply); recorded for
     `flags undo`."""
-    from loader.gflags import set_flag
+    from patch_build.loader.gflags import set_flag
 
     entry, stats = _guarded(lambda: set_flag(pid, name, value, timeout))
     _warn(stats)
@@ -442,7 +442,7 @@ def flags_set(name: str = FlagName, value: str = typer.Argument(..., help="The n
 @flags_app.command("undo")
 def flags_undo(name: str = FlagName, pid: int = PidOption, timeout: float = TimeoutOption):
     """Set a flag back (through gflags) to the value the newest `flags set` of it replaced."""
-    from loader.gflags import undo_flag
+    from patch_build.loader.gflags import undo_flag
 
     entry, stats = _guarded(lambda: undo_flag(pid, name, timeout))
     _warn(stats)

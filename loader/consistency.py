@@ -11,11 +11,11 @@ import bisect
 import time
 from dataclasses import dataclass
 
-from common.errors import Refused
-from loader.critical import Critical
-from loader.ptrace import Stopped, thread_ids
-from loader.session import RETRY_PAUSE, Session
-from loader.unwind import StackUnknown, Unwinder
+from patch_build.common.errors import Refused
+from patch_build.loader.critical import Critical
+from patch_build.loader.ptrace import Stopped, thread_ids
+from patch_build.loader.session import RETRY_PAUSE, Session
+from patch_build.loader.unwind import StackUnknown, Unwinder
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 
-from common.interrupts import HANDLED, Interrupted
+from patch_build.common.interrupts import HANDLED, Interrupted
 
 
 class Critical:

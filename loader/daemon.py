@@ -27,17 +27,17 @@ from dataclasses import dataclass
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from common.interrupts import Interrupted
-from common.errors import InputError, PatchBuildError
-from elfcore import notes
-from elfcore.binary import read_binary
-from elfcore.constants import ELFMAG
-from loader.apply import apply_patch
-from loader.entry import at_entry
-from loader.procfs import Memory, read_maps, tracer_of
-from loader.ptrace import ThreadGone
-from loader.state import MAPPING_PREFIX, PatchRecord, find_patches
-from loader.store import Installed, Store
+from patch_build.common.interrupts import Interrupted
+from patch_build.common.errors import InputError, PatchBuildError
+from patch_build.elfcore import notes
+from patch_build.elfcore.binary import read_binary
+from patch_build.elfcore.constants import ELFMAG
+from patch_build.loader.apply import apply_patch
+from patch_build.loader.entry import at_entry
+from patch_build.loader.procfs import Memory, read_maps, tracer_of
+from patch_build.loader.ptrace import ThreadGone
+from patch_build.loader.state import MAPPING_PREFIX, PatchRecord, find_patches
+from patch_build.loader.store import Installed, Store
 
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = CN_VAL_PROC = 1

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 
-from common.errors import Refused
-from loader.frames import ALLOCATOR, Avoid, entry_ranges
-from loader.objects import LoadedObject
-from loader.remote import RemoteCaller
-from loader.resolve import Resolver
-from loader.session import Session, in_clear_thread
+from patch_build.common.errors import Refused
+from patch_build.loader.frames import ALLOCATOR, Avoid, entry_ranges
+from patch_build.loader.objects import LoadedObject
+from patch_build.loader.remote import RemoteCaller
+from patch_build.loader.resolve import Resolver
+from patch_build.loader.session import Session, in_clear_thread
 
 RTLD_NOW = 2
 DL_CALL_LIMIT = 30.0  # seconds a dlopen may take: constructors run in it

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from common.errors import InputError
-from elfcore.ehframe import EH_FRAME, MalformedEhFrame, keep_fdes, pc_begin, records, relocations_by_record
-from elfcore.model import ObjectFile, Section
+from patch_build.common.errors import InputError
+from patch_build.elfcore.ehframe import EH_FRAME, MalformedEhFrame, keep_fdes, pc_begin, records, relocations_by_record
+from patch_build.elfcore.model import ObjectFile, Section
 
 
 class EhFrameError(InputError):

@@ -20,10 +20,10 @@ import struct
 import time
 from collections.abc import Callable
 
-from common.errors import InputError
-from loader import ptrace
-from loader.procfs import Mapping, Memory, read_maps
-from loader.ptrace import DEFERRED_SIGNALS, NotStopping, Thread, ThreadGone, TraceError
+from patch_build.common.errors import InputError
+from patch_build.loader import ptrace
+from patch_build.loader.procfs import Mapping, Memory, read_maps
+from patch_build.loader.ptrace import DEFERRED_SIGNALS, NotStopping, Thread, ThreadGone, TraceError
 
 AT_BASE, AT_ENTRY = 7, 9  # <elf.h>: the dynamic linker's load address, the program's entry point
 INT3 = b"\xcc"

@@ -14,14 +14,14 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from common.errors import Refused
-from loader import faults
-from loader.objects import LoadedObject
-from loader.ptrace import NotStopping, ThreadGone, TraceError
-from loader.remote import RemoteCaller, RemoteError
-from loader.resolve import ResolveError, Resolver
-from loader.session import Session, in_clear_thread, in_target
-from loader.state import PatchRecord
+from patch_build.common.errors import Refused
+from patch_build.loader import faults
+from patch_build.loader.objects import LoadedObject
+from patch_build.loader.ptrace import NotStopping, ThreadGone, TraceError
+from patch_build.loader.remote import RemoteCaller, RemoteError
+from patch_build.loader.resolve import ResolveError, Resolver
+from patch_build.loader.session import Session, in_clear_thread, in_target
+from patch_build.loader.state import PatchRecord
 
 REGISTER, DEREGISTER = "__register_frame_info", "__deregister_frame_info"
 ALLOCATOR = ("malloc", "free", "calloc", "realloc", "memalign", "posix_memalign", "aligned_alloc")

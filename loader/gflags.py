@@ -12,17 +12,17 @@ import re
 import time
 from dataclasses import dataclass
 
-from common.errors import InputError, Refused
-from elfcore.constants import SHN_UNDEF, STB_LOCAL
-from loader import faults
-from loader.dwarftypes import BOOL, FLOAT, INT, VarType
-from loader.frames import registry_of
-from loader.objects import LoadedObject
-from loader.recovery import changing
-from loader.session import Session, Stats, in_clear_thread, run
-from loader.remote import RemoteCaller
-from loader.resolve import Resolver
-from loader.variables import (SET, SETTING, STD_STRING, VarSet, drop_log_if_empty, ensure_log, prepare, save_log,
+from patch_build.common.errors import InputError, Refused
+from patch_build.elfcore.constants import SHN_UNDEF, STB_LOCAL
+from patch_build.loader import faults
+from patch_build.loader.dwarftypes import BOOL, FLOAT, INT, VarType
+from patch_build.loader.frames import registry_of
+from patch_build.loader.objects import LoadedObject
+from patch_build.loader.recovery import changing
+from patch_build.loader.session import Session, Stats, in_clear_thread, run
+from patch_build.loader.remote import RemoteCaller
+from patch_build.loader.resolve import Resolver
+from patch_build.loader.variables import (SET, SETTING, STD_STRING, VarSet, drop_log_if_empty, ensure_log, prepare, save_log,
                               show_or_why, take_back)
 
 VIA = "gflags"

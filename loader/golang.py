@@ -14,18 +14,18 @@ import os
 import socket
 import time
 
-from common.errors import InputError, Refused
-from loader import layout, x86_64 as arch
-from loader.jumps import commit
-from loader.placement import free_addresses_near, map_near
-from loader.procfs import check_process
-from loader.recovery import changing
-from loader.remote import PROT_EXEC, PROT_READ, RemoteCaller
-from loader.session import Session, Stats, in_target, run
-from loader.state import PENDING, PatchedFunc, PatchRecord, current_patches
-from loader.undo import discard
-from patchformat.gobinary import GoBinary, NotGo, stack_check_size
-from patchformat.gopatch import BadGoPatch, GoPatch, read_gopatch
+from patch_build.common.errors import InputError, Refused
+from patch_build.loader import layout, x86_64 as arch
+from patch_build.loader.jumps import commit
+from patch_build.loader.placement import free_addresses_near, map_near
+from patch_build.loader.procfs import check_process
+from patch_build.loader.recovery import changing
+from patch_build.loader.remote import PROT_EXEC, PROT_READ, RemoteCaller
+from patch_build.loader.session import Session, Stats, in_target, run
+from patch_build.loader.state import PENDING, PatchedFunc, PatchRecord, current_patches
+from patch_build.loader.undo import discard
+from patch_build.patchformat.gobinary import GoBinary, NotGo, stack_check_size
+from patch_build.patchformat.gopatch import BadGoPatch, GoPatch, read_gopatch
 
 AGENT_TIMEOUT = 60.0  # plugin.Open runs the plugin's package initialisation
 MAX_ANSWER = 4096

@@ -7,14 +7,14 @@ fails after the pre_apply one (faults, does not return) cannot stop what is unde
 """
 from __future__ import annotations
 
-from common.errors import Refused
-from loader.frames import registry_of
-from loader.ptrace import NotStopping
-from loader.remote import RemoteError
-from loader.resolve import Resolver
-from loader.session import Session, in_clear_thread
-from loader.state import PatchRecord
-from patchformat.sections import HOOK_STAGES
+from patch_build.common.errors import Refused
+from patch_build.loader.frames import registry_of
+from patch_build.loader.ptrace import NotStopping
+from patch_build.loader.remote import RemoteError
+from patch_build.loader.resolve import Resolver
+from patch_build.loader.session import Session, in_clear_thread
+from patch_build.loader.state import PatchRecord
+from patch_build.patchformat.sections import HOOK_STAGES
 
 PRE_APPLY, POST_APPLY, PRE_REVERT, POST_REVERT = HOOK_STAGES
 

@@ -3,13 +3,13 @@ stopped and the record saying what is under way before the first write (a write-
 killed midway leaves, the next one finishes; loader.recovery)."""
 from __future__ import annotations
 
-from common.errors import Refused
-from loader import faults, x86_64 as arch
-from loader.consistency import Range, until_consistent
-from loader.critical import Critical
-from loader.ptrace import Stopped
-from loader.session import Session
-from loader.state import ACTIVE, APPLYING, PENDING, PatchedFunc, PatchRecord
+from patch_build.common.errors import Refused
+from patch_build.loader import faults, x86_64 as arch
+from patch_build.loader.consistency import Range, until_consistent
+from patch_build.loader.critical import Critical
+from patch_build.loader.ptrace import Stopped
+from patch_build.loader.session import Session
+from patch_build.loader.state import ACTIVE, APPLYING, PENDING, PatchedFunc, PatchRecord
 
 
 def commit(s: Session, record: PatchRecord, current: dict, stack_check: bool, timeout: float,

@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from elfcore.constants import SHF_TLS, SHN_ABS, SHT_NOBITS, SHT_PROGBITS, SHT_X86_64_UNWIND
-from elfcore.model import ObjectFile, Section, Symbol
-from loader import x86_64 as arch
-from loader.ehframe import EH_FRAME, unwind_section
-from loader.remote import PROT_EXEC, PROT_READ, PROT_WRITE
+from patch_build.elfcore.constants import SHF_TLS, SHN_ABS, SHT_NOBITS, SHT_PROGBITS, SHT_X86_64_UNWIND
+from patch_build.elfcore.model import ObjectFile, Section, Symbol
+from patch_build.loader import x86_64 as arch
+from patch_build.loader.ehframe import EH_FRAME, unwind_section
+from patch_build.loader.remote import PROT_EXEC, PROT_READ, PROT_WRITE
 
 PAGE = 4096
 FRAME_OBJECT_SIZE = 64  # libgcc's struct object (6 words), what __register_frame_info links in its lists

@@ -16,22 +16,22 @@ import struct
 import time
 from collections.abc import Callable
 
-from common.errors import InputError, Refused
-from elfcore.binary import read_binary
-from elfcore.constants import ET_DYN, STT_FUNC
-from elfcore.headers import E_TYPE_END, elf_type
-from loader import dynlink, layout, x86_64 as arch
-from loader.critical import Critical
-from loader.jumps import commit
-from loader.objects import LoadedObject
-from loader.placement import free_addresses_near, map_near
-from loader.procfs import check_process
-from loader.recovery import changing
-from loader.remote import PROT_EXEC, PROT_READ, RemoteCaller
-from loader.revert import revert_records
-from loader.session import Session, Stats, in_target, run
-from loader.state import ACTIVE, PENDING, PatchedFunc, PatchRecord, current_patches
-from loader.undo import discard
+from patch_build.common.errors import InputError, Refused
+from patch_build.elfcore.binary import read_binary
+from patch_build.elfcore.constants import ET_DYN, STT_FUNC
+from patch_build.elfcore.headers import E_TYPE_END, elf_type
+from patch_build.loader import dynlink, layout, x86_64 as arch
+from patch_build.loader.critical import Critical
+from patch_build.loader.jumps import commit
+from patch_build.loader.objects import LoadedObject
+from patch_build.loader.placement import free_addresses_near, map_near
+from patch_build.loader.procfs import check_process
+from patch_build.loader.recovery import changing
+from patch_build.loader.remote import PROT_EXEC, PROT_READ, RemoteCaller
+from patch_build.loader.revert import revert_records
+from patch_build.loader.session import Session, Stats, in_target, run
+from patch_build.loader.state import ACTIVE, PENDING, PatchedFunc, PatchRecord, current_patches
+from patch_build.loader.undo import discard
 
 LIB_PREFIX, REDIRECT_PREFIX = "lib:", "redirect:"
 TABLE = "patch_replace"  # the section PATCH_REPLACE puts its entries in

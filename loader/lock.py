@@ -7,7 +7,7 @@ import fcntl
 import os
 import time
 
-from common.errors import InputError
+from patch_build.common.errors import InputError
 
 LOCK_DIRS = ("/run/lock/patch-ctl", "/tmp/patch-ctl")
 POLL = 0.05

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from elfcore import notes
-from elfcore.constants import SHN_UNDEF, STB_GLOBAL, STB_GNU_UNIQUE, STB_LOCAL, STB_WEAK, STT_FILE
-from elfcore.segments import load_segments
-from elfcore.symbols import ElfSymbol, symbol_table
-from loader.procfs import Mapping, proc_dir
+from patch_build.elfcore import notes
+from patch_build.elfcore.constants import SHN_UNDEF, STB_GLOBAL, STB_GNU_UNIQUE, STB_LOCAL, STB_WEAK, STT_FILE
+from patch_build.elfcore.segments import load_segments
+from patch_build.elfcore.symbols import ElfSymbol, symbol_table
+from patch_build.loader.procfs import Mapping, proc_dir
 
 if TYPE_CHECKING:
     from elftools.elf.elffile import ELFFile

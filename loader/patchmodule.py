@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 
-from common.errors import InputError, Refused
-from elfcore.constants import BOOKKEEPING_TYPES, SHN_ABS, SHN_UNDEF, SHT_NOBITS
-from elfcore.model import ObjectFile, Symbol
-from patchformat.integrity import check_trusted, read_module_bytes
-from patchformat.module import ModuleInfo, read_module, read_module_object
+from patch_build.common.errors import InputError, Refused
+from patch_build.elfcore.constants import BOOKKEEPING_TYPES, SHN_ABS, SHN_UNDEF, SHT_NOBITS
+from patch_build.elfcore.model import ObjectFile, Symbol
+from patch_build.patchformat.integrity import check_trusted, read_module_bytes
+from patch_build.patchformat.module import ModuleInfo, read_module, read_module_object
 
 
 def module_info(path: str) -> ModuleInfo:

@@ -7,15 +7,15 @@ import os
 import time
 from dataclasses import dataclass
 
-from common.errors import Refused
-from patchformat.module import ModuleInfo
-from loader import layout
-from loader.objects import LoadedObject
-from loader.procfs import Mapping
-from loader.ptrace import NotStopping, ThreadGone, TraceError
-from loader.remote import RemoteCaller, RemoteError
-from loader.session import Session, in_target
-from loader.state import PENDING, PatchedFunc, PatchRecord
+from patch_build.common.errors import Refused
+from patch_build.patchformat.module import ModuleInfo
+from patch_build.loader import layout
+from patch_build.loader.objects import LoadedObject
+from patch_build.loader.procfs import Mapping
+from patch_build.loader.ptrace import NotStopping, ThreadGone, TraceError
+from patch_build.loader.remote import RemoteCaller, RemoteError
+from patch_build.loader.session import Session, in_target
+from patch_build.loader.state import PENDING, PatchedFunc, PatchRecord
 
 REL32 = 1 << 31
 USER_TOP = 0x7FFF_FFFF_F000

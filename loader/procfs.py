@@ -6,8 +6,8 @@ import os
 import signal
 from dataclasses import dataclass
 
-from common.errors import InputError
-from loader.ptrace import ThreadGone, exited, live_thread_ids
+from patch_build.common.errors import InputError
+from patch_build.loader.ptrace import ThreadGone, exited, live_thread_ids
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import time
 
-from common.errors import Refused
-from loader.critical import Critical
-from loader.ptrace import ThreadGone
-from loader.remote import RemoteCaller
-from loader.session import Session, in_target, still_alive
-from loader.state import ACTIVE, open_memfds, orphans
-from loader.undo import take_out
+from patch_build.common.errors import Refused
+from patch_build.loader.critical import Critical
+from patch_build.loader.ptrace import ThreadGone
+from patch_build.loader.remote import RemoteCaller
+from patch_build.loader.session import Session, in_target, still_alive
+from patch_build.loader.state import ACTIVE, open_memfds, orphans
+from patch_build.loader.undo import take_out
 
 
 @contextlib.contextmanager

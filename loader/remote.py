@@ -13,9 +13,9 @@ import os
 import signal
 import time
 
-from loader import faults
-from loader.procfs import Mapping, Memory
-from loader.ptrace import NotStopping, Regs, Thread
+from patch_build.loader import faults
+from patch_build.loader.procfs import Mapping, Memory
+from patch_build.loader.ptrace import NotStopping, Regs, Thread
 
 SYSCALL_INSN = b"\x0f\x05"
 SYS_MMAP, SYS_MPROTECT, SYS_MUNMAP, SYS_CLOSE, SYS_FTRUNCATE, SYS_MEMFD_CREATE = 9, 10, 11, 3, 77, 319

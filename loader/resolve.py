@@ -6,13 +6,13 @@ every loaded object's exports in map order, as the dynamic linker's global scope
 """
 from __future__ import annotations
 
-from elfcore.constants import STB_WEAK, STT_FUNC, STT_GNU_IFUNC, STT_TLS
-from elfcore.model import Symbol
-from elfcore.symbols import ElfSymbol, got_slots
-from loader.objects import LoadedObject
-from loader.procfs import Memory
-from patchformat.module import Func, Target
-from patchformat.names import is_reference, parse_reference
+from patch_build.elfcore.constants import STB_WEAK, STT_FUNC, STT_GNU_IFUNC, STT_TLS
+from patch_build.elfcore.model import Symbol
+from patch_build.elfcore.symbols import ElfSymbol, got_slots
+from patch_build.loader.objects import LoadedObject
+from patch_build.loader.procfs import Memory
+from patch_build.patchformat.module import Func, Target
+from patch_build.patchformat.names import is_reference, parse_reference
 
 
 class ResolveError(Exception):

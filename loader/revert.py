@@ -6,12 +6,12 @@ function it replaced, or reaches its code: `PatchRecord.depends`); each record i
 """
 from __future__ import annotations
 
-from common.errors import InputError, Refused
-from loader.critical import Critical
-from loader.recovery import changing, recover
-from loader.session import Session, Stats, run
-from loader.state import PatchRecord
-from loader.undo import take_out
+from patch_build.common.errors import InputError, Refused
+from patch_build.loader.critical import Critical
+from patch_build.loader.recovery import changing, recover
+from patch_build.loader.session import Session, Stats, run
+from patch_build.loader.state import PatchRecord
+from patch_build.loader.undo import take_out
 
 
 def revert_patches(pid: int, name: str | None, timeout: float = 10.0) -> tuple[list[PatchRecord], Stats]:

@@ -8,19 +8,19 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from common.errors import InputError, PatchBuildError, Refused
-from loader import layout, x86_64 as arch
-from loader.lock import TargetLock
-from loader.objects import LoadedObject, loaded_objects
-from loader.procfs import Mapping, Memory, check_process, dying, process_alive, read_maps, tracer_of
-from loader.ptrace import NotStopping, Stopped, ThreadGone, TraceError, live_thread_ids
-from loader.remote import RemoteCaller, RemoteError, find_syscall_insn
-from loader.resolve import ResolveError
-from loader.state import PatchRecord, find_patches
-from loader.unwind import ObjectCfi, Unwinder
+from patch_build.common.errors import InputError, PatchBuildError, Refused
+from patch_build.loader import layout, x86_64 as arch
+from patch_build.loader.lock import TargetLock
+from patch_build.loader.objects import LoadedObject, loaded_objects
+from patch_build.loader.procfs import Mapping, Memory, check_process, dying, process_alive, read_maps, tracer_of
+from patch_build.loader.ptrace import NotStopping, Stopped, ThreadGone, TraceError, live_thread_ids
+from patch_build.loader.remote import RemoteCaller, RemoteError, find_syscall_insn
+from patch_build.loader.resolve import ResolveError
+from patch_build.loader.state import PatchRecord, find_patches
+from patch_build.loader.unwind import ObjectCfi, Unwinder
 
 if TYPE_CHECKING:  # loader.frames makes its calls through a Session
-    from loader.frames import Avoid
+    from patch_build.loader.frames import Avoid
 
 RETRY_PAUSE = 0.02  # between two attempts: let the threads run
 

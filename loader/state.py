@@ -13,7 +13,7 @@ import os
 import struct
 from dataclasses import dataclass, field, fields
 
-from loader.procfs import Mapping, Memory
+from patch_build.loader.procfs import Mapping, Memory
 
 MAGIC = b"KPATCHLD"
 VERSION = 1

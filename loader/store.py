@@ -17,11 +17,11 @@ import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from common.errors import InputError, Refused
-from common.inputfile import MIB, read_input
-from elfcore.headers import check_header, section_names
-from patchformat.integrity import check_trusted, read_module_bytes
-from patchformat.module import read_module
+from patch_build.common.errors import InputError, Refused
+from patch_build.common.inputfile import MIB, read_input
+from patch_build.elfcore.headers import check_header, section_names
+from patch_build.patchformat.integrity import check_trusted, read_module_bytes
+from patch_build.patchformat.module import read_module
 
 DEFAULT_ROOT = Path("/var/lib/patch-build")
 ROOT_ENV = "PATCH_BUILD_STORE"

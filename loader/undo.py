@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import os
 
-from common.errors import Refused
-from loader import dynlink, faults, x86_64 as arch
-from loader.consistency import Range, until_consistent
-from loader.critical import Critical
-from loader.frames import deregister_frames
-from loader.hooks import POST_REVERT, PRE_REVERT, run_hooks
-from loader.jumps import switch
-from loader.placement import remove_mappings
-from loader.ptrace import Stopped, ThreadGone, TraceError
-from loader.remote import RemoteCaller
-from loader.session import Session
-from loader.state import ACTIVE, PENDING, REVERTED, REVERTING, PatchRecord
+from patch_build.common.errors import Refused
+from patch_build.loader import dynlink, faults, x86_64 as arch
+from patch_build.loader.consistency import Range, until_consistent
+from patch_build.loader.critical import Critical
+from patch_build.loader.frames import deregister_frames
+from patch_build.loader.hooks import POST_REVERT, PRE_REVERT, run_hooks
+from patch_build.loader.jumps import switch
+from patch_build.loader.placement import remove_mappings
+from patch_build.loader.ptrace import Stopped, ThreadGone, TraceError
+from patch_build.loader.remote import RemoteCaller
+from patch_build.loader.session import Session
+from patch_build.loader.state import ACTIVE, PENDING, REVERTED, REVERTING, PatchRecord
 
 
 def take_out(s: Session, record: PatchRecord, timeout: float, critical: Critical) -> None:

@@ -12,9 +12,9 @@ import bisect
 import struct
 from dataclasses import dataclass
 
-from elfcore.ehframe import EH_FRAME, EH_FRAME_HDR, decode_fde, fdes, search_table
-from loader.objects import LoadedObject
-from loader.procfs import Mapping, Memory, read_maps
+from patch_build.elfcore.ehframe import EH_FRAME, EH_FRAME_HDR, decode_fde, fdes, search_table
+from patch_build.loader.objects import LoadedObject
+from patch_build.loader.procfs import Mapping, Memory, read_maps
 
 RSP, RBP = 7, 6  # DWARF register numbers (x86-64 psABI)
 MAX_FRAMES = 512

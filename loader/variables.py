@@ -20,19 +20,19 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from common.errors import InputError, Refused
-from elfcore.constants import SHN_UNDEF, STB_LOCAL, STT_FILE, STT_OBJECT, STT_TLS
-from elfcore.symbols import ElfSymbol
-from loader import faults
-from loader.critical import Critical
-from loader.dwarftypes import BOOL, CHARS, CSTRING, ENUM, FLOAT, INT, STDSTRING, Variable, VarType, variables
-from loader.frames import registry_of
-from loader.objects import LoadedObject
-from loader.procfs import Mapping, Memory, read_maps
-from loader.recovery import changing
-from loader.remote import RemoteCaller
-from loader.resolve import Resolver
-from loader.session import Session, Stats, in_clear_thread, in_target, run
+from patch_build.common.errors import InputError, Refused
+from patch_build.elfcore.constants import SHN_UNDEF, STB_LOCAL, STT_FILE, STT_OBJECT, STT_TLS
+from patch_build.elfcore.symbols import ElfSymbol
+from patch_build.loader import faults
+from patch_build.loader.critical import Critical
+from patch_build.loader.dwarftypes import BOOL, CHARS, CSTRING, ENUM, FLOAT, INT, STDSTRING, Variable, VarType, variables
+from patch_build.loader.frames import registry_of
+from patch_build.loader.objects import LoadedObject
+from patch_build.loader.procfs import Mapping, Memory, read_maps
+from patch_build.loader.recovery import changing
+from patch_build.loader.remote import RemoteCaller
+from patch_build.loader.resolve import Resolver
+from patch_build.loader.session import Session, Stats, in_clear_thread, in_target, run
 
 MAGIC = b"KPATCHVR"
 VERSION = 1

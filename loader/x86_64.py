@@ -6,8 +6,8 @@ a running process. Calls to code more than ±2 GB away (libc seen from a PIE exe
 """
 from __future__ import annotations
 
-from elfcore import x86_64 as arch
-from elfcore.x86_64 import JMP_REL32_SIZE, jmp_rel32, min_redirect_size, redirect_offset  # noqa: F401
+from patch_build.elfcore import x86_64 as arch
+from patch_build.elfcore.x86_64 import JMP_REL32_SIZE, jmp_rel32, min_redirect_size, redirect_offset  # noqa: F401
 
 GOT_ENTRY_SIZE = 8
 STUB_SIZE = 16

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common.errors import InputError, Refused
-from common.inputfile import MIB, read_input
-from elfcore.constants import SHT_PROGBITS
-from elfcore.headers import check_header
+from patch_build.common.errors import InputError, Refused
+from patch_build.common.inputfile import MIB, read_input
+from patch_build.elfcore.constants import SHT_PROGBITS
+from patch_build.elfcore.headers import check_header
 
 SECTION = ".kpatch.integrity"
 MAGIC = b"KPSHA256"

@@ -11,12 +11,12 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from common.errors import InputError
-from elfcore.model import ObjectFile, Relocation, Section
-from elfcore.read import read_object
-from elfcore.x86_64 import R_X86_64_64
-from patchformat.integrity import Seal, examine, read_module_bytes
-from patchformat.sections import (FUNCS, HOOK_ENTRY, HOOK_STAGES, HOOKS_PREFIX, MODULE, MODULE_ENTRY, MODULE_VERSION,
+from patch_build.common.errors import InputError
+from patch_build.elfcore.model import ObjectFile, Relocation, Section
+from patch_build.elfcore.read import read_object
+from patch_build.elfcore.x86_64 import R_X86_64_64
+from patch_build.patchformat.integrity import Seal, examine, read_module_bytes
+from patch_build.patchformat.sections import (FUNCS, HOOK_ENTRY, HOOK_STAGES, HOOKS_PREFIX, MODULE, MODULE_ENTRY, MODULE_VERSION,
                                   OFFSET, RECORD, STRINGS, TARGET_ENTRY, TARGETS)
 
 

@@ -1,3 +1,3 @@
-from diffobj.entry import patch_report
+from patch_build.diffobj.entry import patch_report
 
 patch_report()

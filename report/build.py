@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from report.model import Report
-from report.render import FORMATS, SUFFIXES, render
+from patch_build.report.model import Report
+from patch_build.report.render import FORMATS, SUFFIXES, render
 
 
 def report_path(outdir: str | os.PathLike, name: str, fmt: str) -> Path:

@@ -6,10 +6,10 @@ from typing import Optional
 
 import typer
 
-from common.errors import InputError
-from diffobj.console import command_app, entry_point, guarded
-from report.model import read_report
-from report.render import FORMATS, render
+from patch_build.common.errors import InputError
+from patch_build.diffobj.console import command_app, entry_point, guarded
+from patch_build.report.model import read_report
+from patch_build.report.render import FORMATS, render
 
 app = command_app("Re-render a patch-build report (NAME.report.json).", add_completion=True)
 PROG = "patch-report"

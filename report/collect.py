@@ -11,15 +11,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from diffobj.include import Included
-from diffobj.linked import read_model
-from diffobj.problems import Problem
-from report import identity
-from report.demangle import demangle
-from report.disasm import function_diff
-from report.explain import UnitSources, explain_object
-from report.inline import analyse
-from report.model import (
+from patch_build.diffobj.include import Included
+from patch_build.diffobj.linked import read_model
+from patch_build.diffobj.problems import Problem
+from patch_build.report import identity
+from patch_build.report.demangle import demangle
+from patch_build.report.disasm import function_diff
+from patch_build.report.explain import UnitSources, explain_object
+from patch_build.report.inline import analyse
+from patch_build.report.model import (
     Compiler,
     Function,
     FunctionRef,
@@ -30,8 +30,8 @@ from report.model import (
     ReportWarning,
     Target,
 )
-from report.patches import lines_by_file, read_hunks
-from report.sourcemap import read_source_map
+from patch_build.report.patches import lines_by_file, read_hunks
+from patch_build.report.sourcemap import read_source_map
 
 
 def display_path(path: str | os.PathLike, relative_to: str | os.PathLike | None) -> str:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import difflib
 import re
 
-from elfcore import x86_64
-from elfcore.constants import STT_NOTYPE
-from elfcore.model import ObjectFile, Relocation, Section, Symbol
-from report.model import DisasmRow, FunctionDiff
+from patch_build.elfcore import x86_64
+from patch_build.elfcore.constants import STT_NOTYPE
+from patch_build.elfcore.model import ObjectFile, Relocation, Section, Symbol
+from patch_build.report.model import DisasmRow, FunctionDiff
 
 MAX_ROWS = 2000  # longer functions are cut: a release engineer reads the first screens, not 50k lines
 _STRING_SHOWN = 48

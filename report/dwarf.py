@@ -16,12 +16,12 @@ import io
 import os
 import struct
 
-from common.errors import InputError
-from common.inputfile import read_input
-from elfcore.constants import SHF_COMPRESSED, SHF_EXECINSTR, SHN_LORESERVE, SHT_RELA, SHT_SYMTAB
-from elfcore.read import MAX_OBJECT_SIZE
-from elfcore.structs import EHDR, RELA, SHDR, SYM, r_sym, r_type
-from elfcore.x86_64 import R_X86_64_32, R_X86_64_32S, R_X86_64_64, reloc_type
+from patch_build.common.errors import InputError
+from patch_build.common.inputfile import read_input
+from patch_build.elfcore.constants import SHF_COMPRESSED, SHF_EXECINSTR, SHN_LORESERVE, SHT_RELA, SHT_SYMTAB
+from patch_build.elfcore.read import MAX_OBJECT_SIZE
+from patch_build.elfcore.structs import EHDR, RELA, SHDR, SYM, r_sym, r_type
+from patch_build.elfcore.x86_64 import R_X86_64_32, R_X86_64_32S, R_X86_64_64, reloc_type
 
 # The absolute relocations debug sections use; any other makes the file go pyelftools' way.
 _DEBUG_RELOCATIONS = {t: reloc_type(t) for t in (R_X86_64_64, R_X86_64_32, R_X86_64_32S)}

@@ -18,11 +18,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffobj.linked import read_model
-from report.disasm import function_diff
-from report.model import Explanation, FunctionDiff
-from report.patches import SourceHunk, same_file
-from report.sourcemap import SourceMap, base_name, read_source_map
+from patch_build.diffobj.linked import read_model
+from patch_build.report.disasm import function_diff
+from patch_build.report.model import Explanation, FunctionDiff
+from patch_build.report.patches import SourceHunk, same_file
+from patch_build.report.sourcemap import SourceMap, base_name, read_source_map
 
 MAX_SOURCE_BYTES = 16 << 20  # a source file larger than this is not read for names
 _DEFINED = (

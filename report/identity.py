@@ -10,10 +10,10 @@ import hashlib
 import os
 from pathlib import Path
 
-from elfcore.notes import build_id_of
-from elfcore.sections import section_contents
-from report.dwarf import dwarf_errors, read_dwarf
-from report.model import Artifact, Compiler, Target, Tool
+from patch_build.elfcore.notes import build_id_of
+from patch_build.elfcore.sections import section_contents
+from patch_build.report.dwarf import dwarf_errors, read_dwarf
+from patch_build.report.model import Artifact, Compiler, Target, Tool
 
 TOOL_NAME = "patch-build"
 # Flags that carry host paths; GCC leaves most of them out of DW_AT_producer, this catches the rest.
@@ -24,14 +24,7 @@ _PATH_FLAGS = ("-ffile-prefix-map=", "-fdebug-prefix-map=", "-fmacro-prefix-map=
 def tool() -> Tool:
     from importlib import metadata
 
-    try:
-        version = metadata.version(TOOL_NAME)
-    except metadata.PackageNotFoundError:  # running from a checkout that is not pip-installed
-        import tomllib
-
-        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
-        version = tomllib.loads(pyproject.read_text())["project"]["version"]
-    return Tool(TOOL_NAME, version)
+    return Tool(TOOL_NAME, metadata.version(TOOL_NAME))  # installed: packages live under patch_build.*
 
 
 def sha256_file(path: str | os.PathLike) -> str:

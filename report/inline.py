@@ -9,8 +9,8 @@ or, heuristically, when every function it is inlined into (at least two) changed
 """
 from __future__ import annotations
 
-from report.model import ReportWarning
-from report.sourcemap import SourceMap, base_name
+from patch_build.report.model import ReportWarning
+from patch_build.report.sourcemap import SourceMap, base_name
 
 INLINED_INTO_MANY = 3  # warn when a changed callee is inlined into at least this many functions
 

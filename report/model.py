@@ -14,10 +14,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from common.errors import InputError
-from common.inputfile import MIB, read_input
-from diffobj.include import Included  # what a report lists as included and rejected is the differ's finding
-from diffobj.problems import Problem
+from patch_build.common.errors import InputError
+from patch_build.common.inputfile import MIB, read_input
+from patch_build.diffobj.include import Included  # what a report lists as included and rejected is the differ's finding
+from patch_build.diffobj.problems import Problem
 
 SCHEMA_VERSION = 1
 MAX_REPORT_SIZE = 64 * MIB

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from report.model import Report
+from patch_build.report.model import Report
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import unidiff
 
-from common.errors import InputError
-from diffobj.line_numbers import Hunk, LineShifts
+from patch_build.common.errors import InputError
+from patch_build.diffobj.line_numbers import Hunk, LineShifts
 
 MAX_PATCH_BYTES = 64 << 20  # a patch larger than this is not a live patch
 

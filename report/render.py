@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
-from common.messages import printable
-from report.model import Report
-from report.overview import overview
+from patch_build.common.messages import printable
+from patch_build.report.model import Report
+from patch_build.report.overview import overview
 
 FORMATS = ("json", "md", "html")
 SUFFIXES = {"json": ".report.json", "md": ".report.md", "html": ".report.html"}
@@ -79,7 +79,7 @@ def _environment():
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("templates", "report"),
+        loader=jinja2.PackageLoader("patch_build.templates", "report"),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

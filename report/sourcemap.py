@@ -14,11 +14,11 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from elfcore.constants import ET_REL, SHN_LORESERVE, SHN_UNDEF, STT_FUNC
-from elfcore.headers import E_TYPE_END, elf_type
-from elfcore.symbols import symbols_of
-from report.dwarf import dwarf_errors, read_dwarf, text_address
-from report.patches import same_file
+from patch_build.elfcore.constants import ET_REL, SHN_LORESERVE, SHN_UNDEF, STT_FUNC
+from patch_build.elfcore.headers import E_TYPE_END, elf_type
+from patch_build.elfcore.symbols import symbols_of
+from patch_build.report.dwarf import dwarf_errors, read_dwarf, text_address
+from patch_build.report.patches import same_file
 
 
 def base_name(symbol: str) -> str:

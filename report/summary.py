@@ -5,11 +5,11 @@ import json
 import os
 from pathlib import Path
 
-from common.errors import InputError
-from report.build import report_path
-from report.identity import sha256_file
-from report.model import STATUS_EXIT, Report, read_report
-from report.render import FORMATS, SUFFIXES
+from patch_build.common.errors import InputError
+from patch_build.report.build import report_path
+from patch_build.report.identity import sha256_file
+from patch_build.report.model import STATUS_EXIT, Report, read_report
+from patch_build.report.render import FORMATS, SUFFIXES
 
 _ZERO_COUNTS = {"changed": 0, "new": 0, "unexplained": 0, "left_out": 0, "included": 0, "rejected": 0, "warnings": 0}
 

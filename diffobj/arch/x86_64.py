@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from elfcore.x86_64 import disassembler
+from patch_build.elfcore.x86_64 import disassembler
 
 # Integer arguments in registers (System V ABI), by position, as a 32-bit value (a line number) loads them.
 ARGUMENT_REGISTERS = ("edi", "esi", "edx", "ecx", "r8d", "r9d")

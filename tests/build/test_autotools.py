@@ -6,7 +6,7 @@ import subprocess
 from buildenv import FIXTURES, build_id, copy_fixture
 from support import elfcheck
 
-from patchformat.module import read_module
+from patch_build.patchformat.module import read_module
 
 
 def test_module_of_autotools_program(patch_build, tmp_path):

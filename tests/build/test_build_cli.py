@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from buildenv import FIXTURES
 
-from kbuild.cli import is_kernel_tree
+from patch_build.kbuild.cli import is_kernel_tree
 
 
 def test_kernel_tree_detection(tmp_path):

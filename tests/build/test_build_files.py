@@ -6,7 +6,7 @@ import json
 
 from buildenv import FIXTURES, assert_one_line_error, tiny_kernel_tree
 
-from kbuild.tree import build_files, is_build_file
+from patch_build.kbuild.tree import build_files, is_build_file
 
 CALC_AND_MAKEFILE = """--- a/Makefile
 +++ b/Makefile

@@ -10,7 +10,7 @@ import sys
 from buildenv import FIXTURES, REPO, assert_one_line_error, build_id, copy_fixture, make, tree_digest
 from support import elfcheck
 
-from patchformat.module import read_module
+from patch_build.patchformat.module import read_module
 
 
 def test_module_of_c_program(patch_build, tmp_path):
@@ -87,8 +87,8 @@ def test_new_function_called_from_another_unit(patch_build, tmp_path):
     prog = subprocess.Popen([src / "prog", "60"], stdout=subprocess.PIPE, text=True)
     try:
         assert "compute=1 " in prog.stdout.readline()  # compute(0) = 0 * 2 + 1
-        apply = subprocess.run([sys.executable, "-m", "loader", "apply", "-p", str(prog.pid), module],
-                               capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        apply = subprocess.run([sys.executable, "-m", "patch_build.loader", "apply", "-p", str(prog.pid), module],
+                               capture_output=True, text=True, timeout=60, env=dict(os.environ))
         assert apply.returncode == 0, apply.stderr
         computed = []  # the lines printed while patch-ctl ran come first: read on until a patched one
         while len(computed) < 15 and (not computed or computed[-1] < 1000):
@@ -110,9 +110,9 @@ def test_fix_applies_live_to_a_build_without_function_sections(patch_build, tmp_
     prog = subprocess.Popen([src / "prog", "60"], stdout=subprocess.PIPE, text=True)
     try:
         assert "hello, world " in prog.stdout.readline()
-        apply = subprocess.run([sys.executable, "-m", "loader", "apply", "-p", str(prog.pid),
+        apply = subprocess.run([sys.executable, "-m", "patch_build.loader", "apply", "-p", str(prog.pid),
                                 tmp_path / "out" / "cprog-fix.kpatch"],
-                               capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                               capture_output=True, text=True, timeout=60, env=dict(os.environ))
         assert apply.returncode == 0, apply.stderr
         lines = [prog.stdout.readline()]  # the lines printed while patch-ctl ran come first: read on
         while len(lines) < 100 and "hello, patched world" not in lines[-1]:

@@ -8,7 +8,7 @@ import subprocess
 from buildenv import FIXTURES, build_id, copy_fixture, tree_digest
 from support import elfcheck
 
-from patchformat.module import read_module
+from patch_build.patchformat.module import read_module
 
 BUILD = "cmake -S . -B build >/dev/null && cmake --build build"
 

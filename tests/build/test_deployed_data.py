@@ -9,7 +9,7 @@ import subprocess
 
 from buildenv import assert_one_line_error, build_id
 
-from patchformat.module import read_module
+from patch_build.patchformat.module import read_module
 
 SOURCE = r"""#include <stdio.h>
 #include <stdlib.h>

@@ -30,8 +30,8 @@ def _functions(report: dict) -> dict[str, tuple[dict, dict]]:
 
 
 def _module_functions(module) -> list[str]:
-    run = subprocess.run([sys.executable, "-m", "loader", "info", str(module)], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    run = subprocess.run([sys.executable, "-m", "patch_build.loader", "info", str(module)], capture_output=True, text=True,
+                         env=dict(os.environ))
     assert run.returncode == 0, run.stderr
     return sorted(line.split()[1] for line in run.stdout.splitlines() if line.startswith("function "))
 

@@ -13,7 +13,7 @@ import pytest
 from buildenv import FIXTURES, tiny_kernel_tree
 from typer.testing import CliRunner
 
-from report.model import Report
+from patch_build.report.model import Report
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +34,7 @@ def _assert_internal_error(result, report_path, kind: str, exception: str) -> di
 
 
 def test_user_build(tmp_path, monkeypatch):
-    from kbuild import cli, userspace
+    from patch_build.kbuild import cli, userspace
 
     monkeypatch.setattr(userspace, "read_module", lambda path: None)  # the linked module's reader "returns" nothing
     result = CliRunner().invoke(cli.app, ["-s", str(FIXTURES / "cprog"), "-t", "prog", "-o", str(tmp_path / "out"),
@@ -48,7 +48,7 @@ def test_user_build(tmp_path, monkeypatch):
 
 def test_kernel_build(tmp_path, monkeypatch):
     # The bug strikes before anything is compiled.
-    from kbuild import cli, kernel
+    from patch_build.kbuild import cli, kernel
 
     ksrc, headers, system_map = tiny_kernel_tree(tmp_path)
     (tmp_path / "fix.patch").write_text("--- a/kernel/fix.c\n+++ b/kernel/fix.c\n@@ -1 +1 @@\n"
@@ -66,7 +66,7 @@ def test_kernel_build(tmp_path, monkeypatch):
 
 
 def test_patch_diff_report(tmp_path, monkeypatch):
-    from diffobj import cli, diff
+    from patch_build.diffobj import cli, diff
 
     for name, value in (("orig", 1), ("patched", 2)):
         (tmp_path / f"{name}.c").write_text(f"int answer(int x) {{ return x * 7 + {value}; }}\n")

@@ -13,15 +13,15 @@ import pytest
 from buildenv import FIXTURES, REPO, assert_one_line_error, copy_fixture, make
 from support import elfcheck
 
-from kbuild.lto import lto_flag, object_contents
-from patchformat.module import read_module
+from patch_build.kbuild.lto import lto_flag, object_contents
+from patch_build.patchformat.module import read_module
 
 pytestmark = pytest.mark.slow  # LTO builds of whole programs, fixed live: about a minute
 
 
 def _patch_ctl(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "loader", *map(str, args)], capture_output=True, text=True,
-                          timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    return subprocess.run([sys.executable, "-m", "patch_build.loader", *map(str, args)], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ))
 
 
 def _prices(prog, until) -> list[tuple[int, int]]:

@@ -6,10 +6,10 @@ import subprocess
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from common.errors import InputError
-from linker.user import link_user_module
-from patchformat import integrity
-from patchformat.module import Target, read_module
+from patch_build.common.errors import InputError
+from patch_build.linker.user import link_user_module
+from patch_build.patchformat import integrity
+from patch_build.patchformat.module import Target, read_module
 
 # A differ output in miniature: one replacement function and its .kpatch.funcs entry.
 PATCH_OBJECT = """

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.kmodule import kernel_module
 
-from kbuild.options import BuildResult
-from kbuild.package import build_deb
-from loader.store import Store
+from patch_build.kbuild.options import BuildResult
+from patch_build.kbuild.package import build_deb
+from patch_build.loader.store import Store
 
 pytestmark = pytest.mark.slow  # builds modules and Debian packages, runs lintian and dpkg
 
@@ -48,9 +48,9 @@ class DpkgRoot:
         (self.root / "var/lib/dpkg/status").touch()
         bindir = base / "bin"
         bindir.mkdir()
-        (bindir / "patch-ctl").write_text(f'#!/bin/sh\nexec {sys.executable} -m loader "$@"\n')
+        (bindir / "patch-ctl").write_text(f'#!/bin/sh\nexec {sys.executable} -m patch_build.loader "$@"\n')
         (bindir / "patch-ctl").chmod(0o755)
-        self.env = dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{bindir}:{os.environ['PATH']}")
+        self.env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
         self.env.pop("PATCH_BUILD_STORE", None)  # the scripts then use $DPKG_ROOT/var/lib/patch-build
         self.store = Store(self.root / "var/lib/patch-build")
 

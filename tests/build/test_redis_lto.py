@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow  # three LTO builds of redis the first time (one c
 
 
 def _patch_ctl(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "loader", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    return subprocess.run([sys.executable, "-m", "patch_build.loader", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ))
 
 
 def _free_port() -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from diffobj.read import read_object
-from kbuild.deployed import UnitSymbols, load_binary, mismatches
+from patch_build.diffobj.read import read_object
+from patch_build.kbuild.deployed import UnitSymbols, load_binary, mismatches
 
 SOURCE = """
 int counter;

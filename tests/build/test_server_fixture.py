@@ -9,9 +9,9 @@ import subprocess
 
 from buildenv import FIXTURES, build_id, copy_fixture, make
 
-from kbuild.options import BuildOptions
-from kbuild.userspace import build_user_patch
-from patchformat.module import read_module
+from patch_build.kbuild.options import BuildOptions
+from patch_build.kbuild.userspace import build_user_patch
+from patch_build.patchformat.module import read_module
 
 
 def test_server_runs_and_its_fix_builds(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from buildenv import FIXTURES, build_id, copy_fixture, make
 from support import elfcheck
 
-from patchformat.module import read_module
+from patch_build.patchformat.module import read_module
 
 
 @pytest.mark.parametrize("mode", [[], ["--link-diff"]])  # per object; the linked library (issue 13)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from kbuild.wrapper import install_wrappers, read_log
+from patch_build.kbuild.wrapper import install_wrappers, read_log
 
 
 def test_records_objects_and_adds_sections(tmp_path):

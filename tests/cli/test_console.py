@@ -13,10 +13,10 @@ import time
 import pytest
 
 COMMANDS = {  # module run with `python -m`, and arguments that fail fast as bad input (exit 2)
-    "patch-ctl": ("loader", ["info", "/etc/hostname"]),
-    "patch-diff": ("diffobj", ["/etc/hostname", "/etc/hostname", "-o", "/dev/null"]),
-    "patch-report": ("report", ["/etc/hostname"]),
-    "patch-build": ("kbuild", ["-s", "/nonexistent", "x.patch"]),
+    "patch-ctl": ("patch_build.loader", ["info", "/etc/hostname"]),
+    "patch-diff": ("patch_build.diffobj", ["/etc/hostname", "/etc/hostname", "-o", "/dev/null"]),
+    "patch-report": ("patch_build.report", ["/etc/hostname"]),
+    "patch-build": ("patch_build.kbuild", ["-s", "/nonexistent", "x.patch"]),
 }
 
 

@@ -15,7 +15,7 @@ HEAVY = ("lief", "capstone", "elftools", "rich", "pydantic", "cryptography", "ji
 # Runs the entry point with the given argv, then prints which of HEAVY were imported.
 CHILD = """
 import contextlib, io, json, sys
-from diffobj import entry
+from patch_build.diffobj import entry
 prog, args, heavy = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 sys.argv = [prog, *args]
 out = io.StringIO()

@@ -142,8 +142,8 @@ MALFORMED = ["truncated_orig", "truncated_patched", "truncated_header", "not_elf
 @pytest.mark.parametrize("case", MALFORMED)
 def test_malformed_input_raises_input_error(cli_runs, case):
     """The library raises InputError (exit code 2) with a one-line message naming the file and the fault."""
-    from diffobj.diff import DiffOptions, diff_objects
-    from common.errors import InputError
+    from patch_build.diffobj.diff import DiffOptions, diff_objects
+    from patch_build.common.errors import InputError
 
     orig, patched, must_name, words = cli_runs[1][case]
     with pytest.raises(InputError) as info:

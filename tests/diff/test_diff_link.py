@@ -43,7 +43,7 @@ def _patch_for(fx, program: patchlink.ProgramSymbols):
     if not fx.manifest["link"].get("sympos"):
         assert fx.diff.returncode == 0, fx.diff.stderr
         return fx.diff.out
-    from diffobj.diff import DiffOptions, diff_objects
+    from patch_build.diffobj.diff import DiffOptions, diff_objects
 
     unit = fx.unit_name
     result = diff_objects(str(fx.orig), str(fx.patched),

@@ -21,7 +21,7 @@ def big_pair(tmp_path_factory):
 
 
 def test_one_changed_function_among_thousands(big_pair):
-    from diffobj.diff import DiffOptions, diff_objects
+    from patch_build.diffobj.diff import DiffOptions, diff_objects
 
     tmp, orig, patched = big_pair
     assert len(elfcheck.defined_functions(orig)) == COUNT

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from common.errors import InternalError
-from diffobj.diff import DiffOptions, diff_objects
-from diffobj.output import ReferenceNamer, check_references
+from patch_build.common.errors import InternalError
+from patch_build.diffobj.diff import DiffOptions, diff_objects
+from patch_build.diffobj.output import ReferenceNamer, check_references
 from support import elfcheck
 from support.diffcases import OBJNAME
 from support.hashseeds import patch_diff_outputs

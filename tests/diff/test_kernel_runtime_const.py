@@ -8,7 +8,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
-from diffobj.diff import DiffOptions, diff_objects
+from patch_build.diffobj.diff import DiffOptions, diff_objects
 from support import toolchain
 
 SOURCE = r"""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
-from diffobj.diff import DiffOptions, diff_objects
+from patch_build.diffobj.diff import DiffOptions, diff_objects
 from support import elfcheck, toolchain
 from support.diffcases import OBJNAME
 

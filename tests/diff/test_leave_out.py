@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
-from diffobj.diff import DiffOptions, diff_objects
+from patch_build.diffobj.diff import DiffOptions, diff_objects
 
 ORIG = """static inline __attribute__((always_inline)) int count(void) { static int n; return ++n; }
 int f(int x) { return x + count(); }

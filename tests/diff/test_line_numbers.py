@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from diffobj.diff import DiffOptions, diff_objects
-from report.patches import line_shifts
+from patch_build.diffobj.diff import DiffOptions, diff_objects
+from patch_build.report.patches import line_shifts
 from support.toolchain import compile_object
 
 CFLAGS = ["-O2", "-g", "-fno-asynchronous-unwind-tables"]

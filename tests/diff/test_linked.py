@@ -8,9 +8,9 @@ import subprocess
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from common.errors import InputError
-from diffobj.linked import read_linked
-from elfcore import ehframe
+from patch_build.common.errors import InputError
+from patch_build.diffobj.linked import read_linked
+from patch_build.elfcore import ehframe
 
 SOURCE = """#include <stdio.h>
 static int hits;

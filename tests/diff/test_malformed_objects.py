@@ -33,7 +33,7 @@ def pair(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def patch_diff():
-    with Runner("diffobj.cli", "patch-diff") as run:
+    with Runner("patch_build.diffobj.cli", "patch-diff") as run:
         yield run
 
 
@@ -169,7 +169,7 @@ def test_absolute_symbol_does_not_pair_with_a_defined_one(pair, patch_diff, tmp_
 
 def test_reference_changed_from_external_symbol_to_anonymous_data(tmp_path):
     """Not malformed at all: the comparer described the new target by a symbol it did not have."""
-    from diffobj.diff import DiffOptions, diff_objects
+    from patch_build.diffobj.diff import DiffOptions, diff_objects
 
     (tmp_path / "orig").mkdir()
     (tmp_path / "patched").mkdir()

@@ -10,11 +10,11 @@ import tracemalloc
 
 import pytest
 
-from common.errors import InputError
-from common.inputfile import read_input
-from diffobj.model import STB_GLOBAL, STB_LOCAL, STT_FUNC, STT_NOTYPE, Symbol
-from diffobj.read import read_object
-from elfcore.read import MAX_OBJECT_SIZE
+from patch_build.common.errors import InputError
+from patch_build.common.inputfile import read_input
+from patch_build.diffobj.model import STB_GLOBAL, STB_LOCAL, STT_FUNC, STT_NOTYPE, Symbol
+from patch_build.diffobj.read import read_object
+from patch_build.elfcore.read import MAX_OBJECT_SIZE
 
 SOURCE = "int zeroed[64]; int filled = 7; int use(int i) { return zeroed[i] + filled; }\n"
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import InputError
-from elfcore import ehframe, notes, symbols, x86_64
-from elfcore.binary import read_binary
-from elfcore.constants import ET_DYN, ET_EXEC, SHN_ABS, SHN_COMMON, SHN_UNDEF
-from elfcore.headers import check_header
-from elfcore.read import read_object
-from elfcore.symbols import symbol_table
+from patch_build.common.errors import InputError
+from patch_build.elfcore import ehframe, notes, symbols, x86_64
+from patch_build.elfcore.binary import read_binary
+from patch_build.elfcore.constants import ET_DYN, ET_EXEC, SHN_ABS, SHN_COMMON, SHN_UNDEF
+from patch_build.elfcore.headers import check_header
+from patch_build.elfcore.read import read_object
+from patch_build.elfcore.symbols import symbol_table
 
 SOURCE = r"""
 #include <stdio.h>

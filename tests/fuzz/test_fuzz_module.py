@@ -20,10 +20,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loader"))
 
-from common.errors import InputError  # noqa: E402
-from kbuild.options import BuildOptions  # noqa: E402
-from kbuild.userspace import build_user_patch  # noqa: E402
-from patchformat import integrity  # noqa: E402
+from patch_build.common.errors import InputError  # noqa: E402
+from patch_build.kbuild.options import BuildOptions  # noqa: E402
+from patch_build.kbuild.userspace import build_user_patch  # noqa: E402
+from patch_build.patchformat import integrity  # noqa: E402
 from livetarget import FIXTURE, Server  # noqa: E402
 from support.fuzzing import Runner, check_outcome, describe, mutations  # noqa: E402
 
@@ -78,7 +78,7 @@ def test_fuzz_module(module_and_tree, tmp_path):
     outcomes: dict[str, Counter] = {"plain": Counter(), "resealed": Counter()}
     applied = 0
     try:
-        with Runner("loader.cli", PROG, timeout=20.0) as run:
+        with Runner("patch_build.loader.cli", PROG, timeout=20.0) as run:
             def attempt(batch: str, what: str, path: Path) -> int | None:
                 """info and apply on one mutant; the apply's exit code (None: failed)."""
                 nonlocal applied

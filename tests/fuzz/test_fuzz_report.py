@@ -28,7 +28,7 @@ def test_patch_report_survives_mutated_reports(report_seed, tmp_path):
 
 @pytest.fixture(scope="module")
 def report_cli():
-    with Runner("report.cli", "patch-report") as run:
+    with Runner("patch_build.report.cli", "patch-report") as run:
         yield run
 
 
@@ -67,8 +67,8 @@ def test_special_and_huge_files_are_refused_unread(report_cli, tmp_path):
 
 
 @pytest.mark.parametrize("command, module, argv", [
-    ("patch-diff", "diffobj.cli", ["{input}", "{input}", "-o", "{out}"]),
-    ("patch-ctl", "loader.cli", ["info", "{input}"]),
+    ("patch-diff", "patch_build.diffobj.cli", ["{input}", "{input}", "-o", "{out}"]),
+    ("patch-ctl", "patch_build.loader.cli", ["info", "{input}"]),
 ])
 def test_other_commands_refuse_special_files(tmp_path, command, module, argv):
     fifo = tmp_path / "fifo"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kbuild.gotool import cache_dir
+from patch_build.kbuild.gotool import cache_dir
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "fixtures" / "go"
@@ -37,9 +37,9 @@ def go_env(root: Path) -> dict:
 
 
 def tool(module: str, *args, timeout: float = 600, env: dict | None = None) -> Run:
-    env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    env = dict(os.environ, **(env or {}))
     env.pop("PATCH_BUILD_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, "-m", f"patch_build.{module}", *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=timeout)
     return Run(proc.returncode, proc.stdout, proc.stderr)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, go_env, tool
-from common.errors import Refused
-from loader.golang import agent_dir, ask_agent
+from patch_build.common.errors import Refused
+from patch_build.loader.golang import agent_dir, ask_agent
 from server import Load, Server
 
 pytestmark = pytest.mark.slow

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kbuild.goasm import changed_functions, identity_uses, parse_listing
-from kbuild.golang import closure_parent, derived_path
-from patchformat.gobinary import stack_check_size
-from patchformat.gopatch import BadGoPatch, GoBind, GoFunc, GoPatch, read_gopatch, write_gopatch
+from patch_build.kbuild.goasm import changed_functions, identity_uses, parse_listing
+from patch_build.kbuild.golang import closure_parent, derived_path
+from patch_build.patchformat.gobinary import stack_check_size
+from patch_build.patchformat.gopatch import BadGoPatch, GoBind, GoFunc, GoPatch, read_gopatch, write_gopatch
 
 PKG = "example.com/app/store"
 

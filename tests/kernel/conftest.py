@@ -20,9 +20,9 @@ sys.path.insert(0, os.fspath(Path(__file__).parent))
 
 from debian_kernel import LINES, KernelEnv, debug_vmlinux, kernel_env  # noqa: E402
 
-from diffobj.struct_sizes import StructSizes  # noqa: E402
-from common.buildcmd import build_environment  # noqa: E402
-from kbuild.struct_sizes import struct_sizes  # noqa: E402
+from patch_build.diffobj.struct_sizes import StructSizes  # noqa: E402
+from patch_build.common.buildcmd import build_environment  # noqa: E402
+from patch_build.kbuild.struct_sizes import struct_sizes  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "kernel"
 
@@ -63,7 +63,7 @@ def patch_build(kenv: KernelEnv):
     def build(patch: str, outdir: Path, *extra: str) -> Built:
         name = extra[extra.index("-n") + 1] if "-n" in extra else "livepatch_" + Path(patch).stem.replace("-", "_")
         symbols = [] if "-v" in extra else ["--system-map", os.fspath(kenv.kallsyms)]
-        proc = subprocess.run([sys.executable, "-m", "kbuild", "-s", os.fspath(kenv.source), *symbols,
+        proc = subprocess.run([sys.executable, "-m", "patch_build.kbuild", "-s", os.fspath(kenv.source), *symbols,
                                "--headers", os.fspath(kenv.headers),
                                "-o", os.fspath(outdir), *extra, os.fspath(fixture_patch(kenv, patch))],
                               capture_output=True, text=True, stdin=subprocess.DEVNULL)

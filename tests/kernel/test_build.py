@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from kbuild.kernel import kernel_release
-from kbuild.options import BuildOptions
+from patch_build.kbuild.kernel import kernel_release
+from patch_build.kbuild.options import BuildOptions
 
 pytestmark = [pytest.mark.kernel]
 

@@ -11,9 +11,9 @@ import os
 
 import pytest
 
-from kbuild.kernel import kernel_release
-from kbuild.kernel_symbols import read_elf_symbols, read_system_map
-from kbuild.options import BuildOptions
+from patch_build.kbuild.kernel import kernel_release
+from patch_build.kbuild.kernel_symbols import read_elf_symbols, read_system_map
+from patch_build.kbuild.options import BuildOptions
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 

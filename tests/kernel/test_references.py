@@ -150,7 +150,7 @@ def test_module_name_of_the_kernel_is_refused(kenv, tmp_path, name):
     shutil.copy(kenv.kallsyms, symbols)
     (tmp_path / "lib" / "modules").mkdir(parents=True)
     (tmp_path / "lib" / "modules" / kenv.release).symlink_to(kenv.modules)
-    proc = subprocess.run([sys.executable, "-m", "kbuild", "-s", os.fspath(kenv.source), "--system-map",
+    proc = subprocess.run([sys.executable, "-m", "patch_build.kbuild", "-s", os.fspath(kenv.source), "--system-map",
                            os.fspath(symbols), "--headers", os.fspath(kenv.headers), "-o", os.fspath(tmp_path),
                            "-n", name, os.fspath(fixture_patch(kenv, "cmdline-prefix.patch"))],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from diffobj.diff import DiffOptions, diff_objects
+from patch_build.diffobj.diff import DiffOptions, diff_objects
 
 OBJTOOL_TABLES = {".return_sites", ".retpoline_sites", ".orc_unwind_ip", ".orc_unwind"}
 

@@ -17,9 +17,9 @@ import subprocess
 
 import pytest
 
-from diffobj.diff import DiffOptions, diff_objects
-from diffobj.model import OutputObject
-from report.patches import line_shifts
+from patch_build.diffobj.diff import DiffOptions, diff_objects
+from patch_build.diffobj.model import OutputObject
+from patch_build.report.patches import line_shifts
 from kernel_unit import compile_pair
 
 pytestmark = [pytest.mark.kernel]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kbuild.options import BuildOptions
-from kbuild.userspace import build_user_patch
+from patch_build.kbuild.options import BuildOptions
+from patch_build.kbuild.userspace import build_user_patch
 from livetarget import FIXTURE, Builds, Server
 
 CET_CFLAGS = "-O2 -g -Wall -fcf-protection=full"  # functions start with endbr64

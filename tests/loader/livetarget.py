@@ -31,11 +31,11 @@ class Run:
 
 
 def patch_ctl_argv(*args) -> list[str]:
-    return [sys.executable, "-m", "loader", *map(str, args)]
+    return [sys.executable, "-m", "patch_build.loader", *map(str, args)]
 
 
 def patch_ctl_env() -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ)
     env.pop("PATCH_BUILD_DEBUG", None)
     return env
 

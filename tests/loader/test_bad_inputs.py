@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from loader.ptrace import Stopped
+from patch_build.loader.ptrace import Stopped
 from livetarget import Server, assert_one_line_error, patch_ctl, patch_ctl_argv, patch_ctl_env
 
 

@@ -18,8 +18,8 @@ import uuid
 
 import pytest
 
-from kbuild.options import BuildOptions
-from kbuild.userspace import build_user_patch
+from patch_build.kbuild.options import BuildOptions
+from patch_build.kbuild.userspace import build_user_patch
 from livetarget import FIXTURE, Server, patch_ctl, patch_ctl_argv, patch_ctl_env
 
 pytestmark = pytest.mark.slow  # a tagged server tree and its module built, a daemon run: about 40 s

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from elfcore.ehframe import TERMINATOR, records
-from elfcore.read import read_object
-from kbuild.options import BuildOptions
-from kbuild.userspace import build_user_patch
-from patchformat import integrity
+from patch_build.elfcore.ehframe import TERMINATOR, records
+from patch_build.elfcore.read import read_object
+from patch_build.kbuild.options import BuildOptions
+from patch_build.kbuild.userspace import build_user_patch
+from patch_build.patchformat import integrity
 from livetarget import REPO, assert_one_line_error, patch_ctl
-from loader.ehframe import unwind_section
+from patch_build.loader.ehframe import unwind_section
 
 FIXTURE = REPO / "fixtures" / "cxx-throw"
 ORIGINAL = {"5": "OK 10", "-5": "ERR negative: -5", "abc": "ERR not a number", "13": "FAIL unlucky",
@@ -224,9 +224,9 @@ def _blocked_pc(tid: int) -> int:
 def test_registry_call_thread(thrower):
     """The unwinder's calls are made by a thread stopped outside libgcc_s and the allocator: the main thread
     unless it is inside code to avoid, then another; every thread released afterwards."""
-    from loader.frames import find_registry
-    from loader.session import Session, in_clear_thread
-    from loader.resolve import Resolver
+    from patch_build.loader.frames import find_registry
+    from patch_build.loader.session import Session, in_clear_thread
+    from patch_build.loader.resolve import Resolver
 
     thrower.answers()
     s = Session(thrower.pid)
@@ -256,10 +256,10 @@ def test_remote_function_call(thrower):
     """A function called in a stopped thread returns its value; every register, vector ones included, is
     as it was right after the call (so a patch-ctl killed between two calls leaves the thread as it found
     it), and the thread carries on."""
-    from loader.session import Session
-    from loader.ptrace import Stopped
-    from loader.remote import RemoteCaller, RemoteError
-    from loader.resolve import Resolver
+    from patch_build.loader.session import Session
+    from patch_build.loader.ptrace import Stopped
+    from patch_build.loader.remote import RemoteCaller, RemoteError
+    from patch_build.loader.resolve import Resolver
 
     s = Session(thrower.pid)
     try:

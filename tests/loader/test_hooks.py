@@ -7,8 +7,8 @@ import tempfile
 
 import pytest
 
-from kbuild.options import BuildOptions
-from kbuild.userspace import build_user_patch
+from patch_build.kbuild.options import BuildOptions
+from patch_build.kbuild.userspace import build_user_patch
 from livetarget import FIXTURE, Load, Server, assert_one_line_error, patch_ctl
 
 pytestmark = pytest.mark.slow  # two modules built, servers patched live: about 40 s

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from elftools.elf.elffile import ELFFile
 
-from patchformat import integrity
-from patchformat.sections import FUNCS, OFFSET
+from patch_build.patchformat import integrity
+from patch_build.patchformat.sections import FUNCS, OFFSET
 from livetarget import FIXTURE, Server, assert_one_line_error, patch_ctl, patch_ctl_env
 
 RELA_OFFSET, RELA_TYPE = 0, 8
@@ -196,7 +196,7 @@ def keys(tmp_path_factory):
 
 
 def patch_build(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kbuild", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "patch_build.kbuild", *map(str, args)], capture_output=True, text=True,
                           env=patch_ctl_env(), timeout=300)
 
 

@@ -6,7 +6,7 @@ import json
 import threading
 import time
 
-from patchformat import integrity
+from patch_build.patchformat import integrity
 from livetarget import Load, Server, assert_one_line_error, patch_ctl
 
 

@@ -11,13 +11,13 @@ import struct
 import capstone
 import pytest
 
-from diffobj.read import read_object
-from loader import layout, x86_64 as arch
-from loader.remote import PROT_EXEC, PROT_READ
-from loader.resolve import ResolveError, split_local
-from loader.procfs import Memory, read_maps
-from loader.state import PatchedFunc, PatchRecord
-from loader.unwind import Unwinder, _StackWords
+from patch_build.diffobj.read import read_object
+from patch_build.loader import layout, x86_64 as arch
+from patch_build.loader.remote import PROT_EXEC, PROT_READ
+from patch_build.loader.resolve import ResolveError, split_local
+from patch_build.loader.procfs import Memory, read_maps
+from patch_build.loader.state import PatchedFunc, PatchRecord
+from patch_build.loader.unwind import Unwinder, _StackWords
 
 
 @pytest.mark.parametrize("name, objs, expected", [

@@ -45,8 +45,8 @@ def test_patch_whose_replaced_function_a_later_one_calls(builds, server):
 def test_hundred_apply_revert_cycles_under_load(builds):
     """The 16-thread server under client load, patched and reverted 100 times (in-process: the library
     calls patch-ctl makes): not one failed request, and the behaviour flips each time."""
-    from loader.apply import apply_patch
-    from loader.revert import revert_patches
+    from patch_build.loader.apply import apply_patch
+    from patch_build.loader.revert import revert_patches
     from livetarget import Server
 
     server = Server(builds.deployed, 16)

@@ -12,12 +12,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.errors import InputError
+from patch_build.common.errors import InputError
 from livetarget import assert_one_line_error, patch_ctl, patch_ctl_argv, patch_ctl_env
-from loader.store import Store
+from patch_build.loader.store import Store
 from support.kmodule import kernel_module
 
-from patchformat.module import read_module
+from patch_build.patchformat.module import read_module
 
 pytestmark = pytest.mark.slow  # builds modules and installs them into stores
 

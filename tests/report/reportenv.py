@@ -7,8 +7,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffobj.diff import DiffOptions, diff_objects
-from report.collect import build_report, object_report
+from patch_build.diffobj.diff import DiffOptions, diff_objects
+from patch_build.report.collect import build_report, object_report
 
 DATA = Path(__file__).parent / "data"
 CFLAGS = ["-O2", "-g", "-ffunction-sections", "-fdata-sections"]

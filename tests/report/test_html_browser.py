@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from report.build import write_reports
+from patch_build.report.build import write_reports
 
 from browser import Browser, screenshot
 

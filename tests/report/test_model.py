@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from report.model import Report
-from report.patches import lines_by_file, read_hunks
-from report.render import to_json
+from patch_build.report.model import Report
+from patch_build.report.patches import lines_by_file, read_hunks
+from patch_build.report.render import to_json
 
 from reportenv import CFLAGS, build_pair, diff_and_report
 
@@ -127,8 +127,8 @@ def test_changed_lines_of_a_unified_diff(tmp_path):
 def test_cplusplus_functions_are_shown_demangled(tmp_path):
     import subprocess
 
-    from diffobj.diff import diff_objects
-    from report.collect import diff_report
+    from patch_build.diffobj.diff import diff_objects
+    from patch_build.report.collect import diff_report
 
     source = "struct Meter {{ int n; int bump(int by); }};\nint Meter::bump(int by) {{ n += by * {}; return n; }}\n"
     for side, k in (("orig", 2), ("patched", 3)):
@@ -145,7 +145,7 @@ def test_user_target_is_named_by_basename_and_gnu_build_id(tmp_path):
     import re
     import subprocess
 
-    from report.identity import user_target
+    from patch_build.report.identity import user_target
 
     (tmp_path / "main.c").write_text("int main(void) { return 0; }\n")
     subprocess.run(["gcc", "-Wl,--build-id=sha1", "main.c", "-o", "server"], cwd=tmp_path, check=True)
@@ -161,8 +161,8 @@ def test_a_change_from_date_and_time_is_flagged_with_its_cause(tmp_path):
     import os
     import subprocess
 
-    from diffobj.diff import diff_objects
-    from report.collect import build_report, object_report
+    from patch_build.diffobj.diff import diff_objects
+    from patch_build.report.collect import build_report, object_report
 
     source = ("const char *stamp(void)\n{\n\treturn __DATE__ \" \" __TIME__;\n}\n\n\n\n\n\n"
               "int level(void)\n{\n\treturn %d;\n}\n")
@@ -191,8 +191,8 @@ def test_a_change_from_date_and_time_is_flagged_with_its_cause(tmp_path):
 def test_a_broken_patch_is_bad_input_naming_the_file(tmp_path):
     import pytest
 
-    from common.errors import InputError
-    from report.patches import touched_files
+    from patch_build.common.errors import InputError
+    from patch_build.report.patches import touched_files
 
     cut = tmp_path / "cut.patch"
     cut.write_text("--- a/x.c\n+++ b/x.c\n@@ -1,3 +1,3 @@\n a\n")  # the hunk says 3 lines, has 1
@@ -211,8 +211,8 @@ def test_a_changed_type_explains_the_functions_that_use_it(tmp_path):
     typedef'd struct whose name only its closing line gives."""
     import subprocess
 
-    from diffobj.diff import diff_objects
-    from report.collect import object_report
+    from patch_build.diffobj.diff import diff_objects
+    from patch_build.report.collect import object_report
 
     header = ("struct conf {\n\tint a;\n\tint x1;\n\tint x2;\n\tint x3;\n\tint x4;\n%s\tint b;\n};\n\n\n\n\n\n\n"
               "typedef struct {\n%s\tint level;\n} knob_t;\n")
@@ -243,8 +243,8 @@ def test_a_comment_after_an_inline_helper_explains_none_of_its_callers(tmp_path)
     import os
     import subprocess
 
-    from diffobj.diff import diff_objects
-    from report.collect import build_report, object_report
+    from patch_build.diffobj.diff import diff_objects
+    from patch_build.report.collect import build_report, object_report
 
     header = "static inline int twice(int x)\n{\n\treturn x * 2;\n}\n\n\n\n\n/* %s */\n"
     unit = ('#include <stdio.h>\n#include "twice.h"\n\nint stamp(int v)\n{\n\tputs(__TIME__);\n'

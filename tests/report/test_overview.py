@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from report.overview import overview
-from report.render import TEXT_BAR, to_html, to_markdown
+from patch_build.report.overview import overview
+from patch_build.report.render import TEXT_BAR, to_html, to_markdown
 
 
 def _rows(report) -> dict[str, int]:

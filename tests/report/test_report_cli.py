@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from report.build import write_reports
-from report.summary import json_summary
+from patch_build.report.build import write_reports
+from patch_build.report.summary import json_summary
 
 
 def patch_report(*args):

@@ -2,7 +2,7 @@
 outputs and JSON reports, with no build path inside, and the report carries SOURCE_DATE_EPOCH only."""
 from __future__ import annotations
 
-from report.build import write_reports
+from patch_build.report.build import write_reports
 
 from reportenv import build_pair, diff_and_report
 

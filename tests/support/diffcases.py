@@ -54,7 +54,7 @@ def patch_diff_command() -> list[str]:
     exe = shutil.which("patch-diff")
     if exe:
         return [exe]
-    return [sys.executable, "-m", "diffobj"]
+    return [sys.executable, "-m", "patch_build.diffobj"]
 
 
 def names_of(entries) -> set[str]:
@@ -146,7 +146,7 @@ class Fixture:
     def diff(self) -> DiffRun:
         """The differ run once through its Python API (the CLI costs seconds of imports per run;
         test_diff_cli.py checks that the CLI agrees): exit code as patch-diff maps it, the report, OUT.o."""
-        from diffobj.diff import DiffOptions, diff_objects
+        from patch_build.diffobj.diff import DiffOptions, diff_objects
 
         out = self.workdir / "out.o"
         result = diff_objects(str(self.orig), str(self.patched), DiffOptions(kernel=self.kernel, objname=OBJNAME))

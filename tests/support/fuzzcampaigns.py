@@ -32,7 +32,7 @@ def diff_campaign(root: Path, seed: int, scale: float = 1.0):
     fixtures.compile_all(list(DIFF_PAIRS))
     counts, failures = collections.Counter(), []
     mutant, out = root / "mutant.o", root / "out.o"
-    with Runner("diffobj.cli", "patch-diff") as run:
+    with Runner("patch_build.diffobj.cli", "patch-diff") as run:
         for name, count in DIFF_PAIRS.items():
             fx, manifest = fixtures[name], load_manifest(name)
             extra = ["--objname", OBJNAME]
@@ -77,7 +77,7 @@ def report_campaign(root: Path, doc: dict, seed: int, structural: int, byte_leve
     path = root / "mutant.report.json"
     text = json.dumps(doc, indent=1).encode()
     inputs = [*json_mutations(doc, seed, structural), *mutations(text, seed, byte_level)]
-    with Runner("report.cli", "patch-report") as run:
+    with Runner("patch_build.report.cli", "patch-report") as run:
         for i, (what, blob) in enumerate(inputs):
             path.write_bytes(blob)
             outcome = run([str(path), "--format", REPORT_FORMATS[i % len(REPORT_FORMATS)]])

@@ -2,7 +2,7 @@
 process that runs a console script many times without paying Python and LIEF start-up per input, and the
 check every outcome must pass (exit 0-3, no traceback, one error line at most, no raw control characters).
 
-    with Runner("diffobj.cli", "patch-diff") as run:
+    with Runner("patch_build.diffobj.cli", "patch-diff") as run:
         for what, blob in mutations(seed_bytes, seed=1, count=100):
             path.write_bytes(blob)
             problems = check_outcome(run([str(path), str(other), "-o", str(out)]), "patch-diff")

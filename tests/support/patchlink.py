@@ -22,8 +22,8 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
-from patchformat.names import is_reference, parse_reference
-from patchformat.sections import FUNCS, records
+from patch_build.patchformat.names import is_reference, parse_reference
+from patch_build.patchformat.sections import FUNCS, records
 
 PATCH_BASE = 0x10000000  # within rel32 range of a non-PIE program at 0x400000, and of 32-bit absolutes
 R_X86_64_64 = 1
