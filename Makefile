@@ -15,12 +15,13 @@ deps:
 demo: deps
 	@$(PYTHON) scripts/demo.py
 
+# -P: the checkout is not put on sys.path, so the code is imported as installed (patch_build.*)
 test: deps
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -P -m pytest -q tests
 
 # everything but the qemu boots and the long runs (fault injection at every step, ...): a few minutes
 test-fast: deps
-	$(PYTHON) -m pytest -q -m "not kernel and not slow" tests
+	$(PYTHON) -P -m pytest -q -m "not kernel and not slow" tests
 
 bench: deps
 	$(PYTHON) bench/diff_bench.py

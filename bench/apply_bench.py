@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from patch_build.kbuild.options import BuildOptions  # noqa: E402
 from patch_build.kbuild.userspace import build_user_patch  # noqa: E402

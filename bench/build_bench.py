@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from patch_build.kbuild.options import BuildOptions  # noqa: E402
 from patch_build.kbuild.userspace import build_user_patch  # noqa: E402

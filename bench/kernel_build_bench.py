@@ -21,7 +21,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, os.fspath(ROOT / "tests" / "kernel"))
-sys.path.insert(0, os.fspath(ROOT))
 
 from debian_kernel import CACHE, LINES, KernelEnv, kernel_env  # noqa: E402
 
