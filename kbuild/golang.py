@@ -12,13 +12,13 @@ import json
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 from patch_build.common.messages import internal_error_reported
 from patch_build.common.errors import InputError, NoChange, PatchBuildError, Refused
 from patch_build.kbuild.goasm import GoFunction, changed_functions, disassembly, identity_uses, parse_listing
 from patch_build.kbuild.gotool import BuildInfo, go_environment, go_list, read_build_info, run_go, toolchain_version
+from patch_build.kbuild.timing import StepTimes
 from patch_build.kbuild.options import BuildOptions, BuildResult
 from patch_build.kbuild.tree import apply_patch, check_patch, copy_tree, in_scratch
 from patch_build.kbuild.userspace import module_name
@@ -119,12 +119,12 @@ def _explain(func: GoFunction | None, hunks) -> list[Explanation]:
     return found
 
 
-class _GoBuild:
+class _GoBuild(StepTimes):
     def __init__(self, options: BuildOptions, name: str, scratch: Path, binary: Path):
+        super().__init__()
         self.o, self.name, self.scratch, self.binary = options, name, scratch, binary
         self.src = options.srcdir.resolve()
         self.env = go_environment(scratch)
-        self.timings: dict[str, float] = {}
         self.objects: list[ObjectReport] = []
         self.info: BuildInfo | None = None
         self.listings: tuple[dict[str, GoFunction], dict[str, GoFunction]] = ({}, {})  # original, patched
@@ -133,13 +133,6 @@ class _GoBuild:
     def run(self) -> BuildResult:
         with internal_error_reported(lambda message: self._report("error", message)):
             return self._run()
-
-    def _timed(self, key: str, fn, *args):
-        start = time.monotonic()
-        try:
-            return fn(*args)
-        finally:
-            self.timings[key] = self.timings.get(key, 0.0) + time.monotonic() - start
 
     def _run(self) -> BuildResult:
         o, progress = self.o, self.o.progress

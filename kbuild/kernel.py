@@ -19,7 +19,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -43,6 +42,7 @@ from patch_build.kbuild.kernel_symbols import (
     read_system_map,
 )
 from patch_build.kbuild.modsign import read_signer, sign_file_tool, sign_module, signing_hash
+from patch_build.kbuild.timing import StepTimes
 from patch_build.kbuild.options import BuildOptions, BuildResult
 from patch_build.kbuild.struct_sizes import struct_sizes
 from patch_build.kbuild.tree import apply_patch, in_scratch, is_build_file
@@ -180,8 +180,9 @@ def _callback_tables(output: OutputObject | None) -> list[OutSection]:
     return [s for s in output.sections if s.name.startswith(CALLBACKS_PREFIX)] if output is not None else []
 
 
-class _KernelBuild:
+class _KernelBuild(StepTimes):
     def __init__(self, options: BuildOptions, name: str, scratch: Path):
+        super().__init__()
         self.o = options
         self.name = name
         self.scratch = scratch
@@ -192,7 +193,6 @@ class _KernelBuild:
         # KCFLAGS too, and would redo them (and relink modpost) at the first unit build if they changed.
         self.tree_env = dict(self.env, KCFLAGS=(self.env.get("KCFLAGS", "") + " " + KCFLAGS).strip())
         self.progress = options.progress
-        self.timings: dict[str, float] = {}
         self.klp_sections: list[str] = []
         self.signer = read_signer(options.sign_key, options.sign_cert)  # the options first, the tree after
         self.release = kernel_release(options)
@@ -204,13 +204,6 @@ class _KernelBuild:
             sign_file_tool(self.headers)  # found now, not after the build
         self.sig_hash = signing_hash(self.headers)
         self._check_name()
-
-    def _timed(self, key: str, fn, *args):
-        start = time.monotonic()
-        try:
-            return fn(*args)
-        finally:
-            self.timings[key] = self.timings.get(key, 0.0) + time.monotonic() - start
 
     # ---- the steps ------------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from patch_build.diffobj.read import read_object
 from patch_build.kbuild.buildreport import build_file_warning, write_build_report
 from patch_build.kbuild.deployed import DeployedBinary, load_binary
 from patch_build.kbuild.lto import describe, diff_linked, lto_unit
+from patch_build.kbuild.timing import StepTimes
 from patch_build.kbuild.options import BuildOptions, BuildResult
 from patch_build.kbuild.tree import apply_patch, build_files, check_patch, copy_tree, in_scratch
 from patch_build.kbuild.units import UnitDiff, UnitJob, diff_unit
@@ -78,24 +79,17 @@ def build_user_patch(options: BuildOptions) -> BuildResult:
     return in_scratch(options, name, lambda scratch: _Build(options, name, scratch).run())
 
 
-class _Build:
+class _Build(StepTimes):
     def __init__(self, options: BuildOptions, name: str, scratch: Path):
+        super().__init__()
         self.o = options
         self.name = name
         self.scratch = scratch
         self.tree = scratch / "src"
         self.jobs = options.jobs or os.cpu_count() or 1
-        self.timings: dict[str, float] = {}
         self.progress = options.progress
         self.build_files: list[str] = []  # the build-system files the patches change
         self.generated: list[str] = []  # source files the patched build wrote that no patch touches
-
-    def _timed(self, key: str, fn, *args):
-        start = time.monotonic()
-        try:
-            return fn(*args)
-        finally:
-            self.timings[key] = self.timings.get(key, 0.0) + time.monotonic() - start
 
     def run(self) -> BuildResult:
         with internal_error_reported(lambda message: self._report("error", message)):

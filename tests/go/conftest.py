@@ -14,21 +14,10 @@ from pathlib import Path
 import pytest
 
 from patch_build.kbuild.gotool import cache_dir
+from support.runs import Run
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "fixtures" / "go"
-
-
-@dataclass
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def last_line(self) -> str:
-        lines = [l for l in self.stderr.splitlines() if l.strip()]
-        return lines[-1] if lines else ""
 
 
 def go_env(root: Path) -> dict:

@@ -13,21 +13,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.runs import Run
+
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "fixtures" / "server"
-
-
-@dataclass
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def last_line(self) -> str:
-        lines = [l for l in self.stderr.splitlines() if l.strip()]
-        return lines[-1] if lines else ""
 
 
 def patch_ctl_argv(*args) -> list[str]:
