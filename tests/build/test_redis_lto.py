@@ -1,7 +1,9 @@
 """A real project's own LTO build (issue 13): Debian bookworm's redis, from its source package (fetched, unpacked
 and built once by tests/support/debian_redis.py, cached outside the checkout), built with `-O3 -flto` as redis
-7.2 and later build by default (plus -ffunction-sections -fdata-sections: see BUILD_CMD), and fixed live with an upstream fix: the same process, its keys and its client's
-connection kept, the fix visible to that client, then reverted."""
+7.2 and later build by default (plus -ffunction-sections -fdata-sections: see BUILD_CMD), and fixed live with an
+upstream fix: the same process, its keys and its client's connection kept, the fix visible to that client, then
+reverted. The patch builds; loading it is not done yet (the live test is an expected failure, strict: it says so the
+day it passes)."""
 from __future__ import annotations
 
 import os
@@ -13,7 +15,6 @@ import time
 
 import pytest
 import redis as redis_client
-from buildenv import REPO
 from support.debian_redis import BUILD_CMD, FIX, TARGET, redis_tree
 
 pytestmark = pytest.mark.slow  # three LTO builds of redis the first time (one cached), two after: minutes
@@ -51,17 +52,34 @@ def _bitcount_missing(client) -> int | str:
         return str(e)
 
 
-@pytest.mark.xfail(strict=True, reason="not done yet: the module builds, but patch-ctl refuses it: jump tables of the "
-                   "included functions point at code of the link no modelled piece covers, referenced as `.text`")
-def test_redis_lto_build_fixed_live(patch_build, tmp_path):
+@pytest.fixture(scope="module")
+def redis_build(tmp_path_factory):
+    """patch-build on redis's LTO build, once for the tests of this file: (run, module, tree)."""
+    tmp_path = tmp_path_factory.mktemp("redis-lto")
     tree = redis_tree()
     out = tmp_path / "out"
-    run = patch_build("-s", tree.built, "-t", TARGET, "--build-cmd", BUILD_CMD, "--only-explained", "-o", out, FIX)
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    env.pop("PATCH_BUILD_DEBUG", None)
+    run = subprocess.run([sys.executable, "-m", "patch_build.kbuild", "-s", str(tree.built), "-t", TARGET,
+                          "--build-cmd", BUILD_CMD, "--only-explained", "-o", str(out), str(FIX)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    return run, out / "redis-bitcount-args.kpatch", tree
+
+
+def test_redis_lto_patch_builds(redis_build):
+    run, module, _ = redis_build
     assert run.returncode == 0, run.stderr[-5000:]
     assert re.search(r"LTO build: \d+ of \d+ compiled units use link-time optimisation \(-flto=auto\); their "
                      r"objects hold IR only: diffing the linked programs \(link-diff\)", run.stderr), run.stderr
     assert re.search(r"function\(s\): [^)]*redis-server:bitcountCommand\b", run.stderr), run.stderr
-    module = out / "redis-bitcount-args.kpatch"
+    assert module.is_file()
+
+
+@pytest.mark.xfail(strict=True, reason="not done yet: the module builds, but patch-ctl refuses it: jump tables of the "
+                   "included functions point at code of the link no modelled piece covers, referenced as `.text`")
+def test_redis_lto_fixed_live(redis_build, tmp_path):
+    run, module, tree = redis_build
+    assert run.returncode == 0 and module.is_file()  # test_redis_lto_patch_builds says why not
 
     port = _free_port()
     server = subprocess.Popen([tree.server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
