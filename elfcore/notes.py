@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from patch_build.common.errors import InputError
+
 if TYPE_CHECKING:  # pyelftools is imported by the first file opened
     from elftools.elf.elffile import ELFFile
 
@@ -19,8 +21,15 @@ def build_id(elf: ELFFile) -> str | None:
 
 
 def build_id_of(path: str | os.PathLike) -> str | None:
-    """The GNU build-id of the ELF file at `path`."""
+    """The GNU build-id of the ELF file at `path` (only its notes are read); InputError when it is not readable
+    as ELF."""
+    import struct
+
+    from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
     with open(path, "rb") as f:
-        return build_id(ELFFile(f))
+        try:
+            return build_id(ELFFile(f))
+        except (ELFError, ValueError, IndexError, KeyError, struct.error) as e:  # pyelftools on bad data
+            raise InputError(f"{os.path.basename(path)}: not a readable ELF file ({e})") from None

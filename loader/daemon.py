@@ -30,7 +30,6 @@ from elftools.elf.elffile import ELFFile
 from patch_build.common.interrupts import Interrupted
 from patch_build.common.errors import InputError, PatchBuildError
 from patch_build.elfcore import notes
-from patch_build.elfcore.binary import read_binary
 from patch_build.elfcore.constants import ELFMAG
 from patch_build.loader.apply import apply_patch
 from patch_build.loader.entry import at_entry
@@ -138,8 +137,8 @@ class Daemon:
                 try:
                     with open(path, "rb") as f:
                         elf = f.read(4) == ELFMAG
-                    if elf:
-                        self.build_ids[key] = read_binary(path).build_id or ""
+                    if elf:  # its notes only: the daemon looks at every file every new process maps
+                        self.build_ids[key] = notes.build_id_of(path) or ""
                 except (OSError, InputError):
                     pass
             if self.build_ids[key]:
