@@ -1,10 +1,12 @@
 """`patch-build --package deb`: a built module and its reports as a Debian package (issue 15).
 
 The package `patch-build-NAME` carries the module in /usr/lib/patch-build/packages/NAME/ and the reports in
-/usr/share/doc/patch-build-NAME/; its postinst runs `patch-ctl install` (a kernel module is also loaded when
-the running kernel is the one it was built for; a user-space patch gets its own systemd service,
-`patch-ctl daemon --only NAME`, enabled and started), its prerm `patch-ctl uninstall`. Built with `dpkg-deb`;
-same module, reports, version and SOURCE_DATE_EPOCH, same bytes. Layout and scripts: docs/design.md.
+/usr/share/doc/patch-build-NAME/; its postinst runs `patch-ctl install` and enables the package's systemd
+service, its prerm disables it and runs `patch-ctl uninstall`. A user-space patch's service is `patch-ctl
+daemon --only NAME` (started at once); a kernel patch's is a boot step that runs the boot loader of kernel
+patches (loader.boot, a copy shipped beside the module), which the postinst also runs for this patch when
+the running kernel is the one it was built for. Built with `dpkg-deb`; same module, reports, version and
+SOURCE_DATE_EPOCH, same bytes. Layout and scripts: docs/design.md.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from patch_build.common.errors import InputError
 from patch_build.kbuild.options import BuildResult
+from patch_build.loader.boot import LOADER, loader_script
 from patch_build.loader.store import describe
 from patch_build.patchformat.integrity import read_module_bytes
 
@@ -45,7 +48,7 @@ configure)
     fi
     # --force: a new version of this package replaces the module its previous version installed.
     patch-ctl install --force --store "$STORE" "$MODULE"
-{load}{start}    ;;
+{enable}{load}    ;;
 esac
 exit 0
 """
@@ -53,14 +56,34 @@ exit 0
 # Loading is best effort: the module stays installed whatever happens, and a failure is logged, not fatal.
 KERNEL_LOAD = """\
     if [ -z "$DPKG_ROOT" ] && [ "$(uname -r)" = "{release}" ]; then
-        if [ -d /sys/module/{name} ]; then
-            echo "{package}: {name} is loaded already"
-        elif ! insmod "$MODULE"; then
+        if ! /{loader} --store "$STORE" --only {name}; then
             message="{package}: warning: loading {name} into the running kernel failed; it stays installed"
             echo "$message" >&2
             logger -t {package} "$message" 2>/dev/null || true
         fi
     fi
+"""
+
+# Kernel: the package's boot step loads every installed kernel patch of the booted release, as kpatch.service
+# does kpatch's: early (before the network and the services), once, with a kernel command line to skip it.
+KERNEL_UNIT = """\
+[Unit]
+Description=Kernel live patches installed by patch-build, loaded at boot ({name} among them)
+Documentation=file:///usr/share/doc/{package}/{name}.report.html
+DefaultDependencies=no
+RequiresMountsFor=/var/lib/patch-build
+Before=network-pre.target shutdown.target
+Wants=network-pre.target
+Conflicts=shutdown.target
+ConditionKernelCommandLine=!patch-build.kernel=0
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh /{loader}
+
+[Install]
+WantedBy=multi-user.target
 """
 
 # User space: the package's own service keeps the patch applied (`patch-ctl daemon --only NAME`): one unit per
@@ -80,16 +103,22 @@ Restart=on-failure
 WantedBy=multi-user.target
 """
 
-SERVICE_START = """\
-    if [ -z "$DPKG_ROOT" ] && [ -d /run/systemd/system ]; then
+# In an image being built (dpkg --root) the service is enabled there, for its first boot.
+SERVICE_ENABLE = """\
+    if [ -n "$DPKG_ROOT" ]; then
+        systemctl --root="$DPKG_ROOT" enable {package}.service >/dev/null 2>&1 \\
+            || echo "{package}: warning: {package}.service could not be enabled in $DPKG_ROOT" >&2
+    elif [ -d /run/systemd/system ]; then
         systemctl daemon-reload || true
-        systemctl enable --now {package}.service || echo "{package}: warning: {package}.service did not start" >&2
+        systemctl enable {now}{package}.service || echo "{package}: warning: {package}.service could not be enabled" >&2
     fi
 """
 
-SERVICE_STOP = """\
-    if [ -z "$DPKG_ROOT" ] && [ -d /run/systemd/system ]; then
-        systemctl disable --now {package}.service || true
+SERVICE_DISABLE = """\
+    if [ -n "$DPKG_ROOT" ]; then
+        systemctl --root="$DPKG_ROOT" disable {package}.service >/dev/null 2>&1 || true
+    elif [ -d /run/systemd/system ]; then
+        systemctl disable {now}{package}.service || true
     fi
 """
 
@@ -190,8 +219,12 @@ def build_deb(result: BuildResult, outdir: Path, epoch: int, version: str | None
         # A version with a Debian revision is that of a non-native package: its changelog has another name.
         _write(docs / ("changelog.Debian.gz" if "-" in version else "changelog.gz"),
                gzip.compress(changelog.encode(), 9, mtime=epoch))
-        if entry.kind == "user":
-            _write(root / UNIT_DIR / f"{package}.service", UNIT.format(name=entry.name, package=package).encode())
+        unit = UNIT if entry.kind == "user" else KERNEL_UNIT
+        loader = f"{MODULE_DIR}/{entry.name}/{LOADER}"
+        _write(root / UNIT_DIR / f"{package}.service", unit.format(name=entry.name, package=package,
+                                                                   loader=loader).encode())
+        if entry.kind == "kernel":
+            _write(root / loader, loader_script(), 0o755)
         # The loader links the module by its symbol table: stripping it would break it.
         _write(root / "usr/share/lintian/overrides" / package,
                f"{package}: unstripped-binary-or-object [{module}]\n".encode())
@@ -207,13 +240,14 @@ def build_deb(result: BuildResult, outdir: Path, epoch: int, version: str | None
         _write(control / "control", (
             f"Package: {package}\nVersion: {version}\nArchitecture: {ARCH}\nMaintainer: {contact}\n"
             f"Installed-Size: {installed_kib}\nSection: admin\nPriority: optional\n{description}").encode())
-        load = KERNEL_LOAD.format(release=entry.kernel_release, name=entry.name, package=package) \
+        now = "--now " if entry.kind == "user" else ""  # a kernel patch is loaded below, not by its boot step
+        load = KERNEL_LOAD.format(release=entry.kernel_release, name=entry.name, package=package, loader=loader) \
             if entry.kind == "kernel" else ""
-        start, stop = (SERVICE_START.format(package=package), SERVICE_STOP.format(package=package)) \
-            if entry.kind == "user" else ("", "")
-        _write(control / "postinst", POSTINST.format(name=entry.name, module=module, package=package,
-                                                     load=load, start=start).encode(), 0o755)
-        _write(control / "prerm", PRERM.format(name=entry.name, package=package, stop=stop).encode(), 0o755)
+        _write(control / "postinst", POSTINST.format(name=entry.name, module=module, package=package, load=load,
+                                                     enable=SERVICE_ENABLE.format(package=package, now=now)).encode(),
+               0o755)
+        _write(control / "prerm", PRERM.format(name=entry.name, package=package,
+                                               stop=SERVICE_DISABLE.format(package=package, now=now)).encode(), 0o755)
         for d in [root, *(p for p in root.rglob("*") if p.is_dir())]:
             os.chmod(d, 0o755)
         outdir.mkdir(parents=True, exist_ok=True)

@@ -329,6 +329,17 @@ def daemon(store: Optional[Path] = StoreOption, timeout: float = TimeoutOption,
 
 
 @app.command()
+def boot(store: Optional[Path] = StoreOption,
+         only: Optional[str] = typer.Option(None, "--only", metavar="NAME", help="Load only this installed patch.")):
+    """Load the installed kernel patches of the running kernel, in the store's order, each verified; one not
+    intact or refused by the kernel is logged and left out (exit 1), the others load (needs root)."""
+    from patch_build.loader.boot import load_kernel_patches
+    from patch_build.loader.store import Store
+
+    raise typer.Exit(_guarded(lambda: load_kernel_patches(Store(store).root, only)))
+
+
+@app.command()
 def status(json_output: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Which processes carry which patches."""
     from patch_build.loader.daemon import carried_patches

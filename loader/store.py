@@ -2,8 +2,10 @@
 
 Patches that stay applied live here, keyed by what they target: user-space modules (`NAME.kpatch`) by the
 build-ids of their targets, kernel modules (`NAME.ko`) by the kernel release of their vermagic. A daemon
-asks `Store.for_build_id` / `Store.for_kernel` and calls `Store.verify` before each use. Layout, index
-format and permissions: docs/design.md ("Patch store").
+asks `Store.for_build_id` / `Store.for_kernel` and calls `Store.verify` before each use. For each kernel
+release the store also writes a plain-text manifest, `kernel/RELEASE`, that the boot loader (a shell
+script: loader/boot.py) reads where no Python runs, an initramfs. Layout, index and manifest formats,
+permissions: docs/design.md ("Patch store").
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ DEFAULT_ROOT = Path("/var/lib/patch-build")
 ROOT_ENV = "PATCH_BUILD_STORE"
 INDEX = "index.json"
 MODULES = "modules"
+KERNEL = "kernel"  # the per-release manifests
 LOCK = ".lock"
 INDEX_FORMAT = "patch-build-store"
 INDEX_VERSION = 1
@@ -37,6 +40,8 @@ KERNEL_SIGNATURE = b"~Module signature appended~\n"  # what scripts/sign-file ap
 # A module name becomes a file name in the store: no path separators, no leading dot.
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+# A kernel release (`uname -r`) names a manifest file: no path separators, no leading dot, no white space.
+RELEASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}")
 
 
 @dataclass
@@ -98,6 +103,8 @@ def describe(path: str | os.PathLike, data: bytes, trusted=None) -> Installed:
         release = info.get("vermagic", "").split(" ")[0]
         if not release:
             raise InputError(f"{base}: no vermagic in .modinfo: the kernel release it is for is unknown")
+        if not RELEASE.fullmatch(release):
+            raise InputError(f"{base}: vermagic names an unusable kernel release {release!r}")
         entry = Installed(name=info.get("name") or base[:-len(SUFFIXES["kernel"])], kind="kernel", file="",
                           sha256=sha, kernel_release=release,
                           signer="module signature" if data.endswith(KERNEL_SIGNATURE) else "")
@@ -115,6 +122,7 @@ def _entry(index: Path, raw) -> Installed:
         ok = (NAME.fullmatch(entry.name) and entry.kind in SUFFIXES and SHA256.fullmatch(entry.sha256)
               and entry.file == f"{MODULES}/{entry.name}-{entry.sha256[:16]}{SUFFIXES[entry.kind]}"
               and isinstance(entry.kernel_release, str) and isinstance(entry.signer, str)
+              and (entry.kind == "user" or RELEASE.fullmatch(entry.kernel_release))
               and isinstance(entry.targets, list)
               and all(isinstance(t, dict) and set(t) == {"name", "build_id"} for t in entry.targets))
     except TypeError:
@@ -122,6 +130,16 @@ def _entry(index: Path, raw) -> Installed:
     if not ok:
         raise InputError(f"{index}: malformed store index entry: {json.dumps(raw, sort_keys=True)[:200]}")
     return entry
+
+
+def kernel_manifest(entries: list[Installed], release: str) -> bytes:
+    """The manifest of `release`'s kernel patches: a comment line, then `SHA256 FILE NAME` per patch in
+    the order the boot loader loads them (by name), FILE relative to the store root. One space between
+    fields: none of them can hold one (SHA256, NAME, RELEASE patterns above)."""
+    lines = [f"# patch-build: the kernel patches installed for {release}, in load order: SHA256 FILE NAME\n"]
+    lines += [f"{e.sha256} {e.file} {e.name}\n" for e in sorted(entries, key=lambda e: e.name)
+              if e.kind == "kernel" and e.kernel_release == release]
+    return "".join(lines).encode()
 
 
 class Store:
@@ -156,10 +174,11 @@ class Store:
         if not self._exists():
             os.makedirs(self.root, mode=0o700)
             os.chmod(self.root, 0o700)  # whatever the umask
-        modules = self.root / MODULES
-        if not os.path.lexists(modules):
-            os.mkdir(modules, 0o700)
-        self._check_safe(modules)
+        for sub in (MODULES, KERNEL):
+            path = self.root / sub
+            if not os.path.lexists(path):
+                os.mkdir(path, 0o700)
+            self._check_safe(path)
 
     @contextlib.contextmanager
     def _locked(self):
@@ -200,6 +219,15 @@ class Store:
                "patches": [asdict(e) for e in sorted(entries, key=lambda e: e.name)]}
         _write_file(self.index, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
 
+    def _write_manifests(self, entries: list[Installed]) -> None:
+        """Rewrite the manifest of every release with a kernel patch; remove those of releases without."""
+        releases = {e.kernel_release for e in entries if e.kind == "kernel"}
+        for release in sorted(releases):
+            _write_file(self.root / KERNEL / release, kernel_manifest(entries, release))
+        for path in sorted((self.root / KERNEL).iterdir()):
+            if path.name not in releases:
+                path.unlink()
+
     def _drop_unreferenced(self, entries: list[Installed]) -> None:
         """Remove module files no entry names: replaced ones, or those a crash left before the index."""
         wanted = {e.file for e in entries}
@@ -221,15 +249,17 @@ class Store:
             if old is not None and old.sha256 == entry.sha256:
                 with contextlib.suppress(InputError):  # a damaged store copy is repaired below
                     self.verify(old)
+                    self._write_manifests(entries)  # a manifest lost or damaged is repaired too
                     return old, False
             if old is not None and old.sha256 != entry.sha256 and not force:
                 raise Refused([(entry.name, f"installed already with other contents (sha256:{old.sha256[:16]}..., "
                                             f"{old.kind}); --force replaces it")])
-            # The new file first, then the index that names it, then the old file: whenever the process
-            # stops, the index names files that hold what it records.
+            # The new file first, then the index and the manifests that name it, then the old file:
+            # whenever the process stops, the index and the manifests name files that hold what they record.
             _write_file(self.root / entry.file, data)
             entries = [e for e in entries if e.name != entry.name] + [entry]
             self._write_index(entries)
+            self._write_manifests(entries)
             self._drop_unreferenced(entries)
         return entry, True
 
@@ -244,6 +274,7 @@ class Store:
                 raise InputError(f"{name}: not installed in {self.root}")
             entries.remove(old)
             self._write_index(entries)
+            self._write_manifests(entries)
             self._drop_unreferenced(entries)
         return old
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from buildenv import FIXTURES, REPO, assert_one_line_error, copy_fixture, make
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support.dpkgroot import DpkgRoot
 from support.kmodule import kernel_module
 
 from patch_build.kbuild.options import BuildResult
 from patch_build.kbuild.package import build_deb
-from patch_build.loader.store import Store
+from patch_build.loader.boot import loader_script
 
 pytestmark = pytest.mark.slow  # builds modules and Debian packages, runs lintian and dpkg
 
@@ -36,34 +36,6 @@ def lintian(deb: Path) -> list[str]:
     tags = proc.stdout.splitlines()
     assert proc.returncode == 0 and not [t for t in tags if t.startswith("E:")], proc.stdout + proc.stderr
     return tags
-
-
-class DpkgRoot:
-    """An empty system for dpkg (`--root`) whose maintainer scripts run patch-ctl from this checkout."""
-
-    def __init__(self, base: Path):
-        self.root = base / "root"
-        (self.root / "var/lib/dpkg/info").mkdir(parents=True)
-        (self.root / "var/lib/dpkg/updates").mkdir()
-        (self.root / "var/lib/dpkg/status").touch()
-        bindir = base / "bin"
-        bindir.mkdir()
-        (bindir / "patch-ctl").write_text(f'#!/bin/sh\nexec {sys.executable} -m patch_build.loader "$@"\n')
-        (bindir / "patch-ctl").chmod(0o755)
-        self.env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
-        self.env.pop("PATCH_BUILD_STORE", None)  # the scripts then use $DPKG_ROOT/var/lib/patch-build
-        self.store = Store(self.root / "var/lib/patch-build")
-
-    def dpkg(self, *args) -> str:
-        proc = subprocess.run(["dpkg", f"--root={self.root}", "--force-script-chrootless", *map(str, args)],
-                              capture_output=True, text=True, env=self.env, timeout=120)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc.stdout + proc.stderr
-
-    def status(self, package: str) -> str:
-        proc = subprocess.run(["dpkg-query", f"--admindir={self.root}/var/lib/dpkg", "-W", "-f=${Status}", package],
-                              capture_output=True, text=True)
-        return proc.stdout
 
 
 def test_user_space_package(patch_build, packaging, tmp_path, monkeypatch):
@@ -113,6 +85,8 @@ def test_user_space_package(patch_build, packaging, tmp_path, monkeypatch):
     system = DpkgRoot(tmp_path)
     system.dpkg("-i", deb)
     assert system.status("patch-build-cprog-fix") == "install ok installed"
+    wanted = system.root / "etc/systemd/system/multi-user.target.wants/patch-build-cprog-fix.service"
+    assert os.path.lexists(wanted)  # enabled in the root, for its first boot
     [entry] = system.store.entries()
     assert (entry.name, entry.kind, entry.signer) == ("cprog-fix", "user", "")
     assert system.store.verify(entry).read_bytes() == (tmp_path / "v1" / "cprog-fix.kpatch").read_bytes()
@@ -125,14 +99,16 @@ def test_user_space_package(patch_build, packaging, tmp_path, monkeypatch):
 
     system.dpkg("-r", "patch-build-cprog-fix")
     assert system.status("patch-build-cprog-fix") == ""  # no conffiles: dpkg forgets the package
+    assert not os.path.lexists(wanted)
     assert system.store.entries() == []
     assert list((system.store.root / "modules").iterdir()) == []
     assert not (system.root / "usr/lib/patch-build/packages/cprog-fix").exists()
 
 
 def test_kernel_package(packaging, tmp_path):
-    """The store keys a kernel module by its release; the postinst loads it only on that running kernel, and
-    never when installing into another root."""
+    """The store keys a kernel module by its release; the package ships the boot loader of kernel patches and
+    a boot unit that runs it, enabled in the root it is installed into; the postinst loads the module (with
+    that loader) only on the running kernel of its release, and never when installing into another root."""
     ko = kernel_module(tmp_path / "livepatch_fix.ko", "livepatch_fix", "6.1.0-99-amd64")
     report = tmp_path / "livepatch_fix.report.json"
     report.write_text(json.dumps({"status": "built"}))
@@ -142,15 +118,30 @@ def test_kernel_package(packaging, tmp_path):
     postinst = subprocess.run(["dpkg-deb", "-I", str(deb), "postinst"], capture_output=True, text=True,
                               check=True).stdout
     assert '[ -z "$DPKG_ROOT" ] && [ "$(uname -r)" = "6.1.0-99-amd64" ]' in postinst
+    assert ('/usr/lib/patch-build/packages/livepatch_fix/load-kernel-patches --store "$STORE" --only livepatch_fix'
+            in postinst)
     assert subprocess.run(["sh", "-n"], input=postinst, text=True).returncode == 0
     lintian(deb)
 
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path / "unpacked")], check=True)
+    shipped = tmp_path / "unpacked/usr/lib/patch-build/packages/livepatch_fix/load-kernel-patches"
+    assert shipped.read_bytes() == loader_script() and shipped.stat().st_mode & 0o777 == 0o755
+    unit = tmp_path / "unpacked/lib/systemd/system/patch-build-livepatch-fix.service"
+    text = unit.read_text()
+    assert "ExecStart=/bin/sh /usr/lib/patch-build/packages/livepatch_fix/load-kernel-patches\n" in text
+    assert "Type=oneshot\nRemainAfterExit=yes\n" in text and "DefaultDependencies=no\n" in text
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert verify.returncode == 0 and not verify.stderr, verify.stderr
+
     system = DpkgRoot(tmp_path)
     out = system.dpkg("-i", deb)
-    assert "loading" not in out and "insmod" not in out
+    assert "loading" not in out and "loaded" not in out
     assert [e.name for e in system.store.for_kernel("6.1.0-99-amd64")] == ["livepatch_fix"]
+    wanted = system.root / "etc/systemd/system/multi-user.target.wants/patch-build-livepatch-fix.service"
+    assert os.readlink(wanted) == "/lib/systemd/system/patch-build-livepatch-fix.service"
     system.dpkg("-r", "patch-build-livepatch-fix")
     assert system.store.entries() == []
+    assert not os.path.lexists(wanted)
 
 
 def test_postinst_without_patch_ctl_fails_clearly(packaging, tmp_path):

@@ -1,0 +1,91 @@
+#!/bin/sh
+# patch-build's boot loader of kernel live patches: loads the patches installed in the store for the running
+# kernel, in the order of the store's manifest STORE/kernel/$(uname -r) ("SHA256 FILE NAME" lines, by name;
+# written by loader/store.py), each only when its file still has the SHA-256 the manifest records. A patch
+# that is not intact or that the kernel refuses is logged and left out; the others load all the same.
+# POSIX sh with sha256sum, stat and insmod (busybox is enough): it runs where Python may not, an initramfs.
+# usage: load-kernel-patches [--store DIR] [--only NAME]
+# Exit 0: every patch loaded (or loaded already, or none installed); 1: one or more left out; 2: bad usage,
+# an unsafe store or a malformed manifest. One line per patch on stdout (under systemd: the journal).
+STORE=${PATCH_BUILD_STORE:-/var/lib/patch-build}
+ONLY=
+while [ $# -gt 0 ]; do
+    case $1 in
+    --store|--only)
+        if [ $# -lt 2 ]; then echo "load-kernel-patches: $1 needs a value" >&2; exit 2; fi
+        if [ "$1" = --store ]; then STORE=$2; else ONLY=$2; fi
+        shift 2 ;;
+    *)
+        echo "load-kernel-patches: unknown argument '$1' (usage: load-kernel-patches [--store DIR] [--only NAME])" >&2
+        exit 2 ;;
+    esac
+done
+RELEASE=$(uname -r)
+MANIFEST=$STORE/kernel/$RELEASE
+
+# Why PATH must not be trusted (it decides what runs in the kernel), or nothing: as loader/store.py checks.
+unsafe() {
+    if [ -L "$1" ]; then echo "$1 is a symbolic link"; return; fi
+    set -- "$1" $(stat -c '%u %a' "$1" 2>/dev/null)
+    if [ $# -ne 3 ]; then echo "$1 cannot be read"; return; fi
+    if [ "$2" != 0 ] && [ "$2" != "$(id -u)" ]; then echo "$1 is owned by uid $2, not by root"; return; fi
+    if [ $((0$3 & 022)) -ne 0 ]; then echo "$1 is writable by group or others (mode $3)"; fi
+}
+
+if [ ! -e "$MANIFEST" ] && [ ! -L "$MANIFEST" ]; then
+    if [ -n "$ONLY" ]; then echo "not loaded $ONLY into kernel $RELEASE: not installed for it in $STORE"; exit 1; fi
+    echo "no kernel patches installed for $RELEASE in $STORE"
+    exit 0
+fi
+for path in "$STORE" "$STORE/kernel" "$MANIFEST"; do
+    why=$(unsafe "$path")
+    if [ -n "$why" ]; then echo "load-kernel-patches: refused: $why" >&2; exit 2; fi
+done
+# Boot units of several packages may run at once: one at a time, so the order stays the manifest's.
+if command -v flock >/dev/null 2>&1 && [ -f "$STORE/.lock" ]; then
+    exec 9<"$STORE/.lock"
+    flock 9
+fi
+
+# A malformed line: the store is damaged, and nothing is loaded from it.
+line=0
+while read -r sha file name rest; do
+    line=$((line + 1))
+    case $sha in '#'*) continue ;; esac
+    case $sha$file$name in *[!A-Za-z0-9_.+/-]*) bad=1 ;; *) bad= ;; esac
+    case $file in modules/*/*|modules/.*|*..*) bad=1 ;; modules/?*) ;; *) bad=1 ;; esac
+    if [ -n "$bad" ] || [ ${#sha} -ne 64 ] || [ -z "$name" ] || [ -n "$rest" ]; then
+        echo "load-kernel-patches: $MANIFEST: malformed line $line" >&2
+        exit 2
+    fi
+done <"$MANIFEST"
+
+status=0
+found=
+while read -r sha file name rest; do
+    case $sha in '#'*) continue ;; esac
+    if [ -n "$ONLY" ] && [ "$name" != "$ONLY" ]; then continue; fi
+    found=1
+    if [ -d "/sys/module/$name" ]; then
+        echo "loaded already: $name"
+        continue
+    fi
+    module=$STORE/$file
+    why=$(unsafe "$module")
+    if [ -z "$why" ]; then
+        sum=$(sha256sum "$module" 2>/dev/null)
+        sum=${sum%% *}
+        [ "$sum" = "$sha" ] || why="$module is not intact (sha256 ${sum:-unreadable}, the store records $sha)"
+    fi
+    if [ -z "$why" ]; then
+        why=$(insmod "$module" 2>&1) && { echo "loaded $name into kernel $RELEASE ($module)"; continue; }
+        why="insmod $module: $(echo "$why" | head -n 1)"
+    fi
+    echo "not loaded $name into kernel $RELEASE, left out: $why"
+    status=1
+done <"$MANIFEST"
+if [ -n "$ONLY" ] && [ -z "$found" ]; then
+    echo "not loaded $ONLY into kernel $RELEASE: not installed for it in $STORE"
+    status=1
+fi
+exit $status
