@@ -66,6 +66,7 @@ def test_wheel_installs_everything_under_one_namespace(wheel):
     assert any(n.startswith("patch_build/templates/report/") and n.endswith(".j2") for n in names)
     assert any(n.startswith("patch_build/linker/") and n.endswith(".lds") for n in names)
     assert "patch_build/go/agent/agent.go" in names and "patch_build/go/go.mod" in names  # what Go patches build with
+    assert "patch_build/loader/load-kernel-patches.sh" in names  # the boot loader kernel patch packages ship
 
 
 def test_wheel_builds_and_reads_a_patch_in_a_clean_venv(wheel, tmp_path):
