@@ -37,7 +37,7 @@ if [ ! -e "$MANIFEST" ] && [ ! -L "$MANIFEST" ]; then
     echo "no kernel patches installed for $RELEASE in $STORE"
     exit 0
 fi
-for path in "$STORE" "$STORE/kernel" "$MANIFEST"; do
+for path in "$STORE" "$STORE/kernel" "$STORE/modules" "$MANIFEST"; do
     why=$(unsafe "$path")
     if [ -n "$why" ]; then echo "load-kernel-patches: refused: $why" >&2; exit 2; fi
 done

@@ -288,7 +288,8 @@ class Store:
 
     def verify(self, entry: Installed) -> Path:
         """The path of `entry`'s module once its file is checked: the SHA-256 the index records and, for a
-        user-space module, its own digest and signature. InputError naming what is wrong."""
+        user-space module, its own digest and signature; for a kernel module, its release's manifest too.
+        InputError naming what is wrong."""
         path = self.root / entry.file
         if os.path.lexists(path):
             self._check_safe(path)
@@ -297,7 +298,19 @@ class Store:
             raise InputError(f"{path}: modified since it was installed (the store records sha256:{entry.sha256})")
         if describe(path, data).name != entry.name:  # user space: examines the seal too
             raise InputError(f"{path}: holds another module than {entry.name}")
+        if entry.kind == "kernel":
+            self._check_manifest(entry.kernel_release)
         return path
+
+    def _check_manifest(self, release: str) -> None:
+        """The boot loader reads the manifest, not the index: it must say what the index says."""
+        manifest = self.root / KERNEL / release
+        if os.path.lexists(manifest):
+            self._check_safe(manifest)
+        data = read_input(manifest, "kernel patch manifest", MAX_INDEX_BYTES)
+        if data != kernel_manifest(self.entries(), release):
+            raise InputError(f"{manifest}: does not list the kernel patches of {release} the index records "
+                             "(installing one of them again rewrites it)")
 
 
 @contextlib.contextmanager

@@ -113,3 +113,19 @@ def test_unsafe_store_or_manifest_refused(store, tmp_path, shell):
     assert (run.returncode, run.stdout, run.stderr) == (2, "", f"load-kernel-patches: {manifest}: malformed line 4\n")
     bad = loader(shell, tmp_path, "--store")
     assert bad.returncode == 2 and bad.stderr == "load-kernel-patches: --store needs a value\n"
+
+
+def test_manifest_checked_against_the_index(store, tmp_path):
+    """`patch-ctl installed` reports a manifest that says other than the index (the boot loader reads it);
+    installing one of its patches again repairs it."""
+    manifest = store / "kernel" / OTHER
+    manifest.write_text(manifest.read_text().replace(" elsewhere\n", " other\n"))
+    run = patch_ctl("installed", "--store", store)
+    assert run.returncode == 2
+    assert (f"elsewhere (kernel {OTHER}; sha256:" in run.stdout
+            and f"NOT INTACT: {manifest}: does not list the kernel patches of {OTHER} the index records" in run.stdout)
+    assert patch_ctl("install", "--store", store, tmp_path / "elsewhere.ko").returncode == 0
+    assert manifest.read_text().endswith(" elsewhere\n")
+    manifest.unlink()
+    run = patch_ctl("installed", "--store", store)
+    assert run.returncode == 2 and f"NOT INTACT: {manifest}: No such file or directory" in run.stdout, run.stdout
