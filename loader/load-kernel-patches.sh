@@ -54,6 +54,7 @@ while read -r sha file name rest; do
     case $sha in '#'*) continue ;; esac
     case $sha$file$name in *[!A-Za-z0-9_.+/-]*) bad=1 ;; *) bad= ;; esac
     case $file in modules/*/*|modules/.*|*..*) bad=1 ;; modules/?*) ;; *) bad=1 ;; esac
+    case $sha in *[!0-9a-f]*) bad=1 ;; esac
     if [ -n "$bad" ] || [ ${#sha} -ne 64 ] || [ -z "$name" ] || [ -n "$rest" ]; then
         echo "load-kernel-patches: $MANIFEST: malformed line $line" >&2
         exit 2

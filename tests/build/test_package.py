@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from buildenv import FIXTURES, REPO, assert_one_line_error, copy_fixture, make
+from buildenv import FIXTURES, assert_one_line_error, copy_fixture, make
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.dpkgroot import DpkgRoot

@@ -111,6 +111,11 @@ def test_unsafe_store_or_manifest_refused(store, tmp_path, shell):
     manifest.write_text(text + "0123 modules/../../x.ko x\n")
     run = loader(shell, tmp_path, "--store", store)
     assert (run.returncode, run.stdout, run.stderr) == (2, "", f"load-kernel-patches: {manifest}: malformed line 4\n")
+    header, first, *others = text.splitlines(keepends=True)
+    sha, fields = first.split(" ", 1)
+    manifest.write_text("".join([header, f"{sha.upper()} {fields}", *others]))  # a digest in capitals
+    run = loader(shell, tmp_path, "--store", store)
+    assert (run.returncode, run.stdout, run.stderr) == (2, "", f"load-kernel-patches: {manifest}: malformed line 2\n")
     bad = loader(shell, tmp_path, "--store")
     assert bad.returncode == 2 and bad.stderr == "load-kernel-patches: --store needs a value\n"
 
