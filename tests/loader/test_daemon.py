@@ -51,9 +51,11 @@ def tagged(tmp_path_factory):
 class Daemon:
     """`patch-ctl daemon` in the foreground, its lines collected as they come."""
 
-    def __init__(self, store):
-        self.proc = subprocess.Popen(patch_ctl_argv("daemon", "--store", store), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=patch_ctl_env())
+    def __init__(self, store, wrapper: list[str] = (), fault: str = ""):
+        """`wrapper`: the command that runs it (setpriv: with fewer capabilities); `fault`: PATCH_CTL_FAULT."""
+        env = dict(patch_ctl_env(), PATCH_CTL_FAULT=fault) if fault else patch_ctl_env()
+        self.proc = subprocess.Popen([*wrapper, *patch_ctl_argv("daemon", "--store", store)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env)
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -167,33 +169,97 @@ FIRST_FIX = """--- a/first.c
 +__attribute__((noinline)) int answer(void) { return 42; }
  int main(void) { printf("%d\\n", answer()); return 0; }
 """
+# no patch targets it: prints, first thing, whether it is traced (a daemon that held it would be its tracer)
+OTHER = """#include <stdio.h>
+#include <string.h>
+int main(void) {
+    char line[256];
+    FILE *f = fopen("/proc/self/status", "r");
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "TracerPid:", 10) == 0) fputs(line, stdout);
+    return 0;
+}
+const char other_test_run[] = "RUN";
+"""
+GATE_OPEN = "exec gate open on "
 
 
-def test_daemon_patches_a_new_process_before_its_main(tmp_path):
-    """A process the daemon stops in time (still in the dynamic linker: the exec event reaches the daemon
-    asynchronously, so on a loaded machine some start too fast) is held at its entry point while the patch
-    is applied: the first line its main prints is already patched. The others run on (and finish) unharmed."""
-    src, deployed = tmp_path / "src", tmp_path / "deployed"
-    tag = uuid.uuid4().hex  # a build-id of this run's own
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    """(the `first` program, its answer-fix module, the `other` program), of this run's own build-ids."""
+    root = tmp_path_factory.mktemp("first")
+    src, deployed = root / "src", root / "deployed"
+    tag = uuid.uuid4().hex
     for tree in (src, deployed):
         tree.mkdir()
         (tree / "first.c").write_text(FIRST.replace("RUN", tag))
         (tree / "Makefile").write_text("first: first.o\n\t$(CC) -o $@ first.o\n"
                                        "first.o: first.c\n\t$(CC) -O2 -g -c -o $@ first.c\n")
-    (tmp_path / "answer-fix.patch").write_text(FIRST_FIX)
+    (deployed / "other.c").write_text(OTHER.replace("RUN", tag))
+    (root / "answer-fix.patch").write_text(FIRST_FIX)
     subprocess.run(["make", "-s"], cwd=deployed, check=True, capture_output=True)
+    subprocess.run(["cc", "-O2", "-o", "other", "other.c"], cwd=deployed, check=True, capture_output=True)
     assert subprocess.run([deployed / "first"], capture_output=True, text=True).stdout == "41\n"
-    module = build_user_patch(BuildOptions(patches=[tmp_path / "answer-fix.patch"], srcdir=src, targets=["first"],
-                                           name="answer-fix", outdir=tmp_path / "out", jobs=1,
+    module = build_user_patch(BuildOptions(patches=[root / "answer-fix.patch"], srcdir=src, targets=["first"],
+                                           name="answer-fix", outdir=root / "out", jobs=1,
                                            target_binaries=[deployed / "first"])).module
+    return deployed / "first", module, deployed / "other"
+
+
+def _timed_runs(program, count: int) -> tuple[list[tuple[int, str, int]], float]:
+    """(pid, output, exit code) of `count` runs one after the other, and the median seconds a run took."""
+    runs, took = [], []
+    for _ in range(count):
+        started = time.monotonic()
+        proc = subprocess.Popen([program], stdout=subprocess.PIPE, text=True)
+        out = proc.communicate(timeout=30)[0]
+        took.append(time.monotonic() - started)
+        runs.append((proc.pid, out, proc.returncode))
+    return runs, sorted(took)[count // 2]
+
+
+def test_daemon_patches_every_new_process_before_its_main(first, tmp_path):
+    """The exec gate (fanotify) makes each exec of the targeted program wait until the daemon has seized it:
+    every run's first line, printed by the first statement of its main, is already patched (through the
+    process-event connector alone some runs start too fast). A program no patch targets is neither held
+    nor traced, and takes about as long as without the daemon."""
+    program, module, other = first
     store = tmp_path / "store"
     assert patch_ctl("install", "--store", store, module).returncode == 0
+    _, alone = _timed_runs(other, 20)
     daemon = Daemon(store)
+    try:
+        assert [l for l in daemon.lines if l.startswith(GATE_OPEN)], daemon.lines
+        runs, _ = _timed_runs(program, 20)
+        others, gated = _timed_runs(other, 20)
+        time.sleep(0.5)  # the daemon's last lines read
+    finally:
+        code = daemon.stop()
+    assert [(out, rc) for _, out, rc in runs] == [("42\n", 0)] * 20, (runs, daemon.lines)
+    applied = [l for l in daemon.lines if l.startswith("applied answer-fix to process ")]
+    assert sorted(int(l.split()[4]) for l in applied) == sorted(pid for pid, _, _ in runs), daemon.lines
+    assert all(l.endswith("at its entry point") for l in applied), daemon.lines
+    assert [(out, rc) for _, out, rc in others] == [("TracerPid:\t0\n", 0)] * 20, others
+    assert not [l for l in daemon.lines for pid, _, _ in others if f"process {pid} " in l], daemon.lines
+    assert gated < alone + 0.05, f"a run of a program no patch targets took {gated:.3f} s, {alone:.3f} s alone"
+    assert code == 0 and not [l for l in daemon.lines if l.startswith("not applied")], daemon.lines
+
+
+def test_daemon_without_the_exec_gate_says_so_and_patches_as_it_can(first, tmp_path):
+    """Without CAP_SYS_ADMIN (a container, say) there are no exec permission events: the daemon says so and
+    works from the process-event connector alone. A process stopped in time (still in the dynamic linker)
+    is held at its entry point and prints the patched answer; the others run on (and finish) unharmed."""
+    program, module, _ = first
+    store = tmp_path / "store"
+    assert patch_ctl("install", "--store", store, module).returncode == 0
+    daemon = Daemon(store, wrapper=["setpriv", "--bounding-set", "-sys_admin"])
     runs = {}
     try:
+        assert [l for l in daemon.lines if l.startswith("exec gate unavailable (fanotify needs CAP_SYS_ADMIN)")], \
+            daemon.lines
         for _ in range(10):
             time.sleep(0.2)  # the daemon back waiting for events
-            proc = subprocess.Popen([deployed / "first"], stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen([program], stdout=subprocess.PIPE, text=True)
             runs[proc.pid] = (proc.communicate(timeout=30)[0], proc.returncode)
         time.sleep(0.5)  # the daemon's last lines read
     finally:
@@ -204,6 +270,48 @@ def test_daemon_patches_a_new_process_before_its_main(tmp_path):
     assert all(runs[pid] == ("42\n", 0) for pid in held), (runs, daemon.lines)
     assert all(run in (("41\n", 0), ("42\n", 0)) for run in runs.values()), runs
     assert code == 0 and not [l for l in daemon.lines if l.startswith("not applied")], daemon.lines
+
+
+@pytest.mark.parametrize("point", ["exec-seized", "exec-stopped"])
+def test_daemon_killed_while_holding_an_exec(first, tmp_path, point):
+    """The daemon killed (SIGKILL) with an exec in its hands: seized while its exec waits for the daemon's
+    answer (the kernel answers for a fanotify group that closes, and detaches the tracees of a tracer that
+    dies), or stopped at the exec. The process runs on unpatched, untraced, and exits normally."""
+    program, module, _ = first
+    store = tmp_path / "store"
+    assert patch_ctl("install", "--store", store, module).returncode == 0
+    daemon = Daemon(store, fault=f"{point}:kill")
+    try:
+        proc = subprocess.Popen([program], stdout=subprocess.PIPE, text=True)
+        assert daemon.proc.wait(timeout=30) == -signal.SIGKILL, daemon.lines
+        assert proc.communicate(timeout=10) == ("41\n", None)
+        assert proc.returncode == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.stop()
+
+
+@pytest.mark.parametrize("fault, line", [
+    ("exec-handoff:error", "exec gate: process {pid} let go: [Errno 5] injected fault at exec-handoff"),
+    ("exec-take:stall", "process {pid} (first) not held at its exec: the daemon was busy for 1 s")])
+def test_daemon_lets_an_exec_go_on_when_it_cannot_hold_it(first, tmp_path, fault, line):
+    """An error while the gate looks at a targeted exec, or a main thread busy elsewhere for longer than the
+    gate waits for it (HANDOFF_LIMIT): the exec goes on (the process runs, unheld), and the log says why."""
+    program, module, _ = first
+    store = tmp_path / "store"
+    assert patch_ctl("install", "--store", store, module).returncode == 0
+    daemon = Daemon(store, fault=fault)
+    try:
+        started = time.monotonic()
+        proc = subprocess.Popen([program], stdout=subprocess.PIPE, text=True)
+        out = proc.communicate(timeout=10)[0]
+        took = time.monotonic() - started
+        daemon.wait_for(line.format(pid=proc.pid), 10)
+    finally:
+        code = daemon.stop()
+    assert proc.returncode == 0 and out in ("41\n", "42\n"), out
+    assert took < 2.5, f"the exec waited {took:.2f} s"  # the stall is 3 s, the gate waits 1 s
+    assert code == 0, daemon.lines
 
 
 # holds a process traced (PTRACE_SEIZE: it runs on) until killed: no one else may trace it meanwhile
