@@ -25,6 +25,7 @@ import socket
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -131,7 +132,8 @@ class Daemon:
         self.index_key: tuple | None = None
         self.entries_lock = threading.Lock()  # _user_entries() is also the exec gate's (its own thread)
         self.gate: ExecGate | None = None
-        self.exec_held: set[int] = set()  # patched from their exec: their connector event is not acted upon
+        self.exec_held: Counter[int] = Counter()  # pid -> its execs held by the gate whose connector event is
+        # still to come (to be ignored: the process is patched already)
 
     def _build_ids(self, pid: int, maps) -> dict[str, str]:
         """build-id -> object name of each ELF file the process maps, read once per file (path, inode)."""
@@ -228,7 +230,7 @@ class Daemon:
         try:
             with at_entry(handoff.pid, lambda: True, at_exec=handoff.allow) as held:
                 if held:
-                    self.exec_held.add(handoff.pid)
+                    self.exec_held[handoff.pid] += 1
                     self.patch(handoff.pid, handoff.since, held=True)
         finally:
             handoff.done()
@@ -240,8 +242,10 @@ class Daemon:
         a process it held is done already, and one that needs no patch is not stopped at all."""
         if pid == os.getpid():
             return
-        if pid in self.exec_held:
-            self.exec_held.discard(pid)
+        if self.exec_held[pid]:
+            self.exec_held[pid] -= 1
+            if not self.exec_held[pid]:
+                del self.exec_held[pid]
             return
         since = time.monotonic()
         if not self._user_entries():

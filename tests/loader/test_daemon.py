@@ -272,6 +272,31 @@ def test_daemon_without_the_exec_gate_says_so_and_patches_as_it_can(first, tmp_p
     assert code == 0 and not [l for l in daemon.lines if l.startswith("not applied")], daemon.lines
 
 
+def test_daemon_holds_execs_from_a_filesystem_mounted_after_its_start(first, tmp_path):
+    """The gate marks filesystems mounted while it runs (it watches the mount table): the targeted program
+    copied onto a tmpfs mounted after the daemon's start is held from its exec like any other."""
+    program, module, _ = first
+    store, mnt = tmp_path / "store", tmp_path / "mnt"
+    assert patch_ctl("install", "--store", store, module).returncode == 0
+    mnt.mkdir()
+    daemon = Daemon(store)
+    mounted = False
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "patch-build-test", mnt], check=True)
+        mounted = True
+        shutil.copy2(program, mnt / "first")
+        time.sleep(0.2)  # the gate's thread sees the mount table change
+        runs, _ = _timed_runs(mnt / "first", 10)
+        time.sleep(0.5)  # the daemon's last lines read
+    finally:
+        code = daemon.stop()
+        if mounted:
+            subprocess.run(["umount", mnt], check=True)
+    assert [(out, rc) for _, out, rc in runs] == [("42\n", 0)] * 10, (runs, daemon.lines)
+    held = [l for l in daemon.lines if l.startswith("applied answer-fix to process ") and l.endswith("entry point")]
+    assert len(held) == 10 and code == 0, daemon.lines
+
+
 @pytest.mark.parametrize("point", ["exec-seized", "exec-stopped"])
 def test_daemon_killed_while_holding_an_exec(first, tmp_path, point):
     """The daemon killed (SIGKILL) with an exec in its hands: seized while its exec waits for the daemon's
