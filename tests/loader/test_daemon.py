@@ -297,6 +297,31 @@ def test_daemon_holds_execs_from_a_filesystem_mounted_after_its_start(first, tmp
     assert len(held) == 10 and code == 0, daemon.lines
 
 
+def test_daemon_goes_on_after_a_held_exec_fails(first, tmp_path):
+    """The targeted program (its build-id unchanged) with a dynamic linker that does not exist: the gate lets
+    the exec go on, the kernel then fails it (ENOENT), and the caller gets that error at once; the daemon
+    goes on holding the next exec."""
+    program, module, _ = first
+    store, broken = tmp_path / "store", tmp_path / "broken"
+    data = program.read_bytes()
+    interp = b"/lib64/ld-linux-x86-64.so.2\0"
+    assert data.count(interp) == 1
+    broken.write_bytes(data.replace(interp, b"/lib64/ld-missing-x86-64.so\0"))
+    broken.chmod(0o755)
+    assert patch_ctl("install", "--store", store, module).returncode == 0
+    daemon = Daemon(store)
+    try:
+        started = time.monotonic()
+        with pytest.raises(FileNotFoundError):
+            subprocess.run([broken], capture_output=True, timeout=10)
+        assert time.monotonic() - started < 2.0
+        runs, _ = _timed_runs(program, 1)
+    finally:
+        code = daemon.stop()
+    assert [(out, rc) for _, out, rc in runs] == [("42\n", 0)], (runs, daemon.lines)
+    assert code == 0, daemon.lines
+
+
 @pytest.mark.parametrize("point", ["exec-seized", "exec-stopped"])
 def test_daemon_killed_while_holding_an_exec(first, tmp_path, point):
     """The daemon killed (SIGKILL) with an exec in its hands: seized while its exec waits for the daemon's
