@@ -160,9 +160,9 @@ class ExecGate:
                     self._decide(event)
 
     def _remount(self) -> None:
+        """The mount table changed (each poll of /proc/self/mountinfo reports a change once): new filesystems
+        marked."""
         try:
-            self._mounts.seek(0)
-            self._mounts.read(1 << 20)  # the change is acknowledged by reading the table
             self.permissions.mark_filesystems()
         except (OSError, ValueError) as e:
             self.log(f"exec gate: new mounts not marked: {e}")
