@@ -245,6 +245,39 @@ def test_daemon_patches_every_new_process_before_its_main(first, tmp_path):
     assert code == 0 and not [l for l in daemon.lines if l.startswith("not applied")], daemon.lines
 
 
+def _tracer(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("TracerPid:"))
+
+
+def test_daemon_never_stops_a_program_no_patch_targets(first, tmp_path):
+    """The daemon's own ptrace calls, seen by strace: it seizes the targeted program's process, never one of
+    a program no patch targets (through the process-event connector alone it stops every new process)."""
+    program, module, other = first
+    store, trace = tmp_path / "store", tmp_path / "daemon.strace"
+    assert patch_ctl("install", "--store", store, module).returncode == 0
+    daemon = Daemon(store)
+    strace = subprocess.Popen(["strace", "-qq", "-f", "-e", "trace=ptrace", "-o", trace, "-p", str(daemon.proc.pid)],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while _tracer(daemon.proc.pid) != strace.pid and time.monotonic() < deadline:
+            time.sleep(0.01)
+        others, _ = _timed_runs(other, 5)
+        runs, _ = _timed_runs(program, 1)
+        time.sleep(0.5)
+    finally:
+        strace.send_signal(signal.SIGINT)
+        strace.wait(timeout=30)
+        code = daemon.stop()
+    seized = {int(l.split("PTRACE_SEIZE, ")[1].split(",")[0]) for l in trace.read_text().splitlines()
+              if "PTRACE_SEIZE, " in l}
+    assert runs[0][0] in seized and runs[0][1:] == ("42\n", 0), (runs, seized, daemon.lines)
+    assert not seized & {pid for pid, _, _ in others}, (others, seized)
+    assert [(out, rc) for _, out, rc in others] == [("TracerPid:\t0\n", 0)] * 5, others
+    assert code == 0, daemon.lines
+
+
 def test_daemon_without_the_exec_gate_says_so_and_patches_as_it_can(first, tmp_path):
     """Without CAP_SYS_ADMIN (a container, say) there are no exec permission events: the daemon says so and
     works from the process-event connector alone. A process stopped in time (still in the dynamic linker)
@@ -343,7 +376,8 @@ def test_daemon_killed_while_holding_an_exec(first, tmp_path, point):
 
 @pytest.mark.parametrize("fault, line", [
     ("exec-handoff:error", "exec gate: process {pid} let go: [Errno 5] injected fault at exec-handoff"),
-    ("exec-take:stall", "process {pid} (first) not held at its exec: the daemon was busy for 1 s")])
+    ("exec-take:stall", "process {pid} (first) not held at its exec: the daemon was busy for 1 s")],
+    ids=["error", "busy"])
 def test_daemon_lets_an_exec_go_on_when_it_cannot_hold_it(first, tmp_path, fault, line):
     """An error while the gate looks at a targeted exec, or a main thread busy elsewhere for longer than the
     gate waits for it (HANDOFF_LIMIT): the exec goes on (the process runs, unheld), and the log says why."""
