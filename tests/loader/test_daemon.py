@@ -355,11 +355,12 @@ def test_daemon_goes_on_after_a_held_exec_fails(first, tmp_path):
     assert code == 0, daemon.lines
 
 
-@pytest.mark.parametrize("point", ["exec-seized", "exec-stopped"])
+@pytest.mark.parametrize("point", ["exec-take", "exec-seized", "exec-stopped"])
 def test_daemon_killed_while_holding_an_exec(first, tmp_path, point):
-    """The daemon killed (SIGKILL) with an exec in its hands: seized while its exec waits for the daemon's
-    answer (the kernel answers for a fanotify group that closes, and detaches the tracees of a tracer that
-    dies), or stopped at the exec. The process runs on unpatched, untraced, and exits normally."""
+    """The daemon killed (SIGKILL) with an exec in its hands: waiting for the daemon's answer (the kernel
+    answers for a fanotify group that closes), seized while it waits (and the kernel detaches the tracees of
+    a tracer that dies), or stopped at the exec. The process runs on unpatched (not left waiting nor
+    stopped) and exits normally."""
     program, module, _ = first
     store = tmp_path / "store"
     assert patch_ctl("install", "--store", store, module).returncode == 0
