@@ -55,7 +55,9 @@ class ExecPermissions:
         if fd < 0:
             err = ctypes.get_errno()
             raise Unavailable({errno.EPERM: "fanotify needs CAP_SYS_ADMIN",
-                               errno.ENOSYS: "the kernel has no fanotify"}.get(err, f"fanotify_init: {os.strerror(err)}"))
+                               errno.ENOSYS: "the kernel has no fanotify",
+                               errno.EINVAL: "the kernel has no FAN_REPORT_TID (Linux 4.20)"}.get(
+                                   err, f"fanotify_init: {os.strerror(err)}"))
         self.fd = fd
         self.marked: set[int] = set()  # st_dev of each filesystem marked
         try:

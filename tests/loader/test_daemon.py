@@ -1,6 +1,9 @@
 """`patch-ctl daemon` and `status` on the live fixture server: an installed patch follows the server
 through starts and restarts, stops with the uninstall, and leaves another build alone; a process it cannot
-patch runs on. (The systemd unit that runs the daemon: tests/build/test_package.py.)
+patch runs on. The exec gate (fanotify) on a small program that prints its patched answer first thing: every
+run patched before its main, other programs never stopped, the fallback without it, and every way the gate
+can fail or the daemon die lets the exec go on. (The systemd unit that runs the daemon:
+tests/build/test_package.py.)
 
 The machine is shared: the server built here carries a tag of this run, so its build-id (and so the
 patch's target) is its own, and the daemon touches no other test's servers."""
