@@ -49,22 +49,15 @@ class Handoff:
             self.taken = True
             return True
 
-    def expire(self) -> bool:
-        """Let the exec go on unless the main thread has taken it (the gate, at the deadline)."""
+    def allow(self, unless_taken: bool = False) -> bool:
+        """Let the exec go on, once (a second call does nothing); `unless_taken`: not when the main thread has
+        taken it (the gate, at the deadline). True when this call answered."""
         with self._lock:
-            if self.taken or self.answered:
+            if self.answered or (unless_taken and self.taken):
                 return False
             self.answered = True
         self.gate.answer(self.event)
         return True
-
-    def allow(self) -> None:
-        """Let the exec go on (once; a second call does nothing)."""
-        with self._lock:
-            if self.answered:
-                return
-            self.answered = True
-        self.gate.answer(self.event)
 
     def done(self) -> None:
         """The main thread is finished with the process: its later execs are looked at again."""
@@ -144,7 +137,7 @@ class ExecGate:
                 late = [h for h in self._pending if not h.taken and h.deadline <= time.monotonic()]
                 wait = min((h.deadline for h in self._pending if not h.taken), default=None)
             for handoff in late:
-                if not handoff.expire():
+                if not handoff.allow(unless_taken=True):
                     continue
                 self.finished(handoff.pid)
                 self.log(f"process {handoff.pid} ({os.path.basename(handoff.path)}) not held at its exec: the "
@@ -181,7 +174,10 @@ class ExecGate:
             self._holding.add(handoff.pid)
             self._handoffs.append(handoff)
             self._pending.append(handoff)
-        os.write(self._wake_w, b"x")
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full: the main thread has wake-ups enough
 
     def _handoff(self, event: ExecPermission) -> Handoff | None:
         """A handoff when the file is targeted and the thread that execs may be held: none of the daemon's
