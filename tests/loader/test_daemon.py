@@ -187,26 +187,32 @@ const char other_test_run[] = "RUN";
 GATE_OPEN = "exec gate open on "
 
 
-@pytest.fixture(scope="module")
-def first(tmp_path_factory):
-    """(the `first` program, its answer-fix module, the `other` program), of this run's own build-ids."""
-    root = tmp_path_factory.mktemp("first")
+def _build_first(root, ldflags: str = "") -> tuple:
+    """(the `first` program, its answer-fix module), of this run's own build-id, built under `root`."""
     src, deployed = root / "src", root / "deployed"
     tag = uuid.uuid4().hex
     for tree in (src, deployed):
         tree.mkdir()
         (tree / "first.c").write_text(FIRST.replace("RUN", tag))
-        (tree / "Makefile").write_text("first: first.o\n\t$(CC) -o $@ first.o\n"
+        (tree / "Makefile").write_text(f"first: first.o\n\t$(CC) {ldflags} -o $@ first.o\n"
                                        "first.o: first.c\n\t$(CC) -O2 -g -c -o $@ first.c\n")
-    (deployed / "other.c").write_text(OTHER.replace("RUN", tag))
     (root / "answer-fix.patch").write_text(FIRST_FIX)
     subprocess.run(["make", "-s"], cwd=deployed, check=True, capture_output=True)
-    subprocess.run(["cc", "-O2", "-o", "other", "other.c"], cwd=deployed, check=True, capture_output=True)
     assert subprocess.run([deployed / "first"], capture_output=True, text=True).stdout == "41\n"
     module = build_user_patch(BuildOptions(patches=[root / "answer-fix.patch"], srcdir=src, targets=["first"],
                                            name="answer-fix", outdir=root / "out", jobs=1,
                                            target_binaries=[deployed / "first"])).module
-    return deployed / "first", module, deployed / "other"
+    return deployed / "first", module
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    """(the `first` program, its answer-fix module, the `other` program), of this run's own build-ids."""
+    root = tmp_path_factory.mktemp("first")
+    program, module = _build_first(root)
+    (root / "other.c").write_text(OTHER.replace("RUN", uuid.uuid4().hex))
+    subprocess.run(["cc", "-O2", "-o", "other", "other.c"], cwd=root, check=True, capture_output=True)
+    return program, module, root / "other"
 
 
 def _timed_runs(program, count: int) -> tuple[list[tuple[int, str, int]], float]:
@@ -246,6 +252,23 @@ def test_daemon_patches_every_new_process_before_its_main(first, tmp_path):
     assert not [l for l in daemon.lines for pid, _, _ in others if f"process {pid} " in l], daemon.lines
     assert gated < alone + 0.05, f"a run of a program no patch targets took {gated:.3f} s, {alone:.3f} s alone"
     assert code == 0 and not [l for l in daemon.lines if l.startswith("not applied")], daemon.lines
+
+
+def test_daemon_holds_a_static_program_at_its_first_instruction(tmp_path):
+    """A static program has no dynamic linker to run while the connector's event comes: stopped at its exec,
+    it stands at its entry point already, and is patched there, every run."""
+    program, module = _build_first(tmp_path, "-static")
+    store = tmp_path / "store"
+    assert patch_ctl("install", "--store", store, module).returncode == 0
+    daemon = Daemon(store)
+    try:
+        runs, _ = _timed_runs(program, 5)
+        time.sleep(0.5)  # the daemon's last lines read
+    finally:
+        code = daemon.stop()
+    assert [(out, rc) for _, out, rc in runs] == [("42\n", 0)] * 5, (runs, daemon.lines)
+    held = [l for l in daemon.lines if l.startswith("applied answer-fix to process ") and l.endswith("entry point")]
+    assert len(held) == 5 and code == 0, daemon.lines
 
 
 def _tracer(pid: int) -> int:
