@@ -34,21 +34,33 @@ def tagged(tmp_path_factory):
     root = tmp_path_factory.mktemp("daemon")
     src, deployed, other = root / "src", root / "deployed", root / "other"
     shutil.copytree(FIXTURE, src)
-    with open(src / "server.c", "a") as f:
-        f.write(f'\nconst char daemon_test_run[] = "{uuid.uuid4().hex}";\n')
+    for unit in ("server.c", "srvutil.c"):  # the program and its library
+        with open(src / unit, "a") as f:
+            f.write(f'\nconst char daemon_test_run_{unit[:-2]}[] = "{uuid.uuid4().hex}";\n')
     for tree in (deployed, other):
         shutil.copytree(src, tree)
     subprocess.run(["make", "-s"], cwd=deployed, check=True, capture_output=True)
     subprocess.run(["make", "-s", "CFLAGS=-O1 -g -Wall"], cwd=other, check=True, capture_output=True)
+    return src, deployed, other, _module(root, src, deployed, "incr-fix", "server")
+
+
+def _module(root, src, deployed, name: str, target: str):
+    """The module NAME (fixtures/server/NAME.patch) for `target` of the deployed tree."""
     saved = tempfile.tempdir
     tempfile.tempdir = str(root)
     try:
-        module = build_user_patch(BuildOptions(patches=[FIXTURE / "incr-fix.patch"], srcdir=src, targets=["server"],
-                                               name="incr-fix", outdir=root / "out", jobs=1,
-                                               target_binaries=[deployed / "server"])).module
+        return build_user_patch(BuildOptions(patches=[FIXTURE / f"{name}.patch"], srcdir=src, targets=[target],
+                                             name=name, outdir=root / "out", jobs=1,
+                                             target_binaries=[deployed / target])).module
     finally:
         tempfile.tempdir = saved
-    return src, deployed, other, module
+
+
+@pytest.fixture(scope="module")
+def library_fix(tagged):
+    """sum-fix, a patch of the server's library libsrvutil.so."""
+    src, deployed, _, _ = tagged
+    return _module(deployed.parent, src, deployed, "sum-fix", "libsrvutil.so")
 
 
 class Daemon:
@@ -93,13 +105,17 @@ def _fixed(server: Server) -> bool:
     return server.ask("SET n 1", "INCR n") == ["OK", "VALUE 2"]  # incr-fix: INCR adds 1, not 2
 
 
-def _patched_within(server: Server, seconds: float, daemon: Daemon) -> float:
-    """Seconds from the server's start (its first line) until its INCR answers as the fix makes it."""
+def _sum_fixed(server: Server) -> bool:
+    return server.ask("SUM abc") == ["VALUE 294"]  # sum-fix: the last byte counted too (195 without it)
+
+
+def _patched_within(server: Server, seconds: float, daemon: Daemon, fixed=_fixed) -> float:
+    """Seconds from the server's start (its first line) until it answers as the fix (`fixed`) makes it."""
     deadline = server.started + seconds + 5  # past the limit: measured, then failed
-    while not _fixed(server) and time.monotonic() < deadline:
+    while not fixed(server) and time.monotonic() < deadline:
         time.sleep(0.005)
     took = time.monotonic() - server.started
-    assert _patched(server) and _fixed(server), f"not patched {took:.2f} s after its start: {daemon.lines}"
+    assert _patched(server) and fixed(server), f"not patched {took:.2f} s after its start: {daemon.lines}"
     assert took < seconds, f"patched {took:.2f} s after its start: {daemon.lines}"
     return took
 
@@ -156,6 +172,32 @@ def test_daemon_follows_installs_and_starts(tagged, tmp_path):
             server.stop()
     assert code == 0 and daemon.lines[-1] == "stopped by SIGTERM", daemon.lines
     assert not [l for l in daemon.lines if l.startswith("not applied")], daemon.lines
+
+
+def test_daemon_patches_a_library_of_a_new_process(tagged, library_fix, tmp_path):
+    """A patch of a shared library: no exec opens it, so the exec gate does not hold the process; the
+    connector's event does, as without the gate (at its entry point when in time, else as it runs), within a
+    second of its start."""
+    src, deployed, other, _ = tagged
+    store = tmp_path / "store"
+    assert patch_ctl("install", "--store", store, library_fix).returncode == 0
+    daemon = Daemon(store)
+    servers = []
+    try:
+        assert [l for l in daemon.lines if l.startswith(GATE_OPEN)], daemon.lines
+        server = _start(deployed)
+        servers.append(server)
+        _patched_within(server, 1.0, daemon, _sum_fixed)
+        daemon.wait_for(f"applied sum-fix to process {server.pid} (server)", 5)
+        unrelated = _start(other)  # another build of the library: left alone
+        servers.append(unrelated)
+        time.sleep(1.5)
+        assert not _patched(unrelated) and unrelated.ask("SUM abc") == ["VALUE 195"]
+    finally:
+        code = daemon.stop()
+        for s in servers:
+            s.stop()
+    assert code == 0 and not [l for l in daemon.lines if l.startswith("not applied")], daemon.lines
 
 
 # prints what answer() returns as the first thing it does, and exits: the patch makes it 42
