@@ -2,17 +2,20 @@
 whose program or library they target, and what each process carries.
 
 The daemon first subscribes to the kernel's process-event connector (netlink, CAP_NET_ADMIN), so that no
-exec is missed, then applies what matches to every process already running, then to each process that
-execs: stopped at once and, when it may need a patch and is still in the dynamic linker, held at its
-program's entry point while the patch is applied (loader.entry), so that its main runs patched from the
-first line. The connector's event comes asynchronously: a process already past its entry point is let go
-and patched once the dynamic linker has mapped the libraries it needs (polled through /proc/PID/maps), as
-it runs (it may serve its first requests unpatched). A process is matched by the GNU build-ids of the
-objects it has mapped (`Store.for_build_id`); each module is verified (`Store.verify`) before each apply.
-Whatever the outcome it logs one line to stdout (the journal, under systemd) and moves on: a patch that
-cannot be applied leaves that process running unpatched, and no process waits for the daemon longer than
-an apply takes. The store is
-read again whenever it changed, so an install or uninstall takes effect for the next process to start.
+exec is missed, and opens its exec gate (loader.execgate: fanotify exec permission events, CAP_SYS_ADMIN),
+then applies what matches to every process already running, then to each process that execs. An exec of a
+program that an installed patch targets waits for the daemon: the process is seized before its exec goes
+on, stops at the exec and is held at its program's entry point while the patch is applied (loader.entry),
+so that its main runs patched from the first line, always. Without the gate (an older kernel, no
+CAP_SYS_ADMIN: said in the log), and for patches of shared libraries (which no exec opens), a new process
+is stopped when the connector's event comes, asynchronously: still in the dynamic linker, it is held at its
+entry point the same way; already past it, it is let go and patched once the dynamic linker has mapped the
+libraries it needs (polled through /proc/PID/maps), as it runs (it may serve its first requests unpatched).
+A process is matched by the GNU build-ids of the objects it has mapped (`Store.for_build_id`); each module is
+verified (`Store.verify`) before each apply. Whatever the outcome it logs one line to stdout (the journal,
+under systemd) and moves on: a patch that cannot be applied leaves that process running unpatched, and no
+process waits for the daemon longer than an apply takes. The store is read again whenever it changed, so an
+install or uninstall takes effect for the next process to start.
 """
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,6 +38,8 @@ from patch_build.elfcore import notes
 from patch_build.elfcore.constants import ELFMAG
 from patch_build.loader.apply import apply_patch
 from patch_build.loader.entry import at_entry
+from patch_build.loader.execgate import ExecGate, Handoff
+from patch_build.loader.fanotify import Unavailable
 from patch_build.loader.procfs import Memory, read_maps, tracer_of
 from patch_build.loader.ptrace import ThreadGone
 from patch_build.loader.state import MAPPING_PREFIX, PatchRecord, find_patches
@@ -123,6 +130,10 @@ class Daemon:
         self.exe_build_ids: dict[tuple[int, int], str] = {}  # (device, inode) -> build-id
         self.user: list[Installed] = []  # _user_entries(), as of the store's index `index_key`
         self.index_key: tuple | None = None
+        self.entries_lock = threading.Lock()  # _user_entries() is also the exec gate's (its own thread)
+        self.gate: ExecGate | None = None
+        self.exec_held: Counter[int] = Counter()  # pid -> its execs held by the gate whose connector event is
+        # still to come (to be ignored: the process is patched already)
 
     def _build_ids(self, pid: int, maps) -> dict[str, str]:
         """build-id -> object name of each ELF file the process maps, read once per file (path, inode)."""
@@ -177,6 +188,10 @@ class Daemon:
         """The installed user-space patches (of `only`), read again whenever the store's index has changed
         (its inode, size, modification or status change time): a look that costs microseconds, not the
         index's parsing, between a process's exec and its stop."""
+        with self.entries_lock:
+            return self._read_entries()
+
+    def _read_entries(self) -> list[Installed]:
         try:
             st = os.stat(self.store.index)
             key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -200,11 +215,37 @@ class Daemon:
             self.exe_build_ids[key] = notes.build_id_of(f"/proc/{pid}/exe") or ""
         return any(t["build_id"] == self.exe_build_ids[key] for e in entries for t in e.targets)
 
+    def targets(self) -> set[str]:
+        """The build-ids the installed user patches target (the exec gate holds the execs of these files)."""
+        return {t["build_id"] for e in self._user_entries() for t in e.targets}
+
+    def serve_gate(self) -> None:
+        """Each exec the gate hands over: stopped at its exec, patched at its entry point, let go."""
+        if self.gate is None:
+            return
+        for handoff in self.gate.take():
+            self.held_from_exec(handoff)
+
+    def held_from_exec(self, handoff: Handoff) -> None:
+        try:
+            with at_entry(handoff.pid, lambda: True, at_exec=handoff.allow) as held:
+                if held:
+                    self.exec_held[handoff.pid] += 1
+                    self.patch(handoff.pid, handoff.since, held=True)
+        finally:
+            handoff.done()
+
     def started(self, pid: int) -> None:
-        """A process exec'd: stopped at once (the sooner, the likelier it is still in the dynamic linker),
-        then patched at its entry point if it may need a patch (loader.entry); else, or if it is already
-        past its entry point, once its libraries are mapped (`poll`)."""
+        """A process exec'd (the connector's event): stopped at once (the sooner, the likelier it is still
+        in the dynamic linker), then patched at its entry point if it may need a patch (loader.entry); else,
+        or if it is already past its entry point, once its libraries are mapped (`poll`). With the exec gate,
+        a process it held is done already, and one that needs no patch is not stopped at all."""
         if pid == os.getpid():
+            return
+        if self.exec_held[pid]:
+            self.exec_held[pid] -= 1
+            if not self.exec_held[pid]:
+                del self.exec_held[pid]
             return
         since = time.monotonic()
         if not self._user_entries():
@@ -216,6 +257,8 @@ class Daemon:
             except (OSError, ELFError, ValueError, InputError):
                 return False
 
+        if self.gate is not None and not wanted():
+            return  # the gate holds the programs that patches target, and none targets a library
         with at_entry(pid, wanted) as held:
             if held:
                 self.patch(pid, since, held=True)
@@ -276,19 +319,31 @@ def run_daemon(store: Store, timeout: float, log: Callable[[str], None], only: l
     events = ExecEvents()
     daemon = Daemon(store, timeout, log, only)
     try:
+        try:
+            daemon.gate = ExecGate(daemon.targets, log)
+            log(f"exec gate open on {daemon.gate.filesystems} filesystem(s): a new process of a targeted program "
+                "is held from its exec until patched")
+        except Unavailable as e:
+            log(f"exec gate unavailable ({e}): new processes are seen through the process-event connector "
+                "only, and one may start running before it is patched")
         for pid in processes():
             if pid != os.getpid():
                 daemon.patch(pid)
+            daemon.serve_gate()  # a targeted exec meanwhile waits no longer than a process's look
         which = ", ".join(only) if only else f"{len(store.entries())} patch(es) installed"
         log(f"running processes done; watching for new ones to patch from {store.root} ({which})")
         wait = 1.0
+        watched = [events] if daemon.gate is None else [daemon.gate, events]
         while True:
-            ready, _, _ = select.select([events], [], [], wait)
-            if ready:
+            ready, _, _ = select.select(watched, [], [], wait)
+            if daemon.gate in ready:
+                daemon.serve_gate()
+            if events in ready:
                 for pid in events.read():
                     daemon.started(pid)
             if events.lost:
                 events.lost = False
+                daemon.exec_held.clear()
                 log("process events were lost (too many at once): looking at every process again")
                 for pid in processes():
                     daemon.patch(pid)
@@ -297,6 +352,8 @@ def run_daemon(store: Store, timeout: float, log: Callable[[str], None], only: l
         e.reported = True  # a stop asked for, not a failure: the command ends normally (exit 0)
         log(f"stopped by {e}")
     finally:
+        if daemon.gate is not None:
+            daemon.gate.close()
         events.close()
 
 

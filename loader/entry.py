@@ -2,14 +2,18 @@
 the program needs and run their constructors, the program has run none of its own code. The daemon applies
 patches there, so that the first work a process does is already patched.
 
-Seen at its exec, the process is seized and interrupted (loader.ptrace). Unless it has already run past its
-entry point (the daemon saw the exec late: then it is let go at once, `held` False), a breakpoint (int3) is
-written at the entry point and the process let run to it; the byte is put back, the thread set back to the
-entry point and held stopped there (loader.ptrace.held: the apply's stops use it as it is) until the block
-ends. Whatever goes wrong, the byte is put back and the process detached, to run on as if never stopped;
-signals it receives meanwhile are delivered. What remains: a daemon killed by SIGKILL while the breakpoint
-is in place (the time the dynamic linker takes, about a millisecond) leaves the process to die of SIGTRAP at
-its entry point.
+The process is stopped either at its exec (`at_exec`: its exec waits at the kernel's permission check,
+loader.execgate; it is seized with PTRACE_O_TRACEEXEC, the exec let go on, and it stops before the first
+instruction of the new program: always in time) or, seen through the process-event connector, seized and
+interrupted as soon as possible. Unless it has already run past its entry point (the connector's event came
+late: then it is let go at once, `held` False), a breakpoint (int3) is written at the entry point and the
+process let run to it; the byte is put back, the thread set back to the entry point and held stopped there
+(loader.ptrace.held: the apply's stops use it as it is) until the block ends. Whatever goes wrong, the byte
+is put back and the process detached, to run on as if never stopped; signals it receives meanwhile are
+delivered. A tracer that dies releases its tracees (the kernel detaches them), and a fanotify group that
+closes allows its pending execs; what remains: a daemon killed by SIGKILL while the breakpoint is in place
+(the time the dynamic linker takes, about a millisecond) leaves the process to die of SIGTRAP at its entry
+point.
 """
 from __future__ import annotations
 
@@ -21,13 +25,15 @@ import time
 from collections.abc import Callable
 
 from patch_build.common.errors import InputError
-from patch_build.loader import ptrace
+from patch_build.loader import faults, ptrace
 from patch_build.loader.procfs import Mapping, Memory, read_maps
-from patch_build.loader.ptrace import DEFERRED_SIGNALS, NotStopping, Thread, ThreadGone, TraceError
+from patch_build.loader.ptrace import (DEFERRED_SIGNALS, PTRACE_EVENT_EXEC, PTRACE_O_TRACEEXEC, NotStopping, Thread,
+                                       ThreadGone, TraceError)
 
 AT_BASE, AT_ENTRY = 7, 9  # <elf.h>: the dynamic linker's load address, the program's entry point
 INT3 = b"\xcc"
 RUN_LIMIT = 1.0  # seconds the dynamic linker may take to reach the entry point; then the process is let go
+EXEC_LIMIT = 1.0  # seconds an exec may take from its permission to its stop (else it failed: the old program runs)
 STACK_LIMIT = 1 << 20  # bytes of the process's stack looked at: more than the dynamic linker uses
 _AUXV_LIMIT = 4096
 
@@ -60,13 +66,41 @@ class _Hold:
         self.entry = 0
         self.byte = b""  # the entry point's first byte while the breakpoint is in place
 
-    def run_to_entry(self, wanted: Callable[[], bool]) -> bool:
-        """True with the process stopped at its entry point; False when it is not `wanted()` (asked once it
-        is stopped), past its entry point, or cannot get there."""
+    def stop(self) -> None:
+        """Seized and interrupted where it is."""
         self.thread.seize_and_interrupt()
         self.seized = True
         self.thread.wait_interrupted()
         self.stopped = True
+
+    def stop_at_exec(self, allow: Callable[[], None]) -> bool:
+        """Seized while its exec waits for `allow()` (called whatever happens), then True once stopped at
+        the exec (PTRACE_EVENT_EXEC: the new program mapped, none of its instructions run); its own signals
+        meanwhile delivered. False when stopped by SIGSTOP instead; NotStopping when the exec does not get
+        there in EXEC_LIMIT (it failed: the old program runs on)."""
+        try:
+            self.thread.seize(PTRACE_O_TRACEEXEC)
+            self.seized = True
+            faults.point("exec-seized", self.pid)
+        finally:
+            allow()
+        deadline = time.monotonic() + EXEC_LIMIT
+        while True:
+            sig = self.thread.wait_stop(max(deadline - time.monotonic(), 0.0))
+            self.stopped = True
+            if self.thread.event == PTRACE_EVENT_EXEC:
+                self.thread.regs = self.thread.get_regs()
+                faults.point("exec-stopped", self.pid)
+                return True
+            if sig == 0:  # stopped by SIGSTOP: left so when detached
+                return False
+            self.thread.pending_signal = 0
+            self.thread.cont(sig)  # a signal of its own, delivered
+            self.stopped = False
+
+    def run_to_entry(self, wanted: Callable[[], bool]) -> bool:
+        """From a stop: True with the process stopped at its entry point; False when it is not `wanted()`
+        (asked first), past its entry point, or cannot get there."""
         if not wanted():
             return False
         aux = auxv(self.pid)
@@ -158,16 +192,22 @@ def _program_code(pid: int, maps: list[Mapping]) -> list[Mapping]:
 
 
 @contextlib.contextmanager
-def at_entry(pid: int, wanted: Callable[[], bool]):
+def at_entry(pid: int, wanted: Callable[[], bool], at_exec: Callable[[], None] | None = None):
     """with at_entry(pid, wanted) as held: `held` True while the process is stopped at its entry point, False
     when it is not `wanted()` (asked while it is stopped, before anything else is done) or could not be
-    (past it, traced by another, gone): it then runs. Let go on the way out, whatever
-    happened; SIGINT/SIGTERM/SIGHUP are held meanwhile, so that a stop asked for never leaves it stopped."""
+    (past it, traced by another, gone): it then runs. `at_exec`: the process waits at its exec's permission
+    check, and `at_exec()` lets it go on (called once it is seized, or on failure). Let go on the way out,
+    whatever happened; SIGINT/SIGTERM/SIGHUP are held meanwhile, so that a stop asked for never leaves it
+    stopped."""
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED_SIGNALS)
     hold = _Hold(pid)
     try:
         try:
-            held = hold.run_to_entry(wanted)
+            if at_exec is None:
+                hold.stop()
+                held = hold.run_to_entry(wanted)
+            else:
+                held = hold.stop_at_exec(at_exec) and hold.run_to_entry(wanted)
         except (ThreadGone, TraceError, NotStopping, OSError, ValueError, InputError):
             held = False
         if held:

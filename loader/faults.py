@@ -6,6 +6,7 @@ PATCH_CTL_FAULT=POINT[@N]:ACTION, ACTION one of
   kill         SIGKILL to patch-ctl itself (nothing of ours runs after it)
   kill-target  SIGKILL to the target process
   error        an I/O error at that point (what a failing write or remote call raises)
+  stall        3 s asleep at that point (a daemon busy elsewhere)
 Unset (always, outside the tests) every point costs one dictionary lookup.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ import signal
 import time
 
 ENV = "PATCH_CTL_FAULT"
-ACTIONS = ("signal", "kill", "kill-target", "error")
+ACTIONS = ("signal", "kill", "kill-target", "error", "stall")
+STALL = 3.0
 
 
 def _parse(spec: str | None) -> tuple[str, int, str] | None:
@@ -34,7 +36,7 @@ _passes: dict[str, int] = {}
 
 
 def point(name: str, pid: int = 0) -> None:
-    """A step of apply or revert; `pid` is the target."""
+    """A step of apply, revert or the daemon; `pid` is the target."""
     if _spec is None or _spec[0] != name:
         return
     _passes[name] = _passes.get(name, 0) + 1
@@ -49,6 +51,8 @@ def point(name: str, pid: int = 0) -> None:
     elif action == "kill-target":
         os.kill(pid, signal.SIGKILL)
         _wait_gone(pid)
+    elif action == "stall":
+        time.sleep(STALL)
     else:
         raise OSError(errno.EIO, f"injected fault at {name}")
 

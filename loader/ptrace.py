@@ -16,6 +16,8 @@ import time
 
 PTRACE_CONT, PTRACE_GETREGS, PTRACE_SETREGS, PTRACE_SINGLESTEP, PTRACE_DETACH = 7, 12, 13, 9, 17
 PTRACE_SEIZE, PTRACE_INTERRUPT = 0x4206, 0x4207
+PTRACE_O_TRACEEXEC = 0x10
+PTRACE_EVENT_EXEC = 4
 PTRACE_GETREGSET, PTRACE_SETREGSET = 0x4204, 0x4205
 NT_PRFPREG, NT_X86_XSTATE = 2, 0x202  # x87/SSE state (FXSAVE), all of it (XSAVE: AVX, AVX-512 too)
 _XSTATE_MAX = 1 << 14
@@ -81,6 +83,7 @@ class Thread:
         self.tid = tid
         self.pending_signal = 0  # a signal caught while stopped, re-delivered on detach
         self.regs: Regs | None = None  # as found when stopped
+        self.event = 0  # the PTRACE_EVENT_* of the last stop (0: a signal-delivery stop)
 
     def get_regs(self) -> Regs:
         regs = Regs()
@@ -134,14 +137,19 @@ class Thread:
                 raise ThreadGone(self.tid)
             if os.WIFSTOPPED(status):
                 sig = os.WSTOPSIG(status)
+                self.event = status >> 16
                 if status >> 16 == PTRACE_EVENT_STOP:
                     return 0  # interrupt stop or group stop
                 if sig != signal.SIGTRAP:
                     self.pending_signal = sig
                 return sig
 
+    def seize(self, options: int = 0) -> None:
+        """Attach without stopping the thread; `options`: PTRACE_O_* (PTRACE_O_TRACEEXEC: stop at its exec)."""
+        _ptrace(PTRACE_SEIZE, self.tid, 0, options)
+
     def seize_and_interrupt(self) -> None:
-        _ptrace(PTRACE_SEIZE, self.tid, 0, 0)
+        self.seize()
         _ptrace(PTRACE_INTERRUPT, self.tid, 0, 0)
 
     def wait_interrupted(self, limit: float = STOP_LIMIT) -> None:

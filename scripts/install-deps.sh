@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 DEBS=(gcc g++ make golang binutils patch cmake autoconf automake file xz-utils cpio busybox-static qemu-system-x86
       bc bison flex libelf-dev libssl-dev dwarves kmod rsync chromium python3-venv libgflags-dev lintian systemd pipx
-      dpkg-dev libjemalloc-dev)
+      dpkg-dev libjemalloc-dev strace)
 # Source packages (`apt-get source redis`, the LTO test of a real project): bookworm's deb-src entries.
 SRC_LIST=/etc/apt/sources.list.d/patch-build-deb-src.sources
 new_sources=0
