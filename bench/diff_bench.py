@@ -69,7 +69,7 @@ KERNEL_CHANGES = {
     "kernel/sched/core.c": ('"process %d (%s) no longer affine to cpu%d\\n"',
                             '"process %d (%s) is no longer affine to cpu%d\\n"'),
 }
-KCFLAGS = f"-ffunction-sections -fdata-sections -I{REPO / 'templates' / 'kernel' / 'include'}"  # as kbuild.kernel
+KCFLAGS = f"-ffunction-sections -fdata-sections -I{REPO / 'templates' / 'kernel' / 'include'}"  # as kbuild.kernel_tree
 
 # Runs in the child: imports first (not timed), then the diff, several times, best time kept.
 CHILD = r"""
