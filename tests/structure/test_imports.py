@@ -149,3 +149,10 @@ def test_relocation_types_are_named():
                 if any(map(_is_relocation_type, sides)) and any(map(_is_int, sides)):
                     found.append(f"{relative}:{node.lineno} compares a relocation type with a number")
     assert found == []
+
+
+def test_build_id_is_read_in_one_place():
+    """The GNU build-id is read by elfcore.notes only (it was read in four places, patchformat.gobinary too)."""
+    readers = sorted(str(path.relative_to(REPO)) for package in sorted(PACKAGES - {"elfcore"})
+                     for path in sorted((REPO / package).rglob("*.py")) if "NT_GNU_BUILD_ID" in path.read_text())
+    assert readers == []
