@@ -119,6 +119,15 @@ def test_build_reports_are_shaped_in_one_place():
     assert shapers == set(REPORT_SHAPERS)
 
 
+def test_loader_reads_modules_through_the_patch_formats():
+    """patch-ctl's work in a process stands on the base alone: modules are read through patchformat, ELF through
+    elfcore, never through the differ or the linker (issue 11: the loader read modules through diffobj.read and
+    linker.module)."""
+    used = {b.partition(".")[0] for a, b in _project_imports()
+            if a.startswith("loader.") and _layer(a) < len(LAYERS) - 1}
+    assert used and used <= {"common", "elfcore", "patchformat", "loader"}, used
+
+
 def _is_int(node: ast.AST) -> bool:
     if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
         return bool(node.elts) and all(map(_is_int, node.elts))
