@@ -270,7 +270,7 @@ def bench_kernel(units: list[str], repeat: int, tmp: Path, env: dict, cdo: Path 
     env = dict(env, **{var: str(sizes.sizes[struct]) for var, struct in KPATCH_SIZE_VARIABLES.items()
                        if struct in sizes.sizes})
     vmlinux = vmlinux or next((p for p in [CACHE / f"vmlinux-{kernel_release()['release']}"] if p.is_file()), None)
-    interp = None
+    interp_cpu = interp = None
     rows = []
     for unit in units:
         work = tmp / unit.replace("/", "_")
