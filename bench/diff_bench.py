@@ -51,8 +51,9 @@ tree's tools/arch/x86), built with gcc 12 -O2 -g against libelf 0.188. CPU secon
 Against the targets: whole process on the ~2 MB pair (core.c, 2.5 MB each) 1.21-1.28x create-diff-object's
 (1.30-1.42x in two earlier runs): met, with little margin. Small pairs against <= 0.25 s: symlink.c 0.229-0.251 s
 (0.36 s in an earlier run): at the line; meminfo.c 0.29 s: MISSED; create-diff-object takes 0.10 s on both
-meminfo.c and base.c. Ours spends 0.21-0.28 s before it reads any input (interp; `python -c pass` 0.042 s and
-`import typer` 0.082 s of it, best of 7; the differ's modules the rest), which is why the mid-sized base.c is 4x
+meminfo.c and base.c. Ours spends 0.21-0.28 s before it reads any input (interp; `python -c pass` alone is
+0.042 s; `-X importtime` of the interp run: typer._adapters, which loads pydantic to convert the arguments, 47%
+of the import time, patch_build.diffobj.diff 24%, typer 12%, site 10%), which is why the mid-sized base.c is 4x
 create-diff-object's. In one process: 0.30-0.31 s against 0.47 s on core.c, 0.05-0.06 s against 0.10 s on
 base.c, 0.013 s against 0.10 s on meminfo.c: met. `--help` <= 0.2 s: met. Memory: peak RSS is 2.5x
 create-diff-object's on core.c, 3.1x on base.c, 3.3x on meminfo.c; peak - interp is 7.1x the inputs on core.c,
