@@ -1,6 +1,8 @@
-"""The reports of a user-space build (NAME.report.json, .md, .html) through report/'s data model (issue 6).
+"""The reports of a user-space or kernel build (NAME.report.json, .md, .html) through report/'s data model
+(issue 6).
 
-The only place that shapes the build report. `tool_identity`/`compiler_identity` also serve the kernel builder.
+The one place that shapes those builds' reports (the Go builder shapes its own: its units are packages, diffed
+by the Go toolchain's listings, not objects). `tool_identity`/`compiler_identity` serve every builder.
 """
 from __future__ import annotations
 
@@ -52,4 +54,18 @@ def write_build_report(outdir: Path, name: str, status: str, message: str, units
                           targets=[Target(name=t.name, build_id=t.build_id) for t in targets], module=module,
                           relative_to=tree, warnings=[ReportWarning("build-files", path, build_file_warning(path))
                                                       for path in build_files])
+    return write_reports(report, outdir, name)
+
+
+def write_kernel_report(outdir: Path, name: str, status: str, message: str, units: list, patches: list[Path],
+                        tree: Path, release: str, details: dict[str, str], module: Path | None) -> list[Path]:
+    """Write the reports of a kernel build, also when it is refused; `units` are kbuild.kernel_units.Unit (those
+    not diffed yet are left out), `details` what the report says of the module (release, atomic replace, ...).
+    Returns the paths written, JSON first."""
+    objects = [object_report(u.diff, source=u.source, patches=patches, relative_to=tree, object_name=u.obj,
+                             left_out=u.left_out) for u in units if u.diff is not None]
+    targets = sorted({u.target for u in units if u.target})
+    report = build_report(name, "kernel", objects, status=status, message=message, patches=patches,
+                          targets=[Target(name=t, kernel_release=release) for t in targets], module=module,
+                          relative_to=tree, details=details)
     return write_reports(report, outdir, name)

@@ -19,9 +19,8 @@ from patch_build.common.errors import InputError, NoChange, PatchBuildError, Ref
 from patch_build.kbuild.goasm import GoFunction, changed_functions, disassembly, identity_uses, parse_listing
 from patch_build.kbuild.gotool import BuildInfo, go_environment, go_list, read_build_info, run_go, toolchain_version
 from patch_build.kbuild.timing import StepTimes
-from patch_build.kbuild.options import BuildOptions, BuildResult
+from patch_build.kbuild.options import BuildOptions, BuildResult, module_name
 from patch_build.kbuild.tree import apply_patch, check_patch, copy_tree, in_scratch
-from patch_build.kbuild.userspace import module_name
 from patch_build.patchformat.gobinary import GoBinary, NotGo, stack_check_size
 from patch_build.patchformat.gopatch import SUFFIX, GoBind, GoFunc, GoPatch, write_gopatch
 from patch_build.report.build import write_reports

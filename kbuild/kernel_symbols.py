@@ -7,6 +7,7 @@ which for vmlinux is address order and for a module its symbol table order.
 """
 from __future__ import annotations
 
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from patch_build.common.errors import InputError
 from patch_build.diffobj.model import ObjectFile, Symbol
 from patch_build.elfcore.constants import SHN_UNDEF, STB_LOCAL, STT_FUNC, STT_NOTYPE, STT_OBJECT
 from patch_build.elfcore.symbols import symbols_of
+from patch_build.kbuild.kernel_target import find_module_file, uncompressed
 
 _MAP_LINE = re.compile(r"^([0-9a-fA-F]+)\s+(\S)\s+(\S+)(?:\s+\[(\S+)\])?\s*$")
 STUB_MARK = "The real System.map is in"
@@ -97,6 +99,54 @@ def read_module_symvers(path: Path) -> dict[str, str]:
     except OSError as e:
         raise InputError(f"Module.symvers {path}: {e.strerror}") from None
     return exports
+
+
+class KernelSymbols:
+    """The target kernel's symbol tables: vmlinux's (and the modules' a kallsyms dump holds) read at once, each
+    other module's from its .ko in the module directories when first asked for."""
+
+    def __init__(self, vmlinux: Path | None, system_map: Path | None, release: str, module_dirs: list[Path],
+                 workdir: Path, progress):
+        self.module_dirs = module_dirs
+        self.workdir = workdir  # where compressed modules are unpacked
+        self.progress = progress
+        self.tables = self._kernel_tables(vmlinux, system_map, release)
+
+    @staticmethod
+    def _kernel_tables(vmlinux: Path | None, system_map: Path | None, release: str) -> dict[str, SymbolTable]:
+        if vmlinux is not None:
+            return {"vmlinux": read_elf_symbols(vmlinux, "vmlinux", by_address=True)}
+        path = system_map or Path("/boot") / f"System.map-{release}"
+        if not path.is_file():
+            raise InputError(f"no symbol table for {release}: {path} does not exist; give --system-map or -v")
+        with open(path, errors="replace") as f:
+            stub = STUB_MARK in f.readline()
+        if stub and system_map is None and release == os.uname().release:
+            path = Path("/proc/kallsyms")  # the running kernel's own table (needs root for addresses)
+        return read_system_map(path)
+
+    @property
+    def vmlinux(self) -> SymbolTable | None:
+        return self.tables.get("vmlinux")
+
+    def table(self, objname: str) -> SymbolTable | None:
+        """vmlinux's or a module's table; None (with a warning) for a module whose .ko is not found."""
+        if objname in self.tables:
+            return self.tables[objname]
+        ko = find_module_file(self.module_dirs, objname)
+        if ko is None:
+            self.progress.note(f"warning: no symbol table for module {objname}: its functions are not checked")
+            return None
+        self.tables[objname] = read_elf_symbols(uncompressed(ko, self.workdir), objname, by_address=False)
+        return self.tables[objname]
+
+
+def read_exports(headers: Path, ksrc: Path) -> dict[str, str]:
+    """{exported name: exporting object} of the headers' Module.symvers, else the tree's."""
+    for path in (headers / "Module.symvers", ksrc / "Module.symvers"):
+        if path.is_file() and path.stat().st_size:
+            return read_module_symvers(path)
+    raise InputError(f"no Module.symvers in {ksrc} or {headers}: cannot tell exported symbols")
 
 
 class Sympos:

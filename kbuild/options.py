@@ -6,9 +6,12 @@ a `common.errors.PatchBuildError` subclass (its `exit_code` is the command's).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from patch_build.common.errors import InputError
 
 
 class Progress(Protocol):
@@ -77,3 +80,12 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step: original build, patched build, ...
     extra_reports: list[Path] = field(default_factory=list)  # .md / .html renderings
     scratch: Path | None = None  # kept with -d
+
+
+def module_name(options: BuildOptions) -> str:
+    """-n, else the first patch's stem, reduced to characters safe in file and symbol names."""
+    raw = options.name or (options.patches[0].stem if options.patches else "patch")
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", raw).strip("_")
+    if not name:
+        raise InputError(f"module name {raw!r} has no usable characters; give one with -n")
+    return name

@@ -128,6 +128,15 @@ def apply_patch(patch: Path, tree: Path) -> list[str]:
     return [m.group(1) for m in map(_PATCHING.match, done.stdout.splitlines()) if m]
 
 
+def revert_patches(applied: list[Path], tree: Path) -> None:
+    """Take back the patches applied to `tree` (`patch -R`), the last first."""
+    for patch in reversed(applied):
+        proc = subprocess.run(["patch", "-p1", "-R", "--batch", "--no-backup-if-mismatch", "-d", os.fspath(tree),
+                               "-i", os.fspath(patch.resolve())], capture_output=True, text=True)
+        if proc.returncode:
+            raise InputError(f"could not revert {patch.name} in {tree}: {proc.stdout.strip()[-300:]}")
+
+
 def in_scratch(options, name: str, build: Callable[[Path], object]):
     """Run `build(scratch)` in a fresh scratch directory, kept with -d/--skip-cleanup (and its path said),
     removed otherwise, whatever happens. Returns build's BuildResult with `scratch` set when kept."""

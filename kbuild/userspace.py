@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import re
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -22,7 +21,7 @@ from patch_build.kbuild.buildreport import build_file_warning, write_build_repor
 from patch_build.kbuild.deployed import DeployedBinary, load_binary
 from patch_build.kbuild.lto import describe, diff_linked, lto_unit
 from patch_build.kbuild.timing import StepTimes
-from patch_build.kbuild.options import BuildOptions, BuildResult
+from patch_build.kbuild.options import BuildOptions, BuildResult, module_name
 from patch_build.kbuild.tree import apply_patch, build_files, check_patch, copy_tree, in_scratch
 from patch_build.kbuild.units import UnitDiff, UnitJob, diff_unit
 from patch_build.kbuild.wrapper import CompiledObject, install_wrappers, read_log
@@ -35,15 +34,6 @@ from patch_build.report.patches import line_shifts, read_hunks, touched_files
 
 # Files whose regeneration by the build changes code: sources, headers and what they include.
 GENERATED_SUFFIXES = {".c", ".h", ".cc", ".cpp", ".cxx", ".hh", ".hpp", ".hxx", ".inc", ".def", ".S", ".s"}
-
-
-def module_name(options: BuildOptions) -> str:
-    """-n, else the first patch's stem, reduced to characters safe in file and symbol names."""
-    raw = options.name or (options.patches[0].stem if options.patches else "patch")
-    name = re.sub(r"[^A-Za-z0-9_-]+", "_", raw).strip("_")
-    if not name:
-        raise InputError(f"module name {raw!r} has no usable characters; give one with -n")
-    return name
 
 
 def _validate(options: BuildOptions) -> None:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from patch_build.elfcore import notes
+
 _BUILDINFO_MAGIC = b"\xff Go buildinf:"
 _FINGERPRINT = "go.link.pkghashbytes."
 MAX_BINARY = 1 << 30
@@ -95,12 +97,7 @@ class GoBinary:
                 for name, sym in sorted(self._objects.items())}
 
     def build_id(self) -> str | None:
-        for section in self.elf.iter_sections():
-            if section.header.sh_type == "SHT_NOTE":
-                for note in section.iter_notes():
-                    if note["n_type"] == "NT_GNU_BUILD_ID":
-                        return note["n_desc"]
-        return None
+        return notes.build_id(self.elf)
 
     def go_version(self) -> str:
         """The toolchain version in the build info (`go1.19.8`), as `go version FILE` prints it."""

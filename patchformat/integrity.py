@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from patch_build.common.errors import InputError, Refused
 from patch_build.common.inputfile import MIB, read_input
 from patch_build.elfcore.constants import SHT_PROGBITS
-from patch_build.elfcore.headers import check_header
+from patch_build.elfcore.headers import check_header, section_names
 
 SECTION = ".kpatch.integrity"
 MAGIC = b"KPSHA256"
@@ -31,13 +31,11 @@ RECORD_SIZE = RECORD.size
 SIGNED_PREFIX = b"patch-build module digest v1\0"  # what is signed is never mistaken for another use of the key
 MAX_MODULE_BYTES = 256 * MIB  # patch modules are kilobytes; nothing larger is read
 MAX_KEY_BYTES = MIB
-_SHSTRNDX = struct.Struct("<H")
 
 # cryptography is imported where a key or a signature is at hand: an unsigned module (and `patch-ctl list`)
 # never needs it, and its import costs a short command a tenth of its time.
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-_SHSTRNDX_OFFSET = 0x3E
 
 
 @dataclass
@@ -81,11 +79,7 @@ def _record_offset(path: str, data: bytes) -> int:
     """File offset of the integrity record; InputError when the module has no well-formed one."""
     name = os.path.basename(path)
     headers = check_header(path, data)  # bounds of every section, the section name table included
-    (shstrndx,) = _SHSTRNDX.unpack_from(data, _SHSTRNDX_OFFSET)
-    _, _, _, _, str_off, str_size, *_ = headers[shstrndx]
-    names = data[str_off:str_off + str_size]
-    wanted = SECTION.encode() + b"\0"
-    found = [h for h in headers if names[h[0]:h[0] + len(wanted)] == wanted]
+    found = [h for h, section in zip(headers, section_names(path, data, headers)) if section == SECTION]
     if not found:
         raise InputError(f"{name}: not a patch module (no {SECTION} section)")
     if len(found) > 1:

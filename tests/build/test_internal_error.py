@@ -48,7 +48,7 @@ def test_user_build(tmp_path, monkeypatch):
 
 def test_kernel_build(tmp_path, monkeypatch):
     # The bug strikes before anything is compiled.
-    from patch_build.kbuild import cli, kernel
+    from patch_build.kbuild import cli, kernel_symbols
 
     ksrc, headers, system_map = tiny_kernel_tree(tmp_path)
     (tmp_path / "fix.patch").write_text("--- a/kernel/fix.c\n+++ b/kernel/fix.c\n@@ -1 +1 @@\n"
@@ -57,7 +57,7 @@ def test_kernel_build(tmp_path, monkeypatch):
     def broken(path):
         raise KeyError("vmlinux")
 
-    monkeypatch.setattr(kernel, "read_system_map", broken)
+    monkeypatch.setattr(kernel_symbols, "read_system_map", broken)
     result = CliRunner().invoke(cli.app, ["-s", str(ksrc), "--headers", str(headers), "--system-map", str(system_map),
                                           "-o", str(tmp_path / "out"), "--json", str(tmp_path / "fix.patch")])
     _assert_internal_error(result, tmp_path / "out" / "livepatch_fix.report.json", "kernel", "KeyError")

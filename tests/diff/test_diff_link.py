@@ -14,6 +14,8 @@ import subprocess
 
 import pytest
 
+from patch_build.patchformat.names import reference_name
+from patch_build.patchformat.sections import FIELDS, FUNCS, POINTERS
 from support import elfcheck, patchlink, toolchain
 from support.diffcases import OBJNAME, fixture_names
 
@@ -78,6 +80,8 @@ def test_shim_without_patch_leaves_the_program_alone(fixtures, shim):
     assert run.stdout == fx.manifest["link"]["orig_output"]
 
 
+# the contract's record in C: its fields in order, the pointers as pointers
+C_RECORD = "".join(f"\t{'const void *' if f in POINTERS else 'unsigned long '}{f};\n" for f in FIELDS)
 HANDWRITTEN_PATCH = r"""
 #include <stdio.h>
 extern int kp_counter; /* renamed to the original's static local by objcopy */
@@ -88,11 +92,8 @@ int next_ticket(void)
 	return kp_counter;
 }
 struct kpatch_func {
-	void *new_addr;
-	unsigned long new_size, old_addr, old_size, sympos;
-	const char *name, *objname;
-};
-__attribute__((section(".kpatch.funcs"), used)) static struct kpatch_func entry = {
+""" + C_RECORD + r"""};
+__attribute__((section(""" + f'"{FUNCS}"' + r"""), used)) static struct kpatch_func entry = {
 	(void *)next_ticket, 1, 0, OLD_SIZE, 0, "next_ticket", "prog"
 };
 """
@@ -107,8 +108,8 @@ def test_link_harness_with_a_handwritten_patch(fixtures, shim, tmp_path):
     src = tmp_path / "handwritten.c"
     src.write_text(HANDWRITTEN_PATCH)
     obj = toolchain.compile_object(src, tmp_path / "handwritten.o", ["-O2", f"-DOLD_SIZE={old_size}"])
-    subprocess.run(["objcopy", f"--redefine-sym=kp_counter=.kpatch.sym.{OBJNAME}.counter.0,0", str(obj)],
-                   check=True)
+    subprocess.run(["objcopy", f"--redefine-sym=kp_counter={reference_name(False, OBJNAME, 'counter.0', 0)}",
+                    str(obj)], check=True)
     patch = patchlink.link_patch(obj, program, tmp_path)
     funcs = patchlink.patch_funcs(patch.elf)
     assert [(f.name, f.objname) for f in funcs] == [("next_ticket", OBJNAME)]

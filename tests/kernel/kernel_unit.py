@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from patch_build.kbuild.kernel import KCFLAGS
+from patch_build.kbuild.kernel_tree import KCFLAGS
 
 
 def compile_pair(source_tree: Path, workdir: Path, orig: str, patched: str) -> tuple[Path, Path]:

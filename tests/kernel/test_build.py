@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from patch_build.kbuild.kernel import kernel_release
+from patch_build.kbuild.kernel_target import kernel_release
 from patch_build.kbuild.options import BuildOptions
 
 pytestmark = [pytest.mark.kernel]

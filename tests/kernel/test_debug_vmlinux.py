@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from patch_build.kbuild.kernel import kernel_release
+from patch_build.kbuild.kernel_target import kernel_release
 from patch_build.kbuild.kernel_symbols import read_elf_symbols, read_system_map
 from patch_build.kbuild.options import BuildOptions
 

@@ -12,6 +12,7 @@ import capstone
 import pytest
 
 from patch_build.diffobj.read import read_object
+from patch_build.elfcore.x86_64 import R_X86_64_PLT32
 from patch_build.loader import layout, x86_64 as arch
 from patch_build.loader.remote import PROT_EXEC, PROT_READ
 from patch_build.loader.resolve import ResolveError, split_local
@@ -82,7 +83,7 @@ def test_layout_of_a_built_module(builds):
     # one far-call stub per function called outside the module (the library's, the target's `lookup`),
     # none for data (`lock`)
     called = {r.symbol.name for r in text.relocations if not r.symbol.is_defined and r.symbol.is_function
-              or r.type == 4}
+              or r.type == R_X86_64_PLT32}
     assert {"strtol", "snprintf", "pthread_mutex_lock", "pthread_mutex_unlock",
             ".kpatch.sym.server.lookup,0"} == called
     assert sorted(obj.symbols[i].name for i in plan.stubs) == sorted(called)

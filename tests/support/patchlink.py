@@ -22,11 +22,12 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
+from patch_build.elfcore.constants import SHF_ALLOC
+from patch_build.elfcore.x86_64 import R_X86_64_64
 from patch_build.patchformat.names import is_reference, parse_reference
 from patch_build.patchformat.sections import FUNCS, records
 
 PATCH_BASE = 0x10000000  # within rel32 range of a non-PIE program at 0x400000, and of 32-bit absolutes
-R_X86_64_64 = 1
 SHIM_SOURCE = Path(__file__).with_name("patchshim.c")
 
 
@@ -229,7 +230,7 @@ def patch_funcs(elf_path: str | os.PathLike) -> list[PatchFunc]:
         except ValueError as e:
             raise LinkError(str(e)) from None
         segments = [(s.header.sh_addr, s.data()) for s in elf.iter_sections()
-                    if s.header.sh_flags & 0x2 and s.header.sh_type != "SHT_NOBITS"]
+                    if s.header.sh_flags & SHF_ALLOC and s.header.sh_type != "SHT_NOBITS"]
 
     def string_at(addr: int) -> str:
         for base, data in segments:
@@ -238,7 +239,6 @@ def patch_funcs(elf_path: str | os.PathLike) -> list[PatchFunc]:
                 return data[addr - base:end].decode()
         raise LinkError(f"string pointer {addr:#x} in .kpatch.funcs points nowhere in {elf_path}")
 
-    out = []
     return [PatchFunc(e.new_addr, e.new_size, e.old_addr, e.old_size, e.sympos, string_at(e.name), string_at(e.objname))
             for e in entries]
 
