@@ -17,7 +17,7 @@ from patch_build.loader.procfs import Mapping, Memory
 
 MAGIC = b"KPATCHLD"
 VERSION = 1
-_HEAD = struct.Struct("<8sII")
+RECORD_HEAD = struct.Struct("<8sII")  # magic, format version, length of the JSON after it; kpatch-var's too
 MAPPING_PREFIX = "/memfd:kpatch:"
 # A record's states. PENDING: mapped, nothing jumps to it. APPLYING and REVERTING: jumps being written or
 # taken back, with every thread stopped; a patch-ctl killed there leaves them, and the next one finishes
@@ -78,17 +78,17 @@ class PatchRecord:
         data = _fields(self)
         data["funcs"] = [_fields(f) for f in self.funcs]
         blob = json.dumps(data, separators=(",", ":")).encode()
-        return _HEAD.pack(MAGIC, VERSION, len(blob)) + blob
+        return RECORD_HEAD.pack(MAGIC, VERSION, len(blob)) + blob
 
     @classmethod
     def decode(cls, data: bytes) -> PatchRecord | None:
-        if len(data) < _HEAD.size:
+        if len(data) < RECORD_HEAD.size:
             return None
-        magic, version, length = _HEAD.unpack_from(data)
-        if magic != MAGIC or version != VERSION or _HEAD.size + length > len(data):
+        magic, version, length = RECORD_HEAD.unpack_from(data)
+        if magic != MAGIC or version != VERSION or RECORD_HEAD.size + length > len(data):
             return None
         try:
-            raw = json.loads(data[_HEAD.size:_HEAD.size + length])
+            raw = json.loads(data[RECORD_HEAD.size:RECORD_HEAD.size + length])
             raw["funcs"] = [PatchedFunc(**f) for f in raw["funcs"]]
             return cls(**raw)
         except (ValueError, TypeError, KeyError):
@@ -101,11 +101,11 @@ def find_patches(maps: list[Mapping], mem: Memory) -> list[PatchRecord]:
     for m in maps:
         if m.path.startswith(MAPPING_PREFIX) and m.offset == 0:
             try:
-                head = mem.read(m.start, _HEAD.size)
-                _, _, length = _HEAD.unpack(head)
+                head = mem.read(m.start, RECORD_HEAD.size)
+                _, _, length = RECORD_HEAD.unpack(head)
                 if head[:8] != MAGIC or length > (64 << 20):
                     continue
-                record = PatchRecord.decode(mem.read(m.start, _HEAD.size + length))
+                record = PatchRecord.decode(mem.read(m.start, RECORD_HEAD.size + length))
             except (OSError, struct.error):
                 continue
             if record is not None and record.mappings and record.start == m.start:

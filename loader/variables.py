@@ -33,10 +33,10 @@ from patch_build.loader.recovery import changing
 from patch_build.loader.remote import RemoteCaller
 from patch_build.loader.resolve import Resolver
 from patch_build.loader.session import Session, Stats, in_clear_thread, in_target, run
+from patch_build.loader.state import RECORD_HEAD
 
 MAGIC = b"KPATCHVR"
 VERSION = 1
-_HEAD = struct.Struct("<8sII")
 LOG_NAME = "kpatch-var:sets"
 LOG_PATH = "/memfd:" + LOG_NAME
 LOG_SIZE = 64 << 10
@@ -86,7 +86,7 @@ class SetLog:
 
     def encode(self) -> bytes:
         blob = json.dumps([asdict(v) for v in self.sets], separators=(",", ":")).encode()
-        data = _HEAD.pack(MAGIC, VERSION, len(blob)) + blob
+        data = RECORD_HEAD.pack(MAGIC, VERSION, len(blob)) + blob
         if len(data) > LOG_SIZE:
             raise Refused([("var set", f"the target's record of sets is full ({len(self.sets)} sets): undo some")])
         return data
@@ -97,10 +97,10 @@ def read_log(maps: list[Mapping], mem: Memory) -> SetLog:
     for m in maps:
         if m.path.startswith(LOG_PATH) and m.offset == 0:
             try:
-                magic, version, length = _HEAD.unpack(mem.read(m.start, _HEAD.size))
-                if magic != MAGIC or version != VERSION or _HEAD.size + length > min(LOG_SIZE, m.end - m.start):
+                magic, version, length = RECORD_HEAD.unpack(mem.read(m.start, RECORD_HEAD.size))
+                if magic != MAGIC or version != VERSION or RECORD_HEAD.size + length > min(LOG_SIZE, m.end - m.start):
                     continue
-                raw = json.loads(mem.read(m.start + _HEAD.size, length))
+                raw = json.loads(mem.read(m.start + RECORD_HEAD.size, length))
                 return SetLog(m.start, [VarSet(**v) for v in raw])
             except (OSError, ValueError, TypeError, struct.error):
                 continue
