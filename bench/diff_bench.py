@@ -59,6 +59,8 @@ from debian_kernel import CACHE  # noqa: E402
 from measure import best_of, child_env  # noqa: E402
 from support import generate, toolchain  # noqa: E402
 
+from patch_build.kbuild.struct_sizes import struct_sizes  # noqa: E402
+
 TARGET_COUNT, TARGET_SECONDS = 1000, 1.0
 CFLAGS = ["-O2"]
 # The kernel units, and the string literal each pair changes (in a function's code, so the diff has work).
@@ -75,13 +77,15 @@ KCFLAGS = f"-ffunction-sections -fdata-sections -I{REPO / 'templates' / 'kernel'
 CHILD = r"""
 import json, resource, sys, time
 from patch_build.diffobj.diff import DiffOptions, diff_objects
+from patch_build.diffobj.struct_sizes import StructSizes
 orig, patched, out, repeat, kernel = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
-diff_objects(orig, patched, DiffOptions(kernel=kernel))  # lazily imported modules (capstone) load here
+sizes = StructSizes(json.loads(sys.argv[6]))
+diff_objects(orig, patched, DiffOptions(kernel=kernel, struct_sizes=sizes))  # lazy imports (capstone) load here
 base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 best_diff = best_total = float("inf")
 for _ in range(repeat):
     t0 = time.process_time()
-    result = diff_objects(orig, patched, DiffOptions(objname="bench", kernel=kernel))
+    result = diff_objects(orig, patched, DiffOptions(objname="bench", kernel=kernel, struct_sizes=sizes))
     t1 = time.process_time()
     result.write(out)
     t2 = time.process_time()
@@ -92,9 +96,10 @@ print(json.dumps({"diff": best_diff, "total": best_total, "rss_kb": peak, "base_
 """
 
 
-def in_process(orig: Path, patched: Path, out: Path, repeat: int, kernel: bool, env: dict) -> dict:
+def in_process(orig: Path, patched: Path, out: Path, repeat: int, kernel: bool, env: dict,
+               sizes: dict[str, int] | None = None) -> dict:
     run = subprocess.run([sys.executable, "-c", CHILD, str(orig), str(patched), str(out), str(repeat),
-                          "1" if kernel else "0"], capture_output=True, text=True, env=env)
+                          "1" if kernel else "0", json.dumps(sizes or {})], capture_output=True, text=True, env=env)
     if run.returncode:
         raise SystemExit(f"diff_bench: the differ failed on {orig}:\n{run.stderr}")
     return json.loads(run.stdout)
@@ -221,6 +226,8 @@ def bench_kernel(units: list[str], repeat: int, tmp: Path, env: dict, cdo: Path 
     if tree is None:
         print(f"\nkernel units: no prepared tree in {CACHE} (run the kernel tests once to make it)")
         return
+    # the special-section struct sizes patch-build passes (probed once in the tree, then kept there)
+    sizes = struct_sizes(tree, dict(os.environ), 2, tmp).sizes
     interp = None
     rows = []
     for unit in units:
@@ -229,13 +236,14 @@ def bench_kernel(units: list[str], repeat: int, tmp: Path, env: dict, cdo: Path 
         print(f"compiling {unit} twice ...", file=sys.stderr, flush=True)
         orig, patched = kernel_pair(tree, unit, work)
         out = work / "out.o"
-        diff_cmd = [sys.executable, "-m", "patch_build.diffobj", "--kernel", str(orig), str(patched), "-o", str(out)]
+        diff_cmd = [sys.executable, "-m", "patch_build.diffobj", "--kernel", str(orig), str(patched), "-o", str(out),
+                    *(f"--struct-size={name}={size}" for name, size in sorted(sizes.items()))]
         best_of(1, diff_cmd, env)  # bytecode cached
         if interp is None:
             _, interp = best_of(repeat, [sys.executable, "-m", "patch_build.diffobj", "--kernel", "/dev/null", "/dev/null",
                                          "-o", str(out)], env, expect=(2,))
         cpu, rss = best_of(repeat, diff_cmd, env)
-        m = in_process(orig, patched, out, repeat, True, env)
+        m = in_process(orig, patched, out, repeat, True, env, sizes)
         theirs = "no kpatch source ($KPATCH_SRC)"
         if cdo is not None:
             parent = parent_of(tree, unit, vmlinux)

@@ -5,6 +5,7 @@ file's sections, dynamic entries and DWARF through `ElfFile`."""
 from __future__ import annotations
 
 import re
+import struct
 import subprocess
 from pathlib import Path
 
@@ -400,3 +401,45 @@ def test_rule_names_are_pyelftools():
     from elftools.dwarf.callframe import RegisterRule
 
     assert (ehframe.UNDEFINED, ehframe.OFFSET) == (RegisterRule.UNDEFINED, RegisterRule.OFFSET)
+
+
+def _rela_entry(blob: bytes, section: str) -> int:
+    """The file offset of the first entry of relocation section `section`."""
+    row = next(r for r in _sections_of(blob) if r[0] == section)
+    return row[1]
+
+
+def _sections_of(blob: bytes) -> list[tuple[str, int]]:
+    from patch_build.elfcore.headers import section_names
+
+    headers = check_header("a.o", blob)
+    return [(name, h[4]) for name, h in zip(section_names("a.o", blob, headers), headers)]
+
+
+def test_relocations_of_unloaded_sections_are_read_when_asked_for(built):
+    """Debug information's relocations (most of an object's) are decoded when first asked for, not when the
+    object is read; those of loaded sections at once."""
+    obj = read_object(str(built["obj"]))
+    debug, text = obj.section_named(".debug_info"), obj.section_named(".text.compute")
+    assert debug._unread is not None and text._unread is None  # (the model's own bookkeeping)
+    assert len(debug.relocations) == len(_relocations(built["obj"])[".debug_info"]) and debug._unread is None
+
+
+def test_a_bad_relocation_of_an_unloaded_section_is_an_error_when_read(built):
+    blob = bytearray(built["obj"].read_bytes())
+    at = _rela_entry(bytes(blob), ".rela.debug_info")
+    struct.pack_into("<I", blob, at + 8, 200)  # r_info's type
+    obj = read_object("a.o", bytes(blob))
+    with pytest.raises(InputError, match=r"^a.o: unsupported relocation type 200 in .rela.debug_info$"):
+        obj.section_named(".debug_info").relocations
+    at = _rela_entry(bytes(blob), ".rela.text.compute")
+    struct.pack_into("<I", blob, at + 8, 200)
+    with pytest.raises(InputError, match=r"^a.o: unsupported relocation type 200 in .rela.text.compute$"):
+        read_object("a.o", bytes(blob))
+
+
+def test_assigned_relocations_replace_unread_ones(built):
+    obj = read_object(str(built["obj"]))
+    debug = obj.section_named(".debug_info")
+    debug.relocations = []
+    assert debug.relocations == [] and debug._unread is None
