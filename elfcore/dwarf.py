@@ -35,8 +35,9 @@ def text_address(shndx: int, value: int) -> int:
     return (shndx << 40) + value
 
 
-def _relocated_debug_image(blob: bytes) -> bytes | None:
-    """The file with the relocations of its .debug_* sections applied, or None if it needs pyelftools' way."""
+def _relocated_debug_image(path: str, blob: bytes) -> bytes | None:
+    """The file with the relocations of its .debug_* sections applied, or None if it needs pyelftools' way;
+    InputError when one lies outside its section or names no symbol (the differ never reads them)."""
     *_, e_shoff, _, _, _, _, _, e_shnum, e_shstrndx = EHDR.unpack_from(blob)
     headers = [SHDR.unpack_from(blob, e_shoff + i * SHDR.size) for i in range(e_shnum)]
     strtab = headers[e_shstrndx]
@@ -62,8 +63,13 @@ def _relocated_debug_image(blob: bytes) -> bytes | None:
         for r_offset, r_info, r_addend in RELA.iter_unpack(blob[h[4]:h[4] + h[5] // RELA.size * RELA.size]):
             rtype = _DEBUG_RELOCATIONS.get(r_type(r_info))
             sym = r_sym(r_info)
-            if rtype is None or sym >= len(values) or r_offset + rtype.size > target[5]:
+            if rtype is None:
                 return None
+            if sym >= len(values) or r_offset + rtype.size > target[5]:
+                where = name(target).decode(errors="replace")
+                what = f"names bad symbol {sym}" if sym >= len(values) else f"lies outside {where}"
+                raise InputError(f"{os.path.basename(path)}: malformed debug information (relocation at "
+                                 f"{r_offset:#x} in {name(h).decode(errors='replace')} {what})")
             value = rtype.value(S=values[sym], A=r_addend)
             if not rtype.signed:  # an unsigned field keeps the low bits (text addresses here exceed 32 bits)
                 value &= (1 << (rtype.size * 8)) - 1
@@ -93,7 +99,7 @@ def read_dwarf(path: str):
     elf = ELFFile(io.BytesIO(blob))
     if elf.get_section_by_name(".debug_info") is None or not elf.has_dwarf_info():
         return None
-    image = _relocated_debug_image(blob) if elf.header.e_type == "ET_REL" else blob
+    image = _relocated_debug_image(path, blob) if elf.header.e_type == "ET_REL" else blob
     if image is None:
         return elf.get_dwarf_info()
     return ELFFile(io.BytesIO(image)).get_dwarf_info(relocate_dwarf_sections=False)
