@@ -50,11 +50,6 @@ class ElfFile:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    @property
-    def x86_64(self) -> bool:
-        """A 64-bit x86-64 file."""
-        return self._elf.elfclass == 64 and self._elf["e_machine"] == "EM_X86_64"
-
     def section_data(self, name: str) -> tuple[int, bytes] | None:
         """(sh_addr, contents) of the section called `name`; None when there is none or it is NOBITS."""
         with self._reading():
