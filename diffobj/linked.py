@@ -19,16 +19,9 @@ cancellation and exceptions through the new code).
 from __future__ import annotations
 
 import bisect
-import io
 import os
 import struct
-
-from elftools.common.exceptions import ELFError
-from elftools.construct import ConstructError
-from elftools.dwarf.callframe import CIE, FDE, CallFrameInfo
-from elftools.dwarf.structs import DWARFStructs
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
+from typing import NamedTuple
 
 from patch_build.common.errors import InputError
 from patch_build.common.inputfile import read_input
@@ -55,19 +48,40 @@ from patch_build.diffobj.model import (
 )
 from patch_build.diffobj.read import read_object
 from patch_build.elfcore import x86_64 as arch
-from patch_build.elfcore.constants import ET_DYN, ET_EXEC, SHT_X86_64_UNWIND
-from patch_build.elfcore.headers import MAX_NOBITS_SIZE, elf_type
+from patch_build.elfcore.constants import (
+    ET_DYN,
+    ET_EXEC,
+    SHN_COMMON,
+    SHT_RELA,
+    SHT_SYMTAB,
+    SHT_X86_64_UNWIND,
+    STB_GLOBAL,
+    STB_WEAK,
+)
+from patch_build.elfcore.ehframe import MalformedEhFrame, fdes
+from patch_build.elfcore.headers import check_linked_header, elf_type, section_names
 from patch_build.elfcore.read import MAX_OBJECT_SIZE, mark_aliases
+from patch_build.elfcore.structs import RELA, r_sym, r_type
+from patch_build.elfcore.symbols import ElfSymbol, unpack_symbols
 
 _PCREL_SDATA4 = 0x1B  # DW_EH_PE_pcrel | DW_EH_PE_sdata4: gcc's pointer encoding in x86-64 .eh_frame
 # Output sections of the C runtime and the dynamic linker's tables: never patched, never compared.
 _SKIPPED = (".init", ".fini", ".plt", ".plt.got", ".plt.sec", ".got", ".got.plt", ".dynamic", ".init_array",
             ".fini_array", ".eh_frame", ".eh_frame_hdr", ".gcc_except_table", ".interp", ".tm_clone_table")
-_ST_TYPES = {"STT_NOTYPE": STT_NOTYPE, "STT_OBJECT": STT_OBJECT, "STT_FUNC": STT_FUNC, "STT_SECTION": STT_SECTION,
-             "STT_FILE": STT_FILE, "STT_TLS": STT_TLS}
-_ST_BINDS = {"STB_LOCAL": 0, "STB_GLOBAL": 1, "STB_WEAK": 2}
-# pyelftools reports a corrupt file by whatever its reading of a field runs into
-ELF_READ_ERRORS = (ELFError, ValueError, IndexError, OverflowError, struct.error)
+_ST_TYPES = {STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE, STT_TLS}
+_ST_BINDS = {STB_LOCAL, STB_GLOBAL, STB_WEAK}
+
+
+class _OutSection(NamedTuple):
+    """A section of the linked file (its header's fields)."""
+    name: str
+    type: int
+    flags: int
+    addr: int
+    offset: int
+    size: int
+    link: int
+    info: int
 
 
 class _Piece:
@@ -81,34 +95,24 @@ class _Piece:
 def read_linked(path: str, blob: bytes | None = None) -> ObjectFile:
     """The model of the executable or shared library at `path` (its bytes `blob` when already read);
     InputError when it was not linked with --emit-relocs or cannot be read."""
-    name = os.path.basename(path)
     if blob is None:
         blob = read_input(path, "linked program", MAX_OBJECT_SIZE)
-    try:
-        elf = ELFFile(io.BytesIO(blob))
-        if elf["e_type"] not in ("ET_EXEC", "ET_DYN") or elf["e_machine"] != "EM_X86_64":
-            raise InputError(f"{name}: not an x86-64 executable or shared library")
-        return _Model(name, elf, len(blob)).build(path)
-    except ELF_READ_ERRORS as e:
-        raise InputError(f"{name}: not a readable ELF file ({e})") from None
+    headers = check_linked_header(path, blob)
+    return _Model(path, blob, headers).build(path)
 
 
 class _Model:
-    def __init__(self, name: str, elf: ELFFile, size: int):
-        self.name = name
-        self.out_sections = list(elf.iter_sections())
-        for i, sec in enumerate(self.out_sections):
-            if sec["sh_type"] != "SHT_NOBITS" and sec["sh_offset"] + sec["sh_size"] > size:
-                raise InputError(f"{name}: truncated (section {i} runs past the end of the file)")
-            if sec["sh_type"] == "SHT_NOBITS" and sec["sh_size"] > MAX_NOBITS_SIZE:  # read as zeros: memory
-                raise InputError(f"{name}: section {i} is a NOBITS section of {sec['sh_size']:,} bytes "
-                                 f"(the limit is {MAX_NOBITS_SIZE:,})")
-        symtab = elf.get_section_by_name(".symtab")
-        if not isinstance(symtab, SymbolTableSection):
-            raise InputError(f"{name}: is stripped (no .symtab)")
-        self.raw = list(symtab.iter_symbols())
-        self.relas = {s["sh_info"]: s for s in self.out_sections
-                      if s["sh_type"] == "SHT_RELA" and not s["sh_flags"] & SHF_ALLOC}
+    def __init__(self, path: str, blob: bytes, headers: list[tuple]):
+        self.name = os.path.basename(path)
+        self.blob = blob
+        self.out_sections = [_OutSection(name, stype, flags, addr, offset, size, link, info)
+                             for name, (_, stype, flags, addr, offset, size, link, info, _, _)
+                             in zip(section_names(path, blob, headers), headers)]
+        symtab = next((s for s in self.out_sections if s.name == ".symtab"), None)
+        if symtab is None or symtab.type != SHT_SYMTAB:
+            raise InputError(f"{self.name}: is stripped (no .symtab)")
+        self.raw: list[ElfSymbol] = unpack_symbols(self._data(symtab), self._data(self.out_sections[symtab.link]))
+        self.relas = {s.info: s for s in self.out_sections if s.type == SHT_RELA and not s.flags & SHF_ALLOC}
         self.sections: list[Section] = [Section(0, "", 0, 0, 0, 0, b"")]
         self.symbols: list[Symbol] = [Symbol(0, "", STT_NOTYPE, STB_LOCAL, 0, SHN_UNDEF, 0, 0)]
         self.pieces: dict[int, list[_Piece]] = {}  # output section index -> its pieces, by address
@@ -116,13 +120,16 @@ class _Model:
         self.externals: dict[str, Symbol] = {}
         self.defined: dict[int, list] = {}  # output section index -> the sized functions and objects in it
         for raw in self.raw:
-            if isinstance(raw["st_shndx"], int) and raw["st_size"] \
-                    and raw["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT"):
-                self.defined.setdefault(raw["st_shndx"], []).append(raw)
+            if raw.shndx not in (SHN_UNDEF, SHN_ABS, SHN_COMMON) and raw.size and raw.type in (STT_FUNC, STT_OBJECT):
+                self.defined.setdefault(raw.shndx, []).append(raw)
         self.by_raw: dict[int, Symbol] = {}  # executable symbol index -> model symbol
 
+    def _data(self, sec: _OutSection) -> bytes:
+        """The contents of a section of the linked file (zeros for a NOBITS one)."""
+        return bytes(sec.size) if sec.type == SHT_NOBITS else self.blob[sec.offset:sec.offset + sec.size]
+
     def build(self, path: str) -> ObjectFile:
-        code = [i for i, s in enumerate(self.out_sections) if self._wanted(s) and s["sh_flags"] & SHF_EXECINSTR]
+        code = [i for i, s in enumerate(self.out_sections) if self._wanted(s) and s.flags & SHF_EXECINSTR]
         if not any(i in self.relas for i in code):
             raise InputError(f"{self.name}: has no relocations for its code (link it with -Wl,--emit-relocs)")
         self.symbols.append(Symbol(1, "", STT_FILE, STB_LOCAL, 0, SHN_ABS, 0, 0))
@@ -140,20 +147,20 @@ class _Model:
         return ObjectFile(path=path, sections=self.sections, symbols=self.symbols, source_file="")
 
     @staticmethod
-    def _wanted(sec) -> bool:
+    def _wanted(sec: _OutSection) -> bool:
         # TLS symbols hold offsets in the TLS block, not addresses: thread-local data is not modelled.
-        return (sec["sh_type"] in ("SHT_PROGBITS", "SHT_NOBITS") and sec["sh_flags"] & SHF_ALLOC
-                and not sec["sh_flags"] & SHF_TLS and sec.name not in _SKIPPED and not sec.name.startswith(".note"))
+        return (sec.type in (SHT_PROGBITS, SHT_NOBITS) and sec.flags & SHF_ALLOC
+                and not sec.flags & SHF_TLS and sec.name not in _SKIPPED and not sec.name.startswith(".note"))
 
-    def _cut(self, index: int, sec) -> None:
+    def _cut(self, index: int, sec: _OutSection) -> None:
         """Functions and data objects get a section each; in read-only data, what lies between objects (strings,
         constants: anonymous) goes into sections `NAME.K`, K counting such runs."""
-        data = sec.data() if sec["sh_type"] != "SHT_NOBITS" else bytes(sec["sh_size"])
-        base, end = sec["sh_addr"], sec["sh_addr"] + sec["sh_size"]
-        stype = SHT_NOBITS if sec["sh_type"] == "SHT_NOBITS" else SHT_PROGBITS
-        flags = sec["sh_flags"] & (SHF_ALLOC | SHF_WRITE | SHF_EXECINSTR)
-        extents = sorted({(s["st_value"], s["st_value"] + s["st_size"], f"{sec.name}.{s.name.split('@')[0]}")
-                          for s in self.defined.get(index, ()) if base <= s["st_value"] < end})
+        data = self._data(sec)
+        base, end = sec.addr, sec.addr + sec.size
+        stype = sec.type
+        flags = sec.flags & (SHF_ALLOC | SHF_WRITE | SHF_EXECINSTR)
+        extents = sorted({(s.value, s.value + s.size, f"{sec.name}.{s.name.split('@')[0]}")
+                          for s in self.defined.get(index, ()) if base <= s.value < end})
         extents = [e for i, e in enumerate(extents) if i == 0 or e[0] >= extents[i - 1][1]]  # aliases: one
         if not flags & (SHF_EXECINSTR | SHF_WRITE):
             gaps, at = [], base
@@ -183,20 +190,18 @@ class _Model:
 
     def _place_symbols(self) -> None:
         for i, raw in enumerate(self.raw):
-            info = raw["st_info"]
-            stype, bind = _ST_TYPES.get(info["type"]), _ST_BINDS.get(info["bind"])
-            if stype in (None, STT_SECTION, STT_FILE) or bind is None or not raw.name:
+            stype, bind = raw.type, raw.bind
+            if stype not in _ST_TYPES or stype in (STT_SECTION, STT_FILE) or bind not in _ST_BINDS or not raw.name:
                 continue
             name = raw.name.split("@")[0]  # ld writes versioned names (printf@GLIBC_2.2.5) into .symtab
-            shndx = raw["st_shndx"]
-            piece = self._piece_at(shndx, raw["st_value"]) if isinstance(shndx, int) else None
+            piece = self._piece_at(raw.shndx, raw.value)  # none for SHN_UNDEF and the other special indices
             if piece is None:
-                if shndx != "SHN_UNDEF" and not (stype == STT_NOTYPE and name.startswith(".L")):
+                if raw.shndx != SHN_UNDEF and not (stype == STT_NOTYPE and name.startswith(".L")):
                     continue  # defined outside what is modelled (C runtime, linker tables): referenced by name
                 sym = Symbol(len(self.symbols), name, stype, bind, 0, SHN_UNDEF, 0, 0)
             else:
                 sym = Symbol(len(self.symbols), name, stype, bind, 0, piece.section.index,
-                             raw["st_value"] - piece.start, raw["st_size"], section=piece.section)
+                             raw.value - piece.start, raw.size, section=piece.section)
                 piece.section.symbols.append(sym)
             self.symbols.append(sym)
             self.by_raw[i] = sym
@@ -212,15 +217,14 @@ class _Model:
             self.symbols.append(sym)
         return sym
 
-    def _relocate(self, index: int, rela) -> None:
+    def _relocate(self, index: int, rela: _OutSection) -> None:
         zeroed: dict[Section, bytearray] = {}
-        for rel in rela.iter_relocations():
-            where = rel["r_offset"]
+        for where, info, addend in RELA.iter_unpack(self._data(rela)):
             piece = self._piece_at(index, where)
             if piece is None:
                 continue  # in padding, or in a piece not modelled
             sec, offset = piece.section, where - piece.start
-            rtype, addend, symidx = rel["r_info_type"], rel["r_addend"], rel["r_info_sym"]
+            rtype, symidx = r_type(info), r_sym(info)
             kind = arch.RELOC_TYPES.get(rtype)
             if kind is None:
                 raise InputError(f"{self.name}: unsupported relocation type {rtype} at {where:#x}")
@@ -239,14 +243,14 @@ class _Model:
     def _target(self, piece: _Piece, offset: int, kind, index: int, addend: int) -> tuple[Symbol, int]:
         sec = piece.section
         raw = self.raw[index]
-        if raw["st_info"]["type"] != "STT_SECTION":
+        if raw.type != STT_SECTION:
             return self.by_raw.get(index) or self._external(raw.name.split("@")[0]), addend
         # An output section symbol: find the piece the referenced address lies in (for a PC-relative field the
         # address is S + A + the distance to the end of the instruction), and point at that piece instead.
-        target_index = raw["st_shndx"]
-        if not isinstance(target_index, int) or not 0 < target_index < len(self.out_sections):
+        target_index = raw.shndx
+        if not 0 < target_index < len(self.out_sections):
             raise InputError(f"{self.name}: section symbol {index} names no section")
-        section_address = self.out_sections[target_index]["sh_addr"]
+        section_address = self.out_sections[target_index].addr
         bias = 0
         if kind.pc_relative and sec.is_text:
             if piece.insns is None:
@@ -262,21 +266,18 @@ class _Model:
         """An object-like `.eh_frame`: the FDE of each modelled function that starts one, with its CIE. A C++
         function with a personality routine or a catch table (LSDA) goes without: `.gcc_except_table` and the
         personality pointers are not modelled."""
-        out = next((s for s in self.out_sections if s.name == ".eh_frame" and s["sh_type"] == "SHT_PROGBITS"), None)
+        out = next((s for s in self.out_sections if s.name == ".eh_frame" and s.type == SHT_PROGBITS), None)
         if out is None:
             return
-        data, base = out.data(), out["sh_addr"]
-        structs = DWARFStructs(little_endian=True, dwarf_format=32, address_size=8)
+        data, base = self._data(out), out.addr
         try:
-            entries = CallFrameInfo(io.BytesIO(data), len(data), base, structs, for_eh_frame=True).get_entries()
-        except (*ELF_READ_ERRORS, ConstructError, KeyError, AssertionError, RecursionError):  # pyelftools on bad CFI
+            entries = fdes(data, base)
+        except MalformedEhFrame:
             return  # unparseable: the patch goes without unwind information
-        code = [i for i in self.pieces if self.out_sections[i]["sh_flags"] & SHF_EXECINSTR]
+        code = [i for i in self.pieces if self.out_sections[i].flags & SHF_EXECINSTR]
         cies: dict[int, int | None] = {}  # offset -> new offset (None: not copied)
         out_data, relocations = bytearray(), []
         for fde in entries:
-            if not isinstance(fde, FDE):
-                continue
             start = fde.header["initial_location"]
             piece = next((p for i in code if (p := self._piece_at(i, start)) is not None), None)
             if piece is None or piece.start != start:
@@ -302,9 +303,9 @@ class _Model:
         self.symbols.append(sym)
 
     @staticmethod
-    def _copy_cie(cie: CIE, data: bytes, out: bytearray) -> int | None:
-        """Append `cie` to `out`: its new offset, or None when it is not one gcc writes for C-like code (code
-        pointers pcrel sdata4; no personality routine nor catch tables, which are not modelled)."""
+    def _copy_cie(cie, data: bytes, out: bytearray) -> int | None:
+        """Append `cie` (pyelftools' CIE) to `out`: its new offset, or None when it is not one gcc writes for
+        C-like code (code pointers pcrel sdata4; no personality routine nor catch tables, which are not modelled)."""
         augmentation = cie.header["augmentation"]
         if augmentation != b"zR" or cie.augmentation_dict.get("FDE_encoding") != _PCREL_SDATA4:
             return None

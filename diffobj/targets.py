@@ -15,7 +15,7 @@ from patch_build.diffobj.model import STT_NOTYPE, ObjectFile, Relocation, Sectio
 from patch_build.elfcore import x86_64 as arch
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)  # slots: one per resolved relocation, tens of thousands
 class Target:
     symbol: Symbol | None  # the named function/object referenced, None for anonymous data
     section: Section | None  # the section referenced (None: undefined symbol)
@@ -89,13 +89,16 @@ class TargetResolver:
     def item_end(self, sec: Section, offset: int) -> int:
         """Where the anonymous item referenced at `offset` ends: at the next referenced offset.
 
-        Sections such as `.rodata` at -O0 hold many unnamed items (strings, jump tables); the other
-        references into the section are the only boundaries there are.
+        Sections such as `.rodata` at -O0 hold many unnamed items (strings, jump tables); the program's
+        other references into the section (from its loaded sections: debug information describes named
+        objects, and its relocations are read only if asked for) are the only boundaries there are.
         """
         cached = self._items.get(sec)
         if cached is None or cached[0] is not sec.data:
             found = {sec.size}
             for other in self.obj.sections:
+                if not other.is_alloc:
+                    continue
                 for rel in other.relocations:
                     if rel.symbol.section is sec:
                         t = self.resolve(other, rel)

@@ -5,17 +5,14 @@ from __future__ import annotations
 import bisect
 import io
 import os
-import struct
 from dataclasses import dataclass, field
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
 
 from patch_build.common.errors import InputError
 from patch_build.common.inputfile import read_input
 from patch_build.elfcore import notes
 from patch_build.elfcore.constants import EM_X86_64, SHF_ALLOC, SHF_TLS
 from patch_build.elfcore.headers import elf_type
+from patch_build.elfcore.parsing import pyelftools_errors
 from patch_build.elfcore.read import MAX_OBJECT_SIZE
 from patch_build.elfcore.structs import EHDR
 from patch_build.elfcore.symbols import ElfSymbol, symbol_table
@@ -47,6 +44,11 @@ class LinkedBinary:
         """(address, size) of the allocated section called `name`, or None."""
         return next(((addr, size) for addr, size, sec in self._sections if sec == name), None)
 
+    def section_data(self, name: str) -> tuple[int, bytes] | None:
+        """(address, contents as loaded) of the allocated section called `name`, or None."""
+        found = self.section(name)
+        return None if found is None else (found[0], self.read(*found))
+
     def section_name(self, address: int) -> str:
         """The allocated section `address` lies in, or ''."""
         i = bisect.bisect_right(self._sections, (address, 1 << 64)) - 1
@@ -57,6 +59,8 @@ class LinkedBinary:
 
 def read_binary(path: str | os.PathLike) -> LinkedBinary:
     """Read the ELF file at `path`; InputError when it is not a readable ELF file."""
+    from elftools.elf.elffile import ELFFile  # imported by the first file read
+
     blob = read_input(path, "ELF file", MAX_OBJECT_SIZE)
     name = os.path.basename(path)
     try:
@@ -70,5 +74,5 @@ def read_binary(path: str | os.PathLike) -> LinkedBinary:
         x86_64 = elf.elfclass == 64 and e_machine == EM_X86_64
         return LinkedBinary(e_type=elf_type(blob), x86_64=x86_64, build_id=notes.build_id(elf),
                             symtab=symbol_table(elf, ".symtab"), _blob=blob, _loads=loads, _sections=sections)
-    except (ELFError, ValueError, IndexError, KeyError, struct.error) as e:  # what pyelftools raises on bad data
+    except pyelftools_errors() as e:
         raise InputError(f"{name}: not a readable ELF file ({e})") from None

@@ -5,7 +5,8 @@ zero length is a terminator: the linker puts one at the end of a program's frame
 objects can leave several inside one section, so the walk steps over them to the section's end. In an
 object, each FDE's first relocation (at offset 8, its pc_begin) names the code it describes; the rest point
 at its LSDA or, in a CIE, at the personality routine. The call frame instructions of a linked binary's FDEs
-are decoded by pyelftools.
+are decoded by pyelftools (`fdes`, `decode_fde`), and into rows of rules for an unwinder (`frame_table`);
+malformed ones are a MalformedEhFrame.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import io
 import struct
 from typing import NamedTuple
 
+from patch_build.elfcore.parsing import pyelftools_errors
 from patch_build.elfcore.structs import U32
 
 EH_FRAME = ".eh_frame"
@@ -109,10 +111,14 @@ def _cfi(data: bytes, address: int):
 
 
 def fdes(data: bytes, address: int) -> list:
-    """Every FDE of a linked `.eh_frame` loaded at `address`, decoded by pyelftools."""
+    """Every FDE of a linked `.eh_frame` loaded at `address`, decoded by pyelftools (each knows its `cie`);
+    MalformedEhFrame when the section cannot be decoded."""
     from elftools.dwarf.callframe import FDE
 
-    return [e for e in _cfi(data, address).get_entries() if isinstance(e, FDE)]
+    try:
+        return [e for e in _cfi(data, address).get_entries() if isinstance(e, FDE)]
+    except pyelftools_errors() as e:
+        raise MalformedEhFrame(f"undecodable call frame information ({type(e).__name__}: {e})") from None
 
 
 def decode_fde(data: bytes, address: int, offset: int):
@@ -132,6 +138,47 @@ def decode_fde(data: bytes, address: int, offset: int):
     U32.pack_into(fde, 4, len(cie) + 4)  # its CIE now lies just before it
     entries = _cfi(cie + bytes(fde), address + offset - len(cie)).get_entries()
     return entries[1] if len(entries) == 2 and isinstance(entries[1], FDE) else None
+
+
+# How a register's value in the caller is found (DWARF's register rules), by pyelftools' names (RegisterRule):
+# the two an unwinder needs to tell apart from the rest.
+UNDEFINED = "UNDEFINED"  # no value: the return address of the outermost frame
+OFFSET = "OFFSET"  # saved at CFA + arg
+
+
+class Rule(NamedTuple):
+    kind: str  # UNDEFINED, OFFSET, or another of DWARF's rules (SAME_VALUE, REGISTER, EXPRESSION, ...)
+    arg: object  # the offset of OFFSET; what the other kinds take
+
+
+class FrameRow(NamedTuple):
+    pc: int  # the row applies from this address on
+    cfa: tuple[int, int] | None  # (register, offset) the CFA is; None when an expression computes it
+    rules: dict[int, Rule]  # by DWARF register number; a register not listed has no rule
+
+
+class FrameTable(NamedTuple):
+    start: int  # the code the FDE covers: [start, end)
+    end: int
+    return_address: int  # the DWARF register that holds the return address (the CIE's)
+    rows: list[FrameRow]
+
+
+def frame_table(data: bytes, address: int, offset: int) -> FrameTable | None:
+    """The rows of the FDE at `offset` of a linked `.eh_frame` loaded at `address` (`decode_fde`); None when
+    a CIE lies there, MalformedEhFrame when it cannot be decoded."""
+    try:
+        fde = decode_fde(data, address, offset)
+        if fde is None:
+            return None
+        decoded = fde.get_decoded()
+        rows = [FrameRow(line["pc"], None if line["cfa"].expr is not None else (line["cfa"].reg, line["cfa"].offset),
+                         {reg: Rule(rule.type, rule.arg) for reg, rule in line.items() if isinstance(reg, int)})
+                for line in decoded.table]
+        start = fde.header["initial_location"]
+        return FrameTable(start, start + fde.header["address_range"], fde.cie["return_address_register"], rows)
+    except pyelftools_errors() as e:
+        raise MalformedEhFrame(f"undecodable FDE at offset {offset:#x} ({type(e).__name__}: {e})") from None
 
 
 EH_FRAME_HDR = ".eh_frame_hdr"

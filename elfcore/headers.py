@@ -48,20 +48,41 @@ def check_header(path: str, blob: bytes) -> list[tuple]:
     within the file (NOBITS ones within a bound), whole symbol and relocation entries, links to existing
     sections, string tables that end with a NUL, names inside the section name table. Return the raw section
     headers (SHDR fields); InputError naming the file otherwise."""
+    e_type, e_machine = _check_ident(path, blob)
+    if e_machine != EM_X86_64:
+        raise InputError(f"{os.path.basename(path)}: unsupported machine (e_machine {e_machine}); "
+                         "only x86-64 is supported")
+    if e_type != ET_REL:
+        what = _ET_NAMES.get(e_type, f"ELF type {e_type}")
+        raise InputError(f"{os.path.basename(path)}: is {what}, not a relocatable object (.o)")
+    return _section_headers(path, blob, MAX_ALIGN)
+
+
+def check_linked_header(path: str, blob: bytes) -> list[tuple]:
+    """`check_header` for an x86-64 executable or shared library: its section headers, checked as an object's
+    (but for alignment: a linked file's sections are read, never laid out again)."""
+    e_type, e_machine = _check_ident(path, blob)
+    if e_type not in (ET_EXEC, ET_DYN) or e_machine != EM_X86_64:
+        raise InputError(f"{os.path.basename(path)}: not an x86-64 executable or shared library")
+    return _section_headers(path, blob, None)
+
+
+def _check_ident(path: str, blob: bytes) -> tuple[int, int]:
+    """(e_type, e_machine) of `blob`, once it is known to be a 64-bit little-endian ELF file."""
     name = os.path.basename(path)
     if not blob.startswith(ELFMAG):
         raise InputError(f"{name}: not an ELF file")
     if len(blob) < EHDR.size:
         raise InputError(f"{name}: truncated ELF header")
-    ident, e_type, e_machine, *_, e_shoff, _, _, _, _, e_shentsize, e_shnum, e_shstrndx = \
-        EHDR.unpack_from(blob)
+    ident, e_type, e_machine, *_ = EHDR.unpack_from(blob)
     if ident[EI_CLASS] != ELFCLASS64 or ident[EI_DATA] != ELFDATA2LSB:
         raise InputError(f"{name}: not a 64-bit little-endian ELF file")
-    if e_machine != EM_X86_64:
-        raise InputError(f"{name}: unsupported machine (e_machine {e_machine}); only x86-64 is supported")
-    if e_type != ET_REL:
-        what = _ET_NAMES.get(e_type, f"ELF type {e_type}")
-        raise InputError(f"{name}: is {what}, not a relocatable object (.o)")
+    return e_type, e_machine
+
+
+def _section_headers(path: str, blob: bytes, max_align: int | None) -> list[tuple]:
+    name = os.path.basename(path)
+    *_, e_shoff, _, _, _, _, e_shentsize, e_shnum, e_shstrndx = EHDR.unpack_from(blob)
     if e_shoff == 0:
         raise InputError(f"{name}: has no section header table")
     if e_shnum == 0:
@@ -81,9 +102,9 @@ def check_header(path: str, blob: bytes) -> list[tuple]:
                                  f"(the limit is {MAX_NOBITS_SIZE:,})")
         elif sh_offset + sh_size > len(blob):
             raise InputError(f"{name}: truncated (section {i} runs past the end of the file)")
-        if sh_addralign & (sh_addralign - 1) or sh_addralign > MAX_ALIGN:
+        if max_align is not None and (sh_addralign & (sh_addralign - 1) or sh_addralign > max_align):
             raise InputError(f"{name}: section {i} has alignment {sh_addralign:#x} "
-                             f"(a power of two up to {MAX_ALIGN:#x} expected)")
+                             f"(a power of two up to {max_align:#x} expected)")
         if sh_type in (SHT_SYMTAB, SHT_RELA):
             if sh_entsize != ENTRY_SIZE or sh_size % ENTRY_SIZE:
                 raise InputError(f"{name}: section {i} has entries of {sh_entsize} bytes in {sh_size} "

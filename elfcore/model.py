@@ -4,6 +4,7 @@ tied to the section it belongs to. `elfcore.read` fills it; the differ extends i
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from patch_build.elfcore.constants import (
@@ -45,11 +46,15 @@ class Section:
     data: bytes  # NOBITS sections hold zeros of their size
     link: int = 0
     info: int = 0
-    relocations: list[Relocation] = field(default_factory=list)
+    relocations: list[Relocation] = field(default_factory=list)  # a property over this field: below the class
     symbols: list[Symbol] = field(default_factory=list)  # non-section symbols defined here
     section_symbol: Symbol | None = None
     group: Section | None = None  # the SHT_GROUP section it belongs to
     _named: tuple[int, list[Symbol]] = field(default=(-1, []), init=False, repr=False)
+
+    def defer_relocations(self, read: Callable[[], list[Relocation]]) -> None:
+        """Have `read` give the section's relocations when they are first asked for."""
+        self._unread = read
 
     def named_symbols(self) -> list[Symbol]:
         """`symbols` without the assembler's local labels (.L*). Asked for once per relocation and per
@@ -100,6 +105,22 @@ class Section:
 
     def __repr__(self) -> str:
         return f"<Section [{self.index}] {self.name}>"
+
+
+def _relocations(sec: Section) -> list[Relocation]:
+    if sec._unread is not None:
+        sec._relocations, sec._unread = sec._unread(), None
+    return sec._relocations
+
+
+def _set_relocations(sec: Section, relocations: list[Relocation]) -> None:
+    sec._relocations, sec._unread = relocations, None
+
+
+# Set once @dataclass has made __init__, which assigns the field through it (dataclasses.replace too): the
+# relocations of a section the differ never compares (debug information) are then decoded only if asked for.
+Section.relocations = property(_relocations, _set_relocations, doc="The relocations that apply to the section, "
+                               "in offset order (read from the file when first asked for, if deferred).")
 
 
 @dataclass(eq=False)

@@ -5,6 +5,7 @@ import os
 from typing import TYPE_CHECKING
 
 from patch_build.common.errors import InputError
+from patch_build.elfcore.parsing import pyelftools_errors
 
 if TYPE_CHECKING:  # pyelftools is imported by the first file opened
     from elftools.elf.elffile import ELFFile
@@ -23,13 +24,10 @@ def build_id(elf: ELFFile) -> str | None:
 def build_id_of(path: str | os.PathLike) -> str | None:
     """The GNU build-id of the ELF file at `path` (only its notes are read); InputError when it is not readable
     as ELF."""
-    import struct
-
-    from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
     with open(path, "rb") as f:
         try:
             return build_id(ELFFile(f))
-        except (ELFError, ValueError, IndexError, KeyError, struct.error) as e:  # pyelftools on bad data
+        except pyelftools_errors() as e:
             raise InputError(f"{os.path.basename(path)}: not a readable ELF file ({e})") from None

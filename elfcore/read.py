@@ -2,15 +2,19 @@
 file's bounds first (`elfcore.headers`): sections with their contents (NOBITS ones as zeros), symbols tied to
 their sections, and relocation entries tied to the exact section they apply to (names need not be unique).
 Unpacked with `struct`: a kernel object's hundred thousand relocations and symbols then cost milliseconds.
+The relocations of sections that are not loaded (debug information: most of an object's relocations, which
+the differ never compares) are decoded and checked when first asked for, not before.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 from patch_build.common.errors import InputError
 from patch_build.common.inputfile import MIB, read_input
 from patch_build.elfcore import x86_64
 from patch_build.elfcore.constants import (
+    SHF_ALLOC,
     SHN_ABS,
     SHN_COMMON,
     SHN_LORESERVE,
@@ -91,33 +95,48 @@ def read_object(path: str, blob: bytes | None = None, section_type: type[Section
             source_file = sym.name
         symbols.append(sym)
 
+    relas: dict[int, list[Section]] = {}  # target section index -> its relocation sections
     for sec in sections:
         if sec.type == SHT_REL:
             raise InputError(f"{name}: SHT_REL section {sec.name}: only RELA is used on x86-64")
         if sec.type == SHT_RELA:
             if not 0 < sec.info < len(sections):
                 raise InputError(f"{name}: relocation section {sec.name} has bad target")
-            target = sections[sec.info]
-            for r_offset, info, r_addend in RELA.iter_unpack(sec.data):
-                symidx, rtype = r_sym(info), r_type(info)
-                if not 0 < symidx < len(symbols) or symbols[symidx].type == STT_FILE:
-                    raise InputError(f"{name}: relocation at {r_offset:#x} in {sec.name} names bad symbol {symidx}")
-                kind = x86_64.RELOC_TYPES.get(rtype)
-                if kind is None:
-                    raise InputError(f"{name}: unsupported relocation type {rtype} in {sec.name}")
-                if r_offset + kind.size > target.size:
-                    raise InputError(f"{name}: relocation at {r_offset:#x} in {sec.name} lies outside "
-                                     f"{target.name} ({target.size} bytes)")
-                target.relocations.append(Relocation(r_offset, rtype, symbols[symidx], r_addend))
+            relas.setdefault(sec.info, []).append(sec)
         elif sec.type == SHT_GROUP:
             for (idx,) in list(U32.iter_unpack(sec.data[:len(sec.data) // 4 * 4]))[1:]:  # a flag word, then members
                 if 0 < idx < len(sections):
                     sections[idx].group = sec
+    for index, rela_sections in relas.items():
+        target = sections[index]
+        read = functools.partial(_relocations, name, rela_sections, target, symbols)
+        if target.flags & SHF_ALLOC:
+            target.relocations = read()
+        else:
+            target.defer_relocations(read)
     for sec in sections:
-        sec.relocations.sort(key=lambda r: r.offset)
         mark_aliases(sec)
         mark_prefixes(sec)
     return ObjectFile(path=path, sections=sections, symbols=symbols, source_file=source_file)
+
+
+def _relocations(name: str, relas: list[Section], target: Section, symbols: list[Symbol]) -> list[Relocation]:
+    """The entries of the relocation sections `relas` of `target`, checked, in offset order."""
+    out = []
+    for sec in relas:
+        for r_offset, info, r_addend in RELA.iter_unpack(sec.data):
+            symidx, rtype = r_sym(info), r_type(info)
+            if not 0 < symidx < len(symbols) or symbols[symidx].type == STT_FILE:
+                raise InputError(f"{name}: relocation at {r_offset:#x} in {sec.name} names bad symbol {symidx}")
+            kind = x86_64.RELOC_TYPES.get(rtype)
+            if kind is None:
+                raise InputError(f"{name}: unsupported relocation type {rtype} in {sec.name}")
+            if r_offset + kind.size > target.size:
+                raise InputError(f"{name}: relocation at {r_offset:#x} in {sec.name} lies outside "
+                                 f"{target.name} ({target.size} bytes)")
+            out.append(Relocation(r_offset, rtype, symbols[symidx], r_addend))
+    out.sort(key=lambda r: r.offset)
+    return out
 
 
 def _name(path: str, table: bytes, offset: int, what: str) -> str:

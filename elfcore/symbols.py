@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from patch_build.common.errors import InputError
 from patch_build.elfcore.constants import VERSYM_HIDDEN
+from patch_build.elfcore.parsing import pyelftools_errors
 from patch_build.elfcore.structs import SYM, st_bind, st_type
 from patch_build.elfcore.x86_64 import R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT
 
@@ -40,10 +41,15 @@ def symbol_table(elf: ELFFile, table: str) -> list[ElfSymbol]:
         if versym is not None:
             raw = versym.data()
             hidden = [v & VERSYM_HIDDEN for v in struct.unpack(f"<{len(raw) // 2}H", raw)]
+    return unpack_symbols(sec.data(), strtab, hidden)
+
+
+def unpack_symbols(table: bytes, strtab: bytes, hidden: list[int] = ()) -> list[ElfSymbol]:
+    """The symbols of a symbol table's contents `table`, named from the string table's contents `strtab`, in
+    table order; the indices true in `hidden` are left out."""
     out = []
-    data = sec.data()
-    for i, (st_name, info, _other, shndx, value, size) in enumerate(SYM.iter_unpack(data[:len(data) // SYM.size
-                                                                                            * SYM.size])):
+    for i, (st_name, info, _other, shndx, value, size) in enumerate(SYM.iter_unpack(table[:len(table) // SYM.size
+                                                                                             * SYM.size])):
         if i < len(hidden) and hidden[i]:
             continue
         end = strtab.find(b"\0", st_name)
@@ -55,14 +61,13 @@ def symbol_table(elf: ELFFile, table: str) -> list[ElfSymbol]:
 def symbols_of(path: str | os.PathLike, table: str = ".symtab") -> list[ElfSymbol] | None:
     """The symbols of `table` of the ELF file at `path`; None when it has no such table, InputError when the
     file cannot be read as ELF."""
-    from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
             return symbol_table(elf, table) if elf.get_section_by_name(table) is not None else None
-    except (OSError, ELFError, ValueError, struct.error) as e:
+    except (OSError, *pyelftools_errors()) as e:
         raise InputError(f"{path}: cannot read its symbols ({e})") from None
 
 

@@ -77,11 +77,6 @@ def _go_binary(path: Path) -> GoBinary:
 _COMPARED = (".text", ".rodata", ".noptrdata", ".data")
 
 
-def _section(binary: GoBinary, name: str) -> tuple[int, bytes] | None:
-    sec = binary.elf.get_section_by_name(name)
-    return None if sec is None else (sec["sh_addr"], sec.data())
-
-
 def derived_path(module: str, name: str, pkg: str) -> str:
     """Where the copy of `pkg` lives in the plugin: under MODULE/patchbuild_NAME, its path in the module
     kept (so `internal` packages stay importable)."""
@@ -143,11 +138,11 @@ class _GoBuild(StepTimes):
         if toolchain != info.go_version:
             raise Refused([(self.binary.name, f"built with {info.go_version}; the Go toolchain here is {toolchain} "
                                               "(the fix must be built by the same release)")])
-        with _go_binary(self.binary) as deployed:
-            self.build_id = deployed.build_id()
-            if not deployed.fingerprints():
-                raise Refused([(self.binary.name, "cannot load a fix: the program does not import the patch-build "
-                                                  "agent (patchbuild.local/go/agent), nor the plugin package")])
+        deployed = _go_binary(self.binary)
+        self.build_id = deployed.build_id()
+        if not deployed.fingerprints():
+            raise Refused([(self.binary.name, "cannot load a fix: the program does not import the patch-build "
+                                              "agent (patchbuild.local/go/agent), nor the plugin package")])
         module = go_list("-m", self.src, self.env)[0]["Path"]
         if module != info.main_module:
             raise InputError(f"{self.binary}: built from module {info.main_module}, SRCDIR is module {module}")
@@ -225,12 +220,13 @@ class _GoBuild(StepTimes):
     def _check_deployed(self, rebuilt: Path) -> None:
         """The deployed binary must run the code SRCDIR builds: the rebuild's code and data are the deployed
         one's (Go builds are reproducible: same sources, flags, toolchain and directory, same bytes)."""
-        with _go_binary(self.binary) as deployed, _go_binary(rebuilt) as ours:
-            if any(_section(ours, name) != _section(deployed, name) for name in _COMPARED):
-                message = (f"the deployed {self.binary.name} does not run the code SRCDIR builds with its flags "
-                           "(another source, flags or toolchain)")
-                self._report("refused", message)
-                raise PatchBuildError(message)
+        deployed = _go_binary(self.binary)
+        ours = _go_binary(rebuilt)
+        if any(ours.section_data(name) != deployed.section_data(name) for name in _COMPARED):
+            message = (f"the deployed {self.binary.name} does not run the code SRCDIR builds with its flags "
+                       "(another source, flags or toolchain)")
+            self._report("refused", message)
+            raise PatchBuildError(message)
 
     def _refusals(self, changed: list[str], new: list[str], patched: dict[str, GoFunction], packages: list[str],
                   module: str) -> list[tuple[str, str]]:
@@ -245,14 +241,14 @@ class _GoBuild(StepTimes):
             for sym in identity_uses(patched[f], _package_of(f)):
                 problems.append((f, f"uses the identity of a type of its package ({sym}: an interface conversion, "
                                     "type assertion or reflection), which the fix's copy of the package cannot share"))
-        with _go_binary(self.binary) as deployed:
-            for f in changed:
-                if f not in deployed.functions:
-                    continue  # inlined wherever it is used: its callers changed with it
-                size = stack_check_size(deployed.code(f)[:32])
-                if size < JUMP_SIZE:
-                    problems.append((f, "too small for the jump: it does not start with a stack-bound check "
-                                        "(a leaf function the compiler made nosplit)"))
+        deployed = _go_binary(self.binary)
+        for f in changed:
+            if f not in deployed.functions:
+                continue  # inlined wherever it is used: its callers changed with it
+            size = stack_check_size(deployed.code(f)[:32])
+            if size < JUMP_SIZE:
+                problems.append((f, "too small for the jump: it does not start with a stack-bound check "
+                                    "(a leaf function the compiler made nosplit)"))
         return problems
 
     def _packages_of(self, files: list[str], tree: Path) -> set[str]:
@@ -299,31 +295,32 @@ class _GoBuild(StepTimes):
 
     def _finish(self, plugin: Path, copies: dict[str, str], changed: list[str], new: list[str]) -> BuildResult:
         funcs, binds, problems = [], [], []
-        with _go_binary(self.binary) as deployed, _go_binary(plugin) as built:
-            mine, theirs = built.fingerprints(), deployed.fingerprints()
-            for pkg in sorted(mine):
-                if pkg in theirs and mine[pkg] != theirs[pkg]:
-                    problems.append((pkg, "the plugin's copy of this package differs from the program's (plugin.Open "
-                                          "would refuse it): built from other sources or flags"))
-            for f in changed:
-                if f not in deployed.functions or closure_parent(f) in changed:
-                    continue  # inlined everywhere; or a closure of a replaced function: the new one has its own
-                pkg = _package_of(f)
-                new_name = copies[pkg] + f[len(pkg):]
-                if new_name not in built.functions:
-                    problems.append((f, f"its new version {new_name} is not in the plugin"))
+        deployed = _go_binary(self.binary)
+        built = _go_binary(plugin)
+        mine, theirs = built.fingerprints(), deployed.fingerprints()
+        for pkg in sorted(mine):
+            if pkg in theirs and mine[pkg] != theirs[pkg]:
+                problems.append((pkg, "the plugin's copy of this package differs from the program's (plugin.Open "
+                                      "would refuse it): built from other sources or flags"))
+        for f in changed:
+            if f not in deployed.functions or closure_parent(f) in changed:
+                continue  # inlined everywhere; or a closure of a replaced function: the new one has its own
+            pkg = _package_of(f)
+            new_name = copies[pkg] + f[len(pkg):]
+            if new_name not in built.functions:
+                problems.append((f, f"its new version {new_name} is not in the plugin"))
+                continue
+            funcs.append(GoFunc(f, new_name))
+        replaced = {f.name for f in funcs}
+        for pkg, copy in copies.items():
+            for sym in sorted(built.functions):
+                if not sym.startswith(copy + "."):
                     continue
-                funcs.append(GoFunc(f, new_name))
-            replaced = {f.name for f in funcs}
-            for pkg, copy in copies.items():
-                for sym in sorted(built.functions):
-                    if not sym.startswith(copy + "."):
-                        continue
-                    host = pkg + sym[len(copy):]
-                    if host in deployed.functions and host not in replaced and host not in new \
-                            and closure_parent(host) not in changed and built.functions[sym].size >= BIND_SIZE:
-                        # (a replaced function's closures may be numbered anew: they stay the plugin's own)
-                        binds.append(GoBind(sym, host))
+                host = pkg + sym[len(copy):]
+                if host in deployed.functions and host not in replaced and host not in new \
+                        and closure_parent(host) not in changed and built.functions[sym].size >= BIND_SIZE:
+                    # (a replaced function's closures may be numbered anew: they stay the plugin's own)
+                    binds.append(GoBind(sym, host))
         if problems:
             raise self._refuse(problems, changed, new)
         if not funcs:

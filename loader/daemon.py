@@ -29,13 +29,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
 from patch_build.common.interrupts import Interrupted
 from patch_build.common.errors import InputError, PatchBuildError
 from patch_build.elfcore import notes
 from patch_build.elfcore.constants import ELFMAG
+from patch_build.elfcore.elffile import ElfFile
 from patch_build.loader.apply import apply_patch
 from patch_build.loader.entry import at_entry
 from patch_build.loader.execgate import ExecGate, Handoff
@@ -162,12 +160,8 @@ class Daemon:
         first = next(m for m in maps if m.path == exe)
         key = (exe, first.inode)
         if key not in self.programs:
-            with open(f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}", "rb") as f:
-                elf = ELFFile(f)
-                dynamic = elf.get_section_by_name(".dynamic")
-                self.programs[key] = (any(s["p_type"] == "PT_INTERP" for s in elf.iter_segments()),
-                                      sum(1 for t in dynamic.iter_tags() if t.entry.d_tag == "DT_NEEDED")
-                                      if dynamic is not None else 0)
+            with ElfFile(f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}") as elf:
+                self.programs[key] = (elf.interpreted(), len(elf.needed()))
         return self.programs[key]
 
     def _settled(self, pid: int, state: _Starting) -> bool:
@@ -254,7 +248,7 @@ class Daemon:
         def wanted() -> bool:
             try:
                 return self._may_need(pid)
-            except (OSError, ELFError, ValueError, InputError):
+            except (OSError, ValueError, InputError):
                 return False
 
         if self.gate is not None and not wanted():
@@ -270,7 +264,7 @@ class Daemon:
         for pid, state in list(self.starting.items()):
             try:
                 ready = self._settled(pid, state)
-            except (OSError, ELFError, ThreadGone, InputError, StopIteration):
+            except (OSError, ThreadGone, InputError, StopIteration):
                 ready = True  # gone (then nothing is done), or unreadable: tried as it is
             if ready:
                 del self.starting[pid]

@@ -9,11 +9,8 @@ defined at the top), and skipping the standard library's types keeps a C++ unit 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cache
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pyelftools' DWARF support is imported by the first read (`patch-ctl list` needs none)
-    from elftools.dwarf.dwarf_expr import DWARFExprParser
+from patch_build.elfcore.dwarf import base_type_encodings, expression_parser
 
 _WALKED = ("DW_TAG_namespace", "DW_TAG_subprogram", "DW_TAG_lexical_block")
 _SCOPES = {"DW_TAG_namespace", "DW_TAG_subprogram", "DW_TAG_structure_type", "DW_TAG_class_type",
@@ -76,7 +73,7 @@ def _scope(die) -> list[str]:
     return list(reversed(parts))
 
 
-def _address(die, parser: DWARFExprParser) -> int | None:
+def _address(die, parser) -> int | None:
     loc = die.attributes.get("DW_AT_location")
     if loc is None or loc.form != "DW_FORM_exprloc":
         return None
@@ -121,7 +118,7 @@ def describe(die) -> VarType:
     size = die.attributes["DW_AT_byte_size"].value if "DW_AT_byte_size" in die.attributes else 0
     tag, name = die.tag, _name(die)
     if tag == "DW_TAG_base_type":
-        ate = _ate_names().get(die.attributes["DW_AT_encoding"].value, "")
+        ate = base_type_encodings().get(die.attributes["DW_AT_encoding"].value, "")
         kind = BOOL if ate == "DW_ATE_boolean" else FLOAT if ate == "DW_ATE_float" else INT if ate in _INTEGER else OTHER
         return VarType(kind, size, prefix + (spelled or name), signed=ate in _SIGNED, const=const)
     if tag == "DW_TAG_enumeration_type":
@@ -151,7 +148,7 @@ def describe(die) -> VarType:
     return VarType(OTHER, size, prefix + (spelled or name or tag.removeprefix("DW_TAG_")), const=const)
 
 
-def _walk(die, parser: DWARFExprParser, unit: str, out: list[Variable]) -> None:
+def _walk(die, parser, unit: str, out: list[Variable]) -> None:
     for child in die.iter_children():
         if child.tag in _WALKED:
             _walk(child, parser, unit, out)
@@ -170,23 +167,14 @@ def _walk(die, parser: DWARFExprParser, unit: str, out: list[Variable]) -> None:
                                 static, linkage.value.decode("utf-8", "replace") if linkage else name))
 
 
-@cache
-def _ate_names() -> dict[int, str]:
-    from elftools.dwarf.enums import ENUM_DW_ATE
-
-    return {v: k for k, v in ENUM_DW_ATE.items()}
-
-
-def variables(elf) -> list[Variable]:
-    """Every global and static variable the object's DWARF describes, by address; [] without DWARF."""
-    from elftools.dwarf.dwarf_expr import DWARFExprParser
-
-    if elf.get_section_by_name(".debug_info") is None or not elf.has_dwarf_info():
+def variables(dwarf) -> list[Variable]:
+    """Every global and static variable an object's DWARF (`ElfFile.dwarf`) describes, by address; [] without
+    DWARF (None)."""
+    if dwarf is None:
         return []
-    dwarf = elf.get_dwarf_info()
     out: list[Variable] = []
     for cu in dwarf.iter_CUs():
-        parser = DWARFExprParser(cu.structs)
+        parser = expression_parser(cu)
         top = cu.get_top_DIE()
         _walk(top, parser, _name(top).rsplit("/", 1)[-1], out)
     seen, unique = set(), []

@@ -128,11 +128,9 @@ def _check_program(s: Session, patch: GoPatch) -> GoBinary:
     try:
         build_id, version = program.build_id() or "", program.go_version()
     except NotGo as e:
-        program.close()
         raise Refused([(f"process {s.pid}", str(e))]) from None
     want = patch.target
     if build_id != want.get("build_id") or version != want.get("go_version"):
-        program.close()
         raise Refused([(f"process {s.pid}", f"runs another build: {os.path.basename(os.readlink(exe))} build-id "
                                             f"{build_id or 'none'} ({version}); {patch.name} is for "
                                             f"{want.get('name')} build-id {want.get('build_id')} "
@@ -145,7 +143,8 @@ def _apply(s: Session, patch: GoPatch, plugin: bytes, path: str, timeout: float)
     if not os.path.exists(os.path.join(directory, "agent.sock")):
         raise Refused([(f"process {s.pid}", "no patch-build agent in the program (it must import "
                                             f"patchbuild.local/go/agent; {directory}/agent.sock is missing)")])
-    with _check_program(s, patch) as program, changing(s, timeout) as critical:
+    program = _check_program(s, patch)
+    with changing(s, timeout) as critical:
         if any(r.module == patch.name for r in s.patches):
             raise Refused([(patch.name, f"already applied in process {s.pid} (revert it first)")])
         exe_path = os.readlink(f"/proc/{s.pid}/exe")
@@ -168,13 +167,13 @@ def _apply(s: Session, patch: GoPatch, plugin: bytes, path: str, timeout: float)
 
         critical.safe_point()
         ours, inside = _place_plugin(s.pid, directory, patch.name, plugin)
-        with GoBinary(ours) as built:  # checked before the program loads it
-            missing = [f.new for f, _, _, _ in olds if f.new not in built.functions]
-            if missing:
-                raise InputError(f"{path}: malformed .gopatch: its plugin has no {missing[0]}")
-            new_offsets = [built.functions[f.new].addr for f, _, _, _ in olds]
-            bind_offsets = [(built.functions[b.copy].addr, exe.base + program.functions[b.host].addr)
-                            for b in patch.binds if b.copy in built.functions and b.host in program.functions]
+        built = GoBinary(ours)  # checked before the program loads it
+        missing = [f.new for f, _, _, _ in olds if f.new not in built.functions]
+        if missing:
+            raise InputError(f"{path}: malformed .gopatch: its plugin has no {missing[0]}")
+        new_offsets = [built.functions[f.new].addr for f, _, _, _ in olds]
+        bind_offsets = [(built.functions[b.copy].addr, exe.base + program.functions[b.host].addr)
+                        for b in patch.binds if b.copy in built.functions and b.host in program.functions]
         ask_agent(s.pid, directory, inside)
         s.refresh()
         loaded = [o for o in s.objects if o.path.removesuffix(" (deleted)") == inside]

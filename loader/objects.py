@@ -8,16 +8,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
 
-from patch_build.elfcore import notes
 from patch_build.elfcore.constants import SHN_UNDEF, STB_GLOBAL, STB_GNU_UNIQUE, STB_LOCAL, STB_WEAK, STT_FILE
+from patch_build.elfcore.elffile import ElfFile
 from patch_build.elfcore.segments import load_segments
-from patch_build.elfcore.symbols import ElfSymbol, symbol_table
+from patch_build.elfcore.symbols import ElfSymbol
 from patch_build.loader.procfs import Mapping, proc_dir
-
-if TYPE_CHECKING:
-    from elftools.elf.elffile import ELFFile
 
 
 @dataclass
@@ -42,33 +38,21 @@ class LoadedObject:
         return max(m.end for m in self.maps)
 
     @cached_property
-    def _elf(self) -> tuple[ELFFile, object]:
-        from elftools.elf.elffile import ELFFile  # not for `patch-ctl list`, which needs only the segments
-
-        f = open(self.file, "rb")
-        return ELFFile(f), f
-
-    @property
-    def elf(self) -> ELFFile:
-        return self._elf[0]
-
-    def section_data(self, name: str) -> tuple[int, bytes] | None:
-        sec = self.elf.get_section_by_name(name)
-        if sec is None or sec["sh_type"] == "SHT_NOBITS":
-            return None
-        return sec["sh_addr"], sec.data()
+    def elf(self) -> ElfFile:
+        """The file, opened when first asked for: `patch-ctl list` needs only the segments."""
+        return ElfFile(self.file)
 
     @cached_property
     def build_id(self) -> str:
-        return notes.build_id(self.elf) or ""
+        return self.elf.build_id() or ""
 
     @cached_property
     def symtab(self) -> list[ElfSymbol]:
-        return symbol_table(self.elf, ".symtab")
+        return self.elf.symbols(".symtab")
 
     @cached_property
     def dynsym(self) -> list[ElfSymbol]:
-        return symbol_table(self.elf, ".dynsym")
+        return self.elf.symbols(".dynsym")
 
     @cached_property
     def exports(self) -> dict[str, ElfSymbol]:
@@ -95,8 +79,8 @@ class LoadedObject:
         return [s for s in self.symtab if s.bind == STB_LOCAL and s.name == name and s.shndx != SHN_UNDEF]
 
     def close(self) -> None:
-        if "_elf" in self.__dict__:
-            self._elf[1].close()
+        if "elf" in self.__dict__:
+            self.elf.close()
 
 
 def loaded_objects(pid: int, maps: list[Mapping]) -> list[LoadedObject]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from patch_build.elfcore.constants import STB_WEAK, STT_FUNC, STT_GNU_IFUNC, STT_TLS
 from patch_build.elfcore.model import Symbol
-from patch_build.elfcore.symbols import ElfSymbol, got_slots
+from patch_build.elfcore.symbols import ElfSymbol
 from patch_build.loader.objects import LoadedObject
 from patch_build.loader.procfs import Memory
 from patch_build.patchformat.module import Func, Target
@@ -103,7 +103,7 @@ class Resolver:
         """An IFUNC's implementation is what the process already bound it to: read a GOT slot of an
         object that imports it (a lazy slot still points to a PLT entry, which is callable too)."""
         for obj in self.objects:
-            slot = got_slots(obj.elf).get(name)
+            slot = obj.elf.got_slots().get(name)
             if slot is not None:
                 return self.mem.read_u64(obj.base + slot)
         raise ResolveError(f"{what}: indirect function (IFUNC) that no loaded object imports")

@@ -1,6 +1,6 @@
 """Walk a stopped thread's stack with the objects' `.eh_frame` CFI; scan conservatively where there is none.
 
-Each object's `.eh_frame_hdr` search table finds the FDE for a PC by binary search, and pyelftools decodes
+Each object's `.eh_frame_hdr` search table finds the FDE for a PC by binary search, and elfcore decodes
 just that FDE (its CFI rows are cached), so a walk does not parse a whole libc `.eh_frame`. Where a frame
 has no usable CFI (code without an FDE, a patch's own code, a signal frame's CFA expression) the rest of the
 stack is scanned: every word that points into code counts as a return address, which can only err on the
@@ -12,7 +12,16 @@ import bisect
 import struct
 from dataclasses import dataclass
 
-from patch_build.elfcore.ehframe import EH_FRAME, EH_FRAME_HDR, decode_fde, fdes, search_table
+from patch_build.elfcore.ehframe import (
+    EH_FRAME,
+    EH_FRAME_HDR,
+    OFFSET,
+    UNDEFINED,
+    MalformedEhFrame,
+    fdes,
+    frame_table,
+    search_table,
+)
 from patch_build.loader.objects import LoadedObject
 from patch_build.loader.procfs import Mapping, Memory, read_maps
 
@@ -44,16 +53,19 @@ class ObjectCfi:
         self.obj = obj
         self.starts: list[int] = []
         self.fdes: list[int] = []  # offsets of FDEs in .eh_frame, parallel to starts
-        self.eh_frame: tuple[int, bytes] | None = obj.section_data(EH_FRAME)  # (address, contents)
+        self.eh_frame: tuple[int, bytes] | None = obj.elf.section_data(EH_FRAME)  # (address, contents)
         self._rows: dict[int, tuple[int, int, list[tuple[int, Row | None]]] | None] = {}
         if self.eh_frame is None:
             return
         self.eh_frame_addr = self.eh_frame[0]
-        hdr = obj.section_data(EH_FRAME_HDR)
+        hdr = obj.elf.section_data(EH_FRAME_HDR)
         entries = search_table(*hdr, self.eh_frame_addr) if hdr is not None else None
         if entries is None:
-            entries = sorted((e.header["initial_location"], e.offset) for e in fdes(self.eh_frame[1],
-                                                                                     self.eh_frame_addr))
+            try:
+                entries = sorted((e.header["initial_location"], e.offset) for e in fdes(self.eh_frame[1],
+                                                                                         self.eh_frame_addr))
+            except MalformedEhFrame:  # no usable CFI: the stack is scanned conservatively
+                entries = []
         self.starts = [s for s, _ in entries]
         self.fdes = [o for _, o in entries]
 
@@ -74,35 +86,28 @@ class ObjectCfi:
         return rows[j][1] if j >= 0 else False
 
     def _decode(self, fde_offset: int):
-        from elftools.dwarf.callframe import RegisterRule  # pyelftools: not before the first walk
-
         try:
-            fde = decode_fde(self.eh_frame[1], self.eh_frame_addr, fde_offset)
-            if fde is None:
-                return None
-            decoded = fde.get_decoded()
-        except Exception:  # malformed or unsupported CFI: treated as none, i.e. a conservative scan
+            table = frame_table(self.eh_frame[1], self.eh_frame_addr, fde_offset)
+        except MalformedEhFrame:  # malformed or unsupported CFI: treated as none, i.e. a conservative scan
             return None
-        ra_reg = fde.cie["return_address_register"]
+        if table is None:
+            return None
         rows = []
-        for line in decoded.table:
-            cfa = line["cfa"]
-            ra = line.get(ra_reg)
-            rbp = line.get(RBP)
-            if cfa.expr is not None or cfa.reg not in (RSP, RBP):
-                rows.append((line["pc"], None))
+        for row in table.rows:
+            ra, rbp = row.rules.get(table.return_address), row.rules.get(RBP)
+            if row.cfa is None or row.cfa[0] not in (RSP, RBP):
+                rows.append((row.pc, None))
                 continue
-            if ra is None or ra.type == RegisterRule.UNDEFINED:
+            if ra is None or ra.kind == UNDEFINED:
                 ra_off = None
-            elif ra.type == RegisterRule.OFFSET:
+            elif ra.kind == OFFSET:
                 ra_off = ra.arg
             else:
-                rows.append((line["pc"], None))
+                rows.append((row.pc, None))
                 continue
-            rbp_off = rbp.arg if rbp is not None and rbp.type == RegisterRule.OFFSET else None
-            rows.append((line["pc"], Row(cfa.reg, cfa.offset, ra_off, rbp_off)))
-        start = fde.header["initial_location"]
-        return start, start + fde.header["address_range"], rows
+            rbp_off = rbp.arg if rbp is not None and rbp.kind == OFFSET else None
+            rows.append((row.pc, Row(row.cfa[0], row.cfa[1], ra_off, rbp_off)))
+        return table.start, table.end, rows
 
 
 class _StackWords:

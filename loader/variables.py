@@ -178,7 +178,7 @@ def _split(spec: str) -> tuple[str, str]:
 
 
 def _dwarf_variables(s: Session) -> list[tuple[LoadedObject, Variable]]:
-    return [(obj, v) for obj in s.objects for v in variables(obj.elf)]
+    return [(obj, v) for obj in s.objects for v in variables(obj.elf.dwarf())]
 
 
 def _spelling(obj: LoadedObject, v: Variable, all_: list[tuple[LoadedObject, Variable]]) -> str:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
+from patch_build.common.errors import InputError
+from patch_build.elfcore.binary import read_binary
+from patch_build.elfcore.constants import SHN_UNDEF, STB_GLOBAL, STT_FUNC, STT_OBJECT
 
-from patch_build.elfcore import notes
 
 _BUILDINFO_MAGIC = b"\xff Go buildinf:"
+_BUILDINFO_READ = 4096  # of .go.buildinfo: its header and the version string it starts with
 _FINGERPRINT = "go.link.pkghashbytes."
-MAX_BINARY = 1 << 30
 
 
 class NotGo(Exception):
@@ -29,62 +29,39 @@ class GoSymbol:
 
 
 class GoBinary:
-    """An ELF file built by the Go toolchain, read with pyelftools (the file stays open: `close`)."""
+    """An ELF file built by the Go toolchain, read whole by elfcore (`elfcore.binary`)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         try:
-            if os.path.getsize(self.path) > MAX_BINARY:
-                raise NotGo(f"{self.path}: larger than {MAX_BINARY >> 20} MiB")
-            self._file = open(self.path, "rb")
-        except OSError as e:
-            raise NotGo(f"{self.path}: {e.strerror}") from None
-        try:
-            self.elf = ELFFile(self._file)
-            if self.elf["e_machine"] != "EM_X86_64":
-                raise NotGo(f"{self.path}: not an x86-64 program")
-            self.functions, self._objects = self._symbols()
-        except (ELFError, ValueError) as e:
-            self._file.close()
-            raise NotGo(f"{self.path}: not a readable ELF file ({e})") from None
-        except NotGo:
-            self._file.close()
-            raise
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> GoBinary:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+            self._binary = read_binary(self.path)
+        except InputError as e:
+            raise NotGo(str(e)) from None
+        if not self._binary.x86_64:
+            raise NotGo(f"{self.path}: not an x86-64 program")
+        self.functions, self._objects = self._symbols()
 
     def _symbols(self) -> tuple[dict[str, GoSymbol], dict[str, GoSymbol]]:
-        symtab = self.elf.get_section_by_name(".symtab")
-        if symtab is None:
+        if not self._binary.symtab:
             raise NotGo(f"{self.path}: no symbol table (stripped, -ldflags=-s): functions cannot be found by name")
         funcs, objects = {}, {}
-        for sym in symtab.iter_symbols():
-            kind = sym["st_info"]["type"]
-            if sym["st_shndx"] == "SHN_UNDEF" or not sym.name:
+        for sym in self._binary.symtab:
+            if sym.shndx == SHN_UNDEF or not sym.name:
                 continue
-            entry = GoSymbol(sym.name, sym["st_value"], sym["st_size"])
-            if kind == "STT_FUNC" and sym["st_info"]["bind"] == "STB_GLOBAL":
+            entry = GoSymbol(sym.name, sym.value, sym.size)
+            if sym.type == STT_FUNC and sym.bind == STB_GLOBAL:
                 funcs.setdefault(sym.name, entry)
-            elif kind == "STT_OBJECT" and sym.name.startswith(_FINGERPRINT):
+            elif sym.type == STT_OBJECT and sym.name.startswith(_FINGERPRINT):
                 objects.setdefault(sym.name, entry)
         return funcs, objects
 
     def read(self, addr: int, size: int) -> bytes:
-        """Bytes of the loaded image at a link-time address ('' past what the file holds)."""
-        for seg in self.elf.iter_segments():
-            if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= addr < seg["p_vaddr"] + seg["p_filesz"]:
-                off = addr - seg["p_vaddr"]
-                size = min(size, seg["p_filesz"] - off)
-                self._file.seek(seg["p_offset"] + off)
-                return self._file.read(size)
-        return b""
+        """Bytes of the loaded image at a link-time address (fewer where its segment ends, none outside)."""
+        return self._binary.read(addr, size)
+
+    def section_data(self, name: str) -> tuple[int, bytes] | None:
+        """(address, contents as loaded) of the allocated section called `name`, or None."""
+        return self._binary.section_data(name)
 
     def code(self, name: str) -> bytes:
         sym = self.functions[name]
@@ -97,12 +74,12 @@ class GoBinary:
                 for name, sym in sorted(self._objects.items())}
 
     def build_id(self) -> str | None:
-        return notes.build_id(self.elf)
+        return self._binary.build_id
 
     def go_version(self) -> str:
         """The toolchain version in the build info (`go1.19.8`), as `go version FILE` prints it."""
-        sec = self.elf.get_section_by_name(".go.buildinfo")
-        data = sec.data()[:4096] if sec is not None else b""
+        sec = self._binary.section(".go.buildinfo")
+        data = self.read(sec[0], min(sec[1], _BUILDINFO_READ)) if sec is not None else b""
         if not data.startswith(_BUILDINFO_MAGIC) or len(data) < 33:
             raise NotGo(f"{self.path}: no Go build info (not built by the Go toolchain)")
         if not data[15] & 2:  # before Go 1.18 the strings are pointed to, not inline

@@ -10,9 +10,9 @@ import hashlib
 import os
 from pathlib import Path
 
+from patch_build.elfcore.dwarf import dwarf_errors, read_dwarf
 from patch_build.elfcore.notes import build_id_of
 from patch_build.elfcore.sections import section_contents
-from patch_build.report.dwarf import dwarf_errors, read_dwarf
 from patch_build.report.model import Artifact, Compiler, Target, Tool
 
 TOOL_NAME = "patch-build"

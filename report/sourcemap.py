@@ -15,9 +15,9 @@ import bisect
 from dataclasses import dataclass
 
 from patch_build.elfcore.constants import ET_REL, SHN_LORESERVE, SHN_UNDEF, STT_FUNC
+from patch_build.elfcore.dwarf import dwarf_errors, read_dwarf, text_address
 from patch_build.elfcore.headers import E_TYPE_END, elf_type
 from patch_build.elfcore.symbols import symbols_of
-from patch_build.report.dwarf import dwarf_errors, read_dwarf, text_address
 from patch_build.report.patches import same_file
 
 

@@ -43,7 +43,7 @@ def test_help_imports_no_heavy_library(prog):
     assert result["imported"] == []
 
 
-def test_list_imports_only_typers_pydantic():
+def test_list_imports_no_heavy_library():
     target = subprocess.Popen(["sleep", "60"])
     try:
         result = imported("patch-ctl", "list", "-p", str(target.pid))
@@ -51,4 +51,4 @@ def test_list_imports_only_typers_pydantic():
         target.kill()
         target.wait()
     assert result["code"] == 0 and f"no patches in process {target.pid}" in result["out"]
-    assert result["imported"] == ["pydantic"]  # typer converts every argument but a flag through pydantic
+    assert result["imported"] == []  # typer 0.29 would import pydantic to convert the arguments

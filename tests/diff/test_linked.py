@@ -47,7 +47,7 @@ def test_model_of_a_linked_program(programs):
     ("plain", "plain: has no relocations for its code (link it with -Wl,--emit-relocs)"),
     ("stripped", "stripped: is stripped (no .symtab)"),
     ("m.o", "m.o: not an x86-64 executable or shared library"),
-    ("m.c", "m.c: not a readable ELF file"),
+    ("m.c", "m.c: not an ELF file"),
 ])
 def test_unreadable_programs(programs, name, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):

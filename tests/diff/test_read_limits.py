@@ -1,5 +1,6 @@
 """The object reader: sections and symbols as readelf shows them, section counts past 65,280, NOBITS
-contents; and that reading an object does not import LIEF (its import alone cost more than a large diff)."""
+contents; that reading an object does not import LIEF (its import alone cost more than a large diff), and that
+the differ leaves debug information's relocations unread."""
 from __future__ import annotations
 
 import re
@@ -117,3 +118,21 @@ def test_named_symbols_leave_out_labels_and_follow_appends(small_object):
     named = Symbol(len(obj.symbols) + 1, "use2", STT_FUNC, STB_GLOBAL, 0, text.index, 0, 1, text)
     text.symbols += [label, named]
     assert [s.name for s in text.named_symbols()] == ["use", "use2"]
+
+
+def test_the_differ_leaves_debug_relocations_unread(tmp_path):
+    """Most of a -g object's relocations apply to its debug information, which the differ never compares:
+    they stay unread (memory: issue 11), and the output is written all the same."""
+    from patch_build.diffobj.diff import DiffOptions, diff_objects
+
+    for stem, value in (("orig", 1), ("patched", 2)):
+        (tmp_path / f"{stem}.c").write_text(
+            "static const int table[4] = {1, 2, 3, 4};\n"
+            f"int pick(int i) {{ return table[i & 3] + {value}; }}\nint other(int i) {{ return i * 3; }}\n")
+        subprocess.run(["gcc", "-O2", "-g", "-ffunction-sections", "-c", f"{stem}.c", "-o", f"{stem}.o"], cwd=tmp_path, check=True)
+    result = diff_objects(str(tmp_path / "orig.o"), str(tmp_path / "patched.o"), DiffOptions())
+    result.write(str(tmp_path / "out.o"))
+    assert [c.name for c in result.changed_functions] == ["pick"]
+    for obj in (result.orig, result.patched):
+        debug = [s for s in obj.sections if s.name.startswith(".debug_") and s._unread is not None]
+        assert debug and all(not s.is_alloc for s in debug)

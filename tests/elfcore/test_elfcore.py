@@ -1,21 +1,25 @@
 """elfcore, each ELF concept checked against readelf on objects and binaries gcc and ld have just built:
 headers and sections, symbols, relocations (and the x86-64 table's names, sizes and formulas, against what ld
-wrote), notes, a linked binary's symbol tables and contents, `.eh_frame` records and FDEs."""
+wrote), notes, a linked binary's symbol tables and contents, `.eh_frame` records, FDEs and their rows, a linked
+file's sections, dynamic entries and DWARF through `ElfFile`."""
 from __future__ import annotations
 
 import re
+import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from patch_build.common.errors import InputError
+from patch_build.elfcore import dwarf as dwarf_reading
 from patch_build.elfcore import ehframe, notes, symbols, x86_64
 from patch_build.elfcore.binary import read_binary
 from patch_build.elfcore.constants import ET_DYN, ET_EXEC, SHN_ABS, SHN_COMMON, SHN_UNDEF
-from patch_build.elfcore.headers import check_header
+from patch_build.elfcore.elffile import ElfFile
+from patch_build.elfcore.headers import check_header, check_linked_header
 from patch_build.elfcore.read import read_object
-from patch_build.elfcore.symbols import symbol_table
+from patch_build.elfcore.symbols import symbol_table, symbols_of
 
 SOURCE = r"""
 #include <stdio.h>
@@ -287,3 +291,154 @@ def test_eh_frame_malformed(built):
         ehframe.records(sec.data[fde.offset:])  # its CIE pointer leads before the start
     inside = ehframe.TERMINATOR + sec.data  # a terminator ld -r left inside is stepped over
     assert [r.size for r in ehframe.records(inside)] == [r.size for r in ehframe.records(sec.data)]
+
+
+def test_elf_file(built):
+    """elfcore's door to a linked file: sections by name (NOBITS ones have no contents), build-id, symbol
+    tables, program interpreter and needed libraries, against readelf."""
+    blob = built["exe"].read_bytes()
+    with ElfFile(built["exe"]) as elf:
+        for row in _sections(built["exe"]):
+            if row["name"] and row["type"] != "NOBITS":
+                assert elf.section_data(row["name"]) == (row["addr"], blob[row["offset"]:row["offset"] + row["size"]])
+            elif row["type"] == "NOBITS":
+                assert elf.section_data(row["name"]) is None
+        assert elf.section_data(".no-such-section") is None
+        assert elf.build_id() == notes.build_id_of(built["exe"])
+        assert elf.symbols(".symtab") == symbols_of(built["exe"])
+        assert elf.interpreted() == ("Requesting program interpreter" in readelf("-l", built["exe"]))
+        assert elf.needed() == re.findall(r"\(NEEDED\)\s+Shared library: \[(.*)\]", readelf("-d", built["exe"]))
+        assert "libc.so.6" in elf.needed()
+    with ElfFile(built["lib"]) as lib:
+        assert not lib.interpreted() and lib.dwarf() is None  # built without -g
+
+
+def test_elf_file_refused(built, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not ELF at all\n" * 10)
+    truncated = tmp_path / "truncated"
+    truncated.write_bytes(built["exe"].read_bytes()[:20])
+    for path in (text, truncated):
+        with pytest.raises(InputError, match=rf"^{path.name}: not a readable ELF file"):
+            ElfFile(path)
+
+
+def test_dwarf_of_a_linked_file(built):
+    """A global's DW_OP_addr location (through elfcore's expression parser) is its symbol's address, and its
+    type's encoding is named."""
+    addresses = {s.name: s.value for s in symbols_of(built["exe"]) if s.type == 1}  # STT_OBJECT
+    found = {}
+    with ElfFile(built["exe"]) as elf:
+        dwarf = elf.dwarf()
+        for cu in dwarf.iter_CUs():
+            parser = dwarf_reading.expression_parser(cu)
+            for die in cu.get_top_DIE().iter_children():
+                name = die.attributes.get("DW_AT_name")
+                if die.tag == "DW_TAG_variable" and name is not None and "DW_AT_location" in die.attributes:
+                    ops = parser.parse_expr(die.attributes["DW_AT_location"].value)
+                    if ops[0].op_name == "DW_OP_addr":
+                        found[name.value.decode()] = ops[0].args[0]
+                if die.tag == "DW_TAG_base_type" and name is not None and name.value == b"int":
+                    encoding = dwarf_reading.base_type_encodings()[die.attributes["DW_AT_encoding"].value]
+    assert found == {name: addresses[name] for name in ("counter", "greeting", "table")}
+    assert encoding == "DW_ATE_signed"
+
+
+def test_linked_header(built):
+    blob = built["exe"].read_bytes()
+    headers = check_linked_header(str(built["exe"]), blob)
+    assert [(h[4], h[5]) for h in headers] == [(s["offset"], s["size"]) for s in _sections(built["exe"])]
+    with pytest.raises(InputError, match=r"^a.o: not an x86-64 executable or shared library$"):
+        check_linked_header(str(built["obj"]), built["obj"].read_bytes())
+
+
+_REGISTERS = {"rax": 0, "rdx": 1, "rcx": 2, "rbx": 3, "rsi": 4, "rdi": 5, "rbp": 6, "rsp": 7,
+              **{f"r{n}": n for n in range(8, 16)}}
+
+
+def _frame_rows(path: Path) -> dict[int, list[tuple]]:
+    """readelf --debug-dump=frames-interp: FDE offset -> (LOC, CFA, {column: rule}) of each row it shows."""
+    text = readelf("--debug-dump=frames-interp", path)
+    out = {}
+    for block in text.split("\n\n"):
+        head = _FRAME.search(block)
+        if head is None or head[3] == "CIE" or "LOC" not in block:
+            continue
+        lines = block.strip().splitlines()
+        columns = lines[1].split()[2:]
+        out[int(head[1], 16)] = [(int(row.split()[0], 16), row.split()[1], dict(zip(columns, row.split()[2:])))
+                                 for row in lines[2:]]
+    return out
+
+
+def test_frame_table(built):
+    """The rows of each FDE of a binary, as readelf interprets them: CFA register and offset (or an
+    expression), and each register's rule (c-N: saved at CFA-N; u: none)."""
+    binary = read_binary(built["exe"])
+    address, size = binary.section(ehframe.EH_FRAME)
+    data = binary.read(address, size)
+    theirs = _frame_rows(built["exe"])
+    assert len(theirs) >= 3
+    for offset, rows in theirs.items():
+        table = ehframe.frame_table(data, address, offset)
+        assert [row.pc for row in table.rows] == [loc for loc, _, _ in rows]
+        for ours, (_, cfa, rules) in zip(table.rows, rows):
+            reg, _, off = cfa.partition("+")
+            assert ours.cfa == (None if cfa == "exp" else (_REGISTERS[reg], int(off)))
+            for column, rule in rules.items():
+                mine = ours.rules.get(table.return_address if column == "ra" else _REGISTERS[column])
+                if rule == "u":
+                    assert mine is None or mine.kind == ehframe.UNDEFINED
+                else:
+                    assert rule.startswith("c") and mine == ehframe.Rule(ehframe.OFFSET, int(rule[1:]))
+    assert ehframe.frame_table(data, address, 0) is None  # a CIE
+    with pytest.raises(ehframe.MalformedEhFrame, match="undecodable FDE at offset"):
+        ehframe.frame_table(data[:next(iter(theirs)) + 8], address, next(iter(theirs)))
+
+
+def test_rule_names_are_pyelftools():
+    from elftools.dwarf.callframe import RegisterRule
+
+    assert (ehframe.UNDEFINED, ehframe.OFFSET) == (RegisterRule.UNDEFINED, RegisterRule.OFFSET)
+
+
+def _rela_entry(blob: bytes, section: str) -> int:
+    """The file offset of the first entry of relocation section `section`."""
+    row = next(r for r in _sections_of(blob) if r[0] == section)
+    return row[1]
+
+
+def _sections_of(blob: bytes) -> list[tuple[str, int]]:
+    from patch_build.elfcore.headers import section_names
+
+    headers = check_header("a.o", blob)
+    return [(name, h[4]) for name, h in zip(section_names("a.o", blob, headers), headers)]
+
+
+def test_relocations_of_unloaded_sections_are_read_when_asked_for(built):
+    """Debug information's relocations (most of an object's) are decoded when first asked for, not when the
+    object is read; those of loaded sections at once."""
+    obj = read_object(str(built["obj"]))
+    debug, text = obj.section_named(".debug_info"), obj.section_named(".text.compute")
+    assert debug._unread is not None and text._unread is None  # (the model's own bookkeeping)
+    assert len(debug.relocations) == len(_relocations(built["obj"])[".debug_info"]) and debug._unread is None
+
+
+def test_a_bad_relocation_of_an_unloaded_section_is_an_error_when_read(built):
+    blob = bytearray(built["obj"].read_bytes())
+    at = _rela_entry(bytes(blob), ".rela.debug_info")
+    struct.pack_into("<I", blob, at + 8, 200)  # r_info's type
+    obj = read_object("a.o", bytes(blob))
+    with pytest.raises(InputError, match=r"^a.o: unsupported relocation type 200 in .rela.debug_info$"):
+        obj.section_named(".debug_info").relocations
+    at = _rela_entry(bytes(blob), ".rela.text.compute")
+    struct.pack_into("<I", blob, at + 8, 200)
+    with pytest.raises(InputError, match=r"^a.o: unsupported relocation type 200 in .rela.text.compute$"):
+        read_object("a.o", bytes(blob))
+
+
+def test_assigned_relocations_replace_unread_ones(built):
+    obj = read_object(str(built["obj"]))
+    debug = obj.section_named(".debug_info")
+    debug.relocations = []
+    assert debug.relocations == [] and debug._unread is None

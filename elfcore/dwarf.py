@@ -1,4 +1,6 @@
-"""DWARF of a relocatable object, through pyelftools, with the debug relocations applied quickly.
+"""DWARF, through pyelftools: of a relocatable object, with its debug relocations applied quickly
+(`read_dwarf`), and the pieces of pyelftools' DWARF support its readers use (location expressions, base type
+encodings). A linked file's DWARF is `elffile.ElfFile.dwarf`.
 
 In a `.o` every reference from `.debug_info` into `.debug_str`, `.debug_line`, ... is a relocation, so
 the DWARF is unreadable until they are applied. pyelftools applies them one pyelftools-parsed entry at a
@@ -14,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import struct
+from functools import cache
 
 from patch_build.common.errors import InputError
 from patch_build.common.inputfile import read_input
 from patch_build.elfcore.constants import SHF_COMPRESSED, SHF_EXECINSTR, SHN_LORESERVE, SHT_RELA, SHT_SYMTAB
+from patch_build.elfcore.parsing import pyelftools_errors
 from patch_build.elfcore.read import MAX_OBJECT_SIZE
 from patch_build.elfcore.structs import EHDR, RELA, SHDR, SYM, r_sym, r_type
 from patch_build.elfcore.x86_64 import R_X86_64_32, R_X86_64_32S, R_X86_64_64, reloc_type
@@ -32,8 +35,9 @@ def text_address(shndx: int, value: int) -> int:
     return (shndx << 40) + value
 
 
-def _relocated_debug_image(blob: bytes) -> bytes | None:
-    """The file with the relocations of its .debug_* sections applied, or None if it needs pyelftools' way."""
+def _relocated_debug_image(path: str, blob: bytes) -> bytes | None:
+    """The file with the relocations of its .debug_* sections applied, or None if it needs pyelftools' way;
+    InputError when one lies outside its section or names no symbol (the differ never reads them)."""
     *_, e_shoff, _, _, _, _, _, e_shnum, e_shstrndx = EHDR.unpack_from(blob)
     headers = [SHDR.unpack_from(blob, e_shoff + i * SHDR.size) for i in range(e_shnum)]
     strtab = headers[e_shstrndx]
@@ -59,8 +63,13 @@ def _relocated_debug_image(blob: bytes) -> bytes | None:
         for r_offset, r_info, r_addend in RELA.iter_unpack(blob[h[4]:h[4] + h[5] // RELA.size * RELA.size]):
             rtype = _DEBUG_RELOCATIONS.get(r_type(r_info))
             sym = r_sym(r_info)
-            if rtype is None or sym >= len(values) or r_offset + rtype.size > target[5]:
+            if rtype is None:
                 return None
+            if sym >= len(values) or r_offset + rtype.size > target[5]:
+                where = name(target).decode(errors="replace")
+                what = f"names bad symbol {sym}" if sym >= len(values) else f"lies outside {where}"
+                raise InputError(f"{os.path.basename(path)}: malformed debug information (relocation at "
+                                 f"{r_offset:#x} in {name(h).decode(errors='replace')} {what})")
             value = rtype.value(S=values[sym], A=r_addend)
             if not rtype.signed:  # an unsigned field keeps the low bits (text addresses here exceed 32 bits)
                 value &= (1 << (rtype.size * 8)) - 1
@@ -74,12 +83,9 @@ def dwarf_errors(path: str):
     """Malformed debug info as one InputError naming the file. pyelftools parses lazily and fails deep in
     its parsers with many exception types (its own, and KeyError, IndexError, TypeError... on values it
     does not expect), so this wraps all the code that reads DWARF, not just the opening."""
-    from elftools.common.exceptions import DWARFError, ELFError
-
     try:
         yield
-    except (ELFError, DWARFError, struct.error, KeyError, IndexError, ValueError, TypeError, AttributeError,
-            AssertionError, RecursionError) as e:
+    except pyelftools_errors() as e:
         detail = f"{type(e).__name__}: {e}"
         raise InputError(f"{os.path.basename(path)}: malformed debug information ({detail[:120]})") from None
 
@@ -93,7 +99,22 @@ def read_dwarf(path: str):
     elf = ELFFile(io.BytesIO(blob))
     if elf.get_section_by_name(".debug_info") is None or not elf.has_dwarf_info():
         return None
-    image = _relocated_debug_image(blob) if elf.header.e_type == "ET_REL" else blob
+    image = _relocated_debug_image(path, blob) if elf.header.e_type == "ET_REL" else blob
     if image is None:
         return elf.get_dwarf_info()
     return ELFFile(io.BytesIO(image)).get_dwarf_info(relocate_dwarf_sections=False)
+
+
+def expression_parser(cu):
+    """pyelftools' parser of the DWARF expressions (DW_AT_location) of the compilation unit `cu`."""
+    from elftools.dwarf.dwarf_expr import DWARFExprParser
+
+    return DWARFExprParser(cu.structs)
+
+
+@cache
+def base_type_encodings() -> dict[int, str]:
+    """DW_AT_encoding value of a base type -> its name (DW_ATE_signed, DW_ATE_float, ...)."""
+    from elftools.dwarf.enums import ENUM_DW_ATE
+
+    return {v: k for k, v in ENUM_DW_ATE.items()}

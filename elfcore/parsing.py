@@ -1,0 +1,16 @@
+"""What pyelftools raises on a malformed file, for the readers to turn into one clear error."""
+from __future__ import annotations
+
+import struct
+from functools import cache
+
+
+@cache
+def pyelftools_errors() -> tuple[type[Exception], ...]:
+    """pyelftools' own errors, and whatever its reading of a field runs into: it parses lazily, deep in its
+    parsers, with values it does not check. Imported at the first call (`patch-ctl list` makes none)."""
+    from elftools.common.exceptions import DWARFError, ELFError
+    from elftools.construct import ConstructError
+
+    return (ELFError, DWARFError, ConstructError, struct.error, ValueError, IndexError, KeyError, TypeError,
+            AttributeError, OverflowError, AssertionError, RecursionError)
