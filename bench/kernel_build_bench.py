@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, os.fspath(ROOT / "tests" / "kernel"))
+sys.path[:0] = [os.fspath(ROOT / "tests"), os.fspath(ROOT / "tests" / "kernel")]  # support.*, debian_kernel
 
 from debian_kernel import CACHE, LINES, KernelEnv, kernel_env  # noqa: E402
 
