@@ -77,6 +77,21 @@ def _ordered_local_refs(func: Symbol, resolver: TargetResolver) -> list[Symbol]:
     return list(refs)
 
 
+def _refs_through_pieces(func: Symbol, resolver: TargetResolver) -> set[Symbol]:
+    """Numbered local data reached through the `.part`/`.cold` pieces of other functions that `func` calls:
+    a caller that inlined a function's head calls the piece gcc split off its body (ipa-split), which now
+    holds the references the caller's inlined copy had."""
+    reached: set[Symbol] = set()
+    sec = func.section
+    for rel in sec.relocations:
+        if func.value <= rel.offset < func.value + max(func.size, 1):
+            target = resolver.resolve(sec, rel).symbol
+            if target is not None and target.is_function and target.parent is not None \
+                    and target.parent is not func:
+                reached.update(_ordered_local_refs(target, resolver))
+    return reached
+
+
 def _static_kind(sym: Symbol, strict: bool):
     if not strict:
         return names.pattern(sym.name)
@@ -134,8 +149,13 @@ def _correlate_static_locals(orig, patched, o_res, p_res, problems: Problems, le
         if (names.parent_name(p_f.name) or p_f.name) in leave_out:
             continue
         p_refs = set(refs[id(p_f)])
+        through_pieces: set[Symbol] | None = None
         for var in refs[id(o_f)]:
             if var.twin is None or var.twin in p_refs:
+                continue
+            if through_pieces is None:
+                through_pieces = _refs_through_pieces(p_f, p_res)
+            if var.twin in through_pieces:
                 continue
             if users_of is None:
                 users_of = defaultdict(list)

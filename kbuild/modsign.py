@@ -4,7 +4,6 @@ is what a kernel with Secure Boot or `module.sig_enforce=1` checks against its t
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from patch_build.common.errors import InputError
+from patch_build.common.kconfig import auto_conf
 
 CERT_MAX = 1 << 20  # an X.509 certificate is a few KiB
 DEFAULT_HASH = "sha256"
@@ -62,14 +62,7 @@ def sign_file_tool(headers: Path) -> Path:
 
 def signing_hash(headers: Path) -> str:
     """The kernel's CONFIG_MODULE_SIG_HASH, as its own modules are signed."""
-    auto_conf = headers / "include" / "config" / "auto.conf"
-    try:
-        with open(auto_conf, errors="replace") as f:
-            text = f.read(1 << 22)
-    except OSError:
-        return DEFAULT_HASH
-    m = re.search(r'^CONFIG_MODULE_SIG_HASH="([^"]+)"$', text, re.M)
-    return m.group(1) if m else DEFAULT_HASH
+    return auto_conf(headers).get("CONFIG_MODULE_SIG_HASH") or DEFAULT_HASH
 
 
 def sign_module(module: Path, signer: Signer, headers: Path, hash_algo: str) -> None:
