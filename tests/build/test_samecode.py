@@ -118,3 +118,45 @@ def test_calls_resolved_inside_one_section(tmp_path):
     subprocess.run(["gcc", "-pie", str(tmp_path / "other.o"), "-o", str(tmp_path / "other")], check=True)
     problems = mismatches(ours, ["tick"], UnitSymbols(load_binary(tmp_path / "other"), ours))
     assert problems and "tick (" in problems[0] and " built, to -0x" in problems[0], problems
+
+
+LINKED = r"""#include <stdio.h>
+#include <string.h>
+static __attribute__((noipa)) int named(const char *s) { return strcmp(s, "listpack.c") == 0; }
+int main(int argc, char **argv)
+{
+	printf("%d %s\n", named(argv[0]), argc > 1 ? "three blind mice went up the hill" : "one");
+	return 0;
+}
+"""
+
+
+def test_anonymous_data_in_another_layout_is_the_same(tmp_path):
+    # A link-diff reads the scratch link (-fdata-sections): an anonymous item there runs up to the next address
+    # code references, across alignment padding after a string. The deployed link (redis built without the
+    # flags) may put another item right after the string: the string is the same, what follows is not.
+    from patch_build.diffobj.correlate import link_children
+    from patch_build.diffobj.linked import read_linked
+    from patch_build.kbuild.lto import LinkedSymbols
+
+    (tmp_path / "m.c").write_text(LINKED)
+    scratch = tmp_path / "scratch"
+    subprocess.run(["gcc", "-O2", "-flto", "-ffunction-sections", "-fdata-sections", "-Wl,--emit-relocs",
+                    "-o", scratch, tmp_path / "m.c"], check=True)
+    blob = bytearray(scratch.read_bytes())
+    string = b"listpack.c\0"
+    at = blob.index(string) + len(string)
+    padding = len(blob[at:at + 8]) - len(blob[at:at + 8].lstrip(b"\0"))
+    assert padding > 0  # the scratch link pads the string (the next one is aligned)
+    blob[at:at + padding] = b"\xa5" * padding  # the deployed link: other bytes there
+    (tmp_path / "deployed").write_bytes(blob)
+    ours = read_linked(str(scratch))
+    link_children(ours)
+    where = LinkedSymbols(load_binary(tmp_path / "deployed"), ours)
+    assert mismatches(ours, ["main", "named"], where) == []
+
+    blob[at - 2] = ord("h")  # the string itself differs: "listpack.h"
+    (tmp_path / "deployed").write_bytes(blob)
+    where = LinkedSymbols(load_binary(tmp_path / "deployed"), ours)
+    (problem,) = mismatches(ours, ["main", "named"], where)
+    assert problem.startswith("named (+0x") and "(11 bytes), other contents deployed" in problem, problem
