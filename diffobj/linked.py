@@ -314,9 +314,11 @@ class _Model:
         if not isinstance(target_index, int) or not 0 < target_index < len(self.out_sections):
             raise InputError(f"{self.name}: section symbol {index} names no section")
         section_address = self.out_sections[target_index]["sh_addr"]
-        target = self._piece_at(target_index, self._address(piece, offset, kind, target_index, addend))
-        if target is None:
-            return self._external(self.out_sections[target_index].name), addend
+        address = self._address(piece, offset, kind, target_index, addend)
+        target = self._piece_at(target_index, address)
+        if target is None:  # in no function or object: no name the running program could give it
+            name = self.out_sections[target_index].name
+            return self._external(f"{name}+{address - section_address:#x}"), addend
         return target.section.section_symbol, section_address + addend - target.start
 
     def _address(self, piece: _Piece, offset: int, kind, target_index: int, addend: int) -> int:

@@ -3,6 +3,7 @@ cannot read is one InputError naming the file, never a traceback."""
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -143,3 +144,33 @@ def test_jump_table_entries_point_at_their_case_labels(tmp_path):
     assert [resolver.resolve(piece, r).symbol for r in piece.relocations] == [code] * 12
     assert [r.symbol for r in piece.relocations] == [code.section.section_symbol] * 12
     assert [resolver.resolve(piece, r).offset for r in piece.relocations] == labels
+
+
+STRAY = r"""#include <stdio.h>
+#include <stdlib.h>
+int dispatch(int i);
+/* The second case of dispatch's table lies in code no symbol covers (hand-written, after answer's .size). */
+__asm__(".text\n.globl answer\n.type answer,@function\nanswer:\n.Lone:\n\tmovl $1, %eax\n\tret\n"
+	".size answer, .-answer\n.Ltwo:\n\tmovl $2, %eax\n\tret\n"
+	".globl dispatch\n.type dispatch,@function\ndispatch:\n\tmovslq %edi, %rdi\n\tleaq .Ltable(%rip), %rdx\n"
+	"\tmovslq (%rdx,%rdi,4), %rax\n\taddq %rdx, %rax\n" FIX "\tjmp *%rax\n.size dispatch, .-dispatch\n"
+	".section .rodata\n\t.p2align 2\n.Ltable:\n\t.long .Lone - .Ltable\n\t.long .Ltwo - .Ltable\n.text\n");
+int main(int argc, char **argv) { printf("%d\n", dispatch(argc > 1 ? atoi(argv[1]) : 0)); return 0; }
+"""
+
+
+def test_jump_table_into_code_of_no_function_is_refused(tmp_path):
+    # Such a case once became a reference to the undefined symbol `.text`, which patch-ctl refused at load time.
+    from patch_build.diffobj.diff import DiffOptions, diff_models
+
+    (tmp_path / "x.c").write_text(STRAY)
+    for name, fix in (("orig", ""), ("patched", r"\txorl %ecx, %ecx\n")):
+        subprocess.run(["gcc", "-O2", f"-DFIX=\"{fix}\"", "-Wl,--emit-relocs", "-o", tmp_path / name,
+                        tmp_path / "x.c"], check=True)
+    result = diff_models(read_linked(str(tmp_path / "orig")), read_linked(str(tmp_path / "patched")),
+                         DiffOptions(objname="x"))
+    (error,) = result.errors
+    assert error.symbol == "dispatch"  # through its jump table
+    assert re.fullmatch(r"references \.text\+0x[0-9a-f]+, which lies in no function or object of the program: "
+                        r"the running program has no name for it", error.reason), error.reason
+    assert result.output is None
