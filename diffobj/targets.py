@@ -41,6 +41,7 @@ class TargetResolver:
         self._items: dict[Section, tuple[bytes, list[int]]] = {}
         self._targets: dict[Relocation, Target] = {}
         self._code_refs: dict[Section, list[int]] | None = None  # data section -> offsets code references
+        self._anonymous: dict[Section, set[int]] | None = None  # section -> offsets anonymous references reach
 
     def bias(self, sec: Section, rel: Relocation) -> int:
         rtype = arch.reloc_type(rel.type)
@@ -119,17 +120,25 @@ class TargetResolver:
         """
         cached = self._items.get(sec)
         if cached is None or cached[0] is not sec.data:
-            found = {sec.size}
-            for other in self.obj.sections:
-                for rel in other.relocations:
-                    if rel.symbol.section is sec:
-                        t = self.resolve(other, rel)
-                        if t.symbol is None:
-                            found.add(t.offset)
-            cached = self._items[sec] = (sec.data, sorted(found))
+            if self._anonymous is None or cached is not None:  # first use, or a pass rewrote the section
+                self._anonymous = self._anonymous_references()
+            cached = self._items[sec] = (sec.data, sorted(self._anonymous.get(sec, set()) | {sec.size}))
         starts = cached[1]
         i = bisect.bisect_right(starts, offset)
         return starts[i] if i < len(starts) else sec.size
+
+
+    def _anonymous_references(self) -> dict[Section, set[int]]:
+        """The offsets anonymous references point at, by section: one pass over every relocation (one pass per
+        section asked about was quadratic: a linked program's model has thousands of sections)."""
+        found: dict[Section, set[int]] = {}
+        for other in self.obj.sections:
+            for rel in other.relocations:
+                if rel.symbol.section is not None:
+                    t = self.resolve(other, rel)
+                    if t.symbol is None and t.section is not None:
+                        found.setdefault(t.section, set()).add(t.offset)
+        return found
 
 
 def string_at(sec: Section, offset: int) -> bytes:
