@@ -170,7 +170,8 @@ def compare(orig: ObjectFile, patched: ObjectFile, comparer: Comparer, leave_out
         owner = sym.parent.name if sym.parent is not None and names.is_cold_piece(sym.name) else sym.name
         if sym.status is Status.CHANGED and owner in leave_out:
             sym.status, sym.reasons = Status.SAME, []
-    # A split-off piece that changed changes its parent: the parent's copy must jump to the new piece.
+    # A split-off piece that changed changes its parent: the parent's copy must jump to the new piece. Not a
+    # parent left out: the running one keeps jumping to its own piece (or has none: the piece is new).
     changed = True
     while changed:
         changed = False
@@ -179,7 +180,7 @@ def compare(orig: ObjectFile, patched: ObjectFile, comparer: Comparer, leave_out
             # Only a `.cold` piece is jumped into from its parent's body; a `.part` piece is called
             # and redirected on its own.
             if sym.status is not Status.SAME and parent is not None and parent.status is Status.SAME \
-                    and names.is_cold_piece(sym.name):
+                    and names.is_cold_piece(sym.name) and parent.name not in leave_out:
                 parent.status = Status.CHANGED
                 parent.reasons.append(f"its part {sym.name} changed")
                 changed = True

@@ -41,9 +41,9 @@ def _shared_section_advice(obj: ObjectFile, sec: Section) -> str:
     return "its definition places it there (a section attribute), so it cannot be carried alone"
 
 
-def _owner(sec: Section) -> str:
+def _owner(sec: Section) -> str | None:
     named = [s for s in sec.symbols if s.is_function or s.is_object]
-    return named[0].name if named else sec.name
+    return named[0].name if named else None
 
 
 class Inclusion:
@@ -55,6 +55,7 @@ class Inclusion:
         self.carried = carried  # code sections that come whole once included code uses them
         self.included: list[Included] = []
         self._work: list[Section] = []
+        self._users: dict[Section, str] = {}  # anonymous data -> the first included function or object using it
 
     def add(self, sec: Section, name: str, kind: str, reason: str) -> None:
         if sec.included:
@@ -93,7 +94,7 @@ class Inclusion:
         """Include what the included sections need, until nothing new is needed."""
         while self._work:
             sec = self._work.pop()
-            owner = _owner(sec)
+            owner = _owner(sec) or self._users.get(sec, sec.name)
             for f in sec.symbols:
                 for child in f.children:
                     self.add(child.section, child.name, "function", f"part of {f.name}")
@@ -125,6 +126,7 @@ class Inclusion:
         elif tsec.is_readonly_data:
             what = "string literals" if tsec.is_strings else "read-only data"
             self.add(tsec, tsec.name, "section", f"{what} used by {owner}")
+            self._users.setdefault(tsec, owner)  # what its references need is for `owner`
         elif tsec.status is Status.NEW:
             self.add(tsec, tsec.name, "section", f"new data, used by {owner}")
         else:
@@ -135,7 +137,12 @@ class Inclusion:
 
     def require_available(self, t: Target, owner: str) -> None:
         """Refuse a reference to something the patch does not carry and the running program does not have
-        (only an inconsistent object gets here, e.g. one whose sections changed kind between the builds)."""
+        (an inconsistent object, e.g. one whose sections changed kind between the builds; a linked program's code
+        or data outside its functions and objects, which diffobj.linked names after its output section)."""
+        if t.section is None and t.symbol.name.startswith("."):
+            self.problems.add(owner, f"references {t.symbol.name}, which lies in no function or object of the "
+                                     "program: the running program has no name for it")
+            return
         if (t.section is not None and t.section.included) or \
                 (t.symbol is not None and (t.symbol.twin is not None or not t.symbol.is_defined)):
             return

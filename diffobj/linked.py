@@ -8,6 +8,12 @@ constants: compared by contents wherever they lie) in `.rodata.K` sections, relo
 section symbols to these pieces, and relocation sites zeroed as in an object. The differ's passes then run
 unchanged on two such models.
 
+Jump tables get a `.rodata.K` piece each: a run of relocations from an address code references (the table's
+start) up to the next such address. So a function carries its own tables only, not those of every function whose
+tables lie in the same stretch of anonymous data, and an entry (`.long .Lcase - .Ltable`, a PC-relative field
+whose addend carries its distance from the table's start) is re-targeted to the piece its case label lies in,
+found once that distance is taken off (diffobj.targets resolves it the same way).
+
 The linker's relaxations are undone where the patch code must not keep them: a GOT load it turned into
 `lea sym(%rip)` or a GOT call into `call sym` is a plain PC-relative reference again.
 
@@ -87,8 +93,9 @@ class _OutSection(NamedTuple):
 class _Piece:
     """One model section cut out of an output section: [start, end) in the executable's addresses."""
 
-    def __init__(self, section: Section, start: int, end: int):
+    def __init__(self, section: Section, start: int, end: int, table: bool = False):
         self.section, self.start, self.end = section, start, end
+        self.table = table  # a jump table: its PC-relative entries count from its start
         self.insns: list[tuple[int, int]] | None = None  # instruction boundaries, decoded when first needed
 
 
@@ -113,6 +120,7 @@ class _Model:
             raise InputError(f"{self.name}: is stripped (no .symtab)")
         self.raw: list[ElfSymbol] = unpack_symbols(self._data(symtab), self._data(self.out_sections[symtab.link]))
         self.relas = {s.info: s for s in self.out_sections if s.type == SHT_RELA and not s.flags & SHF_ALLOC}
+        self._read_relas: dict[int, list[tuple[int, int, int, int]]] = {}
         self.sections: list[Section] = [Section(0, "", 0, 0, 0, 0, b"")]
         self.symbols: list[Symbol] = [Symbol(0, "", STT_NOTYPE, STB_LOCAL, 0, SHN_UNDEF, 0, 0)]
         self.pieces: dict[int, list[_Piece]] = {}  # output section index -> its pieces, by address
@@ -133,13 +141,16 @@ class _Model:
         if not any(i in self.relas for i in code):
             raise InputError(f"{self.name}: has no relocations for its code (link it with -Wl,--emit-relocs)")
         self.symbols.append(Symbol(1, "", STT_FILE, STB_LOCAL, 0, SHN_ABS, 0, 0))
+        for i in code:  # first: where the code points in read-only data tells where its jump tables are
+            self._cut(i, self.out_sections[i])
+        tables = self._jump_tables()
         for i, sec in enumerate(self.out_sections):
-            if self._wanted(sec):
-                self._cut(i, sec)
+            if self._wanted(sec) and i not in self.pieces:
+                self._cut(i, sec, tables.get(i, []))
         self._place_symbols()
-        for i in self.pieces:
+        for i in sorted(self.pieces):
             if i in self.relas:
-                self._relocate(i, self.relas[i])
+                self._relocate(i)
         self._unwind()
         for sec in self.sections:
             sec.relocations.sort(key=lambda r: r.offset)
@@ -152,9 +163,47 @@ class _Model:
         return (sec.type in (SHT_PROGBITS, SHT_NOBITS) and sec.flags & SHF_ALLOC
                 and not sec.flags & SHF_TLS and sec.name not in _SKIPPED and not sec.name.startswith(".note"))
 
-    def _cut(self, index: int, sec: _OutSection) -> None:
+    def _relocations(self, index: int) -> list[tuple[int, int, int, int]]:
+        """(offset, type, symbol index, addend) of each relocation of output section `index`, read once."""
+        found = self._read_relas.get(index)
+        if found is None:
+            found = self._read_relas[index] = [(where, r_type(info), r_sym(info), addend)
+                                               for where, info, addend in RELA.iter_unpack(self._data(self.relas[index]))]
+        return found
+
+    def _jump_tables(self) -> dict[int, list[tuple[int, int]]]:
+        """[start, end) of the jump tables in each read-only output section: a run of relocations of one type
+        at an address code references, up to the next address code references there."""
+        starts: dict[int, set[int]] = {}
+        for i in self.pieces:
+            for where, rtype, symidx, addend in self._relocations(i) if i in self.relas else ():
+                piece, kind = self._piece_at(i, where), arch.RELOC_TYPES.get(rtype)
+                raw = self.raw[symidx] if 0 < symidx < len(self.raw) else None
+                if piece is None or kind is None or raw is None or raw.type != STT_SECTION \
+                        or not 0 < raw.shndx < len(self.out_sections) or raw.shndx in self.pieces:
+                    continue
+                starts.setdefault(raw.shndx, set()).add(self._address(piece, where - piece.start, kind, raw.shndx,
+                                                                      addend))
+        tables: dict[int, list[tuple[int, int]]] = {}
+        for index, found in sorted(starts.items()):
+            sec = self.out_sections[index]
+            if index not in self.relas or sec.flags & SHF_WRITE or not self._wanted(sec):
+                continue
+            types = {where: rtype for where, rtype, _, _ in self._relocations(index)}
+            ordered = sorted(found)
+            for start, limit in zip(ordered, ordered[1:] + [sec.addr + sec.size]):
+                kind = arch.RELOC_TYPES.get(types.get(start, -1))
+                end = start
+                while kind is not None and end < limit and types.get(end) == kind.number:
+                    end += kind.size
+                if end > start:
+                    tables.setdefault(index, []).append((start, end))
+        return tables
+
+    def _cut(self, index: int, sec: _OutSection, tables: list[tuple[int, int]] = ()) -> None:
         """Functions and data objects get a section each; in read-only data, what lies between objects (strings,
-        constants: anonymous) goes into sections `NAME.K`, K counting such runs."""
+        constants: anonymous) goes into sections `NAME.K`, K counting such runs, each of the jump `tables` in
+        such a run into one of its own."""
         data = self._data(sec)
         base, end = sec.addr, sec.addr + sec.size
         stype = sec.type
@@ -166,9 +215,10 @@ class _Model:
             gaps, at = [], base
             for start, stop, _ in extents + [(end, end, "")]:
                 if start > at:
-                    gaps.append((at, start, f"{sec.name}.{len(gaps)}"))
+                    gaps += self._anonymous(sec.name, at, start, tables, len(gaps))
                 at = max(at, stop)
             extents = sorted(extents + gaps)
+        is_table = set(tables)
         pieces = []
         for start, end, piece_name in extents:
             s = Section(len(self.sections), piece_name, stype, flags, 16 if flags & SHF_EXECINSTR else 8, 0,
@@ -177,9 +227,24 @@ class _Model:
             s.section_symbol = sym
             self.sections.append(s)
             self.symbols.append(sym)
-            pieces.append(_Piece(s, start, end))
+            pieces.append(_Piece(s, start, end, (start, end) in is_table))
         self.pieces[index] = pieces
         self.starts[index] = [p.start for p in pieces]
+
+    @staticmethod
+    def _anonymous(name: str, lo: int, hi: int, tables: list[tuple[int, int]], k: int) -> list[tuple[int, int, str]]:
+        """The pieces of the anonymous run [lo, hi): the jump tables in it and what lies between them, named
+        `name.K` from K = `k` on."""
+        cuts, at = [], lo
+        for start, end in tables:
+            if lo <= start and end <= hi:
+                if start > at:
+                    cuts.append((at, start))
+                cuts.append((start, end))
+                at = end
+        if hi > at:
+            cuts.append((at, hi))
+        return [(start, end, f"{name}.{k + n}") for n, (start, end) in enumerate(cuts)]
 
     def _piece_at(self, index, address: int) -> _Piece | None:
         i = bisect.bisect_right(self.starts.get(index, ()), address) - 1
@@ -217,19 +282,18 @@ class _Model:
             self.symbols.append(sym)
         return sym
 
-    def _relocate(self, index: int, rela: _OutSection) -> None:
+    def _relocate(self, index: int) -> None:
         zeroed: dict[Section, bytearray] = {}
-        for where, info, addend in RELA.iter_unpack(self._data(rela)):
+        for where, rtype, symidx, addend in self._relocations(index):
             piece = self._piece_at(index, where)
             if piece is None:
                 continue  # in padding, or in a piece not modelled
             sec, offset = piece.section, where - piece.start
-            rtype, symidx = r_type(info), r_sym(info)
             kind = arch.RELOC_TYPES.get(rtype)
             if kind is None:
                 raise InputError(f"{self.name}: unsupported relocation type {rtype} at {where:#x}")
             if where + kind.size > piece.end or not 0 < symidx < len(self.raw):
-                raise InputError(f"{self.name}: malformed relocation at {where:#x} in {rela.name}")
+                raise InputError(f"{self.name}: malformed relocation at {where:#x} in {self.relas[index].name}")
             if kind.relaxes_to is not None and offset >= 2 and (sec.data[offset - 2] == arch.LEA
                                                                 or sec.data[offset - 1] in (arch.CALL_REL32,
                                                                                             arch.JMP_REL32)):
@@ -241,26 +305,33 @@ class _Model:
             sec.data = bytes(data)
 
     def _target(self, piece: _Piece, offset: int, kind, index: int, addend: int) -> tuple[Symbol, int]:
-        sec = piece.section
         raw = self.raw[index]
         if raw.type != STT_SECTION:
             return self.by_raw.get(index) or self._external(raw.name.split("@")[0]), addend
-        # An output section symbol: find the piece the referenced address lies in (for a PC-relative field the
-        # address is S + A + the distance to the end of the instruction), and point at that piece instead.
+        # An output section symbol: point at the piece the referenced address lies in instead.
         target_index = raw.shndx
         if not 0 < target_index < len(self.out_sections):
             raise InputError(f"{self.name}: section symbol {index} names no section")
         section_address = self.out_sections[target_index].addr
-        bias = 0
-        if kind.pc_relative and sec.is_text:
-            if piece.insns is None:
-                piece.insns = arch.instruction_ends(sec.data)
-            bias = arch.pc_relative_bias(piece.insns, offset, kind.size)
-        piece = self._piece_at(target_index, section_address + addend + bias)
-        if piece is None:
-            return self._external(self.out_sections[target_index].name), addend
-        return piece.section.section_symbol, section_address + addend - piece.start
+        address = self._address(piece, offset, kind, target_index, addend)
+        target = self._piece_at(target_index, address)
+        if target is None:  # in no function or object: no name the running program could give it
+            name = self.out_sections[target_index].name
+            return self._external(f"{name}+{address - section_address:#x}"), addend
+        return target.section.section_symbol, section_address + addend - target.start
 
+    def _address(self, piece: _Piece, offset: int, kind, target_index: int, addend: int) -> int:
+        """The address a field at `offset` of `piece` references through output section `target_index`'s
+        symbol: S + A, and for a PC-relative field in code the distance to the end of its instruction, in a
+        jump table minus the distance from the table's start."""
+        bias = 0
+        if kind.pc_relative and piece.section.is_text:
+            if piece.insns is None:
+                piece.insns = arch.instruction_ends(piece.section.data)
+            bias = arch.pc_relative_bias(piece.insns, offset, kind.size)
+        elif kind.pc_relative and piece.table:
+            bias = -offset
+        return self.out_sections[target_index].addr + addend + bias
 
     def _unwind(self) -> None:
         """An object-like `.eh_frame`: the FDE of each modelled function that starts one, with its CIE. A C++

@@ -15,7 +15,7 @@ from patch_build.diffobj.model import ObjectFile, Symbol
 from patch_build.diffobj.targets import TargetResolver
 from patch_build.elfcore.binary import LinkedBinary, read_binary
 from patch_build.elfcore.constants import ET_DYN, ET_EXEC, STB_GLOBAL, STB_LOCAL, STT_FILE, STT_FUNC
-from patch_build.kbuild.samecode import difference
+from patch_build.kbuild.samecode import deployed_offset, difference
 
 
 @dataclass
@@ -180,6 +180,27 @@ def _callees(sym: Symbol, resolver: TargetResolver) -> list[Symbol]:
     return out
 
 
+def _table_entries(sym: Symbol, resolver: TargetResolver) -> list[tuple[Symbol, int]]:
+    """(function, offset) of each entry of the jump tables `sym` uses that points outside `sym` and its pieces:
+    the patch reaches those in the running program, at the same offset."""
+    own = {sym, *sym.children}
+    out = []
+    for rel in sym.section.relocations:
+        if not sym.value <= rel.offset < sym.value + sym.size:
+            continue
+        t = resolver.resolve(sym.section, rel)
+        if t.symbol is not None or t.section is None or not t.section.is_readonly_data:
+            continue  # not anonymous read-only data: no table
+        end = resolver.item_end(t.section, t.offset)
+        for entry in t.section.relocations:
+            if t.offset <= entry.offset < end:
+                e = resolver.resolve(t.section, entry)
+                if e.symbol is not None and e.symbol.is_function and e.section is not None and e.symbol not in own \
+                        and (e.symbol, e.offset) not in out:
+                    out.append((e.symbol, e.offset))
+    return out
+
+
 def mismatches(obj: ObjectFile, names: list[str], where: UnitSymbols) -> list[str]:
     """Of the original object's functions `names`, and of the unit's functions they use (directly or not),
     those the deployed binary does not run, each with why. The patch calls the deployed copies of those
@@ -201,4 +222,12 @@ def mismatches(obj: ObjectFile, names: list[str], where: UnitSymbols) -> list[st
             problems.append(f"{sym.name} ({why})" if user is None else f"{sym.name} (used by {user}: {why})")
         if deployed is not None:
             work += [(callee, user or sym.name) for callee in _callees(sym, resolver)]
+            for target, offset in _table_entries(sym, resolver):
+                work.append((target, user or sym.name))
+                found = where.find(target)
+                at = None if found is None else deployed_offset(target, offset, found.value, found.size, where.binary)
+                if found is not None and at != offset:
+                    deployed_at = "no instruction" if at is None else f"+{at:#x}"
+                    problems.append(f"{target.name} (a jump table of {sym.name} points at +{offset:#x}, which is "
+                                    f"{deployed_at} in {where.binary.name})")
     return problems

@@ -82,6 +82,16 @@ def _masked(data: bytes, lo: int, relocations: list[Relocation]) -> bytes:
     return bytes(out)
 
 
+def _significant(item: bytes) -> int:
+    """How much of an anonymous item (bytes up to the next address referenced, in the object's or the link's
+    layout: another layout, such as a deployed link built without -fdata-sections, may put other bytes after it)
+    is surely the item: a string through its NUL, other bytes but for trailing NULs (alignment padding)."""
+    text = item.split(b"\0", 1)[0]
+    if text and len(text) < len(item) and all(b >= 0x20 or b in b"\t\n\r" for b in text):
+        return len(text) + 1
+    return min(len(item), len(item.rstrip(b"\0")) + 1)
+
+
 def _data_difference(sec: Section, rel: Relocation, resolver: TargetResolver, deployed_at: int, binary) -> str | None:
     """Why the item `rel` references in the object is not what the deployed instruction references at
     `deployed_at`, or None. Writable data is the running program's state, which the patch shares: not compared."""
@@ -111,9 +121,11 @@ def _data_difference(sec: Section, rel: Relocation, resolver: TargetResolver, de
             hi = lo + target.entsize
         else:
             hi = resolver.item_end(target, lo)
+            if not any(lo <= r.offset < hi for r in target.relocations):
+                hi = lo + _significant(target.data[lo:hi])
+    relocs = [r for r in target.relocations if lo <= r.offset < hi]
     if hi <= lo:
         return None
-    relocs = [r for r in target.relocations if lo <= r.offset < hi]
     ours = _masked(target.data[lo:hi], lo, relocs)
     theirs = _masked(binary.read(deployed_lo, hi - lo), lo, relocs)
     if ours == theirs:
@@ -122,6 +134,18 @@ def _data_difference(sec: Section, rel: Relocation, resolver: TargetResolver, de
         deployed = theirs.split(b"\0", 1)[0]
         return f'uses "{short_text(ours[:-1])}" built, "{short_text(deployed)}" deployed'
     return f"uses {name} ({hi - lo} bytes), other contents deployed"
+
+
+def deployed_offset(sym: Symbol, offset: int, address: int, size: int, binary) -> int | None:
+    """Where the instruction at `offset` of the object's function `sym` lies in its deployed copy at `address`
+    (code `difference` finds the same: one instruction for one, nops left out); None when no instruction of
+    ours starts there."""
+    ours = _disassemble(sym.section.data[sym.value:sym.value + sym.size], 0)
+    theirs = _disassemble(binary.read(address, size), address)
+    if ours is None or theirs is None or len(ours) != len(theirs):
+        return None
+    i = _index_at(ours, offset)
+    return theirs[i].offset if i is not None and ours[i].offset == offset else None
 
 
 def difference(sym: Symbol, address: int, size: int, binary, resolver: TargetResolver) -> str | None:

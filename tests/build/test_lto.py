@@ -97,6 +97,59 @@ def test_cxx_lto_program_fixed_live(patch_build, tmp_path):
     _fixed_live(src / "prog", module, "cxxlto-fix", unwind=True)
 
 
+def _apply_op(op: int, x: int, fixed: bool) -> int:
+    """switchlto's apply_op(), before and after switchlto-fix.patch (C's division and remainder: x > 0 here)."""
+    return [x + 1, x * 3, x - (9 if fixed else 7), x // 3, x ^ 0x55, x << 2, -x, x % 11, x * x,
+            x + (2000 if fixed else 1000), x >> 1, x | 0x100][op]
+
+
+def _rounds(prog, fixed: bool, count: int) -> list[tuple[int, int, int, bool]]:
+    """switchlto's lines, (op, value, served, fixed), read until `count` lines in a row are `fixed` (or not),
+    at most 300 (the lines printed while patch-ctl ran come first)."""
+    out: list[tuple[int, int, int, bool]] = []
+    while len(out) < 300 and not (len(out) >= count and all(r[3] == fixed for r in out[-count:])):
+        line = prog.stdout.readline()
+        m = re.fullmatch(r"op=(\d+) value=(-?\d+) served=(\d+)( fixed)?\n", line)
+        assert m, line
+        out.append((int(m.group(1)), int(m.group(2)), int(m.group(3)), bool(m.group(4))))
+    return out
+
+
+def test_jump_table_program_fixed_live(patch_build, tmp_path):
+    # switchlto: the fix changes two cases of apply_op(), whose switch is a jump table (PC-relative entries in
+    # .rodata, one relocation each with --emit-relocs), and the format string of its caller serve() in
+    # main.c. Each table entry must point into the module's own apply_op: read as S + A, entries pointed past
+    # it (at serve(), or at padding: redis's "undefined symbol .text").
+    src = copy_fixture("switchlto", tmp_path)
+    make(src)
+    run = patch_build("-s", src, "-t", "prog", "-o", tmp_path / "out", FIXTURES / "switchlto-fix.patch")
+    assert run.returncode == 0, run.stderr
+    assert "(2 function(s): prog:apply_op, prog:serve)" in run.stderr
+    module = tmp_path / "out" / "switchlto-fix.kpatch"
+    relocations = subprocess.run(["readelf", "-rW", module], capture_output=True, text=True, check=True).stdout
+    (table,) = [block for block in relocations.split("\n\n") if "'.rela.rodata." in block and "R_X86_64_PC32" in block]
+    entries = [line.split()[-3] for line in table.splitlines() if "R_X86_64_PC32" in line]
+    assert entries == [".text.apply_op"] * 12, table
+
+    prog = subprocess.Popen([src / "prog", "3000"], stdout=subprocess.PIPE, text=True)
+    try:
+        lines = _rounds(prog, False, 12)  # every case through the running code
+        apply = _patch_ctl("apply", "-p", prog.pid, module)
+        assert apply.returncode == 0, apply.stderr
+        lines += _rounds(prog, True, 24)  # every case, twice, through the module's
+        revert = _patch_ctl("revert", "-p", prog.pid, "switchlto-fix")
+        assert revert.returncode == 0, revert.stderr
+        lines += _rounds(prog, False, 12)
+        assert prog.poll() is None
+    finally:
+        prog.kill()
+        prog.wait()
+    assert [served for _, _, served, _ in lines] == list(range(1, len(lines) + 1))  # one process, its count kept
+    assert all(value == _apply_op(op, 100 + served - 1, fixed) for op, value, served, fixed in lines), lines
+    switches = [i for i in range(1, len(lines)) if lines[i][3] != lines[i - 1][3]]
+    assert len(switches) == 2, lines  # fixed once, reverted once
+
+
 def test_link_without_relocations_is_refused(patch_build, tmp_path):
     # The build links by an absolute compiler path, past the wrapper: the link keeps no relocations, and a
     # link-diff cannot look into it. Refused with the reason (exit 1), not "no functional change".

@@ -33,3 +33,30 @@ def test_static_shared_with_a_function_left_out(tmp_path):
     left_out = diff_objects(orig, patched, DiffOptions(objname="prog", leave_out=frozenset({"f"})))
     assert left_out.errors == []
     assert [c.name for c in left_out.changed_functions] == ["h"]
+
+
+SPLIT = """extern void fail(const char *what) __attribute__((cold, noreturn));
+int f(int x) { return x; }
+int h(int x) { return x * x - 1; }
+"""
+# f gains a cold part (f.cold: gcc splits off the unlikely call); h is the fix
+SPLIT_PATCHED = SPLIT.replace("return x; }", 'if (__builtin_expect(x < 0, 0)) fail("f"); return x; }') \
+    .replace("return x * x - 1;", "return x * x - 2;")
+
+
+def test_new_cold_part_of_a_function_left_out(tmp_path):
+    # redis with LTO: a fix elsewhere made gcc split bioCreateCloseJob into a hot and a new cold part; with
+    # bioCreateCloseJob left out, its new .cold piece made it "changed" again and the module replaced it.
+    paths = []
+    for name, text in (("orig", SPLIT), ("patched", SPLIT_PATCHED)):
+        (tmp_path / f"{name}.c").write_text(text)
+        subprocess.run(["gcc", "-O2", "-ffunction-sections", "-c", "-o", tmp_path / f"{name}.o",
+                        tmp_path / f"{name}.c"], check=True)
+        paths.append(str(tmp_path / f"{name}.o"))
+    names = subprocess.run(["nm", paths[1]], capture_output=True, text=True, check=True).stdout
+    assert " f.cold" in names
+    everything = diff_objects(*paths, DiffOptions(objname="prog"))
+    assert sorted(c.name for c in everything.changed_functions) == ["f", "h"]
+    left_out = diff_objects(*paths, DiffOptions(objname="prog", leave_out=frozenset({"f"})))
+    assert [c.name for c in left_out.changed_functions] == ["h"]
+    assert not [i for i in left_out.included if i.symbol.startswith("f")]
