@@ -120,6 +120,7 @@ def processes() -> list[int]:
 class _Starting:
     since: float
     maps: int = -1  # the number of mappings last seen: settled once it stops growing
+    late_load: bool = False  # it opened a targeted library after its start: settled once it maps one
 
 
 class Daemon:
@@ -173,16 +174,18 @@ class Daemon:
 
     def _settled(self, pid: int, state: _Starting) -> bool:
         """The dynamic linker has mapped the libraries the program needs (as many files besides the program
-        and the linker as it has DT_NEEDED entries), the mappings stopped growing and no one traces it; or it
-        is late."""
+        and the linker as it has DT_NEEDED entries; after a late load, a targeted library), the mappings
+        stopped growing and no one traces it; or it is late."""
         maps = read_maps(pid)
         if time.monotonic() - state.since > SETTLE_LIMIT:
             return True
         if tracer_of(pid):
             return False  # held by another (the daemon of another package, at its entry point): for a while
+        grown, state.maps = len(maps) != state.maps, len(maps)
+        if state.late_load:
+            return not grown and bool(self._library_targets().keys() & self._build_ids(pid, maps).keys())
         dynamic, needed = self._program(pid, maps)
         files = {m.path for m in maps if m.path.startswith("/") and m.inode}
-        grown, state.maps = len(maps) != state.maps, len(maps)
         return not dynamic or (len(files) - 2 >= needed and not grown)
 
     def _user_entries(self) -> list[Installed]:
@@ -260,6 +263,9 @@ class Daemon:
             return
         for handoff in self.gate.take():
             self.held_from_gate(handoff)
+        for pid in sorted(self.gate.late_loads()):
+            if pid != os.getpid():
+                self.starting.setdefault(pid, _Starting(time.monotonic(), late_load=True))
 
     def held_from_gate(self, handoff: Handoff) -> None:
         try:
@@ -319,7 +325,7 @@ class Daemon:
                 ready = True  # gone (then nothing is done), or unreadable: tried as it is
             if ready:
                 del self.starting[pid]
-                self.patch(pid, state.since)
+                self.patch(pid, None if state.late_load else state.since)
         return SETTLE_POLL if self.starting else 1.0
 
     def patch(self, pid: int, since: float | None = None, held: bool = False) -> None:

@@ -87,6 +87,7 @@ class ExecGate:
         self._pending: list[Handoff] = []  # not answered yet: the gate's to watch
         self._holding: set[int] = set()  # pids handed off and not done: their further execs (the dynamic linker's
         # own FAN_OPEN_EXEC_PERM) go on at once
+        self._late: set[int] = set()  # late_loads()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # main thread: handoffs ready
         self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._mounts = open("/proc/self/mountinfo", "rb")  # exceptional when the mount table changes
@@ -103,7 +104,7 @@ class ExecGate:
         return len(self.permissions.marked)
 
     def fileno(self) -> int:
-        """Readable when handoffs wait for the main thread."""
+        """Readable when handoffs (or late loads) wait for the main thread."""
         return self._wake_r
 
     def take(self) -> list[Handoff]:
@@ -118,6 +119,24 @@ class ExecGate:
         if handoffs:
             faults.point("exec-take" if handoffs[0].exec else "open-take", handoffs[0].pid)
         return [h for h in handoffs if h.take()]
+
+    def late_loads(self) -> set[int]:
+        """The processes that have opened a targeted library since the last call and were not held (past
+        their start: a dlopen; or a copy, a read): the main thread patches them as they run."""
+        with self._lock:
+            pids, self._late = self._late, set()
+        return pids
+
+    def _loaded_late(self, pid: int) -> None:
+        with self._lock:
+            self._late.add(pid)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full: the main thread has wake-ups enough
 
     def mark_library(self, path: str) -> None:
         """Opens of the file at `path` (a library that a patch targets) wait at the gate from now on; OSError
@@ -154,9 +173,9 @@ class ExecGate:
                 if not handoff.allow(unless_taken=True):
                     continue
                 self.finished(handoff.pid)
-                what = "its exec" if handoff.exec else "its dynamic linker's open of"
-                self.log(f"process {handoff.pid} not held at {what} {os.path.basename(handoff.path)}: the daemon "
-                         f"was busy for {HANDOFF_LIMIT:g} s")
+                name = os.path.basename(handoff.path)
+                where = f"({name}) not held at its exec" if handoff.exec else f"not held at its open of {name}"
+                self.log(f"process {handoff.pid} {where}: the daemon was busy for {HANDOFF_LIMIT:g} s")
             timeout = 1.0 if wait is None else max(wait - time.monotonic(), 0.0)
             ready, _, changed = select.select([self.permissions, self._stop_r], [], [self._mounts], timeout)
             if self._stop_r in ready:
@@ -189,10 +208,7 @@ class ExecGate:
             self._holding.add(handoff.pid)
             self._handoffs.append(handoff)
             self._pending.append(handoff)
-        try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass  # the pipe is full: the main thread has wake-ups enough
+        self._wake()
 
     def _handoff(self, event: Permission) -> Handoff | None:
         """A handoff when the file is targeted and the thread that execs or opens it may be held: none of
@@ -212,9 +228,13 @@ class ExecGate:
             self.build_ids[key] = _build_id(event.fd)
         if self.build_ids[key] not in targets:
             return None
-        if event.tid <= 0 or os.path.exists(f"/proc/self/task/{event.tid}") or _tgid(event.tid) != event.tid:
+        if event.tid <= 0 or os.path.exists(f"/proc/self/task/{event.tid}"):
             return None
-        if not event.exec and not opening_in_start_up(event.tid):
+        pid = _tgid(event.tid)
+        if event.exec and pid != event.tid:
+            return None
+        if not event.exec and (pid != event.tid or not opening_in_start_up(event.tid)):
+            self._loaded_late(pid)
             return None
         faults.point("exec-handoff" if event.exec else "open-handoff", event.tid)
         return Handoff(self, event, os.readlink(f"/proc/self/fd/{event.fd}"))

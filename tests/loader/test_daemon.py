@@ -526,7 +526,8 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-# uses no library of ours: dlopens firstlib given as argument after its start
+# needs no library of ours: dlopens the library given as its argument when told to (a line on stdin), calls
+# its lib_answer() at once, and once more at the next line
 DLOPENER = """#include <dlfcn.h>
 #include <stdio.h>
 int main(int argc, char **argv) {
@@ -536,7 +537,11 @@ int main(int argc, char **argv) {
     if (argc < 2 || !fgets(line, sizeof line, stdin)) return 1;
     void *lib = dlopen(argv[1], RTLD_NOW);
     int (*answer)(void) = lib ? (int (*)(void))dlsym(lib, "lib_answer") : 0;
-    printf("%d\\n", answer ? answer() : -1);
+    if (!answer) return 1;
+    printf("%d\\n", answer());
+    fflush(stdout);
+    if (!fgets(line, sizeof line, stdin)) return 1;
+    printf("%d\\n", answer());
     return 0;
 }
 const char dlopener_test_run[] = "RUN";
@@ -649,3 +654,55 @@ def test_daemon_killed_while_holding_a_library_open(first_library, tmp_path, poi
             daemon.stop()
         waiting.kill()
         waiting.wait()
+
+
+def test_daemon_patches_a_library_loaded_after_the_start_as_it_runs(first_library, tmp_path):
+    """A dlopen of the marked library after the process's start is not held (the gate lets the open go on
+    at once: the process is past its entry point): the daemon patches the process as it runs once it maps
+    the library, so the calls made right after the dlopen may still run unpatched, the later ones do not."""
+    _, library, _, dlopener = first_library
+    daemon, waiting = _library_daemon(first_library, tmp_path)
+    proc = subprocess.Popen([dlopener, library], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "started\n"
+        time.sleep(0.5)  # long past its start: the connector's look at it is over
+        proc.stdin.write("load\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() in ("41\n", "42\n")  # called at once after the dlopen
+        daemon.wait_for(f"applied lib-answer-fix to process {proc.pid} (dlopener)", 2)
+        proc.stdin.write("call\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "42\n"
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        code = daemon.stop()
+        waiting.kill()
+        waiting.wait()
+    line = next(l for l in daemon.lines if l.startswith(f"applied lib-answer-fix to process {proc.pid} "))
+    assert not line.endswith("at its entry point") and code == 0, daemon.lines
+
+
+@pytest.mark.parametrize("fault, line", [
+    ("open-handoff:error", "exec gate: process {pid} let go: [Errno 5] injected fault at open-handoff"),
+    ("open-take:stall", "process {pid} not held at its open of libfirstlib.so: the daemon was busy for 1 s")],
+    ids=["error", "busy"])
+def test_daemon_lets_a_library_open_go_on_when_it_cannot_hold_it(first_library, tmp_path, fault, line):
+    """The library gate's bounds are the exec gate's: an error while it looks at the open, or a main thread
+    busy for longer than the gate waits: the open goes on (the process runs, unheld), and the log says why."""
+    program = first_library[0]
+    daemon, waiting = _library_daemon(first_library, tmp_path, fault=fault)
+    try:
+        started = time.monotonic()
+        proc = subprocess.Popen([program], stdout=subprocess.PIPE, text=True)
+        out = proc.communicate(timeout=10)[0]
+        took = time.monotonic() - started
+        daemon.wait_for(line.format(pid=proc.pid), 10)
+    finally:
+        code = daemon.stop()
+        waiting.kill()
+        waiting.wait()
+    assert proc.returncode == 0 and out in ("41\n", "42\n"), out
+    assert took < 2.5, f"the open waited {took:.2f} s"  # the stall is 3 s, the gate waits 1 s
+    assert code == 0, daemon.lines
