@@ -5,17 +5,18 @@ patches there, so that the first work a process does is already patched.
 The process is stopped either at its exec (`at_exec`: its exec waits at the kernel's permission check,
 loader.execgate; it is seized with PTRACE_O_TRACEEXEC, the exec let go on, and it stops before the first
 instruction of the new program: always in time), or at its dynamic linker's open of a library a patch
-targets (`at_open`: the open waits at the permission check; seized, the open let go on, interrupted: it
-stops as the open returns, in the dynamic linker's start-up, also always in time), or, seen through the
-process-event connector, seized and interrupted as soon as possible. Unless it has already run past its entry point (the connector's event came
-late: then it is let go at once, `held` False), a breakpoint (int3) is written at the entry point and the
-process let run to it; the byte is put back, the thread set back to the entry point and held stopped there
-(loader.ptrace.held: the apply's stops use it as it is) until the block ends. Whatever goes wrong, the byte
+targets (`at_open`: the open waits at the permission check; seized and interrupted, then the open let go
+on: it stops as the open returns, in the dynamic linker's start-up, also always in time), or, seen through
+the process-event connector, seized and interrupted as soon as possible. Unless it has already run past its
+entry point (the connector's event came late: then it is let go at once, `held` False), a breakpoint (int3)
+is written at the entry point and the process let run to it; the byte is put back, the thread set back to
+the entry point and held stopped there (loader.ptrace.held: the apply's stops use it as it is) until the
+block ends. Whatever goes wrong, the byte
 is put back and the process detached, to run on as if never stopped; signals it receives meanwhile are
 delivered. A tracer that dies releases its tracees (the kernel detaches them), and a fanotify group that
-closes allows its pending execs and opens; what remains: a daemon killed by SIGKILL while the breakpoint is in place
-(the time the dynamic linker takes, about a millisecond) leaves the process to die of SIGTRAP at its entry
-point.
+closes allows its pending execs and opens; what remains: a daemon killed by SIGKILL while the breakpoint is
+in place (the time the dynamic linker takes, about a millisecond) leaves the process to die of SIGTRAP at its
+entry point.
 """
 from __future__ import annotations
 
