@@ -275,7 +275,7 @@ class Daemon:
                 hold = at_entry(handoff.pid, lambda: True, at_open=handoff.allow)
             with hold as held:
                 if held:
-                    if handoff.exec:  # its connector event is still to come (a library is opened after it)
+                    if handoff.exec:  # its connector event is still to come (a library's open comes after it)
                         self.exec_held[handoff.pid] += 1
                     self.patch(handoff.pid, handoff.since, held=True)
         finally:
@@ -336,7 +336,7 @@ class Daemon:
             maps = read_maps(pid)
             mapped = self._build_ids(pid, maps)
             if self.gate is not None:
-                for build_id in self._library_targets().keys() & mapped.keys():
+                for build_id in sorted(self._library_targets().keys() & mapped.keys()):
                     m = mapped[build_id]
                     if (m.path, m.inode) not in self.marked:
                         self._mark(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", m.path, m.inode)
