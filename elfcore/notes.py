@@ -21,13 +21,15 @@ def build_id(elf: ELFFile) -> str | None:
     return None
 
 
-def build_id_of(path: str | os.PathLike) -> str | None:
-    """The GNU build-id of the ELF file at `path` (only its notes are read); InputError when it is not readable
-    as ELF."""
+def build_id_of(path: str | os.PathLike | int) -> str | None:
+    """The GNU build-id of the ELF file at `path`, or open as descriptor `path` (read through it, never opened
+    again: the daemon's fanotify gate must not open a file whose opens wait for it); only its notes are read.
+    InputError when it is not readable as ELF."""
     from elftools.elf.elffile import ELFFile
 
-    with open(path, "rb") as f:
+    name = f"descriptor {path}" if isinstance(path, int) else os.path.basename(path)
+    with open(path, "rb", closefd=not isinstance(path, int)) as f:
         try:
             return build_id(ELFFile(f))
         except pyelftools_errors() as e:
-            raise InputError(f"{os.path.basename(path)}: not a readable ELF file ({e})") from None
+            raise InputError(f"{name}: not a readable ELF file ({e})") from None

@@ -6,11 +6,15 @@ exec is missed, and opens its exec gate (loader.execgate: fanotify exec permissi
 then applies what matches to every process already running, then to each process that execs. An exec of a
 program that an installed patch targets waits for the daemon: the process is seized before its exec goes
 on, stops at the exec and is held at its program's entry point while the patch is applied (loader.entry),
-so that its main runs patched from the first line, always. Without the gate (an older kernel, no
-CAP_SYS_ADMIN: said in the log), and for patches of shared libraries (which no exec opens), a new process
-is stopped when the connector's event comes, asynchronously: still in the dynamic linker, it is held at its
-entry point the same way; already past it, it is let go and patched once the dynamic linker has mapped the
-libraries it needs (polled through /proc/PID/maps), as it runs (it may serve its first requests unpatched).
+so that its main runs patched from the first line, always. A shared library is not exec'd: the files of
+the libraries that patches target are marked at the gate (found by build-id where the dynamic linker looks
+by default, loader.libpaths, and among the files the processes the daemon looks at map), and a process
+whose dynamic linker opens one at its start is held the same way. Without the gate (an older kernel, no
+CAP_SYS_ADMIN: said in the log), a new process is stopped when the connector's event comes, asynchronously:
+still in the dynamic linker, it is held at its entry point the same way; already past it, it is let go and
+patched once the dynamic linker has mapped the libraries it needs (polled through /proc/PID/maps), as it
+runs (it may serve its first requests unpatched). With the gate, a process it did not hold is patched that
+way too, as it runs (a copy of a library in a directory of its own, seen for the first time).
 A process is matched by the GNU build-ids of the objects it has mapped (`Store.for_build_id`); each module is
 verified (`Store.verify`) before each apply. Whatever the outcome it logs one line to stdout (the journal,
 under systemd) and moves on: a patch that cannot be applied leaves that process running unpatched, and no
@@ -38,7 +42,8 @@ from patch_build.loader.apply import apply_patch
 from patch_build.loader.entry import at_entry
 from patch_build.loader.execgate import ExecGate, Handoff
 from patch_build.loader.fanotify import Unavailable
-from patch_build.loader.procfs import Memory, read_maps, tracer_of
+from patch_build.loader.libpaths import cache_key, library_paths
+from patch_build.loader.procfs import Mapping, Memory, read_maps, tracer_of
 from patch_build.loader.ptrace import ThreadGone
 from patch_build.loader.state import MAPPING_PREFIX, PatchRecord, find_patches
 from patch_build.loader.store import Installed, Store
@@ -115,6 +120,7 @@ def processes() -> list[int]:
 class _Starting:
     since: float
     maps: int = -1  # the number of mappings last seen: settled once it stops growing
+    late_load: bool = False  # it opened a targeted library after its start: settled once it maps one
 
 
 class Daemon:
@@ -130,11 +136,13 @@ class Daemon:
         self.index_key: tuple | None = None
         self.entries_lock = threading.Lock()  # _user_entries() is also the exec gate's (its own thread)
         self.gate: ExecGate | None = None
+        self.marked: set[tuple[str, int]] = set()  # (path, inode) of the library files marked at the gate
+        self.libraries_key: tuple | None = None  # (library targets, the linker's cache) when they were looked for
         self.exec_held: Counter[int] = Counter()  # pid -> its execs held by the gate whose connector event is
         # still to come (to be ignored: the process is patched already)
 
-    def _build_ids(self, pid: int, maps) -> dict[str, str]:
-        """build-id -> object name of each ELF file the process maps, read once per file (path, inode)."""
+    def _build_ids(self, pid: int, maps) -> dict[str, Mapping]:
+        """build-id -> the first mapping of each ELF file the process maps, read once per file (path, inode)."""
         out = {}
         for m in maps:
             if not m.path.startswith("/") or not m.inode:
@@ -151,7 +159,7 @@ class Daemon:
                 except (OSError, InputError):
                     pass
             if self.build_ids[key]:
-                out[self.build_ids[key]] = os.path.basename(m.path)
+                out.setdefault(self.build_ids[key], m)
         return out
 
     def _program(self, pid: int, maps) -> tuple[bool, int]:
@@ -166,16 +174,18 @@ class Daemon:
 
     def _settled(self, pid: int, state: _Starting) -> bool:
         """The dynamic linker has mapped the libraries the program needs (as many files besides the program
-        and the linker as it has DT_NEEDED entries), the mappings stopped growing and no one traces it; or it
-        is late."""
+        and the linker as it has DT_NEEDED entries; after a late load, a targeted library), the mappings
+        stopped growing and no one traces it; or it is late."""
         maps = read_maps(pid)
         if time.monotonic() - state.since > SETTLE_LIMIT:
             return True
         if tracer_of(pid):
             return False  # held by another (the daemon of another package, at its entry point): for a while
+        grown, state.maps = len(maps) != state.maps, len(maps)
+        if state.late_load:
+            return not grown and bool(self._library_targets().keys() & self._build_ids(pid, maps).keys())
         dynamic, needed = self._program(pid, maps)
         files = {m.path for m in maps if m.path.startswith("/") and m.inode}
-        grown, state.maps = len(maps) != state.maps, len(maps)
         return not dynamic or (len(files) - 2 >= needed and not grown)
 
     def _user_entries(self) -> list[Installed]:
@@ -197,11 +207,15 @@ class Daemon:
             self.index_key = key
         return self.user
 
-    def _may_need(self, pid: int) -> bool:
-        """Whether a new process may need an installed patch: its program is a target, or a patch targets a
-        shared library (which any program may map)."""
+    def _library_targets(self) -> dict[str, str]:
+        """build-id -> name of each target of an installed patch that is a shared library."""
+        return {t["build_id"]: t["name"] for e in self._user_entries() for t in e.targets if ".so" in t["name"]}
+
+    def _may_need(self, pid: int, libraries: bool = True) -> bool:
+        """Whether a new process may need an installed patch: its program is a target, or (`libraries`) a
+        patch targets a shared library (which any program may map)."""
         entries = self._user_entries()
-        if any(".so" in t["name"] for e in entries for t in e.targets):
+        if libraries and self._library_targets():
             return True
         st = os.stat(f"/proc/{pid}/exe")
         key = (st.st_dev, st.st_ino)
@@ -213,18 +227,56 @@ class Daemon:
         """The build-ids the installed user patches target (the exec gate holds the execs of these files)."""
         return {t["build_id"] for e in self._user_entries() for t in e.targets}
 
+    def mark_libraries(self) -> None:
+        """Mark at the gate the files of the targeted libraries where the dynamic linker looks by default,
+        whenever the targets or its cache changed (the files that processes map are marked as they are seen:
+        `patch`)."""
+        if self.gate is None:
+            return
+        targets = self._library_targets()
+        key = (sorted(targets.items()), cache_key())
+        if key == self.libraries_key:
+            return
+        self.libraries_key = key
+        for path in library_paths(set(targets.values())):
+            try:
+                real = os.path.realpath(path)
+                if (real, os.stat(real).st_ino) not in self.marked and notes.build_id_of(real) in targets:
+                    self._mark(real, real, os.stat(real).st_ino)
+            except (OSError, InputError):
+                continue  # gone meanwhile, or not ELF: not the library
+
+    def _mark(self, path: str, shown: str, inode: int) -> None:
+        """Mark one library file at the gate (`path`: a name of it; `shown`: its path, for the log)."""
+        self.marked.add((shown, inode))
+        try:
+            self.gate.mark_library(path)
+        except OSError as e:
+            self.log(f"exec gate: library {shown} not marked ({e.strerror}): its new processes are patched as "
+                     "they run")
+            return
+        self.log(f"exec gate: library {shown} marked: a new process that loads it is held at its start")
+
     def serve_gate(self) -> None:
-        """Each exec the gate hands over: stopped at its exec, patched at its entry point, let go."""
+        """Each exec (or library open) the gate hands over: stopped there, patched at its entry point, let go."""
         if self.gate is None:
             return
         for handoff in self.gate.take():
-            self.held_from_exec(handoff)
+            self.held_from_gate(handoff)
+        for pid in sorted(self.gate.late_loads()):
+            if pid != os.getpid():
+                self.starting.setdefault(pid, _Starting(time.monotonic(), late_load=True))
 
-    def held_from_exec(self, handoff: Handoff) -> None:
+    def held_from_gate(self, handoff: Handoff) -> None:
         try:
-            with at_entry(handoff.pid, lambda: True, at_exec=handoff.allow) as held:
+            if handoff.exec:
+                hold = at_entry(handoff.pid, lambda: True, at_exec=handoff.allow)
+            else:
+                hold = at_entry(handoff.pid, lambda: True, at_open=handoff.allow)
+            with hold as held:
                 if held:
-                    self.exec_held[handoff.pid] += 1
+                    if handoff.exec:  # its connector event is still to come (a library's open comes after it)
+                        self.exec_held[handoff.pid] += 1
                     self.patch(handoff.pid, handoff.since, held=True)
         finally:
             handoff.done()
@@ -244,15 +296,20 @@ class Daemon:
         since = time.monotonic()
         if not self._user_entries():
             return  # nothing to apply: the process is not stopped
+        self.mark_libraries()
 
         def wanted() -> bool:
             try:
-                return self._may_need(pid)
+                return self._may_need(pid, libraries=self.gate is None)
             except (OSError, ValueError, InputError):
                 return False
 
         if self.gate is not None and not wanted():
-            return  # the gate holds the programs that patches target, and none targets a library
+            # The gate holds the programs that patches target, and the starts that open a marked library;
+            # a process that maps a targeted library the gate did not hold is patched as it runs.
+            if self._library_targets():
+                self.starting[pid] = _Starting(since)
+            return
         with at_entry(pid, wanted) as held:
             if held:
                 self.patch(pid, since, held=True)
@@ -268,7 +325,7 @@ class Daemon:
                 ready = True  # gone (then nothing is done), or unreadable: tried as it is
             if ready:
                 del self.starting[pid]
-                self.patch(pid, state.since)
+                self.patch(pid, None if state.late_load else state.since)
         return SETTLE_POLL if self.starting else 1.0
 
     def patch(self, pid: int, since: float | None = None, held: bool = False) -> None:
@@ -278,6 +335,11 @@ class Daemon:
         try:
             maps = read_maps(pid)
             mapped = self._build_ids(pid, maps)
+            if self.gate is not None:
+                for build_id in sorted(self._library_targets().keys() & mapped.keys()):
+                    m = mapped[build_id]
+                    if (m.path, m.inode) not in self.marked:
+                        self._mark(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", m.path, m.inode)
             wanted = {e.name: e for e in self._user_entries() if any(t["build_id"] in mapped for t in e.targets)}
             if not wanted:
                 return
@@ -320,6 +382,7 @@ def run_daemon(store: Store, timeout: float, log: Callable[[str], None], only: l
         except Unavailable as e:
             log(f"exec gate unavailable ({e}): new processes are seen through the process-event connector "
                 "only, and one may start running before it is patched")
+        daemon.mark_libraries()
         for pid in processes():
             if pid != os.getpid():
                 daemon.patch(pid)

@@ -4,16 +4,19 @@ patches there, so that the first work a process does is already patched.
 
 The process is stopped either at its exec (`at_exec`: its exec waits at the kernel's permission check,
 loader.execgate; it is seized with PTRACE_O_TRACEEXEC, the exec let go on, and it stops before the first
-instruction of the new program: always in time) or, seen through the process-event connector, seized and
-interrupted as soon as possible. Unless it has already run past its entry point (the connector's event came
-late: then it is let go at once, `held` False), a breakpoint (int3) is written at the entry point and the
-process let run to it; the byte is put back, the thread set back to the entry point and held stopped there
-(loader.ptrace.held: the apply's stops use it as it is) until the block ends. Whatever goes wrong, the byte
+instruction of the new program: always in time), or at its dynamic linker's open of a library a patch
+targets (`at_open`: the open waits at the permission check; seized and interrupted, then the open let go
+on: it stops as the open returns, in the dynamic linker's start-up, also always in time), or, seen through
+the process-event connector, seized and interrupted as soon as possible. Unless it has already run past its
+entry point (the connector's event came late: then it is let go at once, `held` False), a breakpoint (int3)
+is written at the entry point and the process let run to it; the byte is put back, the thread set back to
+the entry point and held stopped there (loader.ptrace.held: the apply's stops use it as it is) until the
+block ends. Whatever goes wrong, the byte
 is put back and the process detached, to run on as if never stopped; signals it receives meanwhile are
 delivered. A tracer that dies releases its tracees (the kernel detaches them), and a fanotify group that
-closes allows its pending execs; what remains: a daemon killed by SIGKILL while the breakpoint is in place
-(the time the dynamic linker takes, about a millisecond) leaves the process to die of SIGTRAP at its entry
-point.
+closes allows its pending execs and opens; what remains: a daemon killed by SIGKILL while the breakpoint is
+in place (the time the dynamic linker takes, about a millisecond) leaves the process to die of SIGTRAP at its
+entry point.
 """
 from __future__ import annotations
 
@@ -73,6 +76,21 @@ class _Hold:
         self.thread.wait_interrupted()
         self.stopped = True
 
+    def stop_at_open(self, allow: Callable[[], None]) -> None:
+        """Seized and interrupted while its open waits for `allow()` (called whatever happens): the interrupt
+        waits for the open (a killable sleep) and stops it as the open returns, still in the dynamic linker.
+        (Interrupted after the allow, it could run past its entry point meanwhile.)"""
+        try:
+            self.thread.seize()
+            self.seized = True
+            self.thread.interrupt()
+            faults.point("open-seized", self.pid)
+        finally:
+            allow()
+        self.thread.wait_interrupted()
+        self.stopped = True
+        faults.point("open-stopped", self.pid)
+
     def stop_at_exec(self, allow: Callable[[], None]) -> bool:
         """Seized while its exec waits for `allow()` (called whatever happens), then True once stopped at
         the exec (PTRACE_EVENT_EXEC: the new program mapped, none of its instructions run); its own signals
@@ -108,7 +126,7 @@ class _Hold:
         self.mem = Memory(self.pid)
         if self.thread.regs.rip == entry:
             return True
-        if not self._before_entry(entry, aux.get(AT_BASE, 0)):
+        if not before_entry(self.pid, self.thread.regs.rip, self.thread.regs.rsp, self.mem, aux):
             return False
         self.byte = self.mem.read(entry, 1)
         self.mem.write(entry, INT3)
@@ -129,25 +147,6 @@ class _Hold:
                     self.thread.pending_signal = signal.SIGTRAP
                 return False
             deliver, self.thread.pending_signal = self.thread.pending_signal, 0  # its own signal, delivered
-
-    def _before_entry(self, entry: int, interp_base: int) -> bool:
-        """The process runs the dynamic linker's start-up: it stands in the dynamic linker, and its stack
-        holds no address of the program's code but the entry point (which the dynamic linker keeps): once
-        the program has started, its _start's return address is there. A wrong guess either way is safe:
-        past the entry point the breakpoint is never reached (the process is let go after RUN_LIMIT), and
-        before it, the process is patched as it runs."""
-        regs = self.thread.regs
-        maps = read_maps(self.pid)
-        interp = next((m.path for m in maps if interp_base in m and m.path), None)
-        if not interp_base or not any(m.path == interp and regs.rip in m for m in maps):
-            return False
-        top = start_stack(self.pid)
-        low = (regs.rsp + 7) & ~7
-        if not low <= top <= low + STACK_LIMIT:
-            return False
-        program = _program_code(self.pid, maps)
-        words = struct.unpack(f"<{(top - low) // 8}Q", self.mem.read(low, (top - low) // 8 * 8))
-        return not any(w != entry and any(w in m for m in program) for w in words)
 
     def _trapped(self) -> bool:
         """Stopped by the breakpoint: then set back to run the entry point's own instruction."""
@@ -186,28 +185,65 @@ class _Hold:
                 self.mem.close()
 
 
+def before_entry(pid: int, rip: int, rsp: int, mem: Memory, aux: dict[int, int]) -> bool:
+    """The process (its thread at `rip`, stack at `rsp`) runs the dynamic linker's start-up: it stands in the
+    dynamic linker, and its stack holds no address of the program's code but the entry point (which the
+    dynamic linker keeps): once the program has started, its _start's return address is there (so a dlopen
+    after the start is told apart). A wrong guess either way is safe: past the entry point the breakpoint is
+    never reached (the process is let go after RUN_LIMIT), and before it, the process is patched as it runs."""
+    entry, interp_base = aux.get(AT_ENTRY, 0), aux.get(AT_BASE, 0)
+    maps = read_maps(pid)
+    interp = next((m.path for m in maps if interp_base in m and m.path), None)
+    if not interp_base or not any(m.path == interp and rip in m for m in maps):
+        return False
+    top = start_stack(pid)
+    low = (rsp + 7) & ~7
+    if not low <= top <= low + STACK_LIMIT:
+        return False
+    program = _program_code(pid, maps)
+    words = struct.unpack(f"<{(top - low) // 8}Q", mem.read(low, (top - low) // 8 * 8))
+    return not any(w != entry and any(w in m for m in program) for w in words)
+
+
+def opening_in_start_up(pid: int) -> bool:
+    """The process's main thread, blocked in a system call (an open waiting at the fanotify gate), is in its
+    dynamic linker's start-up (`before_entry`; its stack pointer and program counter from /proc/PID/syscall,
+    which needs no stop)."""
+    with open(f"/proc/{pid}/syscall") as f:
+        fields = f.read(512).split()
+    if len(fields) != 9:  # "running", or not in a system call
+        return False
+    with Memory(pid) as mem:
+        return before_entry(pid, int(fields[8], 16), int(fields[7], 16), mem, auxv(pid))
+
+
 def _program_code(pid: int, maps: list[Mapping]) -> list[Mapping]:
     exe = os.readlink(f"/proc/{pid}/exe")
     return [m for m in maps if m.executable and m.path == exe]
 
 
 @contextlib.contextmanager
-def at_entry(pid: int, wanted: Callable[[], bool], at_exec: Callable[[], None] | None = None):
+def at_entry(pid: int, wanted: Callable[[], bool], at_exec: Callable[[], None] | None = None,
+             at_open: Callable[[], None] | None = None):
     """with at_entry(pid, wanted) as held: `held` True while the process is stopped at its entry point, False
     when it is not `wanted()` (asked while it is stopped, before anything else is done) or could not be
     (past it, traced by another, gone): it then runs. `at_exec`: the process waits at its exec's permission
-    check, and `at_exec()` lets it go on (called once it is seized, or on failure). Let go on the way out,
+    check, and `at_exec()` lets it go on (called once it is seized, or on failure); `at_open`: the same for
+    an open of a library by its dynamic linker's start-up (loader.execgate). Let go on the way out,
     whatever happened; SIGINT/SIGTERM/SIGHUP are held meanwhile, so that a stop asked for never leaves it
     stopped."""
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED_SIGNALS)
     hold = _Hold(pid)
     try:
         try:
-            if at_exec is None:
-                hold.stop()
+            if at_exec is not None:
+                held = hold.stop_at_exec(at_exec) and hold.run_to_entry(wanted)
+            elif at_open is not None:
+                hold.stop_at_open(at_open)
                 held = hold.run_to_entry(wanted)
             else:
-                held = hold.stop_at_exec(at_exec) and hold.run_to_entry(wanted)
+                hold.stop()
+                held = hold.run_to_entry(wanted)
         except (ThreadGone, TraceError, NotStopping, OSError, ValueError, InputError):
             held = False
         if held:

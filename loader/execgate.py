@@ -4,6 +4,13 @@ once per device, inode and modification time) goes on at once; one that a patch 
 daemon's main thread (`take`), which seizes the exec'ing process with ptrace before it lets the exec go on
 (`Handoff.allow`), so the process stops at its exec before any instruction of the new program.
 
+Shared libraries are not exec'd: the dynamic linker opens them with a plain open. The files of the libraries
+that patches target (`mark_library`: the daemon finds them) are marked so that each open of one waits the
+same way; an open by a process's main thread in its dynamic linker's start-up (before its entry point:
+loader.entry.opening_in_start_up) is handed over like an exec, and the main thread seizes the process before
+it lets the open go on, then holds it at its entry point. Any other open (a dlopen after the start, a copy,
+the daemon's own reads) goes on at once.
+
 A thread of its own answers the events, so that no exec waits while the main thread applies a patch; the
 main thread, which is the ptrace tracer, only gets the targeted ones. Every wait is bounded: a handoff the
 main thread has not taken within HANDOFF_LIMIT is allowed by the gate (the process then starts unheld and is
@@ -23,18 +30,20 @@ from patch_build.common.interrupts import HANDLED
 from patch_build.elfcore import notes
 from patch_build.elfcore.constants import ELFMAG
 from patch_build.loader import faults
-from patch_build.loader.fanotify import ExecPermission, ExecPermissions
+from patch_build.loader.entry import opening_in_start_up
+from patch_build.loader.fanotify import Permission, Permissions
 
-HANDOFF_LIMIT = 1.0  # seconds a targeted exec waits for the main thread (busy applying) before it goes on
+HANDOFF_LIMIT = 1.0  # seconds a targeted exec (or library open) waits for the main thread (busy applying) before it goes on
 
 
 class Handoff:
-    """A targeted exec waiting for the main thread: its permission answered exactly once, by the main thread
-    (`allow`, once it has seized the process) or by the gate (late)."""
+    """A targeted exec (or library open: not `exec`) waiting for the main thread: its permission answered
+    exactly once, by the main thread (`allow`, once it has seized the process) or by the gate (late)."""
 
-    def __init__(self, gate: ExecGate, event: ExecPermission, path: str):
+    def __init__(self, gate: ExecGate, event: Permission, path: str):
         self.gate, self.event, self.path = gate, event, path
         self.pid = event.tid
+        self.exec = event.exec
         self.since = time.monotonic()
         self.deadline = self.since + HANDOFF_LIMIT
         self._lock = threading.Lock()
@@ -71,13 +80,14 @@ class ExecGate:
 
     def __init__(self, targets: Callable[[], set[str]], log: Callable[[str], None]):
         self.targets, self.log = targets, log
-        self.permissions = ExecPermissions()  # loader.fanotify.Unavailable: the caller falls back
+        self.permissions = Permissions()  # loader.fanotify.Unavailable: the caller falls back
         self.build_ids: dict[tuple[int, int, int], str] = {}  # (device, inode, mtime ns) -> build-id
         self._lock = threading.Lock()
         self._handoffs: list[Handoff] = []  # for the main thread, in order
         self._pending: list[Handoff] = []  # not answered yet: the gate's to watch
         self._holding: set[int] = set()  # pids handed off and not done: their further execs (the dynamic linker's
         # own FAN_OPEN_EXEC_PERM) go on at once
+        self._late: set[int] = set()  # late_loads()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # main thread: handoffs ready
         self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._mounts = open("/proc/self/mountinfo", "rb")  # exceptional when the mount table changes
@@ -94,7 +104,7 @@ class ExecGate:
         return len(self.permissions.marked)
 
     def fileno(self) -> int:
-        """Readable when handoffs wait for the main thread."""
+        """Readable when handoffs (or late loads) wait for the main thread."""
         return self._wake_r
 
     def take(self) -> list[Handoff]:
@@ -107,10 +117,33 @@ class ExecGate:
         with self._lock:
             handoffs, self._handoffs = self._handoffs, []
         if handoffs:
-            faults.point("exec-take", handoffs[0].pid)
+            faults.point("exec-take" if handoffs[0].exec else "open-take", handoffs[0].pid)
         return [h for h in handoffs if h.take()]
 
-    def answer(self, event: ExecPermission) -> None:
+    def late_loads(self) -> set[int]:
+        """The processes that have opened a targeted library since the last call and were not held (past
+        their start: a dlopen; or a copy, a read): the main thread patches them as they run."""
+        with self._lock:
+            pids, self._late = self._late, set()
+        return pids
+
+    def _loaded_late(self, pid: int) -> None:
+        with self._lock:
+            self._late.add(pid)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full: the main thread has wake-ups enough
+
+    def mark_library(self, path: str) -> None:
+        """Opens of the file at `path` (a library that a patch targets) wait at the gate from now on; OSError
+        when it cannot be marked."""
+        self.permissions.mark_file(path)
+
+    def answer(self, event: Permission) -> None:
         try:
             self.permissions.allow(event)
         except OSError as e:  # the group closed meanwhile (the kernel then allowed it), or an event gone
@@ -140,8 +173,9 @@ class ExecGate:
                 if not handoff.allow(unless_taken=True):
                     continue
                 self.finished(handoff.pid)
-                self.log(f"process {handoff.pid} ({os.path.basename(handoff.path)}) not held at its exec: the "
-                         f"daemon was busy for {HANDOFF_LIMIT:g} s")
+                name = os.path.basename(handoff.path)
+                where = f"({name}) not held at its exec" if handoff.exec else f"not held at its open of {name}"
+                self.log(f"process {handoff.pid} {where}: the daemon was busy for {HANDOFF_LIMIT:g} s")
             timeout = 1.0 if wait is None else max(wait - time.monotonic(), 0.0)
             ready, _, changed = select.select([self.permissions, self._stop_r], [], [self._mounts], timeout)
             if self._stop_r in ready:
@@ -160,11 +194,11 @@ class ExecGate:
         except (OSError, ValueError) as e:
             self.log(f"exec gate: new mounts not marked: {e}")
 
-    def _decide(self, event: ExecPermission) -> None:
-        """Allow the exec at once, or hand it to the main thread; whatever fails, it is allowed."""
+    def _decide(self, event: Permission) -> None:
+        """Allow the exec or open at once, or hand it to the main thread; whatever fails, it is allowed."""
         try:
             handoff = self._handoff(event)
-        except Exception as e:  # noqa: BLE001 -- no error may leave an exec waiting
+        except Exception as e:  # noqa: BLE001 -- no error may leave an exec or open waiting
             self.log(f"exec gate: process {event.tid} let go: {e}")
             handoff = None
         if handoff is None:
@@ -174,16 +208,14 @@ class ExecGate:
             self._holding.add(handoff.pid)
             self._handoffs.append(handoff)
             self._pending.append(handoff)
-        try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass  # the pipe is full: the main thread has wake-ups enough
+        self._wake()
 
-    def _handoff(self, event: ExecPermission) -> Handoff | None:
-        """A handoff when the file is targeted and the thread that execs may be held: none of the daemon's
-        own threads (it would wait for itself), not a process already being held (the dynamic linker its
-        exec opens), and the process's main thread (an exec from another thread changes its thread id at
-        the exec: not held, it is patched as it runs)."""
+    def _handoff(self, event: Permission) -> Handoff | None:
+        """A handoff when the file is targeted and the thread that execs or opens it may be held: none of
+        the daemon's own threads (it would wait for itself), not a process already being held (the dynamic
+        linker its exec opens, its libraries), the process's main thread (an exec from another thread changes
+        its thread id at the exec: not held, it is patched as it runs), and for an open, one in its dynamic
+        linker's start-up (a dlopen later, a copy or a read of the file is not held)."""
         targets = self.targets()
         if not targets:
             return None
@@ -196,9 +228,15 @@ class ExecGate:
             self.build_ids[key] = _build_id(event.fd)
         if self.build_ids[key] not in targets:
             return None
-        if event.tid <= 0 or os.path.exists(f"/proc/self/task/{event.tid}") or _tgid(event.tid) != event.tid:
+        if event.tid <= 0 or os.path.exists(f"/proc/self/task/{event.tid}"):
             return None
-        faults.point("exec-handoff", event.tid)
+        pid = _tgid(event.tid)
+        if event.exec and pid != event.tid:
+            return None
+        if not event.exec and (pid != event.tid or not opening_in_start_up(event.tid)):
+            self._loaded_late(pid)
+            return None
+        faults.point("exec-handoff" if event.exec else "open-handoff", event.tid)
         return Handoff(self, event, os.readlink(f"/proc/self/fd/{event.fd}"))
 
     def close(self) -> None:
@@ -220,7 +258,7 @@ def _build_id(fd: int) -> str:
     if os.pread(fd, 4, 0) != ELFMAG:
         return ""
     try:
-        return notes.build_id_of(f"/proc/self/fd/{fd}") or ""
+        return notes.build_id_of(fd) or ""  # through the descriptor: opening the file again would wait for us
     except InputError:
         return ""
 

@@ -1,12 +1,13 @@
-"""fanotify(7) exec permission events through ctypes: every exec of a file on a marked filesystem waits
-until this process answers it (FAN_OPEN_EXEC_PERM, Linux 5.0).
+"""fanotify(7) permission events through ctypes: every exec of a file on a marked filesystem
+(FAN_OPEN_EXEC_PERM, Linux 5.0), and every open of a marked file (FAN_OPEN_PERM: the shared libraries that
+patches target), waits until this process answers it.
 
 Own code, not a library: the fanotify wrappers on PyPI either refuse permission events (pyfanotify: "PERM
 events are not supported yet"; it also runs its listener in a child process, which could not then be the
 ptrace tracer) or predate FAN_OPEN_EXEC_PERM (butter, last released 2021). What is needed is two libc
 calls, a fixed 24-byte event record and an 8-byte answer.
 
-Every event is answered FAN_ALLOW: the daemon never refuses an exec, it only makes it wait. The kernel
+Every event is answered FAN_ALLOW: the daemon never refuses an exec or an open, it only makes it wait. The kernel
 answers the events still pending with FAN_ALLOW when the group's descriptor is closed, so a daemon that
 dies (even by SIGKILL) leaves no exec waiting.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 FAN_CLOEXEC, FAN_NONBLOCK, FAN_CLASS_CONTENT, FAN_REPORT_TID = 0x1, 0x2, 0x4, 0x100
 FAN_MARK_ADD, FAN_MARK_FILESYSTEM = 0x1, 0x100
-FAN_OPEN_EXEC_PERM = 0x40000
+FAN_OPEN_PERM, FAN_OPEN_EXEC_PERM = 0x10000, 0x40000
 FAN_ALLOW = 0x1
 FANOTIFY_METADATA_VERSION = 3
 AT_FDCWD = -100
@@ -39,15 +40,21 @@ class Unavailable(Exception):
 
 
 @dataclass(frozen=True)
-class ExecPermission:
-    """One exec waiting for an answer: `fd` the file being executed (opened by the kernel for us), `tid` the
-    thread that execs."""
+class Permission:
+    """One exec or open waiting for an answer: `fd` the file being executed or opened (opened by the kernel
+    for us), `tid` the thread that execs or opens it, `mask` FAN_OPEN_EXEC_PERM or FAN_OPEN_PERM."""
     fd: int
     tid: int
+    mask: int
+
+    @property
+    def exec(self) -> bool:
+        return bool(self.mask & FAN_OPEN_EXEC_PERM)
 
 
-class ExecPermissions:
-    """A fanotify group of class content with FAN_OPEN_EXEC_PERM on every mounted filesystem."""
+class Permissions:
+    """A fanotify group of class content with FAN_OPEN_EXEC_PERM on every mounted filesystem, and
+    FAN_OPEN_PERM on the files `mark_file` marks."""
 
     def __init__(self):
         fd = _libc.fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_TID,
@@ -91,11 +98,18 @@ class ExecPermissions:
             added += 1
         return added
 
+    def mark_file(self, path: str) -> None:
+        """Every open of the file at `path` (its inode: a /proc/PID/map_files link marks the file mapped there)
+        waits for an answer from now on; OSError when it cannot be marked."""
+        if _libc.fanotify_mark(self.fd, FAN_MARK_ADD, FAN_OPEN_PERM, AT_FDCWD, os.fsencode(path)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+
     def fileno(self) -> int:
         return self.fd
 
-    def read(self) -> list[ExecPermission]:
-        """The exec permission events queued now (none when there are none)."""
+    def read(self) -> list[Permission]:
+        """The permission events queued now (none when there are none)."""
         try:
             data = os.read(self.fd, _READ_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -106,12 +120,12 @@ class ExecPermissions:
             if version != FANOTIFY_METADATA_VERSION or length < _EVENT.size:
                 raise OSError(errno.EPROTO, f"fanotify event of version {version}, length {length}")
             if fd >= 0:
-                out.append(ExecPermission(fd, tid))  # only FAN_OPEN_EXEC_PERM is asked for
+                out.append(Permission(fd, tid, mask))
             at += length
         return out
 
-    def allow(self, event: ExecPermission) -> None:
-        """Let the exec go on; the event's descriptor is closed."""
+    def allow(self, event: Permission) -> None:
+        """Let the exec or open go on; the event's descriptor is closed."""
         try:
             os.write(self.fd, _RESPONSE.pack(event.fd, FAN_ALLOW))
         finally:

@@ -501,3 +501,208 @@ def test_daemon_logs_a_refusal_and_leaves_the_process_running(tagged, tmp_path):
             tracer.kill()
             tracer.wait()
         server.stop()
+
+
+# A library whose function lib_answer() is patched, and a program that prints its answer first thing; given
+# an argument, it then waits (a process that maps the library when the daemon starts).
+LIBRARY = """__attribute__((noinline)) int lib_answer(void) { return 41; }
+const char firstlib_test_run[] = "RUN";
+"""
+LIBRARY_FIX = """--- a/firstlib.c
++++ b/firstlib.c
+@@ -1,2 +1,2 @@
+-__attribute__((noinline)) int lib_answer(void) { return 41; }
++__attribute__((noinline)) int lib_answer(void) { return 42; }
+ const char firstlib_test_run[] = "RUN";
+"""
+LIBRARY_USER = """#include <stdio.h>
+#include <unistd.h>
+int lib_answer(void);
+int main(int argc, char **argv) {
+    printf("%d\\n", lib_answer());
+    fflush(stdout);
+    if (argc > 1)
+        pause();
+    return 0;
+}
+"""
+# needs no library of ours: dlopens the library given as its argument when told to (a line on stdin), calls
+# its lib_answer() at once, and once more at the next line
+DLOPENER = """#include <dlfcn.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    char line[16];
+    printf("started\\n");
+    fflush(stdout);
+    if (argc < 2 || !fgets(line, sizeof line, stdin)) return 1;
+    void *lib = dlopen(argv[1], RTLD_NOW);
+    int (*answer)(void) = lib ? (int (*)(void))dlsym(lib, "lib_answer") : 0;
+    if (!answer) return 1;
+    printf("%d\\n", answer());
+    fflush(stdout);
+    if (!fgets(line, sizeof line, stdin)) return 1;
+    printf("%d\\n", answer());
+    return 0;
+}
+const char dlopener_test_run[] = "RUN";
+"""
+
+
+@pytest.fixture(scope="module")
+def first_library(tmp_path_factory):
+    """(the program using libfirstlib.so, the library, its answer-fix module, the dlopener), this run's own."""
+    root = tmp_path_factory.mktemp("firstlib")
+    src, deployed = root / "src", root / "deployed"
+    tag = uuid.uuid4().hex
+    for tree in (src, deployed):
+        tree.mkdir()
+        (tree / "firstlib.c").write_text(LIBRARY.replace("RUN", tag))
+        (tree / "libuser.c").write_text(LIBRARY_USER)
+        (tree / "Makefile").write_text(
+            "libuser: libuser.c libfirstlib.so\n\t$(CC) -O2 -o $@ libuser.c -L. -lfirstlib -Wl,-rpath,'$$ORIGIN'\n"
+            "libfirstlib.so: firstlib.o\n\t$(CC) -shared -Wl,-soname,libfirstlib.so -o $@ firstlib.o\n"
+            "firstlib.o: firstlib.c\n\t$(CC) -O2 -g -fPIC -c -o $@ firstlib.c\n")
+    (root / "lib-answer-fix.patch").write_text(LIBRARY_FIX.replace("RUN", tag))
+    subprocess.run(["make", "-s"], cwd=deployed, check=True, capture_output=True)
+    assert subprocess.run([deployed / "libuser"], capture_output=True, text=True).stdout == "41\n"
+    module = build_user_patch(BuildOptions(patches=[root / "lib-answer-fix.patch"], srcdir=src,
+                                           targets=["libfirstlib.so"], name="lib-answer-fix", outdir=root / "out",
+                                           jobs=1, target_binaries=[deployed / "libfirstlib.so"])).module
+    (root / "dlopener.c").write_text(DLOPENER.replace("RUN", uuid.uuid4().hex))
+    subprocess.run(["cc", "-O2", "-o", "dlopener", "dlopener.c"], cwd=root, check=True, capture_output=True)
+    return deployed / "libuser", deployed / "libfirstlib.so", module, root / "dlopener"
+
+
+def _library_daemon(first_library, tmp_path, fault: str = "") -> tuple[Daemon, subprocess.Popen]:
+    """A daemon for the installed lib-answer-fix, started while a process maps the library (how the daemon
+    learns where a library outside the dynamic linker's default places lies): that process's own start,
+    and the library's file marked at the gate."""
+    program, library, module, _ = first_library
+    store = tmp_path / "store"
+    assert patch_ctl("install", "--store", store, module).returncode == 0
+    waiting = subprocess.Popen([program, "wait"], stdout=subprocess.PIPE, text=True)
+    assert waiting.stdout.readline() == "41\n"
+    daemon = Daemon(store, fault=fault)
+    daemon.wait_for(f"exec gate: library {library} marked", 1)
+    return daemon, waiting
+
+
+def test_daemon_holds_every_start_that_loads_a_patched_library(first_library, tmp_path):
+    """A patch of a shared library: the dynamic linker opens it with a plain open, which waits at the gate
+    (the library's file is marked): each new process of a program that needs it is held at its entry point,
+    and its main's first statement calls the patched function, every run."""
+    program, library, _, _ = first_library
+    daemon, waiting = _library_daemon(first_library, tmp_path)
+    try:
+        daemon.wait_for(f"applied lib-answer-fix to process {waiting.pid} (libuser)", 5)
+        runs, _ = _timed_runs(program, 20)
+        time.sleep(0.5)  # the daemon's last lines read
+    finally:
+        code = daemon.stop()
+        waiting.kill()
+        waiting.wait()
+    assert [(out, rc) for _, out, rc in runs] == [("42\n", 0)] * 20, (runs, daemon.lines)
+    applied = [l for l in daemon.lines if l.startswith("applied lib-answer-fix to process ")
+               and int(l.split()[4]) in {pid for pid, _, _ in runs}]
+    assert len(applied) == 20 and all(l.endswith("at its entry point") for l in applied), daemon.lines
+    assert code == 0 and not [l for l in daemon.lines if l.startswith("not applied")], daemon.lines
+
+
+def test_daemon_never_stops_a_program_without_the_patched_library(first, first_library, tmp_path):
+    """With a library patch installed, the daemon's ptrace calls (strace): it seizes the process that loads
+    the library, never one of a program that does not (through the connector, it stopped every new process)."""
+    program = first_library[0]
+    other = first[2]
+    trace = tmp_path / "daemon.strace"
+    daemon, waiting = _library_daemon(first_library, tmp_path)
+    strace = subprocess.Popen(["strace", "-qq", "-f", "-e", "trace=ptrace", "-o", trace, "-p", str(daemon.proc.pid)],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while _tracer(daemon.proc.pid) != strace.pid and time.monotonic() < deadline:
+            time.sleep(0.01)
+        others, _ = _timed_runs(other, 5)
+        runs, _ = _timed_runs(program, 1)
+        time.sleep(0.5)
+    finally:
+        strace.send_signal(signal.SIGINT)
+        strace.wait(timeout=30)
+        code = daemon.stop()
+        waiting.kill()
+        waiting.wait()
+    seized = {int(l.split("PTRACE_SEIZE, ")[1].split(",")[0]) for l in trace.read_text().splitlines()
+              if "PTRACE_SEIZE, " in l}
+    assert runs[0][0] in seized and runs[0][1:] == ("42\n", 0), (runs, seized, daemon.lines)
+    assert not seized & {pid for pid, _, _ in others}, (others, seized)
+    assert [(out, rc) for _, out, rc in others] == [("TracerPid:\t0\n", 0)] * 5, others
+    assert code == 0, daemon.lines
+
+
+@pytest.mark.parametrize("point", ["open-take", "open-seized", "open-stopped"])
+def test_daemon_killed_while_holding_a_library_open(first_library, tmp_path, point):
+    """The daemon killed (SIGKILL) with a library open in its hands: waiting for its answer, seized while it
+    waits, or stopped as the open returned. The process runs on unpatched and exits normally."""
+    program = first_library[0]
+    daemon, waiting = _library_daemon(first_library, tmp_path, fault=f"{point}:kill")
+    try:
+        proc = subprocess.Popen([program], stdout=subprocess.PIPE, text=True)
+        assert daemon.proc.wait(timeout=30) == -signal.SIGKILL, daemon.lines
+        assert proc.communicate(timeout=10) == ("41\n", None)
+        assert proc.returncode == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.stop()
+        waiting.kill()
+        waiting.wait()
+
+
+def test_daemon_patches_a_library_loaded_after_the_start_as_it_runs(first_library, tmp_path):
+    """A dlopen of the marked library after the process's start is not held (the gate lets the open go on
+    at once: the process is past its entry point): the daemon patches the process as it runs once it maps
+    the library, so the calls made right after the dlopen may still run unpatched, the later ones do not."""
+    _, library, _, dlopener = first_library
+    daemon, waiting = _library_daemon(first_library, tmp_path)
+    proc = subprocess.Popen([dlopener, library], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "started\n"
+        time.sleep(0.5)  # long past its start: the connector's look at it is over
+        proc.stdin.write("load\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() in ("41\n", "42\n")  # called at once after the dlopen
+        daemon.wait_for(f"applied lib-answer-fix to process {proc.pid} (dlopener)", 2)
+        proc.stdin.write("call\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "42\n"
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        code = daemon.stop()
+        waiting.kill()
+        waiting.wait()
+    line = next(l for l in daemon.lines if l.startswith(f"applied lib-answer-fix to process {proc.pid} "))
+    assert not line.endswith("at its entry point") and code == 0, daemon.lines
+
+
+@pytest.mark.parametrize("fault, line", [
+    ("open-handoff:error", "exec gate: process {pid} let go: [Errno 5] injected fault at open-handoff"),
+    ("open-take:stall", "process {pid} not held at its open of libfirstlib.so: the daemon was busy for 1 s")],
+    ids=["error", "busy"])
+def test_daemon_lets_a_library_open_go_on_when_it_cannot_hold_it(first_library, tmp_path, fault, line):
+    """The library gate's bounds are the exec gate's: an error while it looks at the open, or a main thread
+    busy for longer than the gate waits: the open goes on (the process runs, unheld), and the log says why."""
+    program = first_library[0]
+    daemon, waiting = _library_daemon(first_library, tmp_path, fault=fault)
+    try:
+        started = time.monotonic()
+        proc = subprocess.Popen([program], stdout=subprocess.PIPE, text=True)
+        out = proc.communicate(timeout=10)[0]
+        took = time.monotonic() - started
+        daemon.wait_for(line.format(pid=proc.pid), 10)
+    finally:
+        code = daemon.stop()
+        waiting.kill()
+        waiting.wait()
+    assert proc.returncode == 0 and out in ("41\n", "42\n"), out
+    assert took < 2.5, f"the open waited {took:.2f} s"  # the stall is 3 s, the gate waits 1 s
+    assert code == 0, daemon.lines

@@ -16,6 +16,7 @@ from patch_build.elfcore.x86_64 import R_X86_64_PLT32
 from patch_build.loader import layout, x86_64 as arch
 from patch_build.loader.remote import PROT_EXEC, PROT_READ
 from patch_build.loader.resolve import ResolveError, split_local
+from patch_build.loader.libpaths import library_paths
 from patch_build.loader.procfs import Memory, read_maps
 from patch_build.loader.state import PatchedFunc, PatchRecord
 from patch_build.loader.unwind import Unwinder, _StackWords
@@ -156,3 +157,12 @@ def test_unwinder_finds_the_mapping_of_an_address():
         assert unwinder._mapping_at(0) is None
     finally:
         mem.close()
+
+
+def test_library_paths_finds_what_the_dynamic_linker_finds():
+    """loader.libpaths: the libc this process maps (found by the dynamic linker through its cache) is among
+    the files named libc.so.6; a name no library has finds nothing."""
+    libc = next(m.path for m in read_maps(os.getpid()) if os.path.basename(m.path).startswith("libc.so"))
+    found = library_paths({"libc.so.6"})
+    assert os.path.realpath(libc) in {os.path.realpath(p) for p in found}, found
+    assert library_paths({"libpatch-build-no-such-library.so.1"}) == []
