@@ -103,6 +103,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the generator and compile helper the tests use
 sys.path.insert(0, str(REPO / "tests" / "kernel"))
+sys.path.insert(0, str(REPO / "bench"))  # measure.py, also under `python -P`
 
 from debian_kernel import CACHE  # noqa: E402
 from measure import best_of, child_env  # noqa: E402
