@@ -89,7 +89,7 @@ class _Piece:
 
     def __init__(self, section: Section, start: int, end: int):
         self.section, self.start, self.end = section, start, end
-        self.insns: list[tuple[int, int]] | None = None  # instruction boundaries, decoded when first needed
+        self.insns: arch.InstructionBounds | None = None  # instruction boundaries, decoded when first needed
 
 
 def read_linked(path: str, blob: bytes | None = None) -> ObjectFile:
@@ -254,7 +254,7 @@ class _Model:
         bias = 0
         if kind.pc_relative and sec.is_text:
             if piece.insns is None:
-                piece.insns = arch.instruction_ends(sec.data)
+                piece.insns = arch.instruction_bounds(sec.data)
             bias = arch.pc_relative_bias(piece.insns, offset, kind.size)
         piece = self._piece_at(target_index, section_address + addend + bias)
         if piece is None:

@@ -57,7 +57,7 @@ class Section(elf.Section):
     included: bool = False
 
 
-@dataclass(eq=False, repr=False)
+@dataclass(eq=False, repr=False, slots=True)
 class Symbol(elf.Symbol):
     # set by passes
     twin: Symbol | None = None

@@ -34,7 +34,7 @@ class TargetResolver:
 
     def __init__(self, obj: ObjectFile):
         self.obj = obj
-        self._insns: dict[Section, tuple[bytes, list[tuple[int, int]]]] = {}
+        self._insns: dict[Section, tuple[bytes, arch.InstructionBounds]] = {}
         self._items: dict[Section, tuple[bytes, list[int]]] = {}
         self._targets: dict[Relocation, Target] = {}
 
@@ -44,7 +44,7 @@ class TargetResolver:
             return 0
         cached = self._insns.get(sec)
         if cached is None or cached[0] is not sec.data:
-            cached = self._insns[sec] = (sec.data, arch.instruction_ends(sec.data))
+            cached = self._insns[sec] = (sec.data, arch.instruction_bounds(sec.data))
         return arch.pc_relative_bias(cached[1], rel.offset, rtype.size)
 
     def resolve(self, sec: Section, rel: Relocation) -> Target:

@@ -140,7 +140,7 @@ Section.data = property(_data, _set_data, doc="The section's contents (read from
                         "if deferred).")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: a kernel unit holds thousands, each a dict's size less
 class Symbol:
     index: int
     name: str
