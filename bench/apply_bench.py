@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))  # measure.py, also under `python -P`
 
 from patch_build.kbuild.options import BuildOptions  # noqa: E402
 from patch_build.kbuild.userspace import build_user_patch  # noqa: E402

@@ -182,7 +182,7 @@ def compare(orig: ObjectFile, patched: ObjectFile, comparer: Comparer, leave_out
             if sym.status is not Status.SAME and parent is not None and parent.status is Status.SAME \
                     and names.is_cold_piece(sym.name) and parent.name not in leave_out:
                 parent.status = Status.CHANGED
-                parent.reasons.append(f"its part {sym.name} changed")
+                parent.reasons = [*parent.reasons, f"its part {sym.name} changed"]
                 changed = True
     for sec in patched.sections:
         if sec.is_text and sec.status is None:

@@ -254,4 +254,4 @@ def link_children(obj: ObjectFile) -> None:
         parent = by_name.get(pname) if pname else None
         if parent is not None and parent is not sym:
             sym.parent = parent
-            parent.children.append(sym)
+            parent.children += (sym,)

@@ -96,7 +96,7 @@ class _Piece:
     def __init__(self, section: Section, start: int, end: int, table: bool = False):
         self.section, self.start, self.end = section, start, end
         self.table = table  # a jump table: its PC-relative entries count from its start
-        self.insns: list[tuple[int, int]] | None = None  # instruction boundaries, decoded when first needed
+        self.insns: arch.InstructionBounds | None = None  # instruction boundaries, decoded when first needed
 
 
 def read_linked(path: str, blob: bytes | None = None) -> ObjectFile:
@@ -327,7 +327,7 @@ class _Model:
         bias = 0
         if kind.pc_relative and piece.section.is_text:
             if piece.insns is None:
-                piece.insns = arch.instruction_ends(piece.section.data)
+                piece.insns = arch.instruction_bounds(piece.section.data)
             bias = arch.pc_relative_bias(piece.insns, offset, kind.size)
         elif kind.pc_relative and piece.table:
             bias = -offset

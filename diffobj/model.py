@@ -9,6 +9,7 @@ Objects compare by identity: two sections with the same bytes are still two sect
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from patch_build.elfcore import model as elf
@@ -57,14 +58,15 @@ class Section(elf.Section):
     included: bool = False
 
 
-@dataclass(eq=False, repr=False)
+@dataclass(eq=False, repr=False, slots=True)
 class Symbol(elf.Symbol):
     # set by passes
     twin: Symbol | None = None
     status: Status | None = None
     parent: Symbol | None = None  # a .cold/.part piece's parent function
-    children: list[Symbol] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)  # why CHANGED (compare)
+    # Tuples until set (not lists made for every symbol, as most have neither: a kernel unit's thousands)
+    children: tuple[Symbol, ...] = ()  # its .cold/.part pieces
+    reasons: Sequence[str] = ()  # why CHANGED (compare)
 
 
 # ---- the output: what the writer serialises -----------------------------------------------------

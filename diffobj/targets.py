@@ -37,7 +37,7 @@ class TargetResolver:
 
     def __init__(self, obj: ObjectFile):
         self.obj = obj
-        self._insns: dict[Section, tuple[bytes, list[tuple[int, int]]]] = {}
+        self._insns: dict[Section, tuple[bytes, arch.InstructionBounds]] = {}
         self._items: dict[Section, tuple[bytes, list[int]]] = {}
         self._targets: dict[Relocation, Target] = {}
         self._code_refs: dict[Section, list[int]] | None = None  # data section -> offsets code references
@@ -51,7 +51,7 @@ class TargetResolver:
             return self.table_bias(sec, rel)
         cached = self._insns.get(sec)
         if cached is None or cached[0] is not sec.data:
-            cached = self._insns[sec] = (sec.data, arch.instruction_ends(sec.data))
+            cached = self._insns[sec] = (sec.data, arch.instruction_bounds(sec.data))
         return arch.pc_relative_bias(cached[1], rel.offset, rtype.size)
 
     def table_bias(self, sec: Section, rel: Relocation) -> int:

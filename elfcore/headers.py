@@ -1,11 +1,12 @@
 """The ELF header and section header table of a relocatable object, checked before anything is read through
-them: a file's own numbers say where everything else lies, and an untrusted file may lie."""
+them: a file's own numbers say where everything else lies, and an untrusted file may lie. They read the file
+as its bytes or as an open file (`FileBytes`), which reads only the parts they look at."""
 from __future__ import annotations
 
 import os
 
 from patch_build.common.errors import InputError
-from patch_build.common.inputfile import MIB
+from patch_build.common.inputfile import MIB, FileBytes
 from patch_build.elfcore.constants import (
     EI_CLASS,
     EI_DATA,
@@ -43,7 +44,7 @@ def elf_type(head: bytes) -> int | None:
     return int.from_bytes(head[16:E_TYPE_END], "little")
 
 
-def check_header(path: str, blob: bytes) -> list[tuple]:
+def check_header(path: str, blob: bytes | FileBytes) -> list[tuple]:
     """Check that `blob` is an x86-64 relocatable object whose section headers can be trusted: every section
     within the file (NOBITS ones within a bound), whole symbol and relocation entries, links to existing
     sections, string tables that end with a NUL, names inside the section name table. Return the raw section
@@ -58,7 +59,7 @@ def check_header(path: str, blob: bytes) -> list[tuple]:
     return _section_headers(path, blob, MAX_ALIGN)
 
 
-def check_linked_header(path: str, blob: bytes) -> list[tuple]:
+def check_linked_header(path: str, blob: bytes | FileBytes) -> list[tuple]:
     """`check_header` for an x86-64 executable or shared library: its section headers, checked as an object's
     (but for alignment: a linked file's sections are read, never laid out again)."""
     e_type, e_machine = _check_ident(path, blob)
@@ -67,28 +68,28 @@ def check_linked_header(path: str, blob: bytes) -> list[tuple]:
     return _section_headers(path, blob, None)
 
 
-def _check_ident(path: str, blob: bytes) -> tuple[int, int]:
+def _check_ident(path: str, blob: bytes | FileBytes) -> tuple[int, int]:
     """(e_type, e_machine) of `blob`, once it is known to be a 64-bit little-endian ELF file."""
     name = os.path.basename(path)
-    if not blob.startswith(ELFMAG):
+    if blob[:len(ELFMAG)] != ELFMAG:
         raise InputError(f"{name}: not an ELF file")
     if len(blob) < EHDR.size:
         raise InputError(f"{name}: truncated ELF header")
-    ident, e_type, e_machine, *_ = EHDR.unpack_from(blob)
+    ident, e_type, e_machine, *_ = EHDR.unpack(blob[:EHDR.size])
     if ident[EI_CLASS] != ELFCLASS64 or ident[EI_DATA] != ELFDATA2LSB:
         raise InputError(f"{name}: not a 64-bit little-endian ELF file")
     return e_type, e_machine
 
 
-def _section_headers(path: str, blob: bytes, max_align: int | None) -> list[tuple]:
+def _section_headers(path: str, blob: bytes | FileBytes, max_align: int | None) -> list[tuple]:
     name = os.path.basename(path)
-    *_, e_shoff, _, _, _, _, e_shentsize, e_shnum, e_shstrndx = EHDR.unpack_from(blob)
+    *_, e_shoff, _, _, _, _, e_shentsize, e_shnum, e_shstrndx = EHDR.unpack(blob[:EHDR.size])
     if e_shoff == 0:
         raise InputError(f"{name}: has no section header table")
     if e_shnum == 0:
         # The real count lives in section 0's sh_size (SHN_XINDEX numbering).
         if len(blob) >= e_shoff + SHDR.size:
-            count = SHDR.unpack_from(blob, e_shoff)[5]
+            count = SHDR.unpack(blob[e_shoff:e_shoff + SHDR.size])[5]
             raise InputError(f"{name}: has {count} sections; objects with more than {MAX_SECTIONS:,} "
                              "sections are not supported (split the compilation unit)")
         raise InputError(f"{name}: truncated section header table")
@@ -123,9 +124,9 @@ def _section_headers(path: str, blob: bytes, max_align: int | None) -> list[tupl
     return headers
 
 
-def section_names(path: str, blob: bytes, headers: list[tuple]) -> list[str]:
+def section_names(path: str, blob: bytes | FileBytes, headers: list[tuple]) -> list[str]:
     """The name of each section of a file `check_header` accepted; InputError when one is not UTF-8."""
-    *_, e_shstrndx = EHDR.unpack_from(blob)
+    *_, e_shstrndx = EHDR.unpack(blob[:EHDR.size])
     table = blob[headers[e_shstrndx][4]:headers[e_shstrndx][4] + headers[e_shstrndx][5]]
     return [text(path, string_at(table, h[0]), f"section {i}") for i, h in enumerate(headers)]
 

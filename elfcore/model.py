@@ -43,7 +43,7 @@ class Section:
     flags: int
     addralign: int
     entsize: int
-    data: bytes  # NOBITS sections hold zeros of their size
+    data: bytes  # NOBITS sections hold zeros of their size; a property over this field: below the class
     link: int = 0
     info: int = 0
     relocations: list[Relocation] = field(default_factory=list)  # a property over this field: below the class
@@ -56,6 +56,10 @@ class Section:
         """Have `read` give the section's relocations when they are first asked for."""
         self._unread = read
 
+    def defer_data(self, size: int, read: Callable[[], bytes]) -> None:
+        """Have `read` give the section's contents, `size` bytes, when they are first asked for."""
+        self._unread_data = (size, read)
+
     def named_symbols(self) -> list[Symbol]:
         """`symbols` without the assembler's local labels (.L*). Asked for once per relocation and per
         compared symbol: computed again only when `symbols` has grown (readers only append to it)."""
@@ -66,7 +70,7 @@ class Section:
 
     @property
     def size(self) -> int:
-        return len(self.data)
+        return self._unread_data[0] if self._unread_data is not None else len(self._data)
 
     @property
     def is_text(self) -> bool:
@@ -117,13 +121,26 @@ def _set_relocations(sec: Section, relocations: list[Relocation]) -> None:
     sec._relocations, sec._unread = relocations, None
 
 
-# Set once @dataclass has made __init__, which assigns the field through it (dataclasses.replace too): the
-# relocations of a section the differ never compares (debug information) are then decoded only if asked for.
+def _data(sec: Section) -> bytes:
+    if sec._unread_data is not None:
+        sec._data, sec._unread_data = sec._unread_data[1](), None
+    return sec._data
+
+
+def _set_data(sec: Section, data: bytes) -> None:
+    sec._data, sec._unread_data = data, None
+
+
+# Set once @dataclass has made __init__, which assigns the fields through them (dataclasses.replace too): the
+# contents and relocations of a section the differ never compares (debug information) are then read from the
+# file and decoded only if asked for.
 Section.relocations = property(_relocations, _set_relocations, doc="The relocations that apply to the section, "
                                "in offset order (read from the file when first asked for, if deferred).")
+Section.data = property(_data, _set_data, doc="The section's contents (read from the file when first asked for, "
+                        "if deferred).")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: a kernel unit holds thousands, each a dict's size less
 class Symbol:
     index: int
     name: str

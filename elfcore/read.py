@@ -2,8 +2,9 @@
 file's bounds first (`elfcore.headers`): sections with their contents (NOBITS ones as zeros), symbols tied to
 their sections, and relocation entries tied to the exact section they apply to (names need not be unique).
 Unpacked with `struct`: a kernel object's hundred thousand relocations and symbols then cost milliseconds.
-The relocations of sections that are not loaded (debug information: most of an object's relocations, which
-the differ never compares) are decoded and checked when first asked for, not before.
+The file is read a part at a time (`common.inputfile.open_input`), and the contents and relocations of
+sections that are not loaded (debug information: four fifths of a kernel unit's bytes, which the differ never
+compares) are read (from the file opened again) and decoded and checked when first asked for, not before.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import functools
 import os
 
 from patch_build.common.errors import InputError
-from patch_build.common.inputfile import MIB, read_input
+from patch_build.common.inputfile import MIB, FileBytes, InputFile, open_input
 from patch_build.elfcore import x86_64
 from patch_build.elfcore.constants import (
     SHF_ALLOC,
@@ -48,19 +49,32 @@ _SYMBOL_BINDINGS = {STB_LOCAL, STB_GLOBAL, STB_WEAK, STB_GNU_UNIQUE}
 
 def read_object(path: str, blob: bytes | None = None, section_type: type[Section] = Section,
                 symbol_type: type[Symbol] = Symbol) -> ObjectFile:
-    """Read the object at `path`, or its bytes `blob` when the caller has read (and checked) them, into
-    `section_type` and `symbol_type` (the differ's model extends elfcore's)."""
-    if blob is None:
-        blob = read_input(path, "ELF object", MAX_OBJECT_SIZE)
+    """Read the object at `path`, or its bytes `blob` when the caller has read (and checked) them (all its
+    contents are then taken from `blob`), into `section_type` and `symbol_type` (the differ's model extends
+    elfcore's)."""
+    if blob is not None:
+        return _read(path, blob, None, section_type, symbol_type)
+    with open_input(path, "ELF object", MAX_OBJECT_SIZE) as (parts, source):
+        return _read(path, parts, source, section_type, symbol_type)
+
+
+def _read(path: str, blob: bytes | FileBytes, source: InputFile | None, section_type: type[Section],
+          symbol_type: type[Symbol]) -> ObjectFile:
+    """The model of the object `blob` holds; the contents of sections not kept at once (`_read_now`) are read
+    from `source` when asked for, when there is one."""
     headers = check_header(path, blob)
     name = os.path.basename(path)
 
     sections = []
+    kept = _read_now(headers) if source is not None else range(len(headers))
     for i, (section_name, (_, stype, flags, _, offset, size, link, info, align, entsize)) in enumerate(
             zip(section_names(path, blob, headers), headers)):
-        data = bytes(size) if stype == SHT_NOBITS else blob[offset:offset + size]
-        sections.append(section_type(index=i, name=section_name, type=stype, flags=flags, addralign=align,
-                                     entsize=entsize, data=data, link=link, info=info))
+        data = bytes(size) if stype == SHT_NOBITS else blob[offset:offset + size] if i in kept else b""
+        sec = section_type(index=i, name=section_name, type=stype, flags=flags, addralign=align, entsize=entsize,
+                           data=data, link=link, info=info)
+        if i not in kept and stype != SHT_NOBITS:
+            sec.defer_data(size, functools.partial(source.read_part, offset, size))
+        sections.append(sec)
 
     symbols = []
     source_file = ""
@@ -118,6 +132,14 @@ def read_object(path: str, blob: bytes | None = None, section_type: type[Section
         mark_aliases(sec)
         mark_prefixes(sec)
     return ObjectFile(path=path, sections=sections, symbols=symbols, source_file=source_file)
+
+
+def _read_now(headers: list[tuple]) -> set[int]:
+    """The sections whose contents are kept as read: loaded ones, their relocations and the groups (the
+    differ compares them all; reading them again would cost a file open each)."""
+    return {i for i, (_, stype, flags, _, _, _, _, info, _, _) in enumerate(headers)
+            if flags & SHF_ALLOC or stype == SHT_GROUP
+            or stype == SHT_RELA and 0 < info < len(headers) and headers[info][2] & SHF_ALLOC}
 
 
 def _relocations(name: str, relas: list[Section], target: Section, symbols: list[Symbol]) -> list[Relocation]:

@@ -8,9 +8,10 @@ offset of the symbol's slot in the GOT, GOT the GOT's address.
 from __future__ import annotations
 
 import bisect
+from array import array
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, NamedTuple
 
 R_X86_64_NONE, R_X86_64_64, R_X86_64_PC32, R_X86_64_GOT32, R_X86_64_PLT32 = 0, 1, 2, 3, 4
 R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT = 6, 7  # dynamic relocations of a linked binary
@@ -153,21 +154,32 @@ def disassembler():
     return md
 
 
-def instruction_ends(code: bytes) -> list[tuple[int, int]]:
-    """(start, end) of each instruction of a function's code, decoded linearly."""
-    return [(a, a + n) for a, n, _, _ in disassembler().disasm_lite(code, 0)]
+class InstructionBounds(NamedTuple):
+    """Where each instruction of some code starts and ends, in order: two arrays of machine integers, as a
+    kernel unit's tens of thousands of instructions take megabytes as a list of tuples."""
+    starts: array
+    ends: array
 
 
-def pc_relative_bias(code_insns: list[tuple[int, int]], reloc_offset: int, size: int) -> int:
+def instruction_bounds(code: bytes) -> InstructionBounds:
+    """The bounds of each instruction of a function's code, decoded linearly."""
+    bounds = InstructionBounds(array("q"), array("q"))
+    for address, size, _, _ in disassembler().disasm_lite(code, 0):
+        bounds.starts.append(address)
+        bounds.ends.append(address + size)
+    return bounds
+
+
+def pc_relative_bias(code_insns: InstructionBounds, reloc_offset: int, size: int) -> int:
     """How far the instruction's end lies past a PC-relative field: target = S + A + bias.
 
     The CPU adds a displacement to the address of the next instruction, so an assembler writes
     `A = target - field_end - (bytes of immediate after the field)`. Usually the bias is the field
     size; it is larger when an immediate follows the displacement (`movl $1, x(%rip)`).
     """
-    i = bisect.bisect_right(code_insns, (reloc_offset, 1 << 62)) - 1
+    i = bisect.bisect_right(code_insns.starts, reloc_offset) - 1
     if i >= 0:
-        start, end = code_insns[i]
+        start, end = code_insns.starts[i], code_insns.ends[i]
         if start <= reloc_offset < end:
             return end - reloc_offset
     return size

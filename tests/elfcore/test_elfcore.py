@@ -4,6 +4,7 @@ wrote), notes, a linked binary's symbol tables and contents, `.eh_frame` records
 file's sections, dynamic entries and DWARF through `ElfFile`."""
 from __future__ import annotations
 
+import os
 import re
 import struct
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from patch_build.common.errors import InputError
+from patch_build.common.inputfile import open_input
 from patch_build.elfcore import dwarf as dwarf_reading
 from patch_build.elfcore import ehframe, notes, symbols, x86_64
 from patch_build.elfcore.binary import read_binary
@@ -442,3 +444,55 @@ def test_assigned_relocations_replace_unread_ones(built):
     debug = obj.section_named(".debug_info")
     debug.relocations = []
     assert debug.relocations == [] and debug._unread is None
+
+
+def test_contents_of_unloaded_sections_are_read_when_asked_for(built):
+    """Debug information (four fifths of a kernel unit) is not read with the object: its size is known, its bytes
+    are read from the file when first asked for; loaded sections, their relocations and the symbol table at once."""
+    obj = read_object(str(built["obj"]))
+    rows = {r["name"]: r for r in _sections(built["obj"])}
+    debug, text = obj.section_named(".debug_info"), obj.section_named(".text.compute")
+    assert debug._unread_data is not None and text._unread_data is None  # (the model's own bookkeeping)
+    assert debug.size == rows[".debug_info"]["size"] and debug._unread_data is not None
+    blob = built["obj"].read_bytes()
+    for sec in (debug, text):
+        row = rows[sec.name]
+        assert sec.data == blob[row["offset"]:row["offset"] + row["size"]]
+    assert debug._unread_data is None
+
+
+@pytest.mark.parametrize("change", ["truncated", "rewritten", "replaced"])
+def test_unread_contents_of_a_changed_file_are_refused(built, tmp_path, change):
+    """A file changed after it was read (a build rewriting it meanwhile) is not read from again: one-line
+    InputError naming it, whether it is shorter now (a mapping of it would have died of SIGBUS), rewritten in
+    place with other bytes of the same size, or replaced by another file."""
+    path = tmp_path / "a.o"
+    path.write_bytes(built["obj"].read_bytes())
+    obj = read_object(str(path))
+    blob = path.read_bytes()
+    if change == "truncated":
+        os.truncate(path, len(blob) // 2)
+    elif change == "rewritten":
+        with open(path, "r+b") as f:
+            f.write(blob[:-1] + bytes([blob[-1] ^ 1]))
+        os.utime(path, ns=(1, 1))  # a new modification time even on a file system with coarse timestamps
+    else:
+        (tmp_path / "b.o").write_bytes(blob)
+        os.replace(tmp_path / "b.o", path)
+    with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: changed while it was being read \("):
+        obj.section_named(".debug_info").data
+    assert obj.section_named(".text.compute").data  # read with the object, kept as it was
+
+
+def test_a_file_shorter_than_its_headers_while_read_is_refused(built, tmp_path):
+    """Read a part at a time, a file truncated while open gives a short read: an InputError, not short data."""
+    path = tmp_path / "a.o"
+    path.write_bytes(built["obj"].read_bytes())
+    with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: changed while it was being read"):
+        with open_input(path, "ELF object", 1 << 30) as (parts, _):
+            assert parts[:4] == b"\x7fELF" and len(parts) == path.stat().st_size
+            os.truncate(path, 100)
+            parts[50:200]
+    with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: changed while it was being read"):
+        with open_input(path, "ELF object", 1 << 30) as (parts, _):
+            path.write_bytes(built["obj"].read_bytes())  # grown again while open: found when it is closed
