@@ -25,10 +25,18 @@ def run(prog: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=60)
 
 
-def handled(pid: int) -> None:
+def default_signals() -> None:
+    """In the child, before exec: the signals the entry point handles at their defaults, whatever the test
+    run inherited (under `nohup` SIGHUP is ignored, in a background job SIGINT, and the entry point rightly
+    leaves an ignored signal ignored)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def handled(pid: int, last: signal.Signals = signal.SIGHUP) -> None:
     """Wait until the entry point has installed its handlers, or the process has exited: until it catches
-    SIGHUP (SigCgt in /proc/PID/status), the last it installs and one the interpreter leaves alone (it
-    catches SIGINT itself from its own start)."""
+    `last` (SigCgt in /proc/PID/status), SIGHUP, the last it installs and one the interpreter leaves alone
+    (it catches SIGINT itself from its own start)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -36,7 +44,7 @@ def handled(pid: int) -> None:
                 caught = next(int(l.split()[1], 16) for l in f if l.startswith("SigCgt:"))
         except (OSError, StopIteration):
             return
-        if caught & (1 << (signal.SIGHUP - 1)):
+        if caught & (1 << (last - 1)):
             return
         time.sleep(0.001)
 
@@ -52,7 +60,7 @@ def test_signal_during_start_up(prog, sig):
     outcomes = set()
     for delay in (0.0, 0.05, 0.15, 0.35, 0.7):
         proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
         handled(proc.pid)
         time.sleep(delay)
         proc.send_signal(sig)
@@ -66,6 +74,23 @@ def test_signal_during_start_up(prog, sig):
             assert proc.returncode == 2, (delay, proc.returncode, err)
         outcomes.add(proc.returncode)
     assert 128 + sig in outcomes  # the early signals did strike during start-up
+
+
+def ignore_hangup() -> None:
+    default_signals()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("prog", ["patch-diff", "patch-ctl"])
+def test_ignored_hangup_stays_ignored(prog):
+    """Started under `nohup` (SIGHUP ignored), a command outlives its terminal: a hangup does not stop it."""
+    module, args = COMMANDS[prog]
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=ignore_hangup)
+    handled(proc.pid, last=signal.SIGTERM)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "interrupted" not in err, (proc.returncode, err)  # its own outcome: bad input
 
 
 COMPLETIONS = {"patch-ctl": ("ap", "apply"), "patch-diff": ("--rep", "--report"),
