@@ -23,7 +23,8 @@ done
 RELEASE=$(uname -r)
 MANIFEST=$STORE/kernel/$RELEASE
 
-# Why PATH must not be trusted (it decides what runs in the kernel), or nothing: as loader/store.py checks.
+# Why the file or directory at $1 must not be trusted (it decides what runs in the kernel), or nothing: the
+# checks loader/store.py makes.
 unsafe() {
     if [ -L "$1" ]; then echo "$1 is a symbolic link"; return; fi
     set -- "$1" $(stat -c '%u %a' "$1" 2>/dev/null)
