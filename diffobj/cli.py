@@ -61,7 +61,7 @@ def main(
     Exit codes: 0 written, 1 change refused, 2 bad input, 3 no functional change, 4 internal error (the
     --report says so too).
     """
-    from patch_build.diffobj.diff import DiffOptions, diff_objects  # not for --help: imports capstone, elftools
+    from patch_build.diffobj.diff import DiffOptions, diff_objects  # not for --help: the passes, elftools
 
     reported = (internal_error_reported(lambda message: write_error_report(report, patched.stem, message))
                 if report is not None else contextlib.nullcontext())

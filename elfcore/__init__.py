@@ -9,7 +9,7 @@ relocatable object's sections, symbols and relocations), `symbols` (a linked bin
 asks of it: sections, dynamic entries, GOT slots, DWARF), `dwarf` (an object's DWARF, its debug relocations
 applied), `ehframe` (the records of `.eh_frame`, their CFI rows) and `x86_64` (the architecture: one row per
 relocation type with its size, formula, relaxations and display; the instruction encodings shared by the
-differ and the loader). `struct` underneath where speed matters, pyelftools for the rest (DWARF, call frame
+differ and the loader) and `x86_64_lengths` (where each instruction ends, decoded without a disassembler). `struct` underneath where speed matters, pyelftools for the rest (DWARF, call frame
 information, notes, dynamic entries); `parsing` names what pyelftools raises on a malformed file. LIEF is not
 used.
 """

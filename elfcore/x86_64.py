@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, NamedTuple
 
+from patch_build.elfcore.x86_64_lengths import instruction_length
+
 R_X86_64_NONE, R_X86_64_64, R_X86_64_PC32, R_X86_64_GOT32, R_X86_64_PLT32 = 0, 1, 2, 3, 4
 R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT = 6, 7  # dynamic relocations of a linked binary
 R_X86_64_GOTPCREL, R_X86_64_32, R_X86_64_32S, R_X86_64_16, R_X86_64_PC16, R_X86_64_8, R_X86_64_PC8 = 9, 10, 11, 12, \
@@ -146,7 +148,9 @@ def min_redirect_size(code: bytes) -> int:
 
 @lru_cache(maxsize=1)
 def disassembler():
-    """capstone's x86-64 decoder; undecodable bytes are skipped as data rather than ending the decoding."""
+    """capstone's x86-64 disassembler, for what shows or compares instructions (lengths alone are
+    `instruction_bounds`': loading capstone costs more memory than the differ's inputs); undecodable bytes are
+    skipped as data rather than ending the disassembly."""
     import capstone
 
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
@@ -163,11 +167,13 @@ class InstructionBounds(NamedTuple):
 
 def instruction_bounds(code: bytes) -> InstructionBounds:
     """The bounds of each instruction of a function's code, decoded linearly."""
-    bounds = InstructionBounds(array("q"), array("q"))
-    for address, size, _, _ in disassembler().disasm_lite(code, 0):
-        bounds.starts.append(address)
-        bounds.ends.append(address + size)
-    return bounds
+    starts, ends = array("q"), array("q")
+    at, size = 0, len(code)
+    while at < size:
+        starts.append(at)
+        at += instruction_length(code, at)
+        ends.append(at)
+    return InstructionBounds(starts, ends)
 
 
 def pc_relative_bias(code_insns: InstructionBounds, reloc_offset: int, size: int) -> int:

@@ -52,3 +52,22 @@ def test_list_imports_no_heavy_library():
         target.wait()
     assert result["code"] == 0 and f"no patches in process {target.pid}" in result["out"]
     assert result["imported"] == []  # typer 0.29 would import pydantic to convert the arguments
+
+
+def test_diff_loads_no_disassembler(tmp_path):
+    """The differ decodes instruction lengths itself: capstone (9 MiB, more than three times a small unit) is
+    for what shows instructions. This pair needs both decodings the differ does: a PC-relative reference to
+    a string (its target counted from the instruction's end) and a line number that moved (an immediate
+    loaded for a reporting function, which is no change)."""
+    source = ('extern int printf(const char *, ...);\nextern void __might_sleep(const char *file, int line);\n'
+              '{pad}int shout(int x) {{ return printf("{word} %d\\n", x * 3); }}\n'
+              'void nap(void) {{ __might_sleep("nap.c", __LINE__); }}\n')
+    for name, pad, word in (("orig", "", "hello"), ("patched", "\n\n", "hullo")):
+        (tmp_path / f"{name}.c").write_text(source.format(pad=pad, word=word))
+        subprocess.run(["gcc", "-O2", "-ffunction-sections", "-fdata-sections", "-c", f"{name}.c"], cwd=tmp_path,
+                       check=True)
+    result = imported("patch-diff", str(tmp_path / "orig.o"), str(tmp_path / "patched.o"), "-o",
+                      str(tmp_path / "out.o"))
+    assert result["code"] == 0, result
+    assert "changed: shout" in result["out"] and "nap" not in result["out"]
+    assert "capstone" not in result["imported"] and "lief" not in result["imported"]
