@@ -146,6 +146,9 @@ def min_redirect_size(code: bytes) -> int:
     return redirect_offset(code) + JMP_REL32_SIZE
 
 
+SKIPPED_DATA = ".byte"  # the mnemonic the disassembler gives an undecodable byte
+
+
 @lru_cache(maxsize=1)
 def disassembler():
     """capstone's x86-64 disassembler, for what shows or compares instructions (lengths alone are

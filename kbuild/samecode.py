@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from functools import lru_cache
-
-import capstone
 
 from patch_build.diffobj.compare import short_text
 from patch_build.diffobj.model import SHF_MERGE, Relocation, Section, Symbol
@@ -26,11 +23,6 @@ from patch_build.diffobj.targets import TargetResolver, string_at
 from patch_build.elfcore import x86_64
 
 _PLT_SECTIONS = {".plt", ".plt.sec", ".plt.got", ".iplt"}
-
-
-@lru_cache(maxsize=1)
-def _cs() -> capstone.Cs:
-    return capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 
 
 @dataclass
@@ -43,16 +35,17 @@ class Insn:
 
 
 def _disassemble(code: bytes, base: int) -> list[Insn] | None:
-    out, end = [], 0
-    for address, size, mnemonic, op_str in _cs().disasm_lite(code, base):
+    out = []
+    for address, size, mnemonic, op_str in x86_64.disassembler().disasm_lite(code, base):
+        if mnemonic == x86_64.SKIPPED_DATA:
+            return None  # undecodable bytes: not comparable
         target = None
         branch = mnemonic.startswith("j") or mnemonic.startswith("loop") or mnemonic == "call"
         if branch and (op_str.startswith("0x") or op_str.isdigit()):  # capstone writes targets below 10 in decimal
             target = int(op_str, 0)
-        end = address - base + size
         if mnemonic != "nop":
-            out.append(Insn(address - base, size, mnemonic, code[address - base:end], target))
-    return out if end == len(code) else None  # undecodable bytes: not comparable
+            out.append(Insn(address - base, size, mnemonic, code[address - base:address - base + size], target))
+    return out
 
 
 def _index_at(insns: list[Insn], offset: int) -> int | None:
