@@ -3,6 +3,7 @@ each form the tables distinguish, its length as `as` wrote it) and against capst
 each instruction-set level up to AVX-512."""
 from __future__ import annotations
 
+import random
 import subprocess
 from pathlib import Path
 
@@ -125,3 +126,15 @@ def test_layout_of_an_instruction():
     assert (mov.rex, mov.opcode, mov.immediate_at, mov.length) == (0x41, 0xB8, 2, 6)
     vex = decode(b"\xc4\xe3\xfd\x00\xca\x4e", 0)  # vpermq $0x4e, %ymm2, %ymm1: map 3, an imm8
     assert (vex.opcode_map, vex.opcode, vex.immediate_at, vex.length) == (3, 0x00, 5, 6)
+
+
+def test_any_bytes_decode_into_instructions_covering_them():
+    """Whatever an object holds (the differ reads untrusted files): no exception, every byte in one instruction
+    of 1 to 15 bytes."""
+    rng = random.Random(11)
+    for _ in range(20000):
+        code = rng.randbytes(rng.randint(1, 24))
+        bounds = instruction_bounds(code)
+        assert bounds.starts[0] == 0 and bounds.ends[-1] == len(code)
+        assert list(bounds.starts[1:]) == list(bounds.ends[:-1])
+        assert all(1 <= end - start <= 15 for start, end in zip(bounds.starts, bounds.ends))
