@@ -34,25 +34,25 @@ Targets (issue 11): whole process <= 1.5 x create-diff-object's CPU on a ~2 MB p
 one; per pair in one process <= create-diff-object's; `--help` <= 0.2 s; peak memory as above.
 
 Side by side (2026-11-30, one run, `--repeat 3`, `KPATCH_SRC=~/.cache/patch-build/kpatch-src`; 2 cores shared
-with six other jobs, so a CPU figure moves by up to a third from run to run; Python 3.11, typer 0.28).
+with three other jobs, so a CPU figure moves by up to a third from run to run; Python 3.11, typer 0.28).
 create-diff-object is kpatch's at commit 0391bce5 (a recent one: loongarch64, __pfx_ symbols). No kpatch source
 is on this machine and Debian 12 has no package, so its kpatch-build/ was reconstructed from a public index into
 ~/.cache/patch-build/kpatch-src (create-diff-object.c, kpatch-elf.c/.h, lookup.c, list.h and the small headers
 at or matching that commit; the x86 instruction decoder, which kpatch bundles a copy of, from the Debian 6.1
 tree's tools/arch/x86), built with gcc 12 -O2 -g against libelf 0.188. CPU seconds, peak RSS; interp (the
-process without inputs) 0.094 s, 18.4 MiB:
+process without inputs) 0.090 s, 18.2 MiB:
   pair (both inputs)            patch-diff process  (peak-interp)/inputs  in one process  create-diff-object
-  kernel/sched/core.c (4.9 MB)  0.293 s  35.7 MiB    3.5x                 0.146 s         0.464 s  27.1 MiB
-  fs/proc/base.c (1.7 MB)       0.161 s  30.3 MiB    7.0x                 0.032 s         0.095 s  16.3 MiB
-  fs/proc/meminfo.c (0.6 MB)    0.131 s  28.0 MiB   16.8x                 0.005 s         0.096 s  13.9 MiB
-  fs/ext4/inode.c (3.0 MB)      0.136 s  21.1 MiB    0.9x                 0.033 s         (ext4.ko stripped of
-  fs/ext4/symlink.c (0.4 MB)    0.112 s  18.5 MiB    0.3x                 0.003 s          FILE symbols)
-  patch-diff --help             0.086 s  21.3 MiB
-Against the targets: whole process on the ~2 MB pair (core.c, 2.5 MB each) 0.63x create-diff-object's: met.
-Small pairs <= 0.25 s: symlink.c 0.11 s, meminfo.c 0.13 s, base.c 0.16 s: met. In one process: 0.15 s against
+  kernel/sched/core.c (4.9 MB)  0.235 s  26.4 MiB    1.7x                 0.140 s         0.456 s  27.2 MiB
+  fs/proc/base.c (1.7 MB)       0.124 s  20.9 MiB    1.6x                 0.034 s         0.095 s  16.3 MiB
+  fs/proc/meminfo.c (0.6 MB)    0.100 s  18.5 MiB    0.4x                 0.005 s         0.096 s  13.9 MiB
+  fs/ext4/inode.c (3.0 MB)      0.127 s  21.1 MiB    1.0x                 0.036 s         (ext4.ko stripped of
+  fs/ext4/symlink.c (0.4 MB)    0.093 s  18.4 MiB    0.4x                 0.002 s          FILE symbols)
+  patch-diff --help             0.075 s  21.2 MiB
+Against the targets: whole process on the ~2 MB pair (core.c, 2.5 MB each) 0.52x create-diff-object's: met.
+Small pairs <= 0.25 s: symlink.c 0.09 s, meminfo.c 0.10 s, base.c 0.12 s: met. In one process: 0.14 s against
 0.46 s on core.c, 0.03 s against 0.10 s on base.c, 0.005 s against 0.10 s on meminfo.c: met. `--help` <= 0.2 s:
-met. Memory (peak - interp <= 3x the inputs): met on the ext4 units, MISSED on core.c (3.5x), base.c (7.0x) and
-meminfo.c (16.8x): see the memory figures below; capstone alone is 9.1 MiB of it.
+met. Memory (peak - interp <= 3x the inputs): met on every pair, 0.4x to 1.7x; core.c's peak is now at
+create-diff-object's.
 
 Where create-diff-object's time goes (perf, core.c): 70% in kpatch_elf_open (a linear symbol search per
 relocation), 6-10% reading the parent's readelf listing; patch-diff reads no parent table (patch-build
@@ -70,30 +70,25 @@ select_fallback_rq's .cold part), CPU seconds and peak RSS of the whole `patch-d
   patch-diff --help                 0.206 s -> 0.089 s    38.6 -> 21.7 MiB
 ("in one process" excludes imports, LIEF's too before.)
 
-Memory, peak RSS of the whole `patch-diff --kernel` process and (peak - interp)/inputs, at three points: before
-typer 0.28 and the lazy debug relocations -> after them -> now (debug sections' contents read only if asked for,
-the file read a part at a time, instruction bounds in arrays, fewer per-symbol lists; one run each, this bench):
-                       peak RSS                  (peak - interp)/inputs   create-diff-object
-  kernel/sched/core.c  68.1 -> 41.1 -> 35.7 MiB  7.0x -> 4.7x -> 3.5x     27.1 MiB
-  fs/proc/base.c               31.7 -> 30.3 MiB         7.9x -> 7.0x      16.3 MiB
-  fs/proc/meminfo.c            28.6 -> 28.0 MiB        18.0x -> 16.8x     13.9 MiB
-  fs/ext4/inode.c      48.2 -> 25.0 -> 21.1 MiB  4.9x -> 2.2x -> 0.9x
-  fs/ext4/symlink.c    35.4 -> 18.8 -> 18.5 MiB  4.4x -> 1.2x -> 0.3x
-  generated, 10,000 functions (3.1 MB x 2)   87.4 -> 79.3 MiB
-  interp               33.5 -> 18.3 -> 18.4 MiB  (typer 0.29 imported pydantic for every argument)
-Where core.c's 17.3 MiB above interp go now (RSS at each step of one process, tracemalloc for the Python
-objects): 9.1 MiB capstone (`import capstone` loads the Python modules of all 18 of its architectures, about
-5 MB of Python objects, mostly their constants, and libcapstone.so, whose 2 MB of dynamic relocations the
-loader reads and whose 1.3 MB .data.rel.ro it writes), 5.6 MiB the two models (relocations of the loaded
-sections 1.6 MB, their contents 0.8 MB, sections, symbols and names about 3 MB), the rest the passes' caches
-and the output. The debug information (2 of each 2.5 MB input) is no longer read at all: only the headers,
-the symbol table, the loaded sections and their relocations are.
-capstone is loaded by every diff that decodes an instruction (a PC-relative reference to a section symbol:
-nearly every unit of code), never by the refused run that measures interp, so the baseline leaves out a fixed
-9.1 MiB that no input size explains: on meminfo.c's 0.6 MB of inputs, 3x is 1.7 MiB, less than capstone alone.
-With capstone counted in the baseline (interp + its 9.1 MiB = 27.5 MiB): core.c 1.7x, base.c 1.7x, meminfo.c
-0.9x, all within 3x. The target as the issue states it stays MISSED on these three; capstone's own cost would
-go with an x86-only decoder (a capstone built for x86 alone, or another decoding library): not tried.
+Memory, peak RSS of the whole `patch-diff --kernel` process and (peak - interp)/inputs, at four points: before
+typer 0.28 and the lazy debug relocations -> after them -> debug sections' contents read only if asked for, the
+file read a part at a time, instruction bounds in arrays, fewer per-symbol lists -> now (instruction lengths
+decoded by elfcore.x86_64_lengths instead of capstone; one run each, this bench):
+                       peak RSS                          (peak - interp)/inputs        create-diff-object
+  kernel/sched/core.c  68.1 -> 41.1 -> 35.7 -> 26.4 MiB  7.0x -> 4.7x -> 3.5x -> 1.7x   27.2 MiB
+  fs/proc/base.c               31.7 -> 30.3 -> 20.9 MiB         7.9x -> 7.0x -> 1.6x   16.3 MiB
+  fs/proc/meminfo.c            28.6 -> 28.0 -> 18.5 MiB        18.0x -> 16.8x -> 0.4x  13.9 MiB
+  fs/ext4/inode.c      48.2 -> 25.0 -> 21.1 -> 21.1 MiB  4.9x -> 2.2x -> 0.9x -> 1.0x
+  fs/ext4/symlink.c    35.4 -> 18.8 -> 18.5 -> 18.4 MiB  4.4x -> 1.2x -> 0.3x -> 0.4x
+  interp               33.5 -> 18.3 -> 18.4 -> 18.2 MiB  (typer 0.29 imported pydantic for every argument)
+The last step took out 9.1 MiB that no input explained: `import capstone` loads the Python modules of all 18
+of its architectures (about 5 MB of Python objects, mostly their constants) and libcapstone.so (2 MB of dynamic
+relocations the loader reads, a 1.3 MB .data.rel.ro it writes), and nearly every diff of code loaded it to
+find where an instruction ends (a PC-relative reference to a section symbol). The differ needs lengths only;
+the decoder's tables are 512 bytes, and on core.c it decodes 53 KB of code (178 sections) in about 0.01 s, under 1 us an instruction.
+Of core.c's 8.2 MiB above interp now: the two models (relocations of the loaded sections 1.6 MB, their
+contents 0.8 MB, sections, symbols and names about 3 MB), the rest the passes' caches and the output. The
+debug information (2 of each 2.5 MB input) is not read at all.
 """
 from __future__ import annotations
 
