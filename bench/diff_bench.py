@@ -85,7 +85,8 @@ The last step took out 9.1 MiB that no input explained: `import capstone` loads 
 of its architectures (about 5 MB of Python objects, mostly their constants) and libcapstone.so (2 MB of dynamic
 relocations the loader reads, a 1.3 MB .data.rel.ro it writes), and nearly every diff of code loaded it to
 find where an instruction ends (a PC-relative reference to a section symbol). The differ needs lengths only;
-the decoder's tables are 512 bytes, and on core.c it decodes 53 KB of code (178 sections) in about 0.01 s, under 1 us an instruction.
+the decoder's tables are 512 bytes, and on core.c it decodes 53 KB of code (178 sections) in about 0.01 s,
+under 1 us an instruction.
 Of core.c's 8.2 MiB above interp now: the two models (relocations of the loaded sections 1.6 MB, their
 contents 0.8 MB, sections, symbols and names about 3 MB), the rest the passes' caches and the output. The
 debug information (2 of each 2.5 MB input) is not read at all.

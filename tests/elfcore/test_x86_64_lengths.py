@@ -47,7 +47,8 @@ vmcall; monitor; invpcid (%rax), %rax; cmpxchg16b (%rax); lfence; pause; nop
 PROGRAM = r"""
 #include <stdio.h>
 #include <string.h>
-float dot(const float *a, const float *b, int n) { float s = 0; for (int i = 0; i < n; i++) s += a[i] * b[i]; return s; }
+float dot(const float *a, const float *b, int n)
+{ float s = 0; for (int i = 0; i < n; i++) s += a[i] * b[i]; return s; }
 void scale(int *x, short *y, int n, int k) { for (int i = 0; i < n; i++) x[i] = x[i] * k + y[i] * 3; }
 unsigned bits(unsigned long v) { return __builtin_popcountl(v) + __builtin_ctzl(v | 1) + (unsigned)(v >> 7); }
 double mix(double a, long b) { return a / (double)b + (a > 1.5 ? 2.25 : -0.5); }
