@@ -78,16 +78,6 @@ class TargetResolver:
             cached = self._targets[rel] = self._resolve(sec, rel)
         return cached
 
-    def _string_offset(self, sec: Section, rel: Relocation, target_sec: Section, base: int) -> int:
-        """The referenced string's offset. Nearly always the field is the instruction's last bytes; check
-        that the guess lands on the start of a non-empty string before paying for a disassembly."""
-        rtype = arch.reloc_type(rel.type)
-        guess = base + rel.addend + (rtype.size if rtype.pc_relative and sec.is_text else 0)
-        data = target_sec.data
-        if 0 <= guess < len(data) and data[guess] != 0 and (guess == 0 or data[guess - 1] == 0):
-            return guess
-        return base + rel.addend + self.bias(sec, rel)
-
     def _resolve(self, sec: Section, rel: Relocation) -> Target:
         sym = rel.symbol
         if not sym.is_defined or sym.section is None:
@@ -104,7 +94,7 @@ class TargetResolver:
             addend = base_off + rel.addend - only.value
             return Target(only, target_sec, addend + self.table_bias(sec, rel), addend)
         if target_sec.is_strings:
-            return Target(None, target_sec, self._string_offset(sec, rel, target_sec, base_off), base_off + rel.addend)
+            return Target(None, target_sec, base_off + rel.addend + self.bias(sec, rel), base_off + rel.addend)
         where = base_off + rel.addend + self.bias(sec, rel)
         if named and not target_sec.is_strings:
             hit = next((s for s in named if s.value <= where < s.value + max(s.size, 1)), None)
