@@ -3,10 +3,13 @@
 # kernel, in the order of the store's manifest STORE/kernel/$(uname -r) ("SHA256 FILE NAME" lines, by name;
 # written by loader/store.py), each only when its file still has the SHA-256 the manifest records. A patch
 # that is not intact or that the kernel refuses is logged and left out; the others load all the same.
-# POSIX sh with sha256sum, stat and insmod (busybox is enough): it runs where Python may not, an initramfs.
+# The module checked and loaded is a private copy of the store's file, so what was checked is what loads.
+# POSIX sh with sha256sum, stat, mktemp, cp and insmod (busybox is enough): it runs where Python may not, an
+# initramfs.
 # usage: load-kernel-patches [--store DIR] [--only NAME]
 # Exit 0: every patch loaded (or loaded already, or none installed); 1: one or more left out; 2: bad usage,
-# an unsafe store or a malformed manifest. One line per patch on stdout (under systemd: the journal).
+# an unsafe store, a malformed manifest, or no safe private directory for the copies. One line per patch on
+# stdout (under systemd: the journal).
 STORE=${PATCH_BUILD_STORE:-/var/lib/patch-build}
 ONLY=
 while [ $# -gt 0 ]; do
@@ -24,13 +27,16 @@ RELEASE=$(uname -r)
 MANIFEST=$STORE/kernel/$RELEASE
 
 # Why the file or directory at $1 must not be trusted (it decides what runs in the kernel), or nothing: the
-# checks loader/store.py makes.
+# checks loader/store.py makes. With $2 = sticky, a directory others may write into is trusted when it has the
+# sticky bit (/tmp): they cannot rename or remove what the caller makes in it.
 unsafe() {
     if [ -L "$1" ]; then echo "$1 is a symbolic link"; return; fi
-    set -- "$1" $(stat -c '%u %a' "$1" 2>/dev/null)
-    if [ $# -ne 3 ]; then echo "$1 cannot be read"; return; fi
-    if [ "$2" != 0 ] && [ "$2" != "$(id -u)" ]; then echo "$1 is owned by uid $2, not by root"; return; fi
-    if [ $((0$3 & 022)) -ne 0 ]; then echo "$1 is writable by group or others (mode $3)"; fi
+    set -- "$1" "${2:-}" $(stat -c '%u %a' "$1" 2>/dev/null)
+    if [ $# -ne 4 ]; then echo "$1 cannot be read"; return; fi
+    if [ "$3" != 0 ] && [ "$3" != "$(id -u)" ]; then echo "$1 is owned by uid $3, not by root"; return; fi
+    if [ $((0$4 & 022)) -ne 0 ] && { [ "$2" != sticky ] || [ $((0$4 & 01000)) -eq 0 ]; }; then
+        echo "$1 is writable by group or others (mode $4)"
+    fi
 }
 
 if [ ! -e "$MANIFEST" ] && [ ! -L "$MANIFEST" ]; then
@@ -62,6 +68,27 @@ while read -r sha file name rest; do
     fi
 done <"$MANIFEST"
 
+# Each module is copied into a new directory only this process can write to (mktemp -d: mode 0700), and the
+# copy is checked and loaded: the store's file may change after its check, the copy cannot. At boot /run
+# (root's; an initramfs may have no /run, then /tmp), or $TMPDIR when it is set. Removed however the loader ends.
+private=
+cleanup() { if [ -n "$private" ]; then rm -rf "$private"; fi; }
+trap cleanup EXIT
+for signal in HUP INT QUIT PIPE TERM; do
+    trap "cleanup; trap - $signal; kill -$signal \$\$" $signal
+done
+for base in ${TMPDIR:+"$TMPDIR"} /run /tmp; do
+    [ -d "$base" ] && [ -w "$base" ] || continue
+    why=$(unsafe "$base" sticky)
+    if [ -n "$why" ]; then echo "load-kernel-patches: refused: $why" >&2; exit 2; fi
+    private=$(mktemp -d "$base/load-kernel-patches.XXXXXX" 2>/dev/null) && break
+done
+if [ -z "$private" ]; then
+    echo "load-kernel-patches: refused: no private directory for the modules' copies (mktemp -d failed in" \
+         "${TMPDIR:+$TMPDIR, }/run and /tmp)" >&2
+    exit 2
+fi
+
 status=0
 found=
 while read -r sha file name rest; do
@@ -73,15 +100,23 @@ while read -r sha file name rest; do
         continue
     fi
     module=$STORE/$file
+    copy=$private/${file#modules/}
     why=$(unsafe "$module")
+    if [ -z "$why" ] && ! out=$(cp "$module" "$copy" 2>&1); then
+        why="copying $module: $(echo "$out" | head -n 1)"
+    fi
     if [ -z "$why" ]; then
-        sum=$(sha256sum "$module" 2>/dev/null)
+        sum=$(sha256sum "$copy" 2>/dev/null)
         sum=${sum%% *}
         [ "$sum" = "$sha" ] || why="$module is not intact (sha256 ${sum:-unreadable}, the store records $sha)"
     fi
+    if [ -z "$why" ] && ! out=$(insmod "$copy" 2>&1); then
+        why="insmod $module: $(echo "$out" | head -n 1)"
+    fi
+    rm -f "$copy"
     if [ -z "$why" ]; then
-        why=$(insmod "$module" 2>&1) && { echo "loaded $name into kernel $RELEASE ($module)"; continue; }
-        why="insmod $module: $(echo "$why" | head -n 1)"
+        echo "loaded $name into kernel $RELEASE ($module)"
+        continue
     fi
     echo "not loaded $name into kernel $RELEASE, left out: $why"
     status=1
