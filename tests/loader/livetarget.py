@@ -20,6 +20,18 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "fixtures" / "server"
 
 
+# `python -c TRACER PID` holds process PID traced (PTRACE_SEIZE: it runs on) until killed (or 120 s): no one
+# else may trace it meanwhile, and its parent cannot reap it once dead (a zombie ptracee is its tracer's).
+TRACER = """
+import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.ptrace(0x4206, int(sys.argv[1]), None, None) != 0:
+    sys.exit(f"seize: errno {ctypes.get_errno()}")
+print("tracing", flush=True)
+time.sleep(120)
+"""
+
+
 def patch_ctl_argv(*args) -> list[str]:
     return [sys.executable, "-m", "patch_build.loader", *map(str, args)]
 

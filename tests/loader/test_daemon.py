@@ -23,7 +23,7 @@ import pytest
 
 from patch_build.kbuild.options import BuildOptions
 from patch_build.kbuild.userspace import build_user_patch
-from livetarget import FIXTURE, Server, patch_ctl, patch_ctl_argv, patch_ctl_env
+from livetarget import FIXTURE, TRACER, Server, patch_ctl, patch_ctl_argv, patch_ctl_env
 
 pytestmark = pytest.mark.slow  # a tagged server tree and its module built, a daemon run: about 40 s
 
@@ -471,17 +471,6 @@ def test_daemon_lets_an_exec_go_on_when_it_cannot_hold_it(first, tmp_path, fault
     assert proc.returncode == 0 and out in ("41\n", "42\n"), out
     assert took < 2.5, f"the exec waited {took:.2f} s"  # the stall is 3 s, the gate waits 1 s
     assert code == 0, daemon.lines
-
-
-# holds a process traced (PTRACE_SEIZE: it runs on) until killed: no one else may trace it meanwhile
-TRACER = """
-import ctypes, sys, time
-libc = ctypes.CDLL(None, use_errno=True)
-if libc.ptrace(0x4206, int(sys.argv[1]), None, None) != 0:
-    sys.exit(f"seize: errno {ctypes.get_errno()}")
-print("tracing", flush=True)
-time.sleep(120)
-"""
 
 
 def test_daemon_logs_a_refusal_and_leaves_the_process_running(tagged, tmp_path):

@@ -7,6 +7,10 @@ import dataclasses
 import json
 import os
 import struct
+import subprocess
+import sys
+import threading
+import time
 
 import capstone
 import pytest
@@ -16,10 +20,12 @@ from patch_build.elfcore.x86_64 import R_X86_64_PLT32
 from patch_build.loader import layout, x86_64 as arch
 from patch_build.loader.remote import PROT_EXEC, PROT_READ
 from patch_build.loader.resolve import ResolveError, split_local
+from patch_build.loader import libpaths
 from patch_build.loader.libpaths import library_paths
 from patch_build.loader.procfs import Memory, read_maps
 from patch_build.loader.state import PatchedFunc, PatchRecord
 from patch_build.loader.unwind import Unwinder, _StackWords
+from livetarget import TRACER
 
 
 @pytest.mark.parametrize("name, objs, expected", [
@@ -166,3 +172,96 @@ def test_library_paths_finds_what_the_dynamic_linker_finds():
     found = library_paths({"libc.so.6"})
     assert os.path.realpath(libc) in {os.path.realpath(p) for p in found}, found
     assert library_paths({"libpatch-build-no-such-library.so.1"}) == []
+
+
+FAKE_ENTRY = "libfake.so.1 (libc6,x86-64) => /patch-build-nonexistent/libfake.so.1"  # a line of `ldconfig -p`
+
+
+@pytest.fixture
+def fake_ldconfig(tmp_path, monkeypatch):
+    """fake_ldconfig(BODY): `ldconfig` is from now on a shell script (first on PATH) that writes its pid to the
+    file returned, then runs BODY."""
+    def install(body: str):
+        script = tmp_path / "ldconfig"
+        script.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid.tmp && mv {tmp_path}/pid.tmp {tmp_path}/pid\n{body}\n")
+        script.chmod(0o755)
+        return tmp_path / "pid"
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    return install
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of process `pid` (Z: a zombie); None once it is gone (reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+def test_library_paths_gives_up_on_a_stalled_ldconfig(fake_ldconfig):
+    """loader.libpaths: an ldconfig still running after _LDCONFIG_LIMIT s (a stalled filesystem) cannot say:
+    the entries it printed are not used, it is killed and reaped, and the call returns in time."""
+    pid_file = fake_ldconfig(f"printf '1 libs found in cache\\n\\t{FAKE_ENTRY}\\n'\nexec sleep 600")
+    start = time.monotonic()
+    assert library_paths({"libfake.so.1"}) == []
+    elapsed = time.monotonic() - start
+    assert libpaths._LDCONFIG_LIMIT <= elapsed < libpaths._LDCONFIG_LIMIT + libpaths._KILL_LIMIT + 1.0, elapsed
+    assert _process_state(int(pid_file.read_text())) is None  # killed, and not left a zombie
+
+
+def test_library_paths_reads_ldconfig_up_to_its_byte_limit(fake_ldconfig):
+    """loader.libpaths: of an ldconfig that prints without end, the whole lines within _OUTPUT_LIMIT bytes are
+    read (the first counts the entries; the part of a line at the cut is not), then it is killed and reaped,
+    well within _LDCONFIG_LIMIT s."""
+    pid_file = fake_ldconfig(f"exec yes '\t{FAKE_ENTRY}'")
+    start = time.monotonic()
+    entries = libpaths._cached()
+    assert time.monotonic() - start < libpaths._LDCONFIG_LIMIT
+    line = f"\t{FAKE_ENTRY}\n"
+    assert " => " in line[:libpaths._OUTPUT_LIMIT % len(line)]  # the cut line would be an entry: a wrong path
+    whole = libpaths._OUTPUT_LIMIT // len(line)
+    assert entries == [("libfake.so.1", "/patch-build-nonexistent/libfake.so.1")] * (whole - 1)
+    assert _process_state(int(pid_file.read_text())) is None
+
+
+def test_library_paths_reaps_a_killed_ldconfig_once_it_dies(fake_ldconfig, monkeypatch, tmp_path):
+    """loader.libpaths: an ldconfig that is not gone _KILL_LIMIT s after its SIGKILL is not waited for, and is
+    reaped once it can be, not left a zombie. Here another tracer holds it (the zombie is the tracer's until
+    it exits); a process the kernel holds in an uninterruptible sleep is as late to die."""
+    monkeypatch.setattr(libpaths, "_LDCONFIG_LIMIT", 30.0)  # time for the tracer to start: the fake waits for it
+    traced = tmp_path / "traced"
+    os.mkfifo(traced)  # waited on without a child: a traced process stops at each signal, SIGCHLD too
+    pid_file = fake_ldconfig(f"read go < {traced}\nexec sleep 600 >&-")  # its output ends once traced
+    tracers = []
+
+    def trace():
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        tracers.append(subprocess.Popen([sys.executable, "-c", TRACER, pid_file.read_text().strip()],
+                                        stdout=subprocess.PIPE, text=True))
+        if tracers[0].stdout.readline() == "tracing\n":
+            traced.write_text("go\n")
+
+    thread = threading.Thread(target=trace)
+    thread.start()
+    try:
+        start = time.monotonic()
+        assert libpaths._cached() == []
+        elapsed = time.monotonic() - start
+        thread.join()
+        pid = int(pid_file.read_text())
+        assert libpaths._KILL_LIMIT <= elapsed < 30, elapsed
+        assert _process_state(pid) == "Z"  # killed, not reapable yet
+        tracers[0].kill()
+        tracers[0].wait()
+        deadline = time.monotonic() + 5
+        while _process_state(pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _process_state(pid) is None
+    finally:
+        thread.join()
+        for tracer in tracers:
+            tracer.kill()
+            tracer.wait()
