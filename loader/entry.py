@@ -37,6 +37,7 @@ AT_BASE, AT_ENTRY = 7, 9  # <elf.h>: the dynamic linker's load address, the prog
 INT3 = b"\xcc"
 RUN_LIMIT = 1.0  # seconds the dynamic linker may take to reach the entry point; then the process is let go
 EXEC_LIMIT = 1.0  # seconds an exec may take from its permission to its stop (else it failed: the old program runs)
+BLOCK_LIMIT = 0.1  # seconds an opener waiting at the gate may take to go to sleep: microseconds, unless preempted
 STACK_LIMIT = 1 << 20  # bytes of the process's stack looked at: more than the dynamic linker uses
 _AUXV_LIMIT = 4096
 
@@ -208,10 +209,17 @@ def before_entry(pid: int, rip: int, rsp: int, mem: Memory, aux: dict[int, int])
 def opening_in_start_up(pid: int) -> bool:
     """The process's main thread, blocked in a system call (an open waiting at the fanotify gate), is in its
     dynamic linker's start-up (`before_entry`; its stack pointer and program counter from /proc/PID/syscall,
-    which needs no stop)."""
-    with open(f"/proc/{pid}/syscall") as f:
-        fields = f.read(512).split()
-    if len(fields) != 9:  # "running", or not in a system call
+    which needs no stop). The opener queues its event before it sleeps: read at once, the file may still say
+    "running" for a moment (on a loaded machine, one start in ten went unheld), so it is read again until the
+    thread sleeps, for at most BLOCK_LIMIT."""
+    deadline = time.monotonic() + BLOCK_LIMIT
+    while True:
+        with open(f"/proc/{pid}/syscall") as f:
+            fields = f.read(512).split()
+        if fields != ["running"] or time.monotonic() >= deadline:
+            break
+        time.sleep(0.0002)
+    if len(fields) != 9:  # still running, or not in a system call
         return False
     with Memory(pid) as mem:
         return before_entry(pid, int(fields[8], 16), int(fields[7], 16), mem, auxv(pid))
