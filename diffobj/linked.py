@@ -67,7 +67,7 @@ from patch_build.elfcore.constants import (
 from patch_build.elfcore.ehframe import MalformedEhFrame, fdes
 from patch_build.elfcore.headers import check_linked_header, elf_type, section_names
 from patch_build.elfcore.read import MAX_OBJECT_SIZE, mark_aliases
-from patch_build.elfcore.structs import RELA, r_sym, r_type
+from patch_build.elfcore.structs import RELA, SectionHeader, r_sym, r_type
 from patch_build.elfcore.symbols import ElfSymbol, unpack_symbols
 
 _PCREL_SDATA4 = 0x1B  # DW_EH_PE_pcrel | DW_EH_PE_sdata4: gcc's pointer encoding in x86-64 .eh_frame
@@ -79,15 +79,9 @@ _ST_BINDS = {STB_LOCAL, STB_GLOBAL, STB_WEAK}
 
 
 class _OutSection(NamedTuple):
-    """A section of the linked file (its header's fields)."""
+    """A section of the linked file."""
     name: str
-    type: int
-    flags: int
-    addr: int
-    offset: int
-    size: int
-    link: int
-    info: int
+    header: SectionHeader
 
 
 class _Piece:
@@ -109,17 +103,16 @@ def read_linked(path: str, blob: bytes | None = None) -> ObjectFile:
 
 
 class _Model:
-    def __init__(self, path: str, blob: bytes, headers: list[tuple]):
+    def __init__(self, path: str, blob: bytes, headers: list[SectionHeader]):
         self.name = os.path.basename(path)
         self.blob = blob
-        self.out_sections = [_OutSection(name, stype, flags, addr, offset, size, link, info)
-                             for name, (_, stype, flags, addr, offset, size, link, info, _, _)
-                             in zip(section_names(path, blob, headers), headers)]
-        symtab = next((s for s in self.out_sections if s.name == ".symtab"), None)
+        self.out_sections = [_OutSection(name, h) for name, h in zip(section_names(path, blob, headers), headers)]
+        symtab = next((s.header for s in self.out_sections if s.name == ".symtab"), None)
         if symtab is None or symtab.type != SHT_SYMTAB:
             raise InputError(f"{self.name}: is stripped (no .symtab)")
-        self.raw: list[ElfSymbol] = unpack_symbols(self._data(symtab), self._data(self.out_sections[symtab.link]))
-        self.relas = {s.info: s for s in self.out_sections if s.type == SHT_RELA and not s.flags & SHF_ALLOC}
+        self.raw: list[ElfSymbol] = unpack_symbols(self._data(symtab), self._data(headers[symtab.link]))
+        self.relas = {s.header.info: s for s in self.out_sections
+                      if s.header.type == SHT_RELA and not s.header.flags & SHF_ALLOC}
         self._read_relas: dict[int, list[tuple[int, int, int, int]]] = {}
         self.sections: list[Section] = [Section(0, "", 0, 0, 0, 0, b"")]
         self.symbols: list[Symbol] = [Symbol(0, "", STT_NOTYPE, STB_LOCAL, 0, SHN_UNDEF, 0, 0)]
@@ -132,12 +125,12 @@ class _Model:
                 self.defined.setdefault(raw.shndx, []).append(raw)
         self.by_raw: dict[int, Symbol] = {}  # executable symbol index -> model symbol
 
-    def _data(self, sec: _OutSection) -> bytes:
+    def _data(self, header: SectionHeader) -> bytes:
         """The contents of a section of the linked file (zeros for a NOBITS one)."""
-        return bytes(sec.size) if sec.type == SHT_NOBITS else self.blob[sec.offset:sec.offset + sec.size]
+        return bytes(header.size) if header.type == SHT_NOBITS else self.blob[header.offset:header.offset + header.size]
 
     def build(self, path: str) -> ObjectFile:
-        code = [i for i, s in enumerate(self.out_sections) if self._wanted(s) and s.flags & SHF_EXECINSTR]
+        code = [i for i, s in enumerate(self.out_sections) if self._wanted(s) and s.header.flags & SHF_EXECINSTR]
         if not any(i in self.relas for i in code):
             raise InputError(f"{self.name}: has no relocations for its code (link it with -Wl,--emit-relocs)")
         self.symbols.append(Symbol(1, "", STT_FILE, STB_LOCAL, 0, SHN_ABS, 0, 0))
@@ -160,15 +153,17 @@ class _Model:
     @staticmethod
     def _wanted(sec: _OutSection) -> bool:
         # TLS symbols hold offsets in the TLS block, not addresses: thread-local data is not modelled.
-        return (sec.type in (SHT_PROGBITS, SHT_NOBITS) and sec.flags & SHF_ALLOC
-                and not sec.flags & SHF_TLS and sec.name not in _SKIPPED and not sec.name.startswith(".note"))
+        h = sec.header
+        return (h.type in (SHT_PROGBITS, SHT_NOBITS) and h.flags & SHF_ALLOC and not h.flags & SHF_TLS
+                and sec.name not in _SKIPPED and not sec.name.startswith(".note"))
 
     def _relocations(self, index: int) -> list[tuple[int, int, int, int]]:
         """(offset, type, symbol index, addend) of each relocation of output section `index`, read once."""
         found = self._read_relas.get(index)
         if found is None:
+            table = self._data(self.relas[index].header)
             found = self._read_relas[index] = [(where, r_type(info), r_sym(info), addend)
-                                               for where, info, addend in RELA.iter_unpack(self._data(self.relas[index]))]
+                                               for where, info, addend in RELA.iter_unpack(table)]
         return found
 
     def _jump_tables(self) -> dict[int, list[tuple[int, int]]]:
@@ -187,11 +182,11 @@ class _Model:
         tables: dict[int, list[tuple[int, int]]] = {}
         for index, found in sorted(starts.items()):
             sec = self.out_sections[index]
-            if index not in self.relas or sec.flags & SHF_WRITE or not self._wanted(sec):
+            if index not in self.relas or sec.header.flags & SHF_WRITE or not self._wanted(sec):
                 continue
             types = {where: rtype for where, rtype, _, _ in self._relocations(index)}
             ordered = sorted(found)
-            for start, limit in zip(ordered, ordered[1:] + [sec.addr + sec.size]):
+            for start, limit in zip(ordered, ordered[1:] + [sec.header.addr + sec.header.size]):
                 kind = arch.RELOC_TYPES.get(types.get(start, -1))
                 end = start
                 while kind is not None and end < limit and types.get(end) == kind.number:
@@ -204,10 +199,11 @@ class _Model:
         """Functions and data objects get a section each; in read-only data, what lies between objects (strings,
         constants: anonymous) goes into sections `NAME.K`, K counting such runs, each of the jump `tables` in
         such a run into one of its own."""
-        data = self._data(sec)
-        base, end = sec.addr, sec.addr + sec.size
-        stype = sec.type
-        flags = sec.flags & (SHF_ALLOC | SHF_WRITE | SHF_EXECINSTR)
+        h = sec.header
+        data = self._data(h)
+        base, end = h.addr, h.addr + h.size
+        stype = h.type
+        flags = h.flags & (SHF_ALLOC | SHF_WRITE | SHF_EXECINSTR)
         extents = sorted({(s.value, s.value + s.size, f"{sec.name}.{s.name.split('@')[0]}")
                           for s in self.defined.get(index, ()) if base <= s.value < end})
         extents = [e for i, e in enumerate(extents) if i == 0 or e[0] >= extents[i - 1][1]]  # aliases: one
@@ -312,7 +308,7 @@ class _Model:
         target_index = raw.shndx
         if not 0 < target_index < len(self.out_sections):
             raise InputError(f"{self.name}: section symbol {index} names no section")
-        section_address = self.out_sections[target_index].addr
+        section_address = self.out_sections[target_index].header.addr
         address = self._address(piece, offset, kind, target_index, addend)
         target = self._piece_at(target_index, address)
         if target is None:  # in no function or object: no name the running program could give it
@@ -331,13 +327,14 @@ class _Model:
             bias = arch.pc_relative_bias(piece.insns, offset, kind.size)
         elif kind.pc_relative and piece.table:
             bias = -offset
-        return self.out_sections[target_index].addr + addend + bias
+        return self.out_sections[target_index].header.addr + addend + bias
 
     def _unwind(self) -> None:
         """An object-like `.eh_frame`: the FDE of each modelled function that starts one, with its CIE. A C++
         function with a personality routine or a catch table (LSDA) goes without: `.gcc_except_table` and the
         personality pointers are not modelled."""
-        out = next((s for s in self.out_sections if s.name == ".eh_frame" and s.type == SHT_PROGBITS), None)
+        out = next((s.header for s in self.out_sections if s.name == ".eh_frame" and s.header.type == SHT_PROGBITS),
+                   None)
         if out is None:
             return
         data, base = self._data(out), out.addr
@@ -345,7 +342,7 @@ class _Model:
             entries = fdes(data, base)
         except MalformedEhFrame:
             return  # unparseable: the patch goes without unwind information
-        code = [i for i in self.pieces if self.out_sections[i].flags & SHF_EXECINSTR]
+        code = [i for i in self.pieces if self.out_sections[i].header.flags & SHF_EXECINSTR]
         cies: dict[int, int | None] = {}  # offset -> new offset (None: not copied)
         out_data, relocations = bytearray(), []
         for fde in entries:

@@ -20,7 +20,7 @@ from patch_build.diffobj.model import (
     OutputObject,
     OutSection,
 )
-from patch_build.elfcore.structs import EHDR, RELA, SHDR, SYM
+from patch_build.elfcore.structs import EHDR, RELA, SHDR, SYM, SectionHeader
 
 EHDR_SIZE, SHDR_SIZE, SYM_SIZE, RELA_SIZE = EHDR.size, SHDR.size, SYM.size, RELA.size
 # ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ELFOSABI_SYSV, ABI version 0, padding
@@ -105,8 +105,9 @@ def serialise(obj: OutputObject) -> bytes:
     shoff = _align(len(body), 8)
     body += bytes(shoff - len(body))
     for i, h in enumerate(headers):
-        body += SHDR.pack(h.get("name_off", 0), h["type"], h["flags"], 0, h.get("offset", 0), h.get("size", 0),
-                                h["link"] or 0, h["info"], h["align"], h["entsize"])
+        body += SectionHeader(name_offset=h.get("name_off", 0), type=h["type"], flags=h["flags"], addr=0,
+                              offset=h.get("offset", 0), size=h.get("size", 0), link=h["link"] or 0, info=h["info"],
+                              addralign=h["align"], entsize=h["entsize"]).pack()
     body[:EHDR_SIZE] = EHDR.pack(E_IDENT, ET_REL, EM_X86_64, EV_CURRENT, 0, 0, shoff, 0, EHDR_SIZE, 0, 0,
                                        SHDR_SIZE, len(headers), shstrtab_index)
     return bytes(body)

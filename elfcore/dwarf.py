@@ -23,7 +23,7 @@ from patch_build.common.inputfile import read_input
 from patch_build.elfcore.constants import SHF_COMPRESSED, SHF_EXECINSTR, SHN_LORESERVE, SHT_RELA, SHT_SYMTAB
 from patch_build.elfcore.parsing import pyelftools_errors
 from patch_build.elfcore.read import MAX_OBJECT_SIZE
-from patch_build.elfcore.structs import EHDR, RELA, SHDR, SYM, r_sym, r_type
+from patch_build.elfcore.structs import EHDR, RELA, SYM, SectionHeader, r_sym, r_type
 from patch_build.elfcore.x86_64 import R_X86_64_32, R_X86_64_32S, R_X86_64_64, reloc_type
 
 # The absolute relocations debug sections use; any other makes the file go pyelftools' way.
@@ -39,33 +39,33 @@ def _relocated_debug_image(path: str, blob: bytes) -> bytes | None:
     """The file with the relocations of its .debug_* sections applied, or None if it needs pyelftools' way;
     InputError when one lies outside its section or names no symbol (the differ never reads them)."""
     *_, e_shoff, _, _, _, _, _, e_shnum, e_shstrndx = EHDR.unpack_from(blob)
-    headers = [SHDR.unpack_from(blob, e_shoff + i * SHDR.size) for i in range(e_shnum)]
+    headers = SectionHeader.table(blob, e_shoff, e_shnum)
     strtab = headers[e_shstrndx]
 
-    def name(h) -> bytes:
-        start = strtab[4] + h[0]
+    def name(h: SectionHeader) -> bytes:
+        start = strtab.offset + h.name_offset
         return blob[start:blob.index(b"\0", start)]
 
-    symtab = next((h for h in headers if h[1] == SHT_SYMTAB), None)
+    symtab = next((h for h in headers if h.type == SHT_SYMTAB), None)
     if symtab is None:
         return None
-    values = [text_address(s[3], s[4]) if s[3] < min(e_shnum, SHN_LORESERVE) and headers[s[3]][2] & SHF_EXECINSTR
-              else s[4] for s in SYM.iter_unpack(blob[symtab[4]:symtab[4] + symtab[5]])]
+    values = [text_address(s[3], s[4]) if s[3] < min(e_shnum, SHN_LORESERVE) and headers[s[3]].flags & SHF_EXECINSTR
+              else s[4] for s in SYM.iter_unpack(blob[symtab.offset:symtab.offset + symtab.size])]
     image = bytearray(blob)
     for h in headers:
-        if h[1] != SHT_RELA or not 0 < h[7] < e_shnum:
+        if h.type != SHT_RELA or not 0 < h.info < e_shnum:
             continue
-        target = headers[h[7]]
+        target = headers[h.info]
         if not name(target).startswith(b".debug"):
             continue
-        if target[2] & SHF_COMPRESSED:
+        if target.flags & SHF_COMPRESSED:
             return None
-        for r_offset, r_info, r_addend in RELA.iter_unpack(blob[h[4]:h[4] + h[5] // RELA.size * RELA.size]):
+        for r_offset, r_info, r_addend in RELA.iter_unpack(blob[h.offset:h.offset + h.size // RELA.size * RELA.size]):
             rtype = _DEBUG_RELOCATIONS.get(r_type(r_info))
             sym = r_sym(r_info)
             if rtype is None:
                 return None
-            if sym >= len(values) or r_offset + rtype.size > target[5]:
+            if sym >= len(values) or r_offset + rtype.size > target.size:
                 where = name(target).decode(errors="replace")
                 what = f"names bad symbol {sym}" if sym >= len(values) else f"lies outside {where}"
                 raise InputError(f"{os.path.basename(path)}: malformed debug information (relocation at "
@@ -73,7 +73,7 @@ def _relocated_debug_image(path: str, blob: bytes) -> bytes | None:
             value = rtype.value(S=values[sym], A=r_addend)
             if not rtype.signed:  # an unsigned field keeps the low bits (text addresses here exceed 32 bits)
                 value &= (1 << (rtype.size * 8)) - 1
-            at = target[4] + r_offset
+            at = target.offset + r_offset
             image[at:at + rtype.size] = rtype.encode(value)  # ValueError when a signed one does not fit
     return bytes(image)
 

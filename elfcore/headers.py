@@ -24,7 +24,7 @@ from patch_build.elfcore.constants import (
     SHT_STRTAB,
     SHT_SYMTAB,
 )
-from patch_build.elfcore.structs import EHDR, RELA, SHDR, SYM, string_at
+from patch_build.elfcore.structs import EHDR, RELA, SHDR, SYM, SectionHeader, string_at
 
 MAX_NOBITS_SIZE = 256 * MIB  # a NOBITS section is read as zeros: its size is memory the reader allocates
 MAX_ALIGN = 2 * MIB  # the differ's output pads to each section's alignment; x86-64 uses at most huge-page alignment
@@ -44,11 +44,11 @@ def elf_type(head: bytes) -> int | None:
     return int.from_bytes(head[16:E_TYPE_END], "little")
 
 
-def check_header(path: str, blob: bytes | FileBytes) -> list[tuple]:
+def check_header(path: str, blob: bytes | FileBytes) -> list[SectionHeader]:
     """Check that `blob` is an x86-64 relocatable object whose section headers can be trusted: every section
     within the file (NOBITS ones within a bound), whole symbol and relocation entries, links to existing
-    sections, string tables that end with a NUL, names inside the section name table. Return the raw section
-    headers (SHDR fields); InputError naming the file otherwise."""
+    sections, string tables that end with a NUL, names inside the section name table. Return the section headers;
+    InputError naming the file otherwise."""
     e_type, e_machine = _check_ident(path, blob)
     if e_machine != EM_X86_64:
         raise InputError(f"{os.path.basename(path)}: unsupported machine (e_machine {e_machine}); "
@@ -59,7 +59,7 @@ def check_header(path: str, blob: bytes | FileBytes) -> list[tuple]:
     return _section_headers(path, blob, MAX_ALIGN)
 
 
-def check_linked_header(path: str, blob: bytes | FileBytes) -> list[tuple]:
+def check_linked_header(path: str, blob: bytes | FileBytes) -> list[SectionHeader]:
     """`check_header` for an x86-64 executable or shared library: its section headers, checked as an object's
     (but for alignment: a linked file's sections are read, never laid out again)."""
     e_type, e_machine = _check_ident(path, blob)
@@ -81,7 +81,7 @@ def _check_ident(path: str, blob: bytes | FileBytes) -> tuple[int, int]:
     return e_type, e_machine
 
 
-def _section_headers(path: str, blob: bytes | FileBytes, max_align: int | None) -> list[tuple]:
+def _section_headers(path: str, blob: bytes | FileBytes, max_align: int | None) -> list[SectionHeader]:
     name = os.path.basename(path)
     *_, e_shoff, _, _, _, _, e_shentsize, e_shnum, e_shstrndx = EHDR.unpack(blob[:EHDR.size])
     if e_shoff == 0:
@@ -89,46 +89,47 @@ def _section_headers(path: str, blob: bytes | FileBytes, max_align: int | None) 
     if e_shnum == 0:
         # The real count lives in section 0's sh_size (SHN_XINDEX numbering).
         if len(blob) >= e_shoff + SHDR.size:
-            count = SHDR.unpack(blob[e_shoff:e_shoff + SHDR.size])[5]
+            count = SectionHeader.table(blob, e_shoff, 1)[0].size
             raise InputError(f"{name}: has {count} sections; objects with more than {MAX_SECTIONS:,} "
                              "sections are not supported (split the compilation unit)")
         raise InputError(f"{name}: truncated section header table")
     if e_shentsize != SHDR.size or e_shoff + e_shnum * e_shentsize > len(blob):
         raise InputError(f"{name}: truncated or corrupt section header table")
-    headers = list(SHDR.iter_unpack(blob[e_shoff:e_shoff + e_shnum * e_shentsize]))
-    for i, (_, sh_type, _, _, sh_offset, sh_size, sh_link, _, sh_addralign, sh_entsize) in enumerate(headers):
-        if sh_type == SHT_NOBITS:
-            if sh_size > MAX_NOBITS_SIZE:
-                raise InputError(f"{name}: section {i} is a NOBITS section of {sh_size:,} bytes "
+    headers = SectionHeader.table(blob, e_shoff, e_shnum)
+    for i, h in enumerate(headers):
+        if h.type == SHT_NOBITS:
+            if h.size > MAX_NOBITS_SIZE:
+                raise InputError(f"{name}: section {i} is a NOBITS section of {h.size:,} bytes "
                                  f"(the limit is {MAX_NOBITS_SIZE:,})")
-        elif sh_offset + sh_size > len(blob):
+        elif h.offset + h.size > len(blob):
             raise InputError(f"{name}: truncated (section {i} runs past the end of the file)")
-        if max_align is not None and (sh_addralign & (sh_addralign - 1) or sh_addralign > max_align):
-            raise InputError(f"{name}: section {i} has alignment {sh_addralign:#x} "
+        if max_align is not None and (h.addralign & (h.addralign - 1) or h.addralign > max_align):
+            raise InputError(f"{name}: section {i} has alignment {h.addralign:#x} "
                              f"(a power of two up to {max_align:#x} expected)")
-        if sh_type in (SHT_SYMTAB, SHT_RELA):
-            if sh_entsize != ENTRY_SIZE or sh_size % ENTRY_SIZE:
-                raise InputError(f"{name}: section {i} has entries of {sh_entsize} bytes in {sh_size} "
+        if h.type in (SHT_SYMTAB, SHT_RELA):
+            if h.entsize != ENTRY_SIZE or h.size % ENTRY_SIZE:
+                raise InputError(f"{name}: section {i} has entries of {h.entsize} bytes in {h.size} "
                                  f"(whole entries of {ENTRY_SIZE} expected)")
-            if not 0 < sh_link < e_shnum:
-                raise InputError(f"{name}: section {i} links to section {sh_link}, which does not exist")
-        if sh_type == SHT_SYMTAB and headers[sh_link][1] != SHT_STRTAB:
-            raise InputError(f"{name}: symbol table (section {i}) links to section {sh_link}, not a string table")
-    if not 0 < e_shstrndx < e_shnum or headers[e_shstrndx][1] != SHT_STRTAB:
+            if not 0 < h.link < e_shnum:
+                raise InputError(f"{name}: section {i} links to section {h.link}, which does not exist")
+        if h.type == SHT_SYMTAB and headers[h.link].type != SHT_STRTAB:
+            raise InputError(f"{name}: symbol table (section {i}) links to section {h.link}, not a string table")
+    if not 0 < e_shstrndx < e_shnum or headers[e_shstrndx].type != SHT_STRTAB:
         raise InputError(f"{name}: the section name table index {e_shstrndx} is not a string table")
     for i, h in enumerate(headers):
-        if h[1] == SHT_STRTAB and h[5] and blob[h[4] + h[5] - 1] != 0:
+        if h.type == SHT_STRTAB and h.size and blob[h.offset + h.size - 1] != 0:
             raise InputError(f"{name}: string table (section {i}) does not end with a NUL byte")
-        if h[0] >= headers[e_shstrndx][5]:
+        if h.name_offset >= headers[e_shstrndx].size:
             raise InputError(f"{name}: section {i}'s name lies outside the section name table")
     return headers
 
 
-def section_names(path: str, blob: bytes | FileBytes, headers: list[tuple]) -> list[str]:
+def section_names(path: str, blob: bytes | FileBytes, headers: list[SectionHeader]) -> list[str]:
     """The name of each section of a file `check_header` accepted; InputError when one is not UTF-8."""
     *_, e_shstrndx = EHDR.unpack(blob[:EHDR.size])
-    table = blob[headers[e_shstrndx][4]:headers[e_shstrndx][4] + headers[e_shstrndx][5]]
-    return [text(path, string_at(table, h[0]), f"section {i}") for i, h in enumerate(headers)]
+    names = headers[e_shstrndx]
+    table = blob[names.offset:names.offset + names.size]
+    return [text(path, string_at(table, h.name_offset), f"section {i}") for i, h in enumerate(headers)]
 
 
 def text(path: str, raw: bytes, what: str) -> str:

@@ -40,7 +40,7 @@ from patch_build.elfcore.constants import (
 )
 from patch_build.elfcore.headers import check_header, section_names, text
 from patch_build.elfcore.model import ObjectFile, Relocation, Section, Symbol
-from patch_build.elfcore.structs import RELA, SYM, U32, r_sym, r_type, st_bind, st_type, string_at
+from patch_build.elfcore.structs import RELA, SYM, U32, SectionHeader, r_sym, r_type, st_bind, st_type, string_at
 
 MAX_OBJECT_SIZE = 1024 * MIB
 _SYMBOL_TYPES = {STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE, STT_COMMON, STT_TLS, STT_GNU_IFUNC}
@@ -67,23 +67,22 @@ def _read(path: str, blob: bytes | FileBytes, source: InputFile | None, section_
 
     sections = []
     kept = _read_now(headers) if source is not None else range(len(headers))
-    for i, (section_name, (_, stype, flags, _, offset, size, link, info, align, entsize)) in enumerate(
-            zip(section_names(path, blob, headers), headers)):
-        data = bytes(size) if stype == SHT_NOBITS else blob[offset:offset + size] if i in kept else b""
-        sec = section_type(index=i, name=section_name, type=stype, flags=flags, addralign=align, entsize=entsize,
-                           data=data, link=link, info=info)
-        if i not in kept and stype != SHT_NOBITS:
-            sec.defer_data(size, functools.partial(source.read_part, offset, size))
+    for i, (section_name, h) in enumerate(zip(section_names(path, blob, headers), headers)):
+        data = bytes(h.size) if h.type == SHT_NOBITS else blob[h.offset:h.offset + h.size] if i in kept else b""
+        sec = section_type(index=i, name=section_name, type=h.type, flags=h.flags, addralign=h.addralign,
+                           entsize=h.entsize, data=data, link=h.link, info=h.info)
+        if i not in kept and h.type != SHT_NOBITS:
+            sec.defer_data(h.size, functools.partial(source.read_part, h.offset, h.size))
         sections.append(sec)
 
     symbols = []
     source_file = ""
-    symtabs = [h for h in headers if h[1] == SHT_SYMTAB]
+    symtabs = [h for h in headers if h.type == SHT_SYMTAB]
     if len(symtabs) > 1:
         raise InputError(f"{name}: malformed symbol table")
-    table = blob[symtabs[0][4]:symtabs[0][4] + symtabs[0][5]] if symtabs else b""
-    strtab = headers[symtabs[0][6]] if symtabs else None
-    symbol_names = blob[strtab[4]:strtab[4] + strtab[5]] if strtab else b""
+    table = blob[symtabs[0].offset:symtabs[0].offset + symtabs[0].size] if symtabs else b""
+    strtab = headers[symtabs[0].link] if symtabs else None
+    symbol_names = blob[strtab.offset:strtab.offset + strtab.size] if strtab else b""
     for i, (st_name, info, other, shndx, value, size) in enumerate(SYM.iter_unpack(table)):
         stype, bind = st_type(info), st_bind(info)
         sym = symbol_type(index=i, name=_name(path, symbol_names, st_name, f"symbol {i}"), type=stype, bind=bind,
@@ -134,12 +133,12 @@ def _read(path: str, blob: bytes | FileBytes, source: InputFile | None, section_
     return ObjectFile(path=path, sections=sections, symbols=symbols, source_file=source_file)
 
 
-def _read_now(headers: list[tuple]) -> set[int]:
+def _read_now(headers: list[SectionHeader]) -> set[int]:
     """The sections whose contents are kept as read: loaded ones, their relocations and the groups (the
     differ compares them all; reading them again would cost a file open each)."""
-    return {i for i, (_, stype, flags, _, _, _, _, info, _, _) in enumerate(headers)
-            if flags & SHF_ALLOC or stype == SHT_GROUP
-            or stype == SHT_RELA and 0 < info < len(headers) and headers[info][2] & SHF_ALLOC}
+    return {i for i, h in enumerate(headers)
+            if h.flags & SHF_ALLOC or h.type == SHT_GROUP
+            or h.type == SHT_RELA and 0 < h.info < len(headers) and headers[h.info].flags & SHF_ALLOC}
 
 
 def _relocations(name: str, relas: list[Section], target: Section, symbols: list[Symbol]) -> list[Relocation]:

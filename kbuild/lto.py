@@ -60,7 +60,7 @@ def object_contents(path: Path) -> str:
         return "IR only"
     headers = check_header(os.fspath(path), blob)
     has_ir = any(name.startswith(GCC_IR_PREFIX) for name in section_names(os.fspath(path), blob, headers))
-    has_code = any(h[2] & SHF_EXECINSTR and h[5] for h in headers)
+    has_code = any(h.flags & SHF_EXECINSTR and h.size for h in headers)
     if has_ir:
         return "IR and machine code" if has_code else "IR only"
     return "machine code"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 from patch_build.common.errors import InputError
@@ -30,28 +29,10 @@ from patch_build.elfcore.constants import (
     STB_GLOBAL,
     STB_WEAK,
 )
-from patch_build.elfcore.structs import EHDR, RELA, SHDR, SYM, r_sym, st_info, st_type
+from patch_build.elfcore.structs import EHDR, RELA, SYM, SectionHeader, r_sym, st_info, st_type
 from patch_build.patchformat.names import is_reference, parse_reference
 
 KLP_RELA = ".klp.rela."
-
-
-@dataclass
-class _Shdr:
-    name: int
-    type: int
-    flags: int
-    addr: int
-    offset: int
-    size: int
-    link: int
-    info: int
-    addralign: int
-    entsize: int
-
-    def pack(self) -> bytes:
-        return SHDR.pack(self.name, self.type, self.flags, self.addr, self.offset, self.size, self.link,
-                          self.info, self.addralign, self.entsize)
 
 
 class _Elf:
@@ -62,7 +43,7 @@ class _Elf:
             raise InputError(f"{path.name}: not an ELF file")
         self.ehdr = list(EHDR.unpack_from(self.blob))
         shoff, shnum, shstrndx = self.ehdr[6], self.ehdr[12], self.ehdr[13]
-        self.shdrs = [_Shdr(*SHDR.unpack_from(self.blob, shoff + i * SHDR.size)) for i in range(shnum)]
+        self.shdrs = SectionHeader.table(self.blob, shoff, shnum)
         self.shstrndx = shstrndx
         symtabs = [i for i, s in enumerate(self.shdrs) if s.type == SHT_SYMTAB]
         if len(symtabs) != 1:
@@ -79,7 +60,7 @@ class _Elf:
         return self.blob[s.offset + offset:end].decode()
 
     def section_name(self, index: int) -> str:
-        return self.string(self.shstrndx, self.shdrs[index].name)
+        return self.string(self.shstrndx, self.shdrs[index].name_offset)
 
     def symbols(self):
         """(index, name, file offset of the entry, unpacked fields) of each symbol."""
@@ -139,7 +120,7 @@ def write_klp_relocations(path: Path) -> list[str]:
         if sh.link != elf.symtab:
             raise InputError(f"{path.name}: relocation section {elf.section_name(index)} uses another symbol table")
         elf.blob[sh.offset:sh.offset + len(kept)] = kept
-        sh.size = len(kept)
+        elf.shdrs[index] = sh._replace(size=len(kept))
         target = elf.section_name(sh.info)
         for objname, entries in sorted(moved.items()):
             new_sections.append((f"{KLP_RELA}{objname}.{target.lstrip('.')}", sh.info, bytes(entries)))
@@ -154,10 +135,10 @@ def write_klp_relocations(path: Path) -> list[str]:
     for name, target, entries in new_sections:
         name_off = len(shstr)
         shstr += name.encode() + b"\0"
-        elf.shdrs.append(_Shdr(name_off, SHT_RELA, SHF_ALLOC | SHF_INFO_LINK | SHF_RELA_LIVEPATCH, 0,
-                               append(entries, 8), len(entries), elf.symtab, target, 8, RELA.size))
+        elf.shdrs.append(SectionHeader(name_off, SHT_RELA, SHF_ALLOC | SHF_INFO_LINK | SHF_RELA_LIVEPATCH, 0,
+                                       append(entries, 8), len(entries), elf.symtab, target, 8, RELA.size))
     strtab = elf.shdrs[elf.shstrndx]
-    strtab.offset, strtab.size = append(bytes(shstr), 1), len(shstr)
+    elf.shdrs[elf.shstrndx] = strtab._replace(offset=append(bytes(shstr), 1), size=len(shstr))
     shoff = append(b"".join(s.pack() for s in elf.shdrs), 8)
     elf.ehdr[6], elf.ehdr[12] = shoff, len(elf.shdrs)
     elf.blob[:EHDR.size] = EHDR.pack(*elf.ehdr)

@@ -70,10 +70,10 @@ def _modinfo(base: str, data: bytes) -> dict[str, str]:
     names = section_names(base, data, headers)
     if ".modinfo" not in names:
         raise InputError(f"{base}: not a kernel module (no .modinfo section)")
-    _, _, _, _, offset, size, *_ = headers[names.index(".modinfo")]
-    if size > MAX_MODINFO_BYTES:
+    modinfo = headers[names.index(".modinfo")]
+    if modinfo.size > MAX_MODINFO_BYTES:
         raise InputError(f"{base}: .modinfo larger than {MAX_MODINFO_BYTES} bytes")
-    raw = data[offset:offset + size]
+    raw = data[modinfo.offset:modinfo.offset + modinfo.size]
     info = {}
     for item in raw.split(b"\0"):
         key, sep, value = item.decode("utf-8", "replace").partition("=")

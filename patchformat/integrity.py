@@ -84,10 +84,11 @@ def _record_offset(path: str, data: bytes) -> int:
         raise InputError(f"{name}: not a patch module (no {SECTION} section)")
     if len(found) > 1:
         raise InputError(f"{name}: {len(found)} {SECTION} sections, expected 1")
-    _, sh_type, _, _, offset, size, *_ = found[0]
-    if sh_type != SHT_PROGBITS or size != RECORD_SIZE:  # PROGBITS: its bytes are in the file (checked bounds)
+    record = found[0]
+    # PROGBITS: its bytes are in the file (checked bounds)
+    if record.type != SHT_PROGBITS or record.size != RECORD_SIZE:
         raise InputError(f"{name}: {SECTION} is not a {RECORD_SIZE}-byte PROGBITS section")
-    return offset
+    return record.offset
 
 
 def _digest(data: bytes, offset: int) -> bytes:

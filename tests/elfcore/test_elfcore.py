@@ -68,8 +68,11 @@ def _sections(path: Path) -> list[dict]:
 
 def test_headers_and_sections(built):
     theirs = _sections(built["obj"])
-    headers = check_header(str(built["obj"]), built["obj"].read_bytes())
-    assert [(h[4], h[5]) for h in headers] == [(s["offset"], s["size"]) for s in theirs]
+    blob = built["obj"].read_bytes()
+    headers = check_header(str(built["obj"]), blob)
+    assert [(h.offset, h.size) for h in headers] == [(s["offset"], s["size"]) for s in theirs]
+    e_shoff = int.from_bytes(blob[0x28:0x30], "little")
+    assert b"".join(h.pack() for h in headers) == blob[e_shoff:e_shoff + 64 * len(headers)]  # packed back whole
     obj = read_object(str(built["obj"]))
     assert [(s.index, s.name, s.size) for s in obj.sections] == [(s["index"], s["name"], s["size"]) for s in theirs]
     for ours, row in zip(obj.sections, theirs):
@@ -349,7 +352,8 @@ def test_dwarf_of_a_linked_file(built):
 def test_linked_header(built):
     blob = built["exe"].read_bytes()
     headers = check_linked_header(str(built["exe"]), blob)
-    assert [(h[4], h[5]) for h in headers] == [(s["offset"], s["size"]) for s in _sections(built["exe"])]
+    assert [(h.addr, h.offset, h.size) for h in headers] == [(s["addr"], s["offset"], s["size"])
+                                                             for s in _sections(built["exe"])]
     with pytest.raises(InputError, match=r"^a.o: not an x86-64 executable or shared library$"):
         check_linked_header(str(built["obj"]), built["obj"].read_bytes())
 
@@ -414,7 +418,7 @@ def _sections_of(blob: bytes) -> list[tuple[str, int]]:
     from patch_build.elfcore.headers import section_names
 
     headers = check_header("a.o", blob)
-    return [(name, h[4]) for name, h in zip(section_names("a.o", blob, headers), headers)]
+    return [(name, h.offset) for name, h in zip(section_names("a.o", blob, headers), headers)]
 
 
 def test_relocations_of_unloaded_sections_are_read_when_asked_for(built):
