@@ -128,6 +128,12 @@ class Instruction(NamedTuple):
     immediate_at: int  # where its immediate operand or branch displacement starts (== length: none)
     relative: bool  # what starts at immediate_at is a branch displacement
 
+    @property
+    def rip_relative(self) -> bool:
+        """An operand at a displacement from the next instruction: its disp32 ends at `immediate_at`."""
+        return self.modrm >= 0 and self.modrm & 0xC7 == 0x05 and not (
+            self.opcode_map == 1 and MAP_0F[self.opcode] & MODRM_REG)
+
 
 def _undecodable() -> Instruction:
     return Instruction(1, -1, -1, -1, 0, False, 1, False)

@@ -8,15 +8,19 @@ instruction of the new program: always in time), or at its dynamic linker's open
 targets (`at_open`: the open waits at the permission check; seized and interrupted, then the open let go
 on: it stops as the open returns, in the dynamic linker's start-up, also always in time), or, seen through
 the process-event connector, seized and interrupted as soon as possible. Unless it has already run past its
-entry point (the connector's event came late: then it is let go at once, `held` False), a breakpoint (int3)
-is written at the entry point and the process let run to it; the byte is put back, the thread set back to
-the entry point and held stopped there (loader.ptrace.held: the apply's stops use it as it is) until the
-block ends. Whatever goes wrong, the byte
-is put back and the process detached, to run on as if never stopped; signals it receives meanwhile are
-delivered. A tracer that dies releases its tracees (the kernel detaches them), and a fanotify group that
-closes allows its pending execs and opens; what remains: a daemon killed by SIGKILL while the breakpoint is
-in place (the time the dynamic linker takes, about a millisecond) leaves the process to die of SIGTRAP at its
-entry point.
+entry point (the connector's event came late: then it is let go at once, `held` False), a trap is written at
+the entry point and the process let run to it: a jump to a stub in a page mapped near it
+(x86_64.entry_trap), which sends the thread a signal ignored by default (SIGURG, or SIGWINCH when that one is
+blocked or handled), then runs the instructions the jump covered, moved, and jumps back. The thread stops
+with that signal just past the stub's syscall; the entry point's bytes are put back, the signal dropped, the
+registers the stub saved restored, the thread set back to the entry point and held stopped there
+(loader.ptrace.held: the apply's stops use it as it is) until the block ends, the stub's page unmapped.
+Whatever goes wrong, the bytes are put back and the process detached, to run on as if never stopped; signals
+it receives meanwhile are delivered. A tracer that dies releases its tracees (the kernel detaches them), a
+fanotify group that closes allows its pending execs and opens, and a process whose daemon is killed
+(SIGKILL) with the trap in place runs through the stub unharmed: its signal is ignored. Only where no stub
+can be made (a short branch among the first instructions; both signals blocked or handled; no free page
+within reach) is the trap an int3, which such a SIGKILL turns into the process's death by SIGTRAP.
 """
 from __future__ import annotations
 
@@ -28,10 +32,14 @@ import time
 from collections.abc import Callable
 
 from patch_build.common.errors import InputError
-from patch_build.loader import faults, ptrace
+from patch_build.elfcore.x86_64_lengths import MAX_LENGTH
+from patch_build.loader import faults, layout, ptrace, x86_64
+from patch_build.loader.placement import free_addresses_near
 from patch_build.loader.procfs import Mapping, Memory, read_maps
 from patch_build.loader.ptrace import (DEFERRED_SIGNALS, PTRACE_EVENT_EXEC, PTRACE_O_TRACEEXEC, NotStopping, Thread,
                                        ThreadGone, TraceError)
+from patch_build.loader.remote import (MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, SYS_MMAP,
+                                       RemoteCaller, RemoteError, find_syscall_insn)
 
 AT_BASE, AT_ENTRY = 7, 9  # <elf.h>: the dynamic linker's load address, the program's entry point
 INT3 = b"\xcc"
@@ -40,6 +48,10 @@ EXEC_LIMIT = 1.0  # seconds an exec may take from its permission to its stop (el
 BLOCK_LIMIT = 0.1  # seconds an opener waiting at the gate may take to go to sleep: microseconds, unless preempted
 STACK_LIMIT = 1 << 20  # bytes of the process's stack looked at: more than the dynamic linker uses
 _AUXV_LIMIT = 4096
+# Signals whose default action is to ignore them: what the entry stub sends (the first the thread neither blocks
+# nor handles), so that without a tracer it is as if it had sent nothing.
+_QUIET_SIGNALS = (signal.SIGURG, signal.SIGWINCH)
+_STUB_TRIES = 4  # free places near the entry point tried for the stub's page
 
 
 def auxv(pid: int) -> dict[int, int]:
@@ -52,6 +64,20 @@ def auxv(pid: int) -> dict[int, int]:
             break
         out[key] = value
     return out
+
+
+def _quiet_signal(pid: int) -> int | None:
+    """The first of _QUIET_SIGNALS the process's main thread neither blocks nor handles (/proc/PID/status)."""
+    masks = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f.read(1 << 16).splitlines():
+            key, _, value = line.partition(":")
+            if key in ("SigBlk", "SigCgt"):
+                masks[key] = int(value.strip(), 16)
+    if len(masks) != 2:
+        return None
+    return next((int(sig) for sig in _QUIET_SIGNALS if not (masks["SigBlk"] | masks["SigCgt"]) >> (sig - 1) & 1),
+                None)
 
 
 def start_stack(pid: int) -> int:
@@ -68,7 +94,11 @@ class _Hold:
         self.seized = self.stopped = False
         self.mem: Memory | None = None
         self.entry = 0
-        self.byte = b""  # the entry point's first byte while the breakpoint is in place
+        self.original = b""  # the entry point's bytes while the trap is written over them
+        self.trap_signal = signal.SIGTRAP  # what the trap stops the thread with ...
+        self.stop_at = 0  # ... and where
+        self.stub = 0  # the stub's page (0: the trap is an int3)
+        self.syscall_insn = 0  # a syscall instruction of the process's, to map and unmap the stub with
 
     def stop(self) -> None:
         """Seized and interrupted where it is."""
@@ -129,19 +159,20 @@ class _Hold:
             return True
         if not before_entry(self.pid, self.thread.regs.rip, self.thread.regs.rsp, self.mem, aux):
             return False
-        self.byte = self.mem.read(entry, 1)
-        self.mem.write(entry, INT3)
         self.entry = entry
+        self._arm()
         deadline = time.monotonic() + RUN_LIMIT
         deliver = 0
         while True:
             self.thread.cont(deliver)
             self.stopped = False
+            faults.point("entry-armed", self.pid)
             sig = self.thread.wait_stop(max(deadline - time.monotonic(), 0.0))
             self.stopped = True
-            if sig == signal.SIGTRAP and self._trapped():
-                self._remove_breakpoint()
+            if sig == self.trap_signal and self._trapped():
+                self._disarm()
                 self.thread.regs = self.thread.get_regs()
+                self._unmap_stub()
                 return True
             if sig in (0, signal.SIGTRAP):  # stopped by a signal (SIGSTOP), or a trap of its own: let it be
                 if sig == signal.SIGTRAP:
@@ -149,34 +180,97 @@ class _Hold:
                 return False
             deliver, self.thread.pending_signal = self.thread.pending_signal, 0  # its own signal, delivered
 
+    def _arm(self) -> None:
+        """Write the trap at the entry point: a jump to a stub that signals the thread (x86_64.entry_trap),
+        which a process whose tracer dies runs through unharmed; an int3 when no stub can be made."""
+        maps = read_maps(self.pid)
+        mapped_to = next((m.end for m in maps if self.entry in m), self.entry + len(INT3))
+        code = self.mem.read(self.entry, min(MAX_LENGTH * 2, mapped_to - self.entry))  # the jump's instructions
+        trap = self._stub_trap(code, maps)
+        if trap is None:
+            self.original = code[:len(INT3)]
+            self.mem.write(self.entry, INT3)
+            self.trap_signal, self.stop_at = signal.SIGTRAP, self.entry + len(INT3)
+            return
+        self.original = code[:len(trap.jump)]
+        self.mem.write(self.stub, trap.stub)
+        self.mem.write(self.entry, trap.jump)
+        self.stop_at = trap.stop_at
+
+    def _stub_trap(self, code: bytes, maps: list[Mapping]) -> x86_64.EntryTrap | None:
+        """A stub mapped near the entry point and its trap; None when the thread blocks or handles both
+        signals a stub may send, no page is free within reach, or the first instructions cannot be moved."""
+        self.trap_signal = _quiet_signal(self.pid)
+        if self.trap_signal is None:
+            return None
+        try:
+            self.syscall_insn = find_syscall_insn(self.mem, maps)
+        except RemoteError:  # none mapped (no vDSO): nothing to map the stub with
+            return None
+        caller = RemoteCaller(self.thread, self.mem, self.syscall_insn)
+        try:
+            for at in free_addresses_near(maps, layout.PAGE, [self.entry])[:_STUB_TRIES]:
+                try:
+                    self.stub = caller.call(SYS_MMAP, at, layout.PAGE, PROT_READ | PROT_EXEC,
+                                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+                    break
+                except RemoteError:
+                    continue
+        finally:
+            caller.restore()
+        trap = x86_64.entry_trap(self.entry, code, self.stub, self.pid, self.trap_signal) if self.stub else None
+        if trap is None:
+            self._unmap_stub()
+        return trap
+
+    def _unmap_stub(self) -> None:
+        """The stub's page removed once the thread is held at the entry point, never to run it again."""
+        if self.stub:
+            caller = RemoteCaller(self.thread, self.mem, self.syscall_insn)
+            try:
+                caller.munmap(self.stub, layout.PAGE)
+            except RemoteError:
+                pass  # a page left mapped, unused
+            finally:
+                caller.restore()
+            self.stub = 0
+
     def _trapped(self) -> bool:
-        """Stopped by the breakpoint: then set back to run the entry point's own instruction."""
+        """Stopped by the trap: then set back to run the entry point's own instructions, with the registers
+        it had there (the stub's pushes popped), its signal not delivered."""
         regs = self.thread.get_regs()
-        if regs.rip != self.entry + 1:
+        if not self.stop_at or regs.rip != self.stop_at:
             return False
+        if self.stub:
+            saved = struct.unpack(f"<{len(x86_64.ENTRY_SAVED)}Q", self.mem.read(regs.rsp, 8 * len(x86_64.ENTRY_SAVED)))
+            for name, value in zip(reversed(x86_64.ENTRY_SAVED), saved):
+                setattr(regs, name, value)
+            regs.rsp += 8 * len(saved)
+            self.thread.pending_signal = 0
         regs.rip = self.entry
         self.thread.set_regs(regs)
         return True
 
-    def _remove_breakpoint(self) -> None:
-        if self.byte:
-            self.mem.write(self.entry, self.byte)
-            self.byte = b""
+    def _disarm(self) -> None:
+        if self.original:
+            self.mem.write(self.entry, self.original)
+            self.original = b""
 
     def release(self) -> None:
-        """The breakpoint removed (first: that needs no stop) and the process detached, whatever happened."""
+        """The trap removed (first: that needs no stop) and the process detached, whatever happened. A thread
+        in the stub runs on through it (the stub's page stays)."""
         try:
-            if self.byte:
+            if self.original:
                 try:
-                    self._remove_breakpoint()
+                    self._disarm()
                 except (OSError, ThreadGone):
-                    self.byte = b""  # gone: nothing left to put back
+                    self.original = b""  # gone: nothing left to put back
             if self.seized and not self.stopped:
                 self.thread.interrupt()
                 self.thread.wait_stop()
                 self.stopped = True
             if self.seized and self.entry:
-                self._trapped()  # by the breakpoint, just before it was removed
+                self._trapped()  # by the trap, just before it was removed
         except (ThreadGone, TraceError, NotStopping, OSError):
             pass
         finally:

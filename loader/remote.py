@@ -20,7 +20,7 @@ from patch_build.loader.ptrace import NotStopping, Regs, Thread
 SYSCALL_INSN = b"\x0f\x05"
 SYS_MMAP, SYS_MPROTECT, SYS_MUNMAP, SYS_CLOSE, SYS_FTRUNCATE, SYS_MEMFD_CREATE = 9, 10, 11, 3, 77, 319
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
-MAP_PRIVATE, MAP_FIXED_NOREPLACE = 0x02, 0x100000
+MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x02, 0x20, 0x100000
 MFD_CLOEXEC = 1
 _SCAN_LIMIT = 1 << 22
 CALL_LIMIT = 5.0  # seconds a called function may take: longer, it is blocked (on a lock) and abandoned

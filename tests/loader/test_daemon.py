@@ -429,7 +429,7 @@ def test_daemon_goes_on_after_a_held_exec_fails(first, tmp_path):
     assert code == 0, daemon.lines
 
 
-@pytest.mark.parametrize("point", ["exec-take", "exec-seized", "exec-stopped"])
+@pytest.mark.parametrize("point", ["exec-take", "exec-seized", "exec-stopped", "entry-armed"])
 def test_daemon_killed_while_holding_an_exec(first, tmp_path, point):
     """The daemon killed (SIGKILL) with an exec in its hands: waiting for the daemon's answer (the kernel
     answers for a fanotify group that closes), seized while it waits (and the kernel detaches the tracees of
@@ -447,6 +447,35 @@ def test_daemon_killed_while_holding_an_exec(first, tmp_path, point):
     finally:
         if daemon.proc.poll() is None:
             daemon.stop()
+
+
+@pytest.mark.parametrize("blocked, fault", [
+    ((signal.SIGURG,), ""), ((signal.SIGURG,), "entry-armed:kill"),
+    ((signal.SIGURG, signal.SIGWINCH), "")], ids=["urg-held", "urg-killed", "both-held"])
+def test_daemon_entry_trap_with_blocked_signals(first, tmp_path, blocked, fault):
+    """A program started with signals blocked (the mask survives the exec): the entry stub sends the first
+    quiet signal the thread does not block (SIGWINCH when SIGURG is), so the start is held and patched, and a
+    daemon killed with the trap in place still leaves it to run on; with both blocked the trap is an int3,
+    which holds it all the same."""
+    program, module, _ = first
+    store = tmp_path / "store"
+    assert patch_ctl("install", "--store", store, module).returncode == 0
+    daemon = Daemon(store, fault=fault)
+    try:
+        proc = subprocess.Popen([program], stdout=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, blocked))
+        out = proc.communicate(timeout=30)[0]
+        if fault:
+            assert daemon.proc.wait(timeout=30) == -signal.SIGKILL, daemon.lines
+        else:
+            time.sleep(0.5)  # the daemon's last lines read
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.stop()
+    assert (out, proc.returncode) == ("41\n" if fault else "42\n", 0), daemon.lines
+    if not fault:
+        assert [l for l in daemon.lines if l.startswith(f"applied answer-fix to process {proc.pid} ")
+                and l.endswith("at its entry point")], daemon.lines
 
 
 @pytest.mark.parametrize("fault, line", [
@@ -616,7 +645,7 @@ def test_daemon_never_stops_a_program_without_the_patched_library(first, first_l
         waiting.wait()
 
 
-@pytest.mark.parametrize("point", ["open-take", "open-seized", "open-stopped"])
+@pytest.mark.parametrize("point", ["open-take", "open-seized", "open-stopped", "entry-armed"])
 def test_daemon_killed_while_holding_a_library_open(first_library, tmp_path, point):
     """The daemon killed (SIGKILL) with a library open in its hands: waiting for its answer, seized while it
     waits, or stopped as the open returned. The process runs on unpatched and exits normally."""

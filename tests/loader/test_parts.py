@@ -62,6 +62,59 @@ def test_relocations():
         arch.apply(buf, 8, 23, S=0, A=0, P=0)  # R_X86_64_TPOFF32
 
 
+# Program entry points as their runtimes write them: glibc's _start, musl's (a RIP-relative lea among the first
+# bytes), Go's (a jmp), and one that starts with a short branch, which no stub can move.
+ENTRY_POINTS = {
+    "glibc": "endbr64; xor %ebp, %ebp; mov %rdx, %r9; pop %rsi; mov %rsp, %rdx",
+    "musl": "xor %rbp, %rbp; mov %rsp, %rdi; lea 0x1234(%rip), %rsi; and $-16, %rsp",
+    "go": "jmp .+0x5000",
+    "short": "jmp .+4; nop; nop; nop; nop; nop; nop",
+}
+
+
+def _assembled(tmp_path, text: str) -> bytes:
+    (tmp_path / "e.s").write_text(".text\n" + text.replace(";", "\n") + "\n")
+    subprocess.run(["as", "e.s", "-o", "e.o"], cwd=tmp_path, check=True)
+    subprocess.run(["objcopy", "-O", "binary", "--only-section=.text", "e.o", "e.bin"], cwd=tmp_path, check=True)
+    return (tmp_path / "e.bin").read_bytes()
+
+
+def _disassembled(code: bytes, at: int) -> list[tuple[int, str, int | None]]:
+    """Each instruction's address, mnemonic and the address its branch or RIP-relative operand reaches
+    (capstone's reading)."""
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    out = []
+    for address, size, mnemonic, op_str in md.disasm_lite(code, at):
+        rip = op_str.partition("[rip + ")[2].partition("]")[0]
+        target = int(op_str, 0) if mnemonic == "jmp" else address + size + int(rip, 0) if rip else None
+        out.append((address, mnemonic, target))
+    return out
+
+
+@pytest.mark.parametrize("runtime", ENTRY_POINTS)
+def test_entry_trap_moves_the_first_instructions(tmp_path, runtime):
+    """The entry trap: a jump to the stub, which saves what it changes, signals the thread, restores, runs the
+    instructions the jump covered (the same operations reaching the same addresses, by capstone's reading)
+    and jumps back to the first one not moved. A short branch cannot be moved: no trap."""
+    code = _assembled(tmp_path, ENTRY_POINTS[runtime])
+    entry, stub = 0x40_1000, 0x40_9000
+    trap = arch.entry_trap(entry, code, stub, 4321, 23)
+    if runtime == "short":
+        assert trap is None
+        return
+    assert trap.jump == arch.jmp_rel32(entry, stub)
+    insns = _disassembled(trap.stub, stub)
+    saved = len(arch.ENTRY_SAVED)
+    assert [m for _, m, _ in insns[:saved + 5]] == ["push"] * saved + ["mov"] * 4 + ["syscall"]
+    assert insns[saved + 5][0] == trap.stop_at  # the thread stops just past the syscall
+    assert [m for _, m, _ in insns[saved + 5:2 * saved + 5]] == ["pop"] * saved
+    moved, back = insns[2 * saved + 5:-1], insns[-1]
+    original = _disassembled(code, entry)[:len(moved)]
+    assert [(m, t) for _, m, t in moved] == [(m, t) for _, m, t in original]
+    covered = original[-1][0] - entry + (back[0] - moved[-1][0])  # the last moved instruction's end
+    assert covered >= arch.JMP_REL32_SIZE and back[1:] == ("jmp", entry + covered)
+
+
 def test_far_stub_and_redirect():
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     stub = arch.far_stub(0x7F12_3456_7890)
