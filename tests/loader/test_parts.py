@@ -6,6 +6,7 @@ import ctypes
 import dataclasses
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -62,12 +63,14 @@ def test_relocations():
         arch.apply(buf, 8, 23, S=0, A=0, P=0)  # R_X86_64_TPOFF32
 
 
-# Program entry points as their runtimes write them: glibc's _start, musl's (a RIP-relative lea among the first
-# bytes), Go's (a jmp), and one that starts with a short branch, which no stub can move.
+# Program entry points as their runtimes write them: glibc's _start, musl's, Go's (a jmp); RIP-relative operands
+# among the moved ones; and one that starts with a short branch, which no stub can move.
 ENTRY_POINTS = {
     "glibc": "endbr64; xor %ebp, %ebp; mov %rdx, %r9; pop %rsi; mov %rsp, %rdx",
     "musl": "xor %rbp, %rbp; mov %rsp, %rdi; lea 0x1234(%rip), %rsi; and $-16, %rsp",
     "go": "jmp .+0x5000",
+    "rip-relative": "lea 0x1234(%rip), %rsi; nop",
+    "rip-relative-immediate": "xor %eax, %eax; cmpl $5, -0x100(%rip); nop",  # the disp32 before an imm8
     "short": "jmp .+4; nop; nop; nop; nop; nop; nop",
 }
 
@@ -85,8 +88,9 @@ def _disassembled(code: bytes, at: int) -> list[tuple[int, str, int | None]]:
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     out = []
     for address, size, mnemonic, op_str in md.disasm_lite(code, at):
-        rip = op_str.partition("[rip + ")[2].partition("]")[0]
-        target = int(op_str, 0) if mnemonic == "jmp" else address + size + int(rip, 0) if rip else None
+        rip = re.search(r"\[rip ([+-]) (\w+)\]", op_str)
+        disp = int(rip[2], 0) * (-1 if rip[1] == "-" else 1) if rip else None
+        target = int(op_str, 0) if mnemonic == "jmp" else address + size + disp if rip else None
         out.append((address, mnemonic, target))
     return out
 
