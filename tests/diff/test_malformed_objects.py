@@ -106,6 +106,9 @@ CASES = {
     "debug-relocation-type": (lambda e: e.rela(".rela.debug_info", "r_type", 12), 2,
                               "malformed debug information"),
     "debug-info-version": (lambda e: e.contents(".debug_info", 4, b"\xff\x7f"), 2, "malformed debug information"),
+    # line_range (DWARF 5's line program header: after unit_length, version, address and selector sizes,
+    # header_length, min_inst_length, max_ops, default_is_stmt, line_base): pyelftools divides by it
+    "debug-line-range-zero": (lambda e: e.contents(".debug_line", 16, b"\x00"), 2, "malformed debug information"),
     "compressed-comment": (lambda e: e.header(".comment", "sh_flags", SHF_COMPRESSED), 2,
                            "malformed debug information"),
     # well-formed but inconsistent with the original: refused, not asserted on
