@@ -44,7 +44,10 @@ def _filter(sec: Section, inclusion: Inclusion) -> None:
 def _include_target(rel: Relocation, sec: Section, inclusion: Inclusion) -> None:
     """What an FDE (its LSDA) or a CIE (its personality pointer) needs besides the code."""
     target = rel.symbol.section
-    if target is None or target.included:
+    if target is None:  # undefined or absolute: the running program must have it by name
+        inclusion.require_available(inclusion.resolver.resolve(sec, rel), sec.name)
+        return
+    if target.included:
         return
     if target.name.startswith(".gcc_except_table"):
         inclusion.add(target, target.name, "section", "exception table of an included function")

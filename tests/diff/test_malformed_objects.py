@@ -182,3 +182,25 @@ def test_reference_changed_from_external_symbol_to_anonymous_data(tmp_path):
     result = diff_objects(str(tmp_path / "orig.o"), str(tmp_path / "patched.o"), DiffOptions(objname="prog"))
     (change,) = result.changed_functions
     assert change.name == "f" and any("instead of ext" in r for r in change.reasons), change.reasons
+
+
+def test_personality_pointer_made_absolute_is_refused(patch_diff, tmp_path):
+    """A C++ object whose personality routine pointer (DW.ref.__gxx_personality_v0, which the unwind
+    information of a patched function needs) became an absolute symbol: neither in the original nor carried,
+    so refused by name (it was an internal error, exit 4: found by the fuzz soak, seed 9)."""
+    source = ("#include <stdexcept>\nint guarded(int x) { try { if (x > LIMIT) throw std::runtime_error(\"big\"); }"
+              " catch (const std::exception &) { return -1; } return x; }\n")
+    for stem, limit in (("orig", 3), ("patched", 4)):
+        (tmp_path / stem).mkdir()
+        (tmp_path / stem / "unit.cc").write_text(source.replace("LIMIT", str(limit)))
+    toolchain.compile_objects([(tmp_path / s / "unit.cc", tmp_path / f"{s}.o", ["-O2"]) for s in ("orig", "patched")])
+    e = Editor((tmp_path / "patched.o").read_bytes())
+    e.symbol("DW.ref.__gxx_personality_v0", "st_shndx", SHN_ABS)
+    bad = tmp_path / "bad.o"
+    bad.write_bytes(bytes(e.blob))
+    outcome = patch_diff([str(tmp_path / "orig.o"), str(bad), "-o", str(tmp_path / "out.o")])
+    problems = check_outcome(outcome, "patch-diff")
+    assert not problems, describe("personality", outcome, problems)
+    assert outcome.code == 1, outcome.stderr
+    assert b"references DW.ref.__gxx_personality_v0, which is neither in the original object nor included" \
+        in outcome.stderr + outcome.stdout
