@@ -8,10 +8,12 @@ from functools import cache
 @cache
 def pyelftools_errors() -> tuple[type[Exception], ...]:
     """pyelftools' own errors, and whatever its reading of a field runs into: it parses lazily, deep in its
-    parsers, with values it does not check (a line program's line_range of 0 is divided by). Imported at the
+    parsers, with values it does not check (a line program's line_range of 0 is divided by; an attribute in a form it has no reading for raises
+    NotImplementedError). Imported at the
     first call (`patch-ctl list` makes none)."""
     from elftools.common.exceptions import DWARFError, ELFError
     from elftools.construct import ConstructError
 
     return (ELFError, DWARFError, ConstructError, struct.error, ValueError, IndexError, KeyError, TypeError,
-            AttributeError, OverflowError, ZeroDivisionError, AssertionError, RecursionError)
+            AttributeError, OverflowError, ZeroDivisionError, NotImplementedError, AssertionError,
+            RecursionError)

@@ -76,6 +76,35 @@ class Editor:
         self.contents(".strtab", sym["st_name"], new)
 
 
+def _uleb(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        value, shift, at = value | (byte & 0x7F) << shift, shift + 7, at + 1
+        if byte < 0x80:
+            return value, at
+
+
+def abbrev_form(e: Editor, attribute: int) -> int:
+    """Where the form of the first `attribute` spec of .debug_abbrev lies (its entries: code, tag, children
+    flag, then (attribute, form) pairs to (0, 0); an implicit_const form has its value after it)."""
+    data, at = e.section(".debug_abbrev").data(), 0
+    while True:
+        code, at = _uleb(data, at)
+        assert code, f"no attribute {attribute:#x}"
+        _, at = _uleb(data, at)  # the tag
+        at += 1  # children
+        while True:
+            attr, form_at = _uleb(data, at)
+            form, at = _uleb(data, form_at)
+            if attr == attribute:
+                return form_at
+            if form == 0x21:  # DW_FORM_implicit_const
+                _, at = _uleb(data, at)
+            if (attr, form) == (0, 0):
+                break
+
+
 def last_byte(e: Editor, section: str) -> int:
     return e.section(section)["sh_size"] - 1
 
@@ -109,6 +138,9 @@ CASES = {
     # line_range (DWARF 5's line program header: after unit_length, version, address and selector sizes,
     # header_length, min_inst_length, max_ops, default_is_stmt, line_base): pyelftools divides by it
     "debug-line-range-zero": (lambda e: e.contents(".debug_line", 16, b"\x00"), 2, "malformed debug information"),
+    # DW_AT_sibling in DW_FORM_flag_present: pyelftools has no reading of it
+    "debug-sibling-form": (lambda e: e.contents(".debug_abbrev", abbrev_form(e, 0x01), b"\x19"), 2,
+                           "malformed debug information"),
     "compressed-comment": (lambda e: e.header(".comment", "sh_flags", SHF_COMPRESSED), 2,
                            "malformed debug information"),
     # well-formed but inconsistent with the original: refused, not asserted on
