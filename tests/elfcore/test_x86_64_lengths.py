@@ -99,7 +99,7 @@ def test_lengths_match_capstone_on_compiled_code(tmp_path, flags):
     bounds = instruction_bounds(code)
     assert list(zip(bounds.starts, bounds.ends)) == theirs
     if "x86-64-v4" in flags:
-        assert b"\x62" in code[theirs[0][0]:]  # EVEX code was compiled (and so decoded)
+        assert any("zmm" in ops for *_, ops in md.disasm_lite(code, 0))  # EVEX code was compiled (and decoded)
 
 
 @pytest.mark.parametrize("code, why", [

@@ -429,6 +429,15 @@ def test_daemon_goes_on_after_a_held_exec_fails(first, tmp_path):
     assert code == 0, daemon.lines
 
 
+def _runs_unpatched_past_a_killed_daemon(daemon: Daemon, program) -> None:
+    """A run of `program` while the daemon kills itself (a fault point's SIGKILL) holding it: it runs on
+    unpatched, neither left waiting nor stopped, and exits normally."""
+    proc = subprocess.Popen([program], stdout=subprocess.PIPE, text=True)
+    assert daemon.proc.wait(timeout=30) == -signal.SIGKILL, daemon.lines
+    assert proc.communicate(timeout=10) == ("41\n", None)
+    assert proc.returncode == 0
+
+
 @pytest.mark.parametrize("point", ["exec-take", "exec-seized", "exec-stopped", "entry-armed"])
 def test_daemon_killed_while_holding_an_exec(first, tmp_path, point):
     """The daemon killed (SIGKILL) with an exec in its hands: waiting for the daemon's answer (the kernel
@@ -440,10 +449,7 @@ def test_daemon_killed_while_holding_an_exec(first, tmp_path, point):
     assert patch_ctl("install", "--store", store, module).returncode == 0
     daemon = Daemon(store, fault=f"{point}:kill")
     try:
-        proc = subprocess.Popen([program], stdout=subprocess.PIPE, text=True)
-        assert daemon.proc.wait(timeout=30) == -signal.SIGKILL, daemon.lines
-        assert proc.communicate(timeout=10) == ("41\n", None)
-        assert proc.returncode == 0
+        _runs_unpatched_past_a_killed_daemon(daemon, program)
     finally:
         if daemon.proc.poll() is None:
             daemon.stop()
@@ -652,10 +658,7 @@ def test_daemon_killed_while_holding_a_library_open(first_library, tmp_path, poi
     program = first_library[0]
     daemon, waiting = _library_daemon(first_library, tmp_path, fault=f"{point}:kill")
     try:
-        proc = subprocess.Popen([program], stdout=subprocess.PIPE, text=True)
-        assert daemon.proc.wait(timeout=30) == -signal.SIGKILL, daemon.lines
-        assert proc.communicate(timeout=10) == ("41\n", None)
-        assert proc.returncode == 0
+        _runs_unpatched_past_a_killed_daemon(daemon, program)
     finally:
         if daemon.proc.poll() is None:
             daemon.stop()
